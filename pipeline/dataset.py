@@ -1,0 +1,151 @@
+"""Image folders (one sub-folder per class), stratified splits and robust image decoding."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+TRAIN, VAL, TEST = 0, 1, 2
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    """A scanned data set. ``paths`` are relative to ``root`` (posix), sorted; ``labels[i]``
+    indexes ``class_names``; ``fingerprints[i]`` is (size in bytes, mtime in ns)."""
+
+    root: Path
+    paths: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    fingerprints: np.ndarray
+    ignored_files: int = 0
+    empty_classes: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.class_names))
+
+
+def scan(root, exclude=()) -> ImageFolder:
+    """Find images recursively under ``root/<class>/``; drop classes named in ``exclude``."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"data path {root} is not a folder (expected one sub-folder per class)")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = sorted(set(exclude) - {p.name for p in class_dirs})
+    if unknown:
+        raise UserError(f"--exclude names classes not in {root}: {', '.join(unknown)}")
+    class_dirs = [p for p in class_dirs if p.name not in set(exclude)]
+    if not class_dirs:
+        raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    paths, labels, prints, names, empty, ignored = [], [], [], [], [], 0
+    for cdir in class_dirs:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(cdir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fn in filenames:
+                if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith("."):
+                    found.append(Path(dirpath) / fn)
+                else:
+                    ignored += 1
+        if not found:
+            empty.append(cdir.name)
+            continue
+        label = len(names)
+        names.append(cdir.name)
+        for f in sorted(found):
+            st = f.stat()
+            paths.append(f.relative_to(root).as_posix())
+            labels.append(label)
+            prints.append((st.st_size, st.st_mtime_ns))
+    if len(names) < 2:
+        which = f"only one class ({names[0]})" if names else "no images"
+        raise UserError(f"data folder {root} has {which}; a classifier needs at least two classes "
+                        f"with images ({', '.join(IMAGE_EXTENSIONS)})")
+    return ImageFolder(root, paths, np.asarray(labels, np.int32), names,
+                       np.asarray(prints, np.int64).reshape(-1, 2), ignored, tuple(empty))
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'70/15/15' or '70/30' (train/val/test, percent or fractions) -> fractions summing to 1."""
+    try:
+        parts = [float(p) for p in text.replace(",", "/").split("/")]
+    except ValueError:
+        raise UserError(f"--split {text!r}: expected TRAIN/VAL/TEST such as 70/15/15, or TRAIN/TEST such as 70/30")
+    if len(parts) == 2:
+        parts = [parts[0], 0.0, parts[1]]
+    if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0 or parts[2] <= 0:
+        raise UserError(f"--split {text!r}: expected TRAIN/VAL/TEST with positive train and test parts")
+    total = sum(parts)
+    return tuple(p / total for p in parts)
+
+
+def stratified_split(paths, labels, fractions=(0.7, 0.15, 0.15), seed=0) -> np.ndarray:
+    """Per-class split: ``out[i]`` is TRAIN, VAL or TEST for image ``i``.
+
+    Within each class the images are shuffled by a generator seeded from ``seed`` and the class
+    name, then cut by ``fractions``, rounding so that each class keeps at least one training
+    image and (with two or more images) at least one test image. The result depends only on
+    ``seed``, the fractions and each class's own image list.
+    """
+    labels = np.asarray(labels)
+    out = np.full(len(labels), TRAIN, np.int8)
+    _, f_val, f_test = fractions
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        key = paths[idx[0]].split("/")[0]
+        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+        idx = idx[rng.permutation(len(idx))]
+        n = len(idx)
+        n_test = min(max(int(round(n * f_test)), 1 if n >= 2 else 0), n - 1)
+        n_val = min(int(round(n * f_val)), n - 1 - n_test)
+        out[idx[:n_test]] = TEST
+        out[idx[n_test:n_test + n_val]] = VAL
+    return out
+
+
+class ImageError(Exception):
+    """An image file that cannot be decoded."""
+
+
+def load_image(path, size: int) -> np.ndarray:
+    """Decode any common image file to RGB float32 (size, size, 3), values 0..255.
+
+    Grayscale, palette, CMYK and 16-bit images are converted; transparency is composited on
+    white; animated files give their first frame. The image is resized to a square, ignoring
+    aspect ratio, as the pretrained conv bases were used in the published recipes.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                    arr = np.asarray(img, dtype=np.float32)
+                    top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+                    img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                    rgba = img.convert("RGBA")
+                    img = Image.new("RGB", rgba.size, (255, 255, 255))
+                    img.paste(rgba, mask=rgba.getchannel("A"))
+                img = img.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+                return np.asarray(img, dtype=np.float32)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None

@@ -1,0 +1,52 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+CALTECH = ROOT.parent / "shared" / "data" / "caltech101" / "101_ObjectCategories"
+sys.path.insert(0, str(ROOT))
+
+needs_caltech = pytest.mark.skipif(not CALTECH.is_dir(), reason="../shared Caltech-101 not present")
+
+COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40)]
+
+
+def make_images(root: Path, n_classes=3, per_class=12, size=(40, 48), seed=0):
+    """Class c: noisy images of one colour, as JPEG/PNG mixes, some in a sub-folder."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c in range(n_classes):
+        d = root / f"class{c}"
+        for i in range(per_class):
+            sub = d / "sub" if i % 5 == 4 else d
+            sub.mkdir(parents=True, exist_ok=True)
+            arr = np.clip(rng.normal(COLOURS[c], 30, size + (3,)), 0, 255).astype(np.uint8)
+            ext = ".JPG" if i % 3 == 0 else (".png" if i % 3 == 1 else ".jpeg")
+            Image.fromarray(arr).save(sub / f"img{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture
+def images(tmp_path):
+    return make_images(tmp_path / "data")
+
+
+# Small random-weight backbone settings used by the stage-1 tests.
+FAST = dict(backbone="efficientnet_lite0", weights="none", image_size=32, batch_size=8, progress=False,
+            log=lambda *a: None)
+
+
+def run_script(*args, cwd=ROOT, timeout=300):
+    """Run an entry script; returns CompletedProcess with text stdout/stderr."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def user_error_lines(stderr: str) -> list[str]:
+    return [l for l in stderr.splitlines() if l.startswith("error:")]

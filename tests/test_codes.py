@@ -1,0 +1,157 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FAST, ROOT, make_images, run_script, user_error_lines
+from pipeline.codes import CodeSet, generate_codes
+from pipeline.dataset import TEST, TRAIN, VAL
+from pipeline.errors import UserError
+
+
+def _read(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f}, dict(f.attrs)
+
+
+def test_hdf5_layout_keys_and_attributes(images, tmp_path):
+    files = generate_codes(images, layers=["top_activation", "block7a_project_bn"], poolings=["avg", "flatten"],
+                           cache_dir=tmp_path / "cache", **FAST)
+    assert [f.name for f in files] == ["top_activation-avg.h5", "top_activation-flatten.h5",
+                                       "block7a_project_bn-avg.h5", "block7a_project_bn-flatten.h5"]
+    assert files[0].parent == tmp_path / "cache" / "data" / "efficientnet_lite0-32-random"
+    data, attrs = _read(files[0])
+    assert set(data) >= {"codes", "paths", "labels", "split", "fingerprints", "class_names", "failed_paths"}
+    assert data["codes"].shape == (36, 1280) and data["codes"].dtype == np.float32
+    assert _read(files[1])[0]["codes"].shape == (36, 1 * 1 * 1280)  # 32 px / 32 = 1x1
+    assert _read(files[2])[0]["codes"].shape == (36, 320)
+    for k in ("backbone", "layer", "pooling", "image_size", "preprocessing", "weights_id", "versions",
+              "code_shape", "split_seed", "split_fractions"):
+        assert k in attrs, k
+    assert attrs["backbone"] == "efficientnet_lite0" and attrs["image_size"] == 32
+    assert attrs["preprocessing"] == "lite" and attrs["weights_id"] == "random"
+    assert json.loads(attrs["code_shape"]) == [1, 1, 1280]
+    assert "tensorflow" in json.loads(attrs["versions"])
+    assert [s.decode() for s in data["class_names"]] == ["class0", "class1", "class2"]
+    assert not list((tmp_path / "cache").rglob("*.partial"))
+    cs = CodeSet.load(files[0])
+    assert set(np.unique(cs.split)) == {TRAIN, VAL, TEST}
+    assert np.isfinite(cs.X).all() and cs.X.std() > 0
+
+
+def test_codes_are_deterministic_and_float16_on_request(images, tmp_path):
+    a = generate_codes(images, cache_dir=tmp_path / "a", **FAST)[0]
+    b = generate_codes(images, cache_dir=tmp_path / "b", dtype="float16", **FAST)[0]
+    ca, cb = _read(a)[0]["codes"], _read(b)[0]["codes"]
+    assert cb.dtype == np.float16
+    np.testing.assert_allclose(ca, cb.astype(np.float32), rtol=1e-2, atol=1e-2)
+    c = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
+    np.testing.assert_array_equal(ca, _read(c)[0]["codes"])
+
+
+def test_incremental_added_changed_removed_images(images, tmp_path):
+    logs = []
+    kw = dict(FAST, log=logs.append, cache_dir=tmp_path / "cache")
+    path = generate_codes(images, **kw)[0]
+    first, _ = _read(path)
+    logs.clear()
+    generate_codes(images, **kw)  # nothing to do
+    assert not any("to compute" in l for l in logs)
+    # add one, change one, remove one
+    Image.fromarray(np.full((30, 30, 3), 10, np.uint8)).save(images / "class1" / "new.png")
+    changed = images / "class2" / "img000.JPG"
+    Image.fromarray(np.full((30, 30, 3), 250, np.uint8)).save(changed)
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    (images / "class0" / "img001.png").unlink()
+    logs.clear()
+    generate_codes(images, **kw)
+    assert any("2 of 36 images to compute" in l for l in logs), logs
+    second, _ = _read(path)
+    p1 = [p.decode() for p in first["paths"]]
+    p2 = [p.decode() for p in second["paths"]]
+    assert "class1/new.png" in p2 and "class0/img001.png" not in p2 and len(p2) == 36
+    for p in p2:  # unchanged images keep exactly their codes
+        if p in p1 and p != "class2/img000.JPG":
+            np.testing.assert_array_equal(second["codes"][p2.index(p)], first["codes"][p1.index(p)])
+    changed_row = second["codes"][p2.index("class2/img000.JPG")]
+    assert not np.array_equal(changed_row, first["codes"][p1.index("class2/img000.JPG")])
+
+
+def test_unreadable_images_are_skipped_counted_and_listed(images, tmp_path):
+    (images / "class0" / "broken.jpg").write_bytes(b"garbage")
+    (images / "class1" / "empty.png").write_bytes(b"")
+    logs = []
+    path = generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append))[0]
+    data, _ = _read(path)
+    assert data["codes"].shape[0] == 36
+    assert sorted(p.decode() for p in data["failed_paths"]) == ["class0/broken.jpg", "class1/empty.png"]
+    assert any("2 unreadable image(s) skipped" in l for l in logs)
+
+
+def test_other_settings_are_refused_without_losing_the_file(images, tmp_path):
+    path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
+    before = path.read_bytes()
+    with h5py.File(path, "a") as f:
+        f.attrs["preprocessing"] = "caffe"
+    with pytest.raises(UserError, match="other settings"):
+        generate_codes(images, cache_dir=tmp_path / "c", **FAST)
+    assert path.exists()
+    generate_codes(images, cache_dir=tmp_path / "c", overwrite=True, **FAST)
+    with h5py.File(path) as f:
+        assert f.attrs["preprocessing"] == "lite"
+    assert len(before) > 0
+
+
+def test_resume_after_kill_gives_identical_codes(tmp_path):
+    data = make_images(tmp_path / "data", n_classes=3, per_class=30)
+    args = ["generate_codes.py", "--data", data, "--weights", "none", "--image-size", "32",
+            "--batch-size", "4", "--workers", "1", "--no-progress"]
+    ref = run_script(*args, "--cache-dir", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    cache = tmp_path / "resumed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, *map(str, args), "--cache-dir", str(cache)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = cache / "data" / "efficientnet_lite0-32-random" / "top_activation-avg.partial"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(staging.glob("shard-*[0-9].npz"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_staged = len(list(staging.glob("shard-*[0-9].npz")))
+    assert 3 <= n_staged < 23, "the run must be interrupted part-way"
+    assert not (staging.parent / "top_activation-avg.h5").exists()
+    again = run_script(*args, "--cache-dir", cache)
+    assert again.returncode == 0, again.stderr
+    assert f"of 90 images to compute" in again.stdout and "90 of 90" not in again.stdout
+    a, _ = _read(tmp_path / "ref" / "data" / "efficientnet_lite0-32-random" / "top_activation-avg.h5")
+    b, _ = _read(staging.parent / "top_activation-avg.h5")
+    for key in ("paths", "labels", "split", "fingerprints", "class_names"):
+        np.testing.assert_array_equal(a[key], b[key])
+    np.testing.assert_allclose(a["codes"], b["codes"], rtol=0, atol=1e-6)
+    assert not staging.exists()
+
+
+def test_cli_bad_inputs_give_one_line_and_nonzero_exit(images, tmp_path):
+    base = ["generate_codes.py", "--weights", "none", "--image-size", "32", "--cache-dir", tmp_path / "c"]
+    cases = [
+        (["--data", tmp_path / "missing"], "does not exist"),
+        (["--data", images, "--backbone", "alexnet"], "invalid choice"),
+        (["--data", images, "--layer", "no_such_layer"], "has no layer 'no_such_layer'; suggested: top_activation"),
+        (["--data", images, "--weights", tmp_path / "nope.h5"], "no such file"),
+        (["--data", images, "--split", "abc"], "--split"),
+    ]
+    for extra, msg in cases:
+        r = run_script(*base, *extra)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert msg in r.stderr, (msg, r.stderr)
+    r = run_script(*base, "--data", tmp_path / "missing")
+    assert len(user_error_lines(r.stderr)) == 1

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.dataset import (TEST, TRAIN, VAL, ImageError, load_image, parse_split, scan,
+                              stratified_split)
+from pipeline.errors import UserError
+
+
+def test_scan_finds_images_recursively_any_case_and_ignores_other_files(images):
+    (images / "class0" / "notes.txt").write_text("not an image")
+    ds = scan(images)
+    assert ds.class_names == ["class0", "class1", "class2"]
+    assert len(ds) == 36 and list(ds.counts()) == [12, 12, 12]
+    assert any(p.endswith(".JPG") for p in ds.paths) and any("/sub/" in p for p in ds.paths)
+    assert ds.ignored_files == 1
+    assert ds.paths == sorted(ds.paths)
+
+
+def test_scan_exclude_and_empty_classes(images):
+    (images / "empty").mkdir()
+    ds = scan(images, exclude=["class1"])
+    assert ds.class_names == ["class0", "class2"] and ds.empty_classes == ("empty",)
+    with pytest.raises(UserError, match="not in"):
+        scan(images, exclude=["nope"])
+
+
+@pytest.mark.parametrize("setup,msg", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.mkdir(), "no class sub-folders"),
+    (lambda p: (p / "a").mkdir(parents=True), "no images"),
+])
+def test_scan_bad_folders(tmp_path, setup, msg):
+    root = tmp_path / "d"
+    setup(root)
+    with pytest.raises(UserError, match=msg):
+        scan(root)
+
+
+def test_scan_single_class(images):
+    with pytest.raises(UserError, match="only one class"):
+        scan(images, exclude=["class1", "class2"])
+
+
+def test_split_is_stratified_deterministic_and_seed_dependent():
+    labels = np.repeat(np.arange(4), [10, 20, 40, 3])
+    paths = [f"c{l}/img{i}.jpg" for i, l in enumerate(labels)]
+    a = stratified_split(paths, labels, (0.7, 0.15, 0.15), seed=1)
+    assert np.array_equal(a, stratified_split(paths, labels, (0.7, 0.15, 0.15), seed=1))
+    assert not np.array_equal(a, stratified_split(paths, labels, (0.7, 0.15, 0.15), seed=2))
+    for c, n in enumerate([10, 20, 40, 3]):
+        part = a[labels == c]
+        assert (part == TRAIN).sum() >= 1 and (part == TEST).sum() >= 1
+        if n >= 20:
+            assert abs((part == TEST).mean() - 0.15) < 0.03 and abs((part == VAL).mean() - 0.15) < 0.03
+    b = stratified_split(paths, labels, parse_split("70/30"), seed=1)
+    assert (b == VAL).sum() == 0 and abs((b[labels == 2] == TEST).mean() - 0.3) < 0.03
+
+
+def test_parse_split():
+    assert parse_split("70/15/15") == pytest.approx((0.7, 0.15, 0.15))
+    assert parse_split("0.7/0.3") == pytest.approx((0.7, 0.0, 0.3))
+    for bad in ("abc", "100/0", "50/-10/60", "1/2/3/4"):
+        with pytest.raises(UserError):
+            parse_split(bad)
+
+
+def _save(path, img, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def test_load_image_converts_every_mode(tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 200
+    cases = {
+        "gray.png": Image.fromarray(np.full((20, 30), 128, np.uint8), "L"),
+        "rgba.png": Image.fromarray(np.dstack([rgb, np.full((20, 30), 0, np.uint8)]), "RGBA"),
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "16bit.png": Image.fromarray(np.full((20, 30), 65535 // 2, np.uint16)),
+        "tiny.bmp": Image.fromarray(rgb[:1, :1]),
+        "palette.gif": Image.fromarray(rgb).convert("P"),
+        "huge.webp": Image.fromarray(np.zeros((1200, 1600, 3), np.uint8)),
+    }
+    for name, img in cases.items():
+        out = load_image(_save(tmp_path / name, img), 24)
+        assert out.shape == (24, 24, 3) and out.dtype == np.float32, name
+    assert load_image(tmp_path / "gray.png", 8)[0, 0].tolist() == [128, 128, 128]
+    assert load_image(tmp_path / "16bit.png", 8)[0, 0, 0] == pytest.approx(127, abs=1)
+    assert load_image(tmp_path / "rgba.png", 8)[0, 0].tolist() == [255, 255, 255]  # transparent -> white
+    assert load_image(tmp_path / "cmyk.jpg", 8)[0, 0, 0] > 150
+
+
+def test_load_image_rejects_corrupt_and_truncated(tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"this is not a jpeg")
+    buf = tmp_path / "full.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buf)
+    (tmp_path / "trunc.jpg").write_bytes(buf.read_bytes()[:500])
+    for name in ("bad.jpg", "trunc.jpg"):
+        with pytest.raises(ImageError):
+            load_image(tmp_path / name, 16)

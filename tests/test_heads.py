@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FAST, run_script, user_error_lines
+from pipeline.codes import generate_codes
+from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead, load_head, make_head
+from pipeline.errors import UserError
+from pipeline.train import train_on_codes
+
+
+def blobs(n_per_class=40, n_classes=5, dim=64, seed=0, sep=3.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, sep, (n_classes, dim))
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    X = (centres[y] + rng.normal(0, 1, (len(y), dim))).astype(np.float32)
+    return X, y
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_each_head_is_well_above_chance_on_separable_codes(name, tmp_path):
+    X, y = blobs()
+    rng = np.random.default_rng(5)
+    idx = rng.permutation(len(y))
+    tr, va, te = idx[:120], idx[120:160], idx[160:]
+    head = make_head(name, **({"epochs": 60} if name != "logreg" else {}))
+    head.fit(X[tr], y[tr], X[va], y[va], n_classes=5)
+    proba = head.predict_proba(X[te])
+    assert proba.shape == (len(te), 5)
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-4)
+    assert (proba.argmax(1) == y[te]).mean() >= 0.9  # chance is 0.2
+    head.save(tmp_path)
+    again = load_head(tmp_path)
+    np.testing.assert_allclose(again.predict_proba(X[te]), proba, atol=1e-5)
+
+
+def test_heads_train_without_validation_set():
+    X, y = blobs()
+    for head in (SoftmaxHead(epochs=30), LogRegHead(Cs=(0.01, 1.0))):
+        head.fit(X, y)
+        assert (head.predict(X) == y).mean() > 0.9
+
+
+def test_logreg_picks_C_on_validation_and_handles_missing_classes():
+    X, y = blobs()
+    head = LogRegHead(Cs=(1e-4, 1.0)).fit(X[y < 4], y[y < 4], X[y < 4][:10], y[y < 4][:10], n_classes=5)
+    assert head.C_ in (1e-4, 1.0) and "val_accuracy_by_C" in head.history_
+    assert head.predict_proba(X).shape == (len(X), 5) and head.predict_proba(X)[:, 4].max() == 0
+
+
+def test_mlp_shape_and_class_weight():
+    X, y = blobs()
+    keep = np.r_[np.flatnonzero(y == 0)[:5], np.flatnonzero(y != 0)]
+    head = MLPHead(hidden=(32, 16), dropout=0.2, epochs=20, class_weight=True).fit(X[keep], y[keep])
+    dense = [l for l in head.model_.layers if l.name.startswith("hidden")]
+    assert [l.units for l in dense] == [32, 16]
+    assert (head.predict(X[y == 0]) == 0).mean() > 0.8
+
+
+def test_bad_head_options():
+    with pytest.raises(UserError):
+        make_head("svm")
+    with pytest.raises(UserError):
+        SoftmaxHead(epochs=0)
+
+
+def test_train_on_codes_writes_a_complete_run(images, tmp_path):
+    path = generate_codes(images, cache_dir=tmp_path / "cache", **FAST)[0]
+    run_dir, metrics = train_on_codes(path, "logreg", {"Cs": (0.1, 1.0)}, tmp_path / "runs", log=lambda *a: None)
+    assert {p.name for p in run_dir.iterdir()} >= {"head.joblib", "record.json", "report.txt", "confusion.png"}
+    rec = json.loads((run_dir / "record.json").read_text())
+    assert rec["metrics"]["accuracy"] == metrics["accuracy"] and rec["n_test"] == len(rec["test_paths"])
+    assert 0 <= metrics["accuracy"] <= 1 and "precision" in (run_dir / "report.txt").read_text()
+    assert (run_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_head_cli(images, tmp_path):
+    common = ["--data", images, "--weights", "none", "--image-size", "32", "--cache-dir", tmp_path / "cache"]
+    r = run_script("train_head.py", *common, "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "make codes DATA=" in r.stderr and "Traceback" not in r.stderr
+    assert len(user_error_lines(r.stderr)) == 1
+    generate_codes(images, cache_dir=tmp_path / "cache", **FAST)
+    r = run_script("train_head.py", *common, "--runs-dir", tmp_path / "runs", "--head", "softmax", "--epochs", "5")
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy" in r.stdout
+    run = next((tmp_path / "runs").iterdir())
+    assert (run / "head.keras").exists() and (run / "history.png").exists()

@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Stage 2: train a softmax, MLP or logistic-regression head on cached CNN codes and evaluate it."""
+import argparse
+
+from pipeline.errors import quiet_tensorflow, run_cli
+
+
+def main(argv=None):
+    from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS
+    from pipeline.heads import HEADS
+
+    p = argparse.ArgumentParser(
+        description=__doc__ + " The code file is named by --codes, or found from the same options "
+        "that made it with generate_codes.py. Writes a run folder with the head, record.json, "
+        "report.txt, confusion.png and history.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--head", default="softmax", choices=list(HEADS), help="which head to train")
+    p.add_argument("--codes", default=None, help="path of a cached code file (.h5); overrides the options below")
+    p.add_argument("--data", default="examples/caltech5", help="image folder the codes were made from")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone the codes were made with")
+    p.add_argument("--layer", default=None, help="layer the codes were taken from (default: final conv block)")
+    p.add_argument("--pooling", default="avg", choices=POOLINGS, help="pooling of the codes")
+    p.add_argument("--weights", default="imagenet", help="weights the codes were made with")
+    p.add_argument("--image-size", type=int, default=None, help="input size the codes were made with")
+    p.add_argument("--cache-dir", default="cache", help="where code files are")
+    p.add_argument("--runs-dir", default="runs", help="where run folders go")
+    p.add_argument("--epochs", type=int, default=200, help="Keras heads: most epochs (early stopping ends sooner)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Keras heads: Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=64, help="Keras heads: batch size")
+    p.add_argument("--patience", type=int, default=10, help="Keras heads: early-stopping patience, epochs")
+    p.add_argument("--hidden", type=int, nargs="+", default=[256], help="mlp: hidden layer sizes")
+    p.add_argument("--dropout", type=float, default=0.5, help="mlp: dropout after each hidden layer")
+    p.add_argument("--Cs", type=float, nargs="+", default=[0.001, 0.01, 0.1, 1.0],
+                   help="logreg: inverse regularization strengths to choose from on the validation set")
+    p.add_argument("--class-weight", action="store_true", help="weight classes inversely to their frequency")
+    p.add_argument("--seed", type=int, default=0, help="seed of the head's initialization and shuffling")
+    a = p.parse_args(argv)
+
+    quiet_tensorflow()
+    from pipeline.codes import code_spec, codes_command
+    from pipeline.train import train_on_codes
+    from pipeline.errors import UserError
+    from pathlib import Path
+
+    path = a.codes
+    if path is None:
+        spec = code_spec(a.data, a.backbone, a.layer, a.pooling, a.weights, a.image_size)
+        path = spec.path(a.cache_dir)
+        if not Path(path).exists():
+            raise UserError(f"no cached codes at {path}; make them with: {codes_command(spec, a.data)}")
+    common = dict(class_weight=a.class_weight, seed=a.seed)
+    keras_opts = dict(epochs=a.epochs, learning_rate=a.learning_rate, batch_size=a.batch_size, patience=a.patience)
+    params = {"softmax": dict(common, **keras_opts),
+              "mlp": dict(common, **keras_opts, hidden=tuple(a.hidden), dropout=a.dropout),
+              "logreg": dict(common, Cs=tuple(a.Cs))}[a.head]
+    train_on_codes(path, a.head, params, a.runs_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
