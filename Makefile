@@ -10,6 +10,9 @@ SPLIT    ?= 70/15/15
 HEAD     ?= softmax
 CACHE    ?= cache
 RUNS     ?= runs
+HEADS    ?= softmax mlp logreg
+NS       ?= 1 2 5 10 15 20 30 all
+REPEATS  ?= 5
 ARGS     ?=
 
 LAYER_OPT = $(if $(LAYER),--layer $(LAYER))
@@ -28,6 +31,9 @@ codes:
 
 train:
 	$(PYTHON) train_head.py --head $(HEAD) $(CODE_OPTS) --runs-dir $(RUNS) $(ARGS)
+
+sweep:
+	$(PYTHON) sweep.py --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE) --heads $(HEADS) --n $(NS) --repeats $(REPEATS) --runs-dir $(RUNS) $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q

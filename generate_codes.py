@@ -25,7 +25,7 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=None, help="square input size in pixels; default: the backbone's own")
     p.add_argument("--cache-dir", default="cache", help="where code files go")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: 2 per core, at most 8)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: one per core, at most 8)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="CLASS", help="class folders to leave out")
     p.add_argument("--split", default="70/15/15", help="per-class train/val/test percentages, e.g. 70/30 for no validation set")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")

@@ -66,7 +66,7 @@ def codes_command(spec: CodeSpec, data) -> str:
 # ------------------------------------------------------------------ reader / mapper / writer
 
 def read_batches(root: Path, paths, indices, size, batch_size, workers):
-    """Yield (batch_indices, images (n, size, size, 3) float32, ok_mask, failures) in order.
+    """Yield (batch_indices, images (n, size, size, 3) uint8, ok_mask, failures) in order.
 
     Decoding runs in a thread pool (PIL releases the GIL) at most two batches ahead, so memory
     stays bounded whatever the data set size.
@@ -91,23 +91,29 @@ def read_batches(root: Path, paths, indices, size, batch_size, workers):
             results = [f.result() for f in futs]
             ok = np.array([img is not None for img, _ in results], bool)
             imgs = (np.stack([img for img, _ in results if img is not None]) if ok.any()
-                    else np.zeros((0, size, size, 3), np.float32))
+                    else np.zeros((0, size, size, 3), np.uint8))
             failures = [(paths[i], err) for i, (_, err) in zip(b, results) if err is not None]
             yield np.asarray(b), imgs, ok, failures
 
 
 class Mapper:
-    """Compiled forward pass: (n, size, size, 3) raw RGB -> list of (n, D) float32 code arrays."""
+    """Compiled forward pass: (n, size, size, 3) uint8 or float RGB -> list of (n, D) float32 codes.
 
-    def __init__(self, model):
+    Batches smaller than ``batch_size`` are zero-padded so the graph is traced only once.
+    """
+
+    def __init__(self, model, batch_size: int):
         import tensorflow as tf
-        self.model = model
-        self._fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self.batch_size = batch_size
+        self._fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        n = len(images)
+        if n < self.batch_size:
+            images = np.concatenate([images, np.zeros((self.batch_size - n,) + images.shape[1:], images.dtype)])
         out = self._fn(images)
         out = out if isinstance(out, (list, tuple)) else [out]
-        return [np.asarray(o, dtype=np.float32) for o in out]
+        return [np.asarray(o, dtype=np.float32)[:n] for o in out]
 
 
 def _save_shard(staging: Path, number: int, paths, fingerprints, codes, failed, reasons):
@@ -240,12 +246,13 @@ def _assemble(path: Path, ds: ImageFolder, usable: dict, failed: dict, attrs: di
 def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg",), weights="imagenet",
                    image_size=None, cache_dir="cache", batch_size=32, exclude=(),
                    split=(0.7, 0.15, 0.15), seed=0, dtype="float32", workers=None, overwrite=False,
-                   progress=True, log=print) -> list[Path]:
+                   progress=True, log=print, stats=None) -> list[Path]:
     """Compute (or complete) one cached code set per (layer, pooling); return their paths.
 
     Images already cached with the same fingerprint (size, mtime) are not recomputed; new or
     changed images are computed; removed ones are dropped. Unreadable images are skipped,
     counted and listed in the file (``failed_paths``) and tried again on the next run.
+    ``stats``, if a dict, receives the streaming figures: images computed and loop seconds.
     """
     if dtype not in ("float32", "float16"):
         raise UserError(f"--dtype {dtype}: choose float32 or float16")
@@ -272,7 +279,10 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
         model, shapes = build_feature_model(bb, outputs, weights, size)
         log(f"{bb.name} {size}px -> {', '.join(f'{l}/{p}' for l, p in outputs)}: "
             f"{len(todo)} of {len(ds)} images to compute")
-        _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, bb.name)
+        seconds = _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, bb.name)
+        log(f"computed {len(todo)} images in {seconds:.1f} s ({len(todo) / seconds:.1f} img/s)")
+        if stats is not None:
+            stats.update(images=len(todo), seconds=seconds)
         known = [_collect(f, ds, a, overwrite) for f, a in zip(files, out_attrs)]
 
     split_codes = stratified_split(ds.paths, ds.labels, split, seed)
@@ -303,17 +313,19 @@ def _dim(path: Path) -> int:
 
 
 def _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, name):
-    """Compute codes for images ``todo`` and stage them as shards next to each output file."""
+    """Compute codes for images ``todo``, staged as shards next to each output file; returns seconds."""
     from tqdm import tqdm
 
-    mapper = Mapper(model)
+    mapper = Mapper(model, batch_size)
+    mapper(np.zeros((1, size, size, 3), np.uint8))  # trace before the clock starts
     stagings = [_staging_dir(f) for f in files]
     for s in stagings:
         s.mkdir(parents=True, exist_ok=True)
     start = max([int(p.stem.split("-")[1]) + 1 for s in stagings for p in s.glob("shard-*[0-9].npz")],
                 default=0)
-    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    workers = workers or min(8, os.cpu_count() or 1)
     n_failed = 0
+    t0 = time.perf_counter()
     with tqdm(total=len(todo), unit="img", disable=not progress, smoothing=0.1, desc=f"codes {name}") as bar:
         for k, (idx, imgs, ok, failures) in enumerate(
                 read_batches(ds.root, ds.paths, todo, size, batch_size, workers)):
@@ -326,6 +338,7 @@ def _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, nam
             bar.update(len(idx))
             if n_failed:
                 bar.set_postfix(unreadable=n_failed)
+    return time.perf_counter() - t0
 
 
 def load_codes(path):

@@ -121,7 +121,7 @@ class ImageError(Exception):
 
 
 def load_image(path, size: int) -> np.ndarray:
-    """Decode any common image file to RGB float32 (size, size, 3), values 0..255.
+    """Decode any common image file to RGB uint8 (size, size, 3).
 
     Grayscale, palette, CMYK and 16-bit images are converted; transparency is composited on
     white; animated files give their first frame. The image is resized to a square, ignoring
@@ -145,7 +145,7 @@ def load_image(path, size: int) -> np.ndarray:
                     img = Image.new("RGB", rgba.size, (255, 255, 255))
                     img.paste(rgba, mask=rgba.getchannel("A"))
                 img = img.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-                return np.asarray(img, dtype=np.float32)
+                return np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None

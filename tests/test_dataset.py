@@ -84,7 +84,7 @@ def test_load_image_converts_every_mode(tmp_path):
     }
     for name, img in cases.items():
         out = load_image(_save(tmp_path / name, img), 24)
-        assert out.shape == (24, 24, 3) and out.dtype == np.float32, name
+        assert out.shape == (24, 24, 3) and out.dtype == np.uint8, name
     assert load_image(tmp_path / "gray.png", 8)[0, 0].tolist() == [128, 128, 128]
     assert load_image(tmp_path / "16bit.png", 8)[0, 0, 0] == pytest.approx(127, abs=1)
     assert load_image(tmp_path / "rgba.png", 8)[0, 0].tolist() == [255, 255, 255]  # transparent -> white
