@@ -25,9 +25,11 @@ def main(argv=None):
     p.add_argument("--cache-dir", default="cache", help="where code files are")
     p.add_argument("--runs-dir", default="runs", help="where run folders go")
     p.add_argument("--epochs", type=int, default=200, help="Keras heads: most epochs (early stopping ends sooner)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Keras heads: Adam learning rate")
-    p.add_argument("--batch-size", type=int, default=64, help="Keras heads: batch size")
-    p.add_argument("--patience", type=int, default=10, help="Keras heads: early-stopping patience, epochs")
+    p.add_argument("--learning-rate", type=float, default=3e-3, help="Keras heads: Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=256, help="Keras heads: batch size")
+    p.add_argument("--patience", type=int, default=5, help="Keras heads: early-stopping patience, epochs")
+    p.add_argument("--min-delta", type=float, default=0.002,
+                   help="Keras heads: smallest loss improvement that counts for early stopping")
     p.add_argument("--hidden", type=int, nargs="+", default=[256], help="mlp: hidden layer sizes")
     p.add_argument("--dropout", type=float, default=0.5, help="mlp: dropout after each hidden layer")
     p.add_argument("--Cs", type=float, nargs="+", default=[0.001, 0.01, 0.1, 1.0],
@@ -49,7 +51,8 @@ def main(argv=None):
         if not Path(path).exists():
             raise UserError(f"no cached codes at {path}; make them with: {codes_command(spec, a.data)}")
     common = dict(class_weight=a.class_weight, seed=a.seed)
-    keras_opts = dict(epochs=a.epochs, learning_rate=a.learning_rate, batch_size=a.batch_size, patience=a.patience)
+    keras_opts = dict(epochs=a.epochs, learning_rate=a.learning_rate, batch_size=a.batch_size, patience=a.patience,
+                      min_delta=a.min_delta)
     params = {"softmax": dict(common, **keras_opts),
               "mlp": dict(common, **keras_opts, hidden=tuple(a.hidden), dropout=a.dropout),
               "logreg": dict(common, Cs=tuple(a.Cs))}[a.head]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 import zlib
 from pathlib import Path
 
@@ -130,22 +129,21 @@ def load_image(path, size: int) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
-                img.load()
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
+            img.load()
+            if "exif" in img.info:  # parsing EXIF costs time: only when there is some
                 img = ImageOps.exif_transpose(img)
-                if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                    arr = np.asarray(img, dtype=np.float32)
-                    top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                    img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
-                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                    rgba = img.convert("RGBA")
-                    img = Image.new("RGB", rgba.size, (255, 255, 255))
-                    img.paste(rgba, mask=rgba.getchannel("A"))
-                img = img.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-                return np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                arr = np.asarray(img, dtype=np.float32)
+                top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+                img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.new("RGB", rgba.size, (255, 255, 255))
+                img.paste(rgba, mask=rgba.getchannel("A"))
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            return np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None

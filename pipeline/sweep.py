@@ -69,7 +69,8 @@ def _single_thread():
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                 "TF_NUM_INTEROP_THREADS"):
         os.environ[var] = "1"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .errors import quiet_tensorflow
+    quiet_tensorflow()
 
 
 def run_one(path: str, head: str, n, repeat: int, seed: int, head_params: dict) -> dict:

@@ -86,3 +86,14 @@ def test_train_head_cli(images, tmp_path):
     assert "test accuracy" in r.stdout
     run = next((tmp_path / "runs").iterdir())
     assert (run / "head.keras").exists() and (run / "history.png").exists()
+
+
+def test_holdout_without_validation_set_is_stratified_and_disjoint():
+    from pipeline.heads import holdout
+    X, y = blobs(n_per_class=20)
+    Xf, yf, Xv, yv = holdout(X, y, None, None, fraction=0.1)
+    assert len(yv) == 10 and len(yf) == 90 and np.bincount(yv).tolist() == [2] * 5
+    assert not {tuple(r) for r in Xv} & {tuple(r) for r in Xf}
+    assert holdout(X[:6], np.arange(6), None, None)[2] is None  # one image per class: no holdout
+    Xg, yg, Xvg, yvg = holdout(X, y, X[:3], y[:3])
+    assert Xg is X and Xvg.shape[0] == 3
