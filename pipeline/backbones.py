@@ -1,8 +1,8 @@
 """One registry of frozen ImageNet conv bases: constructor, input size, preprocessing, layers.
 
 Adding a backbone is one :class:`Backbone` entry. Every feature model built here takes raw RGB
-images (float32, 0..255, shape (batch, size, size, 3)) and does its own preprocessing in a
-serializable :class:`Preprocess` layer, so cached codes, exported models and ``predict`` all
+images (float32, 0..255, shape (batch, size, size, 3)) and does its own preprocessing with a
+built-in Keras layer (:func:`Preprocess`), so cached codes, exported models and ``predict`` all
 see exactly the same input transform.
 """
 from __future__ import annotations
@@ -91,47 +91,35 @@ PREPROCESSING = {
 }
 
 
-def _preprocess_layer_class():
+def Preprocess(mode: str, name: str = "preprocess"):
+    """A built-in Keras layer for one preprocessing mode (None for 'none'), so that any model
+    containing it loads with plain ``keras.saving.load_model``, no custom objects needed."""
     import keras
+    import numpy as np
 
-    @keras.saving.register_keras_serializable(package="cnn_codes")
-    class Preprocess(keras.layers.Layer):
-        """Raw RGB 0..255 -> what one family of ImageNet weights expects (see PREPROCESSING)."""
-
-        def __init__(self, mode: str, **kwargs):
-            super().__init__(**kwargs)
-            if mode not in PREPROCESSING:
-                raise ValueError(f"unknown preprocessing {mode!r}")
-            self.mode = mode
-
-        def call(self, x):
-            ops = keras.ops
-            if self.mode == "caffe":
-                return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
-            if self.mode == "tf":
-                return x / 127.5 - 1.0
-            if self.mode == "lite":
-                return (x - 127.0) / 128.0
-            if self.mode == "torch":
-                mean = ops.convert_to_tensor((0.485, 0.456, 0.406), dtype=x.dtype)
-                std = ops.convert_to_tensor((0.229, 0.224, 0.225), dtype=x.dtype)
-                return (x / 255.0 - mean) / std
-            return x
-
-        def get_config(self):
-            return {**super().get_config(), "mode": self.mode}
-
-    return Preprocess
+    if mode not in PREPROCESSING:
+        raise ValueError(f"unknown preprocessing {mode!r}")
+    if mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name=name)
+    if mode == "lite":
+        return keras.layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0, name=name)
+    if mode == "torch":
+        return keras.layers.Normalization(mean=[0.485 * 255, 0.456 * 255, 0.406 * 255],
+                                          variance=[(0.229 * 255) ** 2, (0.224 * 255) ** 2, (0.225 * 255) ** 2],
+                                          name=name)
+    if mode == "caffe":  # RGB -> BGR and minus the mean, as a fixed 1x1 convolution
+        swap = np.zeros((1, 1, 3, 3), np.float32)
+        swap[0, 0, [2, 1, 0], [0, 1, 2]] = 1.0
+        layer = keras.layers.Conv2D(3, 1, name=name, trainable=False)
+        layer.build((None, None, None, 3))
+        layer.set_weights([swap, -np.asarray(_CAFFE_MEAN_BGR, np.float32)])
+        return layer
+    return None
 
 
-_PREPROCESS = None
-
-
-def Preprocess(mode: str, **kwargs):
-    global _PREPROCESS
-    if _PREPROCESS is None:
-        _PREPROCESS = _preprocess_layer_class()
-    return _PREPROCESS(mode, **kwargs)
+def apply_preprocessing(mode: str, x, name: str = "preprocess"):
+    layer = Preprocess(mode, name)
+    return x if layer is None else layer(x)
 
 
 # ------------------------------------------------------------------ building bases
@@ -210,7 +198,7 @@ def build_feature_model(backbone: Backbone, outputs, weights="imagenet", image_s
             raise UserError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
     size = image_size or backbone.input_size
     inputs = keras.Input((size, size, 3), name="image")
-    x = Preprocess(backbone.preprocessing, name="preprocess")(inputs)
+    x = apply_preprocessing(backbone.preprocessing, inputs)
     tapped = keras.Model(base.inputs, [base.get_layer(l).output for l, _ in outputs], name=backbone.name)
     feats = tapped(x, training=False)
     if not isinstance(feats, (list, tuple)):

@@ -51,5 +51,6 @@ def test_preprocessing_modes():
     x[..., 0] = 0
     assert np.allclose(np.asarray(Preprocess("tf")(x))[0, 0, 0], [-1, 1, 1])
     assert np.allclose(np.asarray(Preprocess("lite")(x))[0, 0, 0], [-127 / 128, 1, 1])
+    assert Preprocess("none") is None
     caffe = np.asarray(Preprocess("caffe")(x))[0, 0, 0]  # BGR order, mean removed
     assert np.allclose(caffe, [255 - 103.939, 255 - 116.779, 0 - 123.68])

@@ -1,0 +1,125 @@
+"""One deployable Keras model: preprocessing + frozen (or fine-tuned) base + head, with class names.
+
+The model takes raw RGB images, float32 0..255, shape (batch, size, size, 3), and returns class
+probabilities. It is built from built-in Keras layers only, so ``keras.saving.load_model`` opens
+it without this package; the class names and how the model was made are stored next to Keras's
+own files inside the ``.keras`` zip, as ``cnn_codes.json``.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .backbones import apply_preprocessing, build_base, get_backbone
+from .errors import UserError
+
+META_NAME = "cnn_codes.json"
+
+
+def head_as_keras(head, n_values: int):
+    """A Keras model codes (batch, n_values) -> probabilities for any trained head.
+
+    Keras heads are returned as they are; a logistic-regression head becomes one Dense softmax
+    layer with the standardization folded into its weights (same probabilities).
+    """
+    import keras
+
+    if getattr(head, "kind", None) == "keras":
+        return head.model_
+    scaler = head.model_.named_steps["standardscaler"]
+    clf = head.model_.named_steps["logisticregression"]
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # binary: sigmoid(z) == softmax([0, z])
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+    scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
+    W = np.zeros((n_values, head.n_classes_), np.float32)
+    b = np.full(head.n_classes_, -1e4, np.float32)  # classes never seen in training: probability 0
+    W[:, clf.classes_] = (coef / scale).T
+    b[clf.classes_] = intercept - (coef / scale) @ scaler.mean_
+    inputs = keras.Input((n_values,), name="codes")
+    dense = keras.layers.Dense(head.n_classes_, activation="softmax", name="softmax")
+    model = keras.Model(inputs, dense(inputs), name="head")
+    dense.set_weights([W, b])
+    return model
+
+
+POOL_LAYERS = {"flatten": "Flatten", "avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}
+
+
+def build_classifier(backbone: str, weights: str, image_size: int, layer: str, pooling: str, head_model):
+    """Raw RGB images -> probabilities: preprocessing, the base up to ``layer``, pooling, head.
+
+    Returns (model, base) where ``base`` is the functional conv base whose layers the model
+    uses (to choose which of them to fine-tune).
+    """
+    import keras
+
+    bb = get_backbone(backbone)
+    base = build_base(bb, weights, image_size)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = apply_preprocessing(bb.preprocessing, inputs)
+    trunk = keras.Model(base.inputs, base.get_layer(layer).output, name=bb.name)
+    # training=False: BatchNorm stays in inference mode even where layers are unfrozen later.
+    x = trunk(x, training=False)
+    x = getattr(keras.layers, POOL_LAYERS[pooling])(name=f"{layer}_{pooling}")(x)
+    outputs = head_model(x)
+    return keras.Model(inputs, outputs, name=f"{bb.name}_classifier"), trunk
+
+
+def save_model(model, path, class_names, info: dict) -> Path:
+    """Save as one ``.keras`` file with the class names and ``info`` inside."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise UserError(f"{path}: the model file name must end in .keras")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr(META_NAME, json.dumps({"class_names": list(class_names), **info}, indent=2))
+    return path
+
+
+def load_model(path):
+    """(model, class_names, info) from a file written by :func:`save_model`."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no model file at {path}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            meta = json.loads(z.read(META_NAME))
+    except (zipfile.BadZipFile, KeyError, ValueError):
+        raise UserError(f"{path} is not a model exported by this project (no {META_NAME} inside)") from None
+    model = keras.saving.load_model(path, compile=False)
+    return model, meta.pop("class_names"), meta
+
+
+def export_head_run(run_dir, out=None) -> Path:
+    """Export a head trained on cached codes (a stage-2 run folder) as one deployable model."""
+    from .codes import CodeSet
+    from .heads import load_head
+
+    run_dir = Path(run_dir)
+    record_path = run_dir / "record.json"
+    if not record_path.exists():
+        raise UserError(f"{run_dir} is not a run folder (no record.json)")
+    record = json.loads(record_path.read_text())
+    if record.get("kind") != "head-on-codes":
+        raise UserError(f"{run_dir} is a {record.get('kind')} run; it already holds model.keras")
+    attrs = record["code_attrs"]
+    head = load_head(run_dir)
+    n_values = int(np.prod(json.loads(attrs["code_shape"]))) if attrs["pooling"] == "flatten" \
+        else json.loads(attrs["code_shape"])[-1]
+    model, _ = build_classifier(attrs["backbone"], attrs["weights"], int(attrs["image_size"]), attrs["layer"],
+                                attrs["pooling"], head_as_keras(head, n_values))
+    out = Path(out) if out else run_dir / "model.keras"
+    return save_model(model, out, record["class_names"], model_info(attrs, "head-on-codes", str(run_dir)))
+
+
+def model_info(attrs: dict, kind: str, source: str) -> dict:
+    return {"kind": kind, "source": source, "backbone": attrs["backbone"], "layer": attrs["layer"],
+            "pooling": attrs["pooling"], "image_size": int(attrs["image_size"]), "weights": attrs["weights"],
+            "preprocessing": attrs["preprocessing"]}

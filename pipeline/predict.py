@@ -1,0 +1,55 @@
+"""Top-k predictions of an exported model for one image or a folder of images."""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .codes import read_batches
+from .dataset import IMAGE_EXTENSIONS
+from .errors import UserError
+from .models import load_model
+
+
+def find_images(target: Path) -> tuple[Path, list[str]]:
+    """(root, relative paths) of the image file or of all images under the folder."""
+    if target.is_file():
+        return target.parent, [target.name]
+    if not target.is_dir():
+        raise UserError(f"{target}: no such image or folder")
+    paths = sorted(p.relative_to(target).as_posix() for p in target.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise UserError(f"{target}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+    return target, paths
+
+
+def predict(model_path, target, top_k=5, batch_size=32, warn=lambda m: print(m, file=sys.stderr)):
+    """Rows of (path, [(class name, probability), ...] top-k) for every readable image.
+
+    Unreadable images get a warning each and are left out; the others are still predicted.
+    """
+    model, class_names, info = load_model(model_path)
+    size = int(info["image_size"])
+    root, paths = find_images(Path(target))
+    k = max(1, min(top_k, len(class_names)))
+    rows = []
+    for idx, imgs, ok, failures in read_batches(root, paths, np.arange(len(paths)), size, batch_size, 4):
+        for p, reason in failures:
+            warn(f"warning: skipped {root / p}: {reason}")
+        if len(imgs):
+            proba = np.asarray(model(imgs.astype(np.float32), training=False))
+            for i, pr in zip(idx[ok], proba):
+                top = np.argsort(-pr)[:k]
+                rows.append((str(root / paths[i]), [(class_names[j], float(pr[j])) for j in top]))
+    return rows
+
+
+def write_csv(rows, out: Path, top_k: int) -> None:
+    with open(out, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path"] + [f"{kind}{i + 1}" for i in range(top_k) for kind in ("class", "prob")])
+        for path, top in rows:
+            w.writerow([path] + [v for name, p in top for v in (name, f"{p:.6f}")])
