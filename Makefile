@@ -19,11 +19,17 @@ LAYER_OPT = $(if $(LAYER),--layer $(LAYER))
 SIZE_OPT  = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))
 CODE_OPTS = --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE)
 
-.PHONY: codes train sweep test bench help
+RUN      ?= $(lastword $(sort $(wildcard $(RUNS)/*-$(BACKBONE)-$(HEAD))))
+IMG      ?= examples/caltech5
+MODEL    ?= $(RUN)/model.keras
+
+.PHONY: codes train sweep finetune scratch export predict compare test bench help
 help:
 	@echo "make codes [DATA=.. BACKBONE=.. LAYER=.. POOLING=avg|max|flatten WEIGHTS=.. IMAGE_SIZE=.. SPLIT=70/15/15]"
 	@echo "make train [HEAD=softmax|mlp|logreg, same code options]"
 	@echo "make sweep [HEADS='softmax mlp logreg' NS='1 2 5 10 15 20 30 all' REPEATS=5]"
+	@echo "make finetune [RUN=runs/<head run>, default the newest $(BACKBONE) $(HEAD) run]  make scratch"
+	@echo "make export [RUN=..]   make predict IMG=image-or-folder [MODEL=run/model.keras]   make compare"
 	@echo "make test | make bench"
 
 codes:
@@ -34,6 +40,21 @@ train:
 
 sweep:
 	$(PYTHON) sweep.py --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE) --heads $(HEADS) --n $(NS) --repeats $(REPEATS) --runs-dir $(RUNS) $(ARGS)
+
+finetune:
+	$(PYTHON) finetune.py $(RUN) --cache-dir $(CACHE) --runs-dir $(RUNS) $(ARGS)
+
+scratch:
+	$(PYTHON) scratch.py $(CODE_OPTS) --runs-dir $(RUNS) $(ARGS)
+
+export:
+	$(PYTHON) export.py $(RUN) $(ARGS)
+
+predict:
+	$(PYTHON) predict.py $(IMG) --model $(MODEL) $(ARGS)
+
+compare:
+	$(PYTHON) compare.py --runs-dir $(RUNS) $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q

@@ -6,7 +6,7 @@ from pipeline.errors import quiet_tensorflow, run_cli
 
 
 def main(argv=None):
-    from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS
+    from pipeline.cli import add_code_options, code_paths
     from pipeline.heads import HEADS
 
     p = argparse.ArgumentParser(
@@ -15,14 +15,7 @@ def main(argv=None):
         "report.txt, confusion.png and history.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--head", default="softmax", choices=list(HEADS), help="which head to train")
-    p.add_argument("--codes", default=None, help="path of a cached code file (.h5); overrides the options below")
-    p.add_argument("--data", default="examples/caltech5", help="image folder the codes were made from")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone the codes were made with")
-    p.add_argument("--layer", default=None, help="layer the codes were taken from (default: final conv block)")
-    p.add_argument("--pooling", default="avg", choices=POOLINGS, help="pooling of the codes")
-    p.add_argument("--weights", default="imagenet", help="weights the codes were made with")
-    p.add_argument("--image-size", type=int, default=None, help="input size the codes were made with")
-    p.add_argument("--cache-dir", default="cache", help="where code files are")
+    add_code_options(p)
     p.add_argument("--runs-dir", default="runs", help="where run folders go")
     p.add_argument("--epochs", type=int, default=200, help="Keras heads: most epochs (early stopping ends sooner)")
     p.add_argument("--learning-rate", type=float, default=3e-3, help="Keras heads: Adam learning rate")
@@ -39,17 +32,9 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     quiet_tensorflow()
-    from pipeline.codes import code_spec, codes_command
     from pipeline.train import train_on_codes
-    from pipeline.errors import UserError
-    from pathlib import Path
 
-    path = a.codes
-    if path is None:
-        spec = code_spec(a.data, a.backbone, a.layer, a.pooling, a.weights, a.image_size)
-        path = spec.path(a.cache_dir)
-        if not Path(path).exists():
-            raise UserError(f"no cached codes at {path}; make them with: {codes_command(spec, a.data)}")
+    path = code_paths(a)[0]
     common = dict(class_weight=a.class_weight, seed=a.seed)
     keras_opts = dict(epochs=a.epochs, learning_rate=a.learning_rate, batch_size=a.batch_size, patience=a.patience,
                       min_delta=a.min_delta)

@@ -152,7 +152,7 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
                                  augment=augmentation(strength, seed), seed=seed)
         val_ds = image_dataset(root, [cs.paths[i] for i in va], cs.y[va], size, batch_size)
         model.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
-        hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stop],
+        hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stop], shuffle=False,
                          verbose=2 if progress else 0)
         seconds = time.perf_counter() - t0
         test_ds = image_dataset(root, [cs.paths[i] for i in te], cs.y[te], size, batch_size)
@@ -181,7 +181,6 @@ def _warmup_metrics(head_run) -> dict:
 
 def _cut_activations(cs: CodeSet, attrs, cut, cache_dir, progress, log):
     """Activations at the cut layer for every image of the code set, via the stage-1 cache."""
-    from .dataset import scan
     root = Path(attrs["data_root"])
     present = {p.name for p in root.iterdir() if p.is_dir()}
     exclude = sorted(present - set(cs.class_names))
@@ -236,7 +235,7 @@ def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=
     ds = lambda idx, **kw: image_dataset(root, [cs.paths[i] for i in idx], cs.y[idx], image_size, batch_size, **kw)
     t0 = time.perf_counter()
     hist = model.fit(ds(tr, shuffle=True, seed=seed, augment=augmentation(strength, seed) if augment else None),
-                     validation_data=ds(va), epochs=epochs, verbose=2 if progress else 0,
+                     validation_data=ds(va), epochs=epochs, verbose=2 if progress else 0, shuffle=False,
                      callbacks=[keras.callbacks.EarlyStopping("val_loss", patience=patience,
                                                               restore_best_weights=True)])
     seconds = time.perf_counter() - t0

@@ -6,8 +6,6 @@ of the regularization strength (logistic regression).
 """
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import numpy as np

@@ -99,7 +99,6 @@ def load_model(path):
 
 def export_head_run(run_dir, out=None) -> Path:
     """Export a head trained on cached codes (a stage-2 run folder) as one deployable model."""
-    from .codes import CodeSet
     from .heads import load_head
 
     run_dir = Path(run_dir)

@@ -130,7 +130,7 @@ def test_resume_after_kill_gives_identical_codes(tmp_path):
     assert not (staging.parent / "top_activation-avg.h5").exists()
     again = run_script(*args, "--cache-dir", cache)
     assert again.returncode == 0, again.stderr
-    assert f"of 90 images to compute" in again.stdout and "90 of 90" not in again.stdout
+    assert "of 90 images to compute" in again.stdout and "90 of 90" not in again.stdout
     a, _ = _read(tmp_path / "ref" / "data" / "efficientnet_lite0-32-random" / "top_activation-avg.h5")
     b, _ = _read(staging.parent / "top_activation-avg.h5")
     for key in ("paths", "labels", "split", "fingerprints", "class_names"):

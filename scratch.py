@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""Baseline: a small CNN trained from scratch on the same split as the cached codes."""
+import argparse
+
+from pipeline.errors import quiet_tensorflow, run_cli
+
+
+def main(argv=None):
+    from pipeline.cli import add_code_options, code_paths
+
+    p = argparse.ArgumentParser(
+        description=__doc__ + " 4 x (conv 32 3x3 + max-pool), dropout, Dense 256, dropout, softmax; "
+        "Adam, early stopping on validation. Writes a run folder with model.keras and the report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_code_options(p)  # the code set whose images and stored split are used
+    p.add_argument("--train-size", type=int, default=128, help="input size of the from-scratch CNN, pixels")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--patience", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--augment", action="store_true", help="augment training images")
+    p.add_argument("--strength", type=float, default=0.1)
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    quiet_tensorflow()
+    from pipeline.finetune import train_scratch
+
+    train_scratch(code_paths(a)[0], a.train_size, a.epochs, a.patience, a.batch_size, a.learning_rate, a.augment,
+                  a.strength, a.runs_dir, a.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,159 @@
+"""Issue 5: fine-tuning, augmentation, from-scratch baseline, export and predict (small random backbones)."""
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import FAST, run_script
+from pipeline import finetune as ft
+from pipeline.backbones import REGISTRY, build_base
+from pipeline.codes import CodeSet, generate_codes
+from pipeline.dataset import TEST, TRAIN, VAL, load_image
+from pipeline.errors import UserError
+from pipeline.heads import load_head
+from pipeline.images import augmentation, image_dataset
+from pipeline.models import export_head_run, head_as_keras, load_model
+from pipeline.predict import predict
+from pipeline.train import train_on_codes
+
+QUIET = dict(log=lambda *a: None)
+
+
+@pytest.fixture
+def head_run(images, tmp_path):
+    """Codes of the synthetic images (random lite0, 32 px) and a softmax head trained on them."""
+    path = generate_codes(images, cache_dir=tmp_path / "cache", **FAST)[0]
+    run_dir, _ = train_on_codes(path, "softmax", {"epochs": 5}, tmp_path / "runs", **QUIET)
+    return run_dir, path
+
+
+def _trunk(name="efficientnet_lite0", layer="top_activation", size=32):
+    base = build_base(REGISTRY[name], "none", size)
+    return keras.Model(base.inputs, base.get_layer(layer).output)
+
+
+def test_cut_points_by_blocks_and_by_layer_name():
+    trunk = _trunk()
+    assert ft.cut_layer(trunk, "lite0", 1, None) == "block6d_add"  # block7a + top trainable
+    assert ft.cut_layer(trunk, "lite0", 2, None) == "block6c_add"
+    assert ft.cut_layer(trunk, "lite0", None, "block7a_expand_conv") == "block6d_add"
+    with pytest.raises(UserError, match="choose the start of a block"):
+        ft.cut_layer(trunk, "lite0", None, "block6d_project_conv")  # its block's add needs block6c_add too
+    with pytest.raises(UserError, match="no layer"):
+        ft.cut_layer(trunk, "lite0", None, "nope")
+    with pytest.raises(UserError, match="fewer blocks"):
+        ft.cut_layer(trunk, "lite0", 99, None)
+    vgg = _trunk("vgg16", "block5_pool")
+    assert ft.cut_layer(vgg, "vgg16", 1, None) == "block4_pool"
+
+
+def test_only_the_chosen_layers_are_trainable_and_batchnorm_stays_frozen():
+    trunk = _trunk()
+    cut = ft.cut_layer(trunk, "lite0", 1, None)
+    tail = keras.Model(trunk.get_layer(cut).output, trunk.output)
+    head = keras.Sequential([keras.Input((1280,)), keras.layers.Dense(3, activation="softmax")])
+    ft._set_trainable(trunk, tail.layers, head)
+    names = [l.name for l in trunk.layers]
+    after = set(names[names.index(cut) + 1:])
+    for layer in trunk.layers:
+        should = layer.name in after and layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+        assert bool(layer.trainable and layer.weights) == bool(should), layer.name
+    trainable = {w.path.split("/")[0] for w in trunk.trainable_weights}
+    assert trainable == {"block7a_expand_conv", "block7a_dwconv", "block7a_project_conv", "top_conv"}
+
+
+@pytest.mark.parametrize("head_name", ["softmax", "logreg"])
+def test_warmup_head_is_loaded_and_export_reproduces_it(head_name, images, tmp_path):
+    path = generate_codes(images, cache_dir=tmp_path / "cache", **dict(FAST, image_size=64))[0]
+    params = {"epochs": 5} if head_name == "softmax" else {"Cs": (1.0,)}
+    run_dir, _ = train_on_codes(path, head_name, params, tmp_path / "runs", **QUIET)
+    cs = CodeSet.load(path)
+    head = load_head(run_dir)
+    expected = head.predict_proba(cs.X)
+    # the head, as Keras, on the cached codes
+    np.testing.assert_allclose(np.asarray(head_as_keras(head, cs.X.shape[1])(cs.X)), expected, atol=1e-4)
+    # the whole exported model on the images themselves
+    out = export_head_run(run_dir)
+    model = keras.saving.load_model(out)  # plain Keras, no custom objects
+    imgs = np.stack([load_image(images / p, 64) for p in cs.paths]).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(imgs)), expected, atol=1e-4)
+    _, names, info = load_model(out)
+    assert names == cs.class_names and info["backbone"] == "efficientnet_lite0" and info["image_size"] == 64
+
+
+def test_finetune_fast_path_end_to_end(head_run, tmp_path):
+    run_dir, path = head_run
+    out, metrics = ft.finetune(run_dir, unfreeze_blocks=1, epochs=2, cache_dir=tmp_path / "cache",
+                               runs_dir=tmp_path / "ft", progress=False, **QUIET)
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["kind"] == "finetune" and rec["cut_layer"] == "block6d_add" and not rec["augment"]
+    assert (tmp_path / "cache" / "data" / "efficientnet_lite0-32-random" / "block6d_add-flatten.h5").exists()
+    assert {"model.keras", "report.txt", "confusion.png", "history.png"} <= {p.name for p in out.iterdir()}
+    model, names, info = load_model(out / "model.keras")
+    cs = CodeSet.load(path)
+    te = np.flatnonzero(cs.split == TEST)
+    imgs = np.stack([load_image(cs.attrs["data_root"] + "/" + cs.paths[i], 32) for i in te]).astype(np.float32)
+    acc = (np.asarray(model(imgs)).argmax(1) == cs.y[te]).mean()
+    assert acc == pytest.approx(metrics["accuracy"])  # the saved model is the one evaluated
+    assert info["kind"] == "finetune"
+
+
+def test_augmentation_only_touches_training_images(head_run, tmp_path, monkeypatch):
+    calls = []
+    real = image_dataset
+
+    def spy(root, paths, labels, size, batch_size, shuffle=False, augment=None, seed=0):
+        calls.append((len(paths), augment is not None))
+        return real(root, paths, labels, size, batch_size, shuffle, augment, seed)
+
+    monkeypatch.setattr("pipeline.images.image_dataset", spy)
+    run_dir, path = head_run
+    ft.finetune(run_dir, unfreeze_blocks=1, epochs=1, augment=True, runs_dir=tmp_path / "ft", progress=False, **QUIET)
+    cs = CodeSet.load(path)
+    n = {s: int((cs.split == s).sum()) for s in (TRAIN, VAL, TEST)}
+    assert calls == [(n[TRAIN], True), (n[VAL], False), (n[TEST], False)]
+
+
+def test_image_dataset_leaves_images_alone_without_augment(images):
+    paths = ["class0/img000.JPG", "class1/img001.png"]
+    plain = next(iter(image_dataset(images, paths, [0, 1], 32, 2)))[0].numpy()
+    np.testing.assert_array_equal(plain, np.stack([load_image(images / p, 32) for p in paths]))
+    aug = next(iter(image_dataset(images, paths, [0, 1], 32, 2, augment=augmentation(0.3))))[0].numpy()
+    assert aug.shape == plain.shape and not np.array_equal(aug, plain)
+
+
+def test_scratch_baseline_runs_on_the_same_split(head_run, tmp_path):
+    _, path = head_run
+    out, metrics = ft.train_scratch(path, image_size=32, epochs=2, runs_dir=tmp_path / "s", progress=False, **QUIET)
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["kind"] == "scratch" and rec["n_test"] == int((CodeSet.load(path).split == TEST).sum())
+    model = keras.saving.load_model(out / "model.keras")
+    assert [l.__class__.__name__ for l in model.layers].count("Conv2D") == 4
+    assert 0 <= metrics["accuracy"] <= 1
+
+
+def test_predict_folder_with_a_corrupt_file(head_run, images, tmp_path):
+    run_dir, _ = head_run
+    model_path = export_head_run(run_dir)
+    (images / "class0" / "corrupt.jpg").write_bytes(b"not an image at all")
+    warnings = []
+    rows = predict(model_path, images, top_k=2, warn=warnings.append)
+    assert len(rows) == 36 and len(warnings) == 1 and "corrupt.jpg" in warnings[0]
+    assert all(len(top) == 2 and top[0][1] >= top[1][1] for _, top in rows)
+    r = run_script("predict.py", images, "--model", model_path, "--out", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    assert "corrupt.jpg" in r.stderr and "Traceback" not in r.stderr
+    table = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(table) == 36 and {"path", "class1", "prob1"} <= set(table[0])
+    r = run_script("predict.py", tmp_path / "nothing.jpg", "--model", model_path)
+    assert r.returncode == 2 and "no such image" in r.stderr
+
+
+def test_compare_table(head_run, tmp_path):
+    run_dir, _ = head_run
+    r = run_script("compare.py", run_dir)
+    assert r.returncode == 0 and "| head-on-codes |" in r.stdout and "%" in r.stdout
+    r = run_script("compare.py", "--runs-dir", tmp_path / "empty")
+    assert r.returncode == 2 and "no finished runs" in r.stderr
