@@ -11,9 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CALTECH = ROOT.parent / "shared" / "data" / "caltech101" / "101_ObjectCategories"
+from common import CALTECH, ROOT
 
 
 def main():

@@ -15,9 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CALTECH = ROOT.parent / "shared" / "data" / "caltech101" / "101_ObjectCategories"
+from common import CALTECH, ROOT
 
 
 def subset(src: Path, dst: Path, per_class: int | None, exclude) -> Path:

@@ -116,10 +116,11 @@ class Mapper:
         return [np.asarray(o, dtype=np.float32)[:n] for o in out]
 
 
-def _save_shard(staging: Path, number: int, paths, fingerprints, codes, failed, reasons):
+def _save_shard(staging: Path, number: int, paths, fingerprints, codes, failed, reasons, failed_fingerprints):
     tmp = staging / f"shard-{number:06d}.tmp.npz"
     np.savez(tmp, paths=np.asarray(paths, dtype=str), fingerprints=fingerprints, codes=codes,
-             failed=np.asarray(failed, dtype=str), reasons=np.asarray(reasons, dtype=str))
+             failed=np.asarray(failed, dtype=str), reasons=np.asarray(reasons, dtype=str),
+             failed_fingerprints=np.asarray(failed_fingerprints, np.int64).reshape(-1, 2))
     os.replace(tmp, staging / f"shard-{number:06d}.npz")  # atomic: a shard is whole or absent
 
 
@@ -129,10 +130,11 @@ def _staging_dir(path: Path) -> Path:
     return path.with_name(path.stem + ".partial")
 
 
-def _existing_rows(path: Path, attrs: dict, overwrite: bool) -> dict[str, tuple]:
-    """relpath -> ('h5', row, fingerprint) for rows of a finished file that may be reused."""
+def _existing_rows(path: Path, attrs: dict, overwrite: bool) -> tuple[dict, dict]:
+    """Rows of a finished file that may be reused, relpath -> ('h5', row, fingerprint), and its
+    unreadable images, relpath -> (reason, fingerprint)."""
     if not path.exists() or overwrite:
-        return {}
+        return {}, {}
     try:
         with h5py.File(path, "r") as f:
             old = {k: f.attrs.get(k) for k in _IDENTITY_ATTRS}
@@ -143,21 +145,24 @@ def _existing_rows(path: Path, attrs: dict, overwrite: bool) -> dict[str, tuple]
                                 f"pass --overwrite to replace it or --cache-dir to keep both")
             paths = f["paths"].asstr()[()]
             fps = f["fingerprints"][()]
+            failed = dict(zip(f["failed_paths"].asstr()[()],
+                              zip(f["failed_reasons"].asstr()[()], map(tuple, f["failed_fingerprints"][()]))))
     except (OSError, KeyError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
-    return {p: ("h5", r, tuple(fp)) for r, (p, fp) in enumerate(zip(paths, fps))}
+    return {p: ("h5", r, tuple(fp)) for r, (p, fp) in enumerate(zip(paths, fps))}, failed
 
 
 def _shard_rows(staging: Path) -> tuple[dict, dict]:
-    """Rows and failures recorded in staged shards: relpath -> ('shard', file, row, fingerprint)."""
+    """Rows and failures recorded in staged shards: relpath -> ('shard', file, row, fingerprint)
+    and relpath -> (reason, fingerprint)."""
     rows, failed = {}, {}
     for shard in sorted(staging.glob("shard-*[0-9].npz")):
         with np.load(shard) as z:
             for r, (p, fp) in enumerate(zip(z["paths"], z["fingerprints"])):
                 rows[str(p)] = ("shard", shard, r, tuple(fp))
-            for p, reason in zip(z["failed"], z["reasons"]):
-                failed[str(p)] = str(reason)
+            for p, reason, fp in zip(z["failed"], z["reasons"], z["failed_fingerprints"]):
+                failed[str(p)] = (str(reason), tuple(fp))
     return rows, failed
 
 
@@ -170,17 +175,18 @@ def _versions() -> str:
 
 
 def _collect(path: Path, ds: ImageFolder, attrs: dict, overwrite: bool) -> tuple[dict, dict]:
-    """(usable rows, failures) for one output: finished-file rows and staged shard rows whose
-    fingerprint still matches the image on disk, and images that failed to decode."""
-    rows = _existing_rows(path, attrs, overwrite)
+    """(usable rows, failures) for one output: finished-file rows and staged shard rows, and
+    images that failed to decode (relpath -> reason), all whose fingerprint still matches the
+    image on disk. A changed image is computed (or tried) again."""
+    rows, failed = _existing_rows(path, attrs, overwrite)
     staging = _staging_dir(path)
-    failed = {}
     if staging.exists():
-        shard_rows, failed = _shard_rows(staging)
+        shard_rows, shard_failed = _shard_rows(staging)
         rows.update(shard_rows)
+        failed.update(shard_failed)
     current = {p: tuple(fp) for p, fp in zip(ds.paths, ds.fingerprints)}
     usable = {p: v for p, v in rows.items() if current.get(p) == v[-1]}
-    return usable, {p: r for p, r in failed.items() if p in current and p not in usable}
+    return usable, {p: r for p, (r, fp) in failed.items() if current.get(p) == fp and p not in usable}
 
 
 def _same_content(path: Path, ds: ImageFolder, usable: dict, split_attrs: dict) -> bool:
@@ -234,6 +240,9 @@ def _assemble(path: Path, ds: ImageFolder, usable: dict, failed: dict, attrs: di
             f.create_dataset("class_names", data=ds.class_names, dtype=STR)
             f.create_dataset("failed_paths", data=sorted(failed), dtype=STR)
             f.create_dataset("failed_reasons", data=[failed[p] for p in sorted(failed)], dtype=STR)
+            fp_of = dict(zip(ds.paths, map(tuple, ds.fingerprints)))
+            f.create_dataset("failed_fingerprints", data=np.asarray([fp_of[p] for p in sorted(failed)],
+                                                                      np.int64).reshape(-1, 2))
             f.attrs.update(attrs)
     finally:
         if old is not None:
@@ -251,7 +260,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
 
     Images already cached with the same fingerprint (size, mtime) are not recomputed; new or
     changed images are computed; removed ones are dropped. Unreadable images are skipped,
-    counted and listed in the file (``failed_paths``) and tried again on the next run.
+    counted and listed in the file (``failed_paths``) and tried again only once they change.
     ``stats``, if a dict, receives the streaming figures: images computed and loop seconds.
     """
     if dtype not in ("float32", "float16"):
@@ -273,7 +282,8 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
             shutil.rmtree(_staging_dir(f), ignore_errors=True)
 
     known = [_collect(f, ds, a, overwrite) for f, a in zip(files, out_attrs)]
-    todo = np.flatnonzero([any(p not in usable for usable, _ in known) for p in ds.paths])
+    todo = np.flatnonzero([any(p not in usable and p not in failed for usable, failed in known)
+                           for p in ds.paths])
     shapes = None
     if len(todo):
         model, shapes = build_feature_model(bb, outputs, weights, size)
@@ -325,6 +335,7 @@ def _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, nam
                 default=0)
     workers = workers or min(8, os.cpu_count() or 1)
     n_failed = 0
+    fingerprint = dict(zip(ds.paths, map(tuple, ds.fingerprints)))
     t0 = time.perf_counter()
     with tqdm(total=len(todo), unit="img", disable=not progress, smoothing=0.1, desc=f"codes {name}") as bar:
         for k, (idx, imgs, ok, failures) in enumerate(
@@ -333,7 +344,8 @@ def _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, nam
             good = idx[ok]
             for s, c in zip(stagings, codes):
                 _save_shard(s, start + k, [ds.paths[i] for i in good], ds.fingerprints[good],
-                            c.astype(dtype), [p for p, _ in failures], [r for _, r in failures])
+                            c.astype(dtype), [p for p, _ in failures], [r for _, r in failures],
+                            [fingerprint[p] for p, _ in failures])
             n_failed += len(failures)
             bar.update(len(idx))
             if n_failed:

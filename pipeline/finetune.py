@@ -20,20 +20,9 @@ import numpy as np
 from .codes import CodeSet, generate_codes
 from .dataset import TEST, TRAIN, VAL
 from .errors import UserError
-from .heads import holdout, load_head
-from .models import build_classifier, head_as_keras, model_info, save_model
+from .heads import holdout
+from .models import classifier_from_head_run, model_info, save_model
 from .report import evaluate, new_run_dir, write_report
-
-
-def _load_head_run(head_run):
-    head_run = Path(head_run)
-    path = head_run / "record.json"
-    if not path.exists():
-        raise UserError(f"{head_run} is not a run folder of train_head.py (no record.json)")
-    record = json.loads(path.read_text())
-    if record.get("kind") != "head-on-codes":
-        raise UserError(f"{head_run} is a {record.get('kind')} run; fine-tuning starts from a head trained on codes")
-    return record
 
 
 _BLOCK = re.compile(r"^(.*?block_?\d+[a-z]?)(_|$)|^(mixed\d+)$")
@@ -108,16 +97,10 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
 
     from .images import augmentation, image_dataset
 
-    record = _load_head_run(head_run)
+    model, trunk, head_model, record = classifier_from_head_run(head_run)
     attrs = record["code_attrs"]
     cs = CodeSet.load(record["codes"])
-    head = load_head(head_run)
-    shape = json.loads(attrs["code_shape"])
-    n_values = int(np.prod(shape)) if attrs["pooling"] == "flatten" else shape[-1]
-    head_model = head_as_keras(head, n_values)
     size = int(attrs["image_size"])
-    model, trunk = build_classifier(attrs["backbone"], attrs["weights"], size, attrs["layer"], attrs["pooling"],
-                                    head_model)
     cut = cut_layer(trunk, attrs["backbone"], unfreeze_blocks, unfreeze_from)
     tail = keras.Model(trunk.get_layer(cut).output, trunk.output, name="tail")
     _set_trainable(trunk, tail.layers, head_model)

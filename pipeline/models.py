@@ -97,25 +97,33 @@ def load_model(path):
     return model, meta.pop("class_names"), meta
 
 
-def export_head_run(run_dir, out=None) -> Path:
-    """Export a head trained on cached codes (a stage-2 run folder) as one deployable model."""
+def classifier_from_head_run(run_dir):
+    """(model, trunk, head_model, record) for a head trained on cached codes (a stage-2 run):
+    the head on top of the backbone it was trained for, at the layer and pooling of its codes."""
     from .heads import load_head
 
     run_dir = Path(run_dir)
     record_path = run_dir / "record.json"
     if not record_path.exists():
-        raise UserError(f"{run_dir} is not a run folder (no record.json)")
+        raise UserError(f"{run_dir} is not a run folder of train_head.py (no record.json)")
     record = json.loads(record_path.read_text())
     if record.get("kind") != "head-on-codes":
-        raise UserError(f"{run_dir} is a {record.get('kind')} run; it already holds model.keras")
+        raise UserError(f"{run_dir} is a {record.get('kind')} run, not a head trained on codes "
+                        f"(its model.keras is already the whole model)")
     attrs = record["code_attrs"]
-    head = load_head(run_dir)
-    n_values = int(np.prod(json.loads(attrs["code_shape"]))) if attrs["pooling"] == "flatten" \
-        else json.loads(attrs["code_shape"])[-1]
-    model, _ = build_classifier(attrs["backbone"], attrs["weights"], int(attrs["image_size"]), attrs["layer"],
-                                attrs["pooling"], head_as_keras(head, n_values))
-    out = Path(out) if out else run_dir / "model.keras"
-    return save_model(model, out, record["class_names"], model_info(attrs, "head-on-codes", str(run_dir)))
+    shape = json.loads(attrs["code_shape"])
+    n_values = int(np.prod(shape)) if attrs["pooling"] == "flatten" else shape[-1]
+    head_model = head_as_keras(load_head(run_dir), n_values)
+    model, trunk = build_classifier(attrs["backbone"], attrs["weights"], int(attrs["image_size"]), attrs["layer"],
+                                    attrs["pooling"], head_model)
+    return model, trunk, head_model, record
+
+
+def export_head_run(run_dir, out=None) -> Path:
+    """Export a head trained on cached codes (a stage-2 run folder) as one deployable model."""
+    model, _, _, record = classifier_from_head_run(run_dir)
+    out = Path(out) if out else Path(run_dir) / "model.keras"
+    return save_model(model, out, record["class_names"], model_info(record["code_attrs"], "head-on-codes", str(run_dir)))
 
 
 def model_info(attrs: dict, kind: str, source: str) -> dict:

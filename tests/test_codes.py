@@ -93,6 +93,15 @@ def test_unreadable_images_are_skipped_counted_and_listed(images, tmp_path):
     assert data["codes"].shape[0] == 36
     assert sorted(p.decode() for p in data["failed_paths"]) == ["class0/broken.jpg", "class1/empty.png"]
     assert any("2 unreadable image(s) skipped" in l for l in logs)
+    logs.clear()
+    generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append))
+    assert not any("to compute" in l for l in logs), "known-bad images are not retried until they change"
+    assert any("2 unreadable image(s) skipped" in l for l in logs)
+    Image.fromarray(np.full((20, 20, 3), 99, np.uint8)).save(images / "class0" / "broken.jpg")
+    logs.clear()
+    generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append))
+    assert any("1 of 38 images to compute" in l for l in logs), logs
+    assert _read(path)[0]["codes"].shape[0] == 37
 
 
 def test_other_settings_are_refused_without_losing_the_file(images, tmp_path):
