@@ -145,8 +145,10 @@ def _existing_rows(path: Path, attrs: dict, overwrite: bool) -> tuple[dict, dict
                                 f"pass --overwrite to replace it or --cache-dir to keep both")
             paths = f["paths"].asstr()[()]
             fps = f["fingerprints"][()]
-            failed = dict(zip(f["failed_paths"].asstr()[()],
-                              zip(f["failed_reasons"].asstr()[()], map(tuple, f["failed_fingerprints"][()]))))
+            failed = {}
+            if "failed_fingerprints" in f:  # files of version 0.1.0 before it: failures are retried
+                failed = dict(zip(f["failed_paths"].asstr()[()],
+                                  zip(f["failed_reasons"].asstr()[()], map(tuple, f["failed_fingerprints"][()]))))
     except (OSError, KeyError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
