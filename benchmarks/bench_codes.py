@@ -7,7 +7,6 @@ counts (each in a fresh process), and the training seconds of each head on the r
 """
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -29,11 +28,13 @@ def subset(src: Path, dst: Path, per_class: int | None, exclude) -> Path:
 
 def child(a):
     """One stage-1 run in this process; prints JSON figures."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
     from pipeline.backbones import build_feature_model, get_backbone
     from pipeline.codes import Mapper, generate_codes
     from pipeline.dataset import parse_split, scan
+    from pipeline.errors import quiet_tensorflow
+
+    quiet_tensorflow()
 
     n = len(scan(a.data))
     stats = {}

@@ -105,7 +105,7 @@ class Mapper:
     def __init__(self, model, batch_size: int):
         import tensorflow as tf
         self.batch_size = batch_size
-        self._fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
+        self._fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), autograph=False)
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
         n = len(images)
@@ -290,7 +290,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     if len(todo):
         model, shapes = build_feature_model(bb, outputs, weights, size)
         log(f"{bb.name} {size}px -> {', '.join(f'{l}/{p}' for l, p in outputs)}: "
-            f"{len(todo)} of {len(ds)} images to compute")
+            f"{len(todo)} of {len(ds)} images to compute on {_device()}")
         seconds = _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, bb.name)
         log(f"computed {len(todo)} images in {seconds:.1f} s ({len(todo) / seconds:.1f} img/s)")
         if stats is not None:
@@ -317,6 +317,12 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
                + "; ".join(f"{p} ({r})" for p, r in list(failed.items())[:5])
                + (" ..." if len(failed) > 5 else "") if failed else ""))
     return files
+
+
+def _device() -> str:
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
 
 
 def _dim(path: Path) -> int:

@@ -43,7 +43,8 @@ FAST = dict(backbone="efficientnet_lite0", weights="none", image_size=32, batch_
 
 def run_script(*args, cwd=ROOT, timeout=300):
     """Run an entry script; returns CompletedProcess with text stdout/stderr."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs them: TensorFlow's start-up lines held back
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

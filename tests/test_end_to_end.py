@@ -10,6 +10,7 @@ def test_default_job_on_the_embedded_sample(tmp_path):
     r = run_script("generate_codes.py", "--cache-dir", cache, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "120 images x 1280 values" in r.stdout
+    assert r.stderr == ""  # TensorFlow's start-up lines are held back; no progress bar asked for
     r = run_script("train_head.py", "--head", "logreg", "--cache-dir", cache, "--runs-dir", runs)
     assert r.returncode == 0, r.stderr
     run = next(runs.iterdir())
