@@ -10,7 +10,7 @@ from pipeline.errors import UserError, run_cli
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("runs", nargs="*", default=None, help="run folders (default: every run under --runs-dir)")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--runs-dir", default="runs", help="where to look for run folders")
     a = p.parse_args(argv)
     folders = [Path(r) for r in a.runs] if a.runs else sorted(Path(a.runs_dir).glob("*/record.json"))
     folders = [f.parent if f.name == "record.json" else f for f in folders]

@@ -12,7 +12,7 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="a .keras model written by export.py, finetune.py or scratch.py")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to show per image")
     p.add_argument("--out", default="predictions.csv", help="CSV file for a folder's predictions")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     a = p.parse_args(argv)
     quiet_tensorflow()
     from pathlib import Path
