@@ -104,6 +104,18 @@ def test_unreadable_images_are_skipped_counted_and_listed(images, tmp_path):
     assert _read(path)[0]["codes"].shape[0] == 37
 
 
+def test_files_from_before_failure_fingerprints_are_read_and_failures_retried(images, tmp_path):
+    (images / "class0" / "broken.jpg").write_bytes(b"garbage")
+    path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
+    with h5py.File(path, "a") as f:
+        del f["failed_fingerprints"]  # as written by version 0.1.0 before it
+    logs = []
+    generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append))
+    assert any("1 of 37 images to compute" in l for l in logs), logs
+    data, _ = _read(path)
+    assert data["codes"].shape[0] == 36 and data["failed_fingerprints"].shape == (1, 2)
+
+
 def test_other_settings_are_refused_without_losing_the_file(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
     before = path.read_bytes()
