@@ -78,7 +78,7 @@ def scan(root, exclude=()) -> ImageFolder:
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
-    """'70/15/15' or '70/30' (train/val/test, percent or fractions) -> fractions summing to 1."""
+    """'70/15/15' or '70/30' (train/val/test, percent or fractions of 1) -> fractions summing to 1."""
     try:
         parts = [float(p) for p in text.replace(",", "/").split("/")]
     except ValueError:
@@ -88,6 +88,8 @@ def parse_split(text: str) -> tuple[float, float, float]:
     if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0 or parts[2] <= 0:
         raise UserError(f"--split {text!r}: expected TRAIN/VAL/TEST with positive train and test parts")
     total = sum(parts)
+    if not (abs(total - 100) < 1e-6 or abs(total - 1) < 1e-9):
+        raise UserError(f"--split {text!r}: the parts add up to {total:g}; they must add up to 100 (or 1)")
     return tuple(p / total for p in parts)
 
 

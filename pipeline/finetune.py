@@ -80,6 +80,12 @@ def cut_layer(trunk, backbone: str, unfreeze_blocks: int | None, unfreeze_from: 
     raise UserError(f"--unfreeze-blocks {unfreeze_blocks}: {backbone} has fewer blocks than that before this layer")
 
 
+def _check_options(epochs, patience, batch_size, learning_rate, strength):
+    if epochs < 1 or patience < 0 or batch_size < 1 or learning_rate <= 0 or not 0 <= strength < 1:
+        raise UserError("training options: epochs and batch size must be >= 1, patience >= 0, learning rate > 0, "
+                        "0 <= strength < 1")
+
+
 def _set_trainable(trunk, tail_layers, head_model):
     import keras
     trunk.trainable = True
@@ -97,6 +103,9 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
 
     from .images import augmentation, image_dataset
 
+    _check_options(epochs, patience, batch_size, learning_rate, strength)
+    if optimizer not in ("adam", "rmsprop"):
+        raise UserError(f"optimizer {optimizer!r}: choose adam or rmsprop")
     model, trunk, head_model, record = classifier_from_head_run(head_run)
     attrs = record["code_attrs"]
     cs = CodeSet.load(record["codes"])
@@ -206,6 +215,9 @@ def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=
 
     from .images import augmentation, image_dataset
 
+    _check_options(epochs, patience, batch_size, learning_rate, strength)
+    if image_size < 16:  # four 2x2 poolings
+        raise UserError(f"--train-size {image_size}: the from-scratch CNN needs at least 16 pixels")
     cs = CodeSet.load(codes_path)
     attrs = cs.attrs
     tr, va, te = (np.flatnonzero(cs.split == s) for s in (TRAIN, VAL, TEST))

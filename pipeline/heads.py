@@ -71,8 +71,10 @@ class KerasHead:
 
     def __init__(self, hidden=(), dropout=0.0, epochs=200, learning_rate=3e-3, batch_size=256,
                  patience=5, min_delta=0.002, class_weight=False, seed=0, verbose=0):
-        if epochs < 1 or batch_size < 1 or learning_rate <= 0 or not 0 <= dropout < 1:
-            raise UserError("head options: epochs and batch size must be >= 1, learning rate > 0, 0 <= dropout < 1")
+        if (epochs < 1 or batch_size < 1 or learning_rate <= 0 or not 0 <= dropout < 1 or patience < 0
+                or min_delta < 0 or min(hidden, default=1) < 1):
+            raise UserError("head options: epochs, batch size and hidden sizes must be >= 1, learning rate > 0, "
+                            "0 <= dropout < 1, patience and min-delta >= 0")
         self.hidden, self.dropout, self.epochs = tuple(hidden), dropout, epochs
         self.learning_rate, self.batch_size, self.patience = learning_rate, batch_size, patience
         self.min_delta = min_delta
@@ -154,13 +156,15 @@ class LogRegHead:
     The inverse regularization strength C is chosen from ``Cs`` by accuracy on the validation
     set (fits along increasing C warm-start from the previous one). Without a validation set,
     10% of the training codes are held out to choose C, then the model is refit on all of them;
-    where a class has a single image, C=1.
+    where a class has a single image, or only one C is given, the largest C is used.
     """
 
     name = "logreg"
     kind = "sklearn"
 
     def __init__(self, Cs=(0.001, 0.01, 0.1, 1.0), max_iter=300, class_weight=False, seed=0, verbose=0):
+        if not Cs or min(Cs) <= 0 or max_iter < 1:
+            raise UserError("logreg options: --Cs must be one or more positive numbers, max_iter >= 1")
         self.Cs, self.max_iter, self.class_weight, self.seed = tuple(Cs), max_iter, class_weight, seed
         self.model_ = None
         self.history_ = {}
@@ -183,7 +187,7 @@ class LogRegHead:
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.filterwarnings("ignore", "The number of unique classes is greater than 50%")
             X_fit, y_fit, X_val, y_val = holdout(X, y, X_val, y_val, seed=self.seed)
-            best, scores, best_model = 1.0, {}, None
+            best, scores, best_model = max(self.Cs), {}, None
             if X_val is not None and len(self.Cs) > 1:
                 # Along increasing C, each fit starts from the previous solution (warm start).
                 pipe = self._pipe(min(self.Cs))

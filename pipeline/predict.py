@@ -31,10 +31,12 @@ def predict(model_path, target, top_k=5, batch_size=32, warn=lambda m: print(m, 
 
     Unreadable images get a warning each and are left out; the others are still predicted.
     """
+    if top_k < 1 or batch_size < 1:
+        raise UserError("--top-k and --batch-size must be at least 1")
     model, class_names, info = load_model(model_path)
     size = int(info["image_size"])
     root, paths = find_images(Path(target))
-    k = max(1, min(top_k, len(class_names)))
+    k = min(top_k, len(class_names))
     rows = []
     for idx, imgs, ok, failures in read_batches(root, paths, np.arange(len(paths)), size, batch_size, 4):
         for p, reason in failures:

@@ -60,7 +60,7 @@ def test_split_is_stratified_deterministic_and_seed_dependent():
 def test_parse_split():
     assert parse_split("70/15/15") == pytest.approx((0.7, 0.15, 0.15))
     assert parse_split("0.7/0.3") == pytest.approx((0.7, 0.0, 0.3))
-    for bad in ("abc", "100/0", "50/-10/60", "1/2/3/4"):
+    for bad in ("abc", "100/0", "50/-10/60", "1/2/3/4", "80/30", "0.7/0.2/0.2"):
         with pytest.raises(UserError):
             parse_split(bad)
 

@@ -151,6 +151,18 @@ def test_predict_folder_with_a_corrupt_file(head_run, images, tmp_path):
     assert r.returncode == 2 and "no such image" in r.stderr
 
 
+def test_bad_training_options_are_refused_before_any_work(head_run, tmp_path):
+    run_dir, path = head_run
+    for bad in (dict(learning_rate=0), dict(epochs=0), dict(strength=1.5), dict(optimizer="sgd")):
+        with pytest.raises(UserError):
+            ft.finetune(run_dir, cache_dir=tmp_path / "c", runs_dir=tmp_path / "r", progress=False, **bad, **QUIET)
+    with pytest.raises(UserError, match="at least 16 pixels"):
+        ft.train_scratch(path, image_size=8, runs_dir=tmp_path / "r", progress=False, **QUIET)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
+    with pytest.raises(UserError, match="--top-k"):
+        predict(export_head_run(run_dir), tmp_path, top_k=0)
+
+
 def test_compare_table(head_run, tmp_path):
     run_dir, _ = head_run
     r = run_script("compare.py", run_dir)

@@ -47,6 +47,8 @@ def test_logreg_picks_C_on_validation_and_handles_missing_classes():
     head = LogRegHead(Cs=(1e-4, 1.0)).fit(X[y < 4], y[y < 4], X[y < 4][:10], y[y < 4][:10], n_classes=5)
     assert head.C_ in (1e-4, 1.0) and "val_accuracy_by_C" in head.history_
     assert head.predict_proba(X).shape == (len(X), 5) and head.predict_proba(X)[:, 4].max() == 0
+    one = LogRegHead(Cs=(0.05,)).fit(X, y)
+    assert one.C_ == 0.05 and one.model_.named_steps["logisticregression"].C == 0.05
 
 
 def test_mlp_shape_and_class_weight():
@@ -63,6 +65,10 @@ def test_bad_head_options():
         make_head("svm")
     with pytest.raises(UserError):
         SoftmaxHead(epochs=0)
+    with pytest.raises(UserError, match="hidden sizes"):
+        make_head("mlp", hidden=[256, -3])
+    with pytest.raises(UserError, match="--Cs"):
+        make_head("logreg", Cs=[0.1, -1])
 
 
 def test_train_on_codes_writes_a_complete_run(images, tmp_path):
