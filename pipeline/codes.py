@@ -27,7 +27,7 @@ import numpy as np
 from . import __version__
 from .backbones import DEFAULT_BACKBONE, build_feature_model, get_backbone, weights_identity
 from .dataset import ImageError, ImageFolder, load_image, scan, stratified_split
-from .errors import UserError
+from .errors import UserError, writable_folder
 
 STR = h5py.string_dtype()
 # Attributes that must agree before a cache file's rows may be reused.
@@ -270,8 +270,9 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     bb = get_backbone(backbone)
-    outputs = [(l, p) for l in (layers or [bb.default_layer]) for p in poolings]
     ds = scan(data, exclude)
+    writable_folder(cache_dir, "--cache-dir")
+    outputs = [(l, p) for l in (layers or [bb.default_layer]) for p in poolings]
     size = image_size or bb.input_size
     files = [code_spec(data, bb.name, l, p, weights, size).path(cache_dir) for l, p in outputs]
     base_attrs = dict(backbone=bb.name, image_size=size, preprocessing=bb.preprocessing,

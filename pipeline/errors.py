@@ -1,11 +1,13 @@
 """User-facing errors: one line on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -40,6 +42,20 @@ def quiet_tensorflow() -> None:
             os.close(saved)
 
 
+def writable_folder(path, option: str):
+    """Make folder ``path`` if needed; a clear error before any work if it cannot hold our files."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: that is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot make that folder ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: not writable")
+    return path
+
+
 def run_cli(main, argv=None) -> None:
     """Run an entry point's ``main(argv)`` and turn user errors into one line + exit code."""
     try:
@@ -51,4 +67,15 @@ def run_cli(main, argv=None) -> None:
         print("interrupted: work already done is kept; run the same command again to resume",
               file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in _USER_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where} (work already done is kept)", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code or 0)
+
+
+# File-system errors a user causes (a file where a folder belongs, permissions, a full disk).
+_USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
+                errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}

@@ -19,7 +19,7 @@ import numpy as np
 
 from .codes import CodeSet, generate_codes
 from .dataset import TEST, TRAIN, VAL
-from .errors import UserError
+from .errors import UserError, writable_folder
 from .heads import holdout
 from .models import classifier_from_head_run, model_info, save_model
 from .report import evaluate, new_run_dir, write_report
@@ -106,6 +106,8 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
     _check_options(epochs, patience, batch_size, learning_rate, strength)
     if optimizer not in ("adam", "rmsprop"):
         raise UserError(f"optimizer {optimizer!r}: choose adam or rmsprop")
+    writable_folder(runs_dir, "--runs-dir")
+    writable_folder(cache_dir, "--cache-dir")
     model, trunk, head_model, record = classifier_from_head_run(head_run)
     attrs = record["code_attrs"]
     cs = CodeSet.load(record["codes"])
@@ -218,6 +220,7 @@ def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=
     _check_options(epochs, patience, batch_size, learning_rate, strength)
     if image_size < 16:  # four 2x2 poolings
         raise UserError(f"--train-size {image_size}: the from-scratch CNN needs at least 16 pixels")
+    writable_folder(runs_dir, "--runs-dir")
     cs = CodeSet.load(codes_path)
     attrs = cs.attrs
     tr, va, te = (np.flatnonzero(cs.split == s) for s in (TRAIN, VAL, TEST))

@@ -18,7 +18,7 @@ import numpy as np
 
 from .codes import CodeSet
 from .dataset import TEST, TRAIN, VAL
-from .errors import UserError
+from .errors import UserError, writable_folder
 
 DEFAULT_NS = ("1", "2", "5", "10", "15", "20", "30", "all")
 
@@ -111,6 +111,7 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=DEFAULT_NS, rep
     from .report import new_run_dir
 
     ns = parse_ns(ns)
+    writable_folder(runs_dir, "--runs-dir")
     if repeats < 1:
         raise UserError("--repeats must be at least 1")
     unknown = [h for h in heads if h not in HEADS]

@@ -8,7 +8,7 @@ import numpy as np
 
 from .codes import CodeSet
 from .dataset import TEST, TRAIN, VAL
-from .errors import UserError
+from .errors import UserError, writable_folder
 from .heads import make_head
 from .report import evaluate, new_run_dir, write_report
 
@@ -16,6 +16,7 @@ from .report import evaluate, new_run_dir, write_report
 def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs", log=print):
     """Fit ``head`` on the train part of a code file (validation part for model selection),
     evaluate on its test part and write a run folder. Returns (run_dir, metrics)."""
+    writable_folder(runs_dir, "--runs-dir")
     cs = CodeSet.load(codes_path)
     X_tr, y_tr = cs.part(TRAIN)
     X_va, y_va = cs.part(VAL)

@@ -168,6 +168,7 @@ def test_cli_bad_inputs_give_one_line_and_nonzero_exit(images, tmp_path):
         (["--data", images, "--layer", "no_such_layer"], "has no layer 'no_such_layer'; suggested: top_activation"),
         (["--data", images, "--weights", tmp_path / "nope.h5"], "no such file"),
         (["--data", images, "--split", "abc"], "--split"),
+        (["--data", images, "--cache-dir", images / "class0" / "img001.png"], "is a file, not a folder"),
     ]
     for extra, msg in cases:
         r = run_script(*base, *extra)

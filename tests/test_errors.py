@@ -1,0 +1,40 @@
+"""Errors a user can cause: one line on stderr, exit code 2, never a traceback."""
+import pytest
+
+from pipeline.errors import UserError, run_cli, writable_folder
+
+
+def _exit(main, capsys):
+    with pytest.raises(SystemExit) as ex:
+        run_cli(main, [])
+    return ex.value.code, capsys.readouterr().err
+
+
+def test_user_errors_and_file_system_errors_are_one_line(tmp_path, capsys):
+    def bad_option(argv):
+        raise UserError("--thing 3: too many")
+    assert _exit(bad_option, capsys) == (2, "error: --thing 3: too many\n")
+
+    def file_where_a_folder_belongs(argv):
+        (tmp_path / "f").write_text("x")
+        (tmp_path / "f" / "out.csv").write_text("y")
+    code, err = _exit(file_where_a_folder_belongs, capsys)
+    assert code == 2 and err.startswith("error: Not a directory: ") and err.count("\n") == 1
+
+
+def test_programming_errors_still_raise(capsys):
+    def bug(argv):
+        raise OSError("something odd")  # no errno: not a user's doing
+    with pytest.raises(OSError):
+        run_cli(bug, [])
+    with pytest.raises(ZeroDivisionError):
+        run_cli(lambda argv: 1 / 0, [])
+
+
+def test_writable_folder(tmp_path):
+    assert writable_folder(tmp_path / "a" / "b", "--runs-dir").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="--runs-dir .*file, not a folder"):
+        writable_folder(tmp_path / "file", "--runs-dir")
+    with pytest.raises(UserError, match="cannot make that folder"):
+        writable_folder(tmp_path / "file" / "sub", "--runs-dir")
