@@ -91,6 +91,8 @@ def main():
                   f"{r['stream_ips']:6.1f} img/s, raw forward {r['raw_ips']:6.1f} img/s, "
                   f"ratio {r['stream_ips'] / r['raw_ips']:.2f}; whole call incl. model build and HDF5 assembly "
                   f"{r['e2e_s']:.1f} s = {r['e2e_ips']:.1f} img/s; peak RSS {r['rss_mb']:.0f} MB", flush=True)
+        from pipeline.errors import quiet_tensorflow
+        quiet_tensorflow()
         from pipeline.train import train_on_codes
         for head in ("softmax", "mlp", "logreg"):
             t0 = time.perf_counter()
