@@ -21,7 +21,7 @@ CODE_OPTS = --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLI
 
 RUN      ?= $(lastword $(sort $(wildcard $(RUNS)/*-$(BACKBONE)-$(HEAD))))
 IMG      ?= examples/caltech5
-MODEL    ?= $(RUN)/model.keras
+MODEL    ?= $(RUN)
 
 .PHONY: codes train sweep finetune scratch export predict compare test bench help
 help:
@@ -29,7 +29,7 @@ help:
 	@echo "make train [HEAD=softmax|mlp|logreg, same code options]"
 	@echo "make sweep [HEADS='softmax mlp logreg' NS='1 2 5 10 15 20 30 all' REPEATS=5]"
 	@echo "make finetune [RUN=runs/<head run>, default the newest $(BACKBONE) $(HEAD) run]  make scratch"
-	@echo "make export [RUN=..]   make predict IMG=image-or-folder [MODEL=run/model.keras]   make compare"
+	@echo "make export [RUN=..]   make predict IMG=image-or-folder [MODEL=run folder or .keras file]   make compare"
 	@echo "make test | make bench"
 
 codes:

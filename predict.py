@@ -9,7 +9,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__ + " For a folder, also writes a CSV.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("target", help="an image file or a folder of images (searched recursively)")
-    p.add_argument("--model", required=True, help="a .keras model written by export.py, finetune.py or scratch.py")
+    p.add_argument("--model", required=True,
+                   help="a .keras model written by export.py, finetune.py or scratch.py, or a run folder "
+                        "(a head on codes is exported there first)")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to show per image")
     p.add_argument("--out", default="predictions.csv", help="CSV file for a folder's predictions")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")

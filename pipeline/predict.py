@@ -10,7 +10,7 @@ import numpy as np
 from .codes import read_batches
 from .dataset import IMAGE_EXTENSIONS
 from .errors import UserError
-from .models import load_model
+from .models import export_head_run, load_model
 
 
 def find_images(target: Path) -> tuple[Path, list[str]]:
@@ -26,6 +26,22 @@ def find_images(target: Path) -> tuple[Path, list[str]]:
     return target, paths
 
 
+def model_file(path, log=print) -> Path:
+    """A .keras file as given, or a run folder's ``model.keras``; a head-on-codes run that has
+    not been exported yet is exported first."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    out = path / "model.keras"
+    if not out.exists() and (path / "record.json").exists():  # fine-tuned and scratch runs always have one
+        log(f"exporting {path} first")
+        export_head_run(path)
+    if not out.exists():
+        raise UserError(f"no model.keras in {path}: pass a .keras file or a run folder of "
+                        f"train_head.py, finetune.py or scratch.py")
+    return out
+
+
 def predict(model_path, target, top_k=5, batch_size=32, warn=lambda m: print(m, file=sys.stderr)):
     """Rows of (path, [(class name, probability), ...] top-k) for every readable image.
 
@@ -33,7 +49,7 @@ def predict(model_path, target, top_k=5, batch_size=32, warn=lambda m: print(m, 
     """
     if top_k < 1 or batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
-    model, class_names, info = load_model(model_path)
+    model, class_names, info = load_model(model_file(model_path, warn))
     size = int(info["image_size"])
     root, paths = find_images(Path(target))
     k = min(top_k, len(class_names))

@@ -151,6 +151,17 @@ def test_predict_folder_with_a_corrupt_file(head_run, images, tmp_path):
     assert r.returncode == 2 and "no such image" in r.stderr
 
 
+def test_predict_from_a_run_folder_exports_it_first(head_run, images, tmp_path):
+    run_dir, _ = head_run
+    assert not (run_dir / "model.keras").exists()
+    notes = []
+    rows = predict(run_dir, images / "class1", top_k=1, warn=notes.append)
+    assert (run_dir / "model.keras").is_file() and any("exporting" in n for n in notes)
+    assert rows and rows == predict(run_dir / "model.keras", images / "class1", top_k=1)
+    with pytest.raises(UserError, match="no model.keras in"):
+        predict(tmp_path, images, top_k=1)
+
+
 def test_bad_training_options_are_refused_before_any_work(head_run, tmp_path):
     run_dir, path = head_run
     for bad in (dict(learning_rate=0), dict(epochs=0), dict(strength=1.5), dict(optimizer="sgd")):
