@@ -1,3 +1,6 @@
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -96,6 +99,14 @@ def test_load_image_rejects_corrupt_and_truncated(tmp_path):
     buf = tmp_path / "full.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buf)
     (tmp_path / "trunc.jpg").write_bytes(buf.read_bytes()[:500])
-    for name in ("bad.jpg", "trunc.jpg"):
+    # a 20,000 x 20,000 PNG header: refused before decoding, not decoded into 1.2 GB
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+                                        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 10)) + _png_chunk(b"IEND", b""))
+    for name in ("bad.jpg", "trunc.jpg", "bomb.png"):
         with pytest.raises(ImageError):
             load_image(tmp_path / name, 16)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
