@@ -26,12 +26,14 @@ def main(argv=None):
     p.add_argument("--cache-dir", default="cache", help="where cut-point activations are cached")
     p.add_argument("--runs-dir", default="runs", help="where the run folder is written")
     p.add_argument("--seed", type=int, default=0, help="seed of shuffling, augmentation and initialization")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / per-epoch lines")
     a = p.parse_args(argv)
     quiet_tensorflow()
     from pipeline.finetune import finetune
 
     finetune(a.head_run, a.unfreeze_blocks if a.unfreeze_from is None else None, a.unfreeze_from, a.learning_rate,
-             a.optimizer, a.epochs, a.patience, a.batch_size, a.augment, a.strength, a.cache_dir, a.runs_dir, a.seed)
+             a.optimizer, a.epochs, a.patience, a.batch_size, a.augment, a.strength, a.cache_dir, a.runs_dir, a.seed,
+             progress=not a.no_progress)
     return 0
 
 

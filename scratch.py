@@ -22,12 +22,14 @@ def main(argv=None):
     p.add_argument("--strength", type=float, default=0.1, help="augmentation strength (zoom/shift fraction)")
     p.add_argument("--runs-dir", default="runs", help="where the run folder is written")
     p.add_argument("--seed", type=int, default=0, help="seed of shuffling, augmentation and initialization")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / per-epoch lines")
     a = p.parse_args(argv)
     quiet_tensorflow()
     from pipeline.finetune import train_scratch
 
     train_scratch(code_paths(a)[0], a.train_size, a.epochs, a.patience, a.batch_size, a.learning_rate, a.augment,
-                  a.strength, a.runs_dir, a.seed)
+                  a.strength, a.runs_dir, a.seed,
+                  progress=not a.no_progress)
     return 0
 
 

@@ -22,13 +22,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="base seed of the draws and heads")
     p.add_argument("--jobs", type=int, default=-1, help="worker processes (-1: one per CPU core)")
     p.add_argument("--runs-dir", default="runs", help="where the run folder goes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
 
     quiet_tensorflow()
     from pipeline.sweep import run_sweep
 
     paths = code_paths(a)
-    run_sweep(paths, a.heads, a.n, a.repeats, a.seed, a.jobs, a.runs_dir)
+    run_sweep(paths, a.heads, a.n, a.repeats, a.seed, a.jobs, a.runs_dir, progress=not a.no_progress)
     return 0
 
 

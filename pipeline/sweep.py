@@ -111,6 +111,8 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=DEFAULT_NS, rep
     from .report import new_run_dir
 
     ns = parse_ns(ns)
+    if n_jobs is not None and n_jobs != -1 and n_jobs < 1:
+        raise UserError(f"--jobs {n_jobs}: give a number of worker processes, or -1 for one per CPU core")
     writable_folder(runs_dir, "--runs-dir")
     if repeats < 1:
         raise UserError("--repeats must be at least 1")
