@@ -26,6 +26,15 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names) -> dict:
     }
 
 
+def most_confused(confusion, class_names, k: int = 10) -> list[tuple[str, str, int]]:
+    """The ``k`` largest off-diagonal counts: (true class, predicted class, test images)."""
+    cm = np.array(confusion)
+    np.fill_diagonal(cm, 0)
+    order = np.argsort(cm, axis=None, kind="stable")[::-1][:k]
+    return [(class_names[i], class_names[j], int(cm[i, j])) for i, j in zip(*np.unravel_index(order, cm.shape))
+            if cm[i, j] > 0]
+
+
 def plot_confusion(confusion, class_names, path: Path, title="") -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -87,7 +96,9 @@ def write_report(run_dir: Path, record: dict, metrics: dict, class_names, histor
                                                      "confusion": metrics["confusion"]}, indent=2))
     (run_dir / "report.txt").write_text(
         f"accuracy {summary['accuracy']:.4f}  top-5 {summary['top5_accuracy']:.4f}  "
-        f"mean per-class {summary['mean_per_class_accuracy']:.4f}  (n={summary['n']})\n\n" + metrics["report"])
+        f"mean per-class {summary['mean_per_class_accuracy']:.4f}  (n={summary['n']})\n\n" + metrics["report"]
+        + "\nmost confused (true -> predicted: test images)\n"
+        + "".join(f"  {t} -> {p}: {n}\n" for t, p, n in most_confused(metrics["confusion"], class_names)))
     plot_confusion(metrics["confusion"], class_names, run_dir / "confusion.png", record.get("title", ""))
     if history and any(k in history for k in ("loss", "accuracy")):
         plot_history(history, run_dir / "history.png", record.get("title", ""))

@@ -7,6 +7,7 @@ from conftest import FAST, run_script, user_error_lines
 from pipeline.codes import generate_codes
 from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead, load_head, make_head
 from pipeline.errors import UserError
+from pipeline.report import most_confused
 from pipeline.train import train_on_codes
 
 
@@ -78,6 +79,7 @@ def test_train_on_codes_writes_a_complete_run(images, tmp_path):
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["metrics"]["accuracy"] == metrics["accuracy"] and rec["n_test"] == len(rec["test_paths"])
     assert 0 <= metrics["accuracy"] <= 1 and "precision" in (run_dir / "report.txt").read_text()
+    assert "most confused" in (run_dir / "report.txt").read_text()
     assert (run_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -103,3 +105,9 @@ def test_holdout_without_validation_set_is_stratified_and_disjoint():
     assert holdout(X[:6], np.arange(6), None, None)[2] is None  # one image per class: no holdout
     Xg, yg, Xvg, yvg = holdout(X, y, X[:3], y[:3])
     assert Xg is X and Xvg.shape[0] == 3
+
+
+def test_most_confused_pairs_are_listed_largest_first():
+    cm = [[5, 0, 3], [1, 4, 0], [0, 2, 6]]
+    assert most_confused(cm, ["a", "b", "c"], k=2) == [("a", "c", 3), ("c", "b", 2)]
+    assert most_confused(np.eye(3, dtype=int), ["a", "b", "c"]) == []
