@@ -11,12 +11,13 @@ HEAD     ?= softmax
 CACHE    ?= cache
 RUNS     ?= runs
 HEADS    ?= softmax mlp logreg
-NS       ?= 1 2 5 10 15 20 30 all
+NS       ?=
 REPEATS  ?= 5
 ARGS     ?=
 
 LAYER_OPT = $(if $(LAYER),--layer $(LAYER))
 SIZE_OPT  = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))
+NS_OPT    = $(if $(NS),--n $(NS))
 CODE_OPTS = --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE)
 
 RUN      ?= $(lastword $(sort $(wildcard $(RUNS)/*-$(BACKBONE)-$(HEAD))))
@@ -39,7 +40,7 @@ train:
 	$(PYTHON) train_head.py --head $(HEAD) $(CODE_OPTS) --runs-dir $(RUNS) $(ARGS)
 
 sweep:
-	$(PYTHON) sweep.py --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE) --heads $(HEADS) --n $(NS) --repeats $(REPEATS) --runs-dir $(RUNS) $(ARGS)
+	$(PYTHON) sweep.py --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE) --heads $(HEADS) $(NS_OPT) --repeats $(REPEATS) --runs-dir $(RUNS) $(ARGS)
 
 finetune:
 	$(PYTHON) finetune.py $(RUN) --cache-dir $(CACHE) --runs-dir $(RUNS) $(ARGS)

@@ -17,7 +17,9 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_code_options(p, many=True)
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS), help="heads to train")
-    p.add_argument("--n", nargs="*", default=list(DEFAULT_NS), help="training images per class; 'all' for all")
+    p.add_argument("--n", nargs="*", default=None,
+                   help=f"training images per class; 'all' for all (default: {' '.join(DEFAULT_NS)}, "
+                        "without the values no class reaches)")
     p.add_argument("--repeats", type=int, default=5, help="draws per N (different images and head seeds)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the draws and heads")
     p.add_argument("--jobs", type=int, default=-1, help="worker processes (-1: one per CPU core)")

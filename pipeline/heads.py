@@ -60,7 +60,7 @@ def _ValidationLoss(X_val, y_val):
 
 
 class KerasHead:
-    """Shared machinery of the Keras heads: a standardization layer adapted on the training
+    """Shared machinery of the Keras heads: a standardization layer set from the training
     codes, optional hidden layers, a softmax output; Adam; early stopping on validation loss,
     best weights restored. Without a validation set, 10% of the training codes are held out for
     it (stratified; on training loss where a class has a single image). An epoch counts
@@ -84,8 +84,12 @@ class KerasHead:
 
     def _build(self, X, n_classes):
         import keras
+
+        from .scaling import standardization
         norm = keras.layers.Normalization(name="standardize")
-        norm.adapt(X)
+        norm.build((None, X.shape[1]))
+        norm.set_weights([*standardization(X), np.asarray(len(X))])
+        norm.finalize_state()
         inputs = keras.Input((X.shape[1],), name="codes")
         x = norm(inputs)
         for i, units in enumerate(self.hidden):
@@ -172,8 +176,9 @@ class LogRegHead:
     def _pipe(self, C):
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-        return make_pipeline(StandardScaler(), LogisticRegression(
+
+        from .scaling import ShrunkScaler
+        return make_pipeline(ShrunkScaler(), LogisticRegression(
             C=C, max_iter=self.max_iter, class_weight="balanced" if self.class_weight else None,
             random_state=self.seed))
 

@@ -29,8 +29,7 @@ def head_as_keras(head, n_values: int):
 
     if getattr(head, "kind", None) == "keras":
         return head.model_
-    scaler = head.model_.named_steps["standardscaler"]
-    clf = head.model_.named_steps["logisticregression"]
+    scaler, clf = head.model_[0], head.model_[-1]
     coef, intercept = clf.coef_, clf.intercept_
     if coef.shape[0] == 1:  # binary: sigmoid(z) == softmax([0, z])
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]

@@ -100,9 +100,13 @@ def _code_label(cs_attrs: dict) -> str:
     return f"{cs_attrs.get('backbone')} {cs_attrs.get('layer')}/{cs_attrs.get('pooling')}"
 
 
-def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=DEFAULT_NS, repeats=5, seed=0, n_jobs=-1,
+def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, seed=0, n_jobs=-1,
               runs_dir="runs", head_params=None, progress=True, log=print) -> Path:
-    """Run the sweep; write sweep.csv, summary.json and sweep.png in a new run folder; return it."""
+    """Run the sweep; write sweep.csv, summary.json and sweep.png in a new run folder; return it.
+
+    ``ns`` None means :data:`DEFAULT_NS` without the values that no class reaches (small data
+    sets); N values given explicitly must each fit some class.
+    """
     from joblib import cpu_count
     from joblib.externals.loky import get_reusable_executor
     from tqdm import tqdm
@@ -110,10 +114,10 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=DEFAULT_NS, rep
     from .heads import HEADS
     from .report import new_run_dir
 
-    ns = parse_ns(ns)
+    default_ns = ns is None
+    ns = parse_ns(DEFAULT_NS if default_ns else ns)
     if n_jobs is not None and n_jobs != -1 and n_jobs < 1:
         raise UserError(f"--jobs {n_jobs}: give a number of worker processes, or -1 for one per CPU core")
-    writable_folder(runs_dir, "--runs-dir")
     if repeats < 1:
         raise UserError("--repeats must be at least 1")
     unknown = [h for h in heads if h not in HEADS]
@@ -126,17 +130,24 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=DEFAULT_NS, rep
         train_counts = np.bincount(cs.y[cs.split == TRAIN], minlength=len(cs.class_names))
         if (cs.split == TEST).sum() == 0:
             raise UserError(f"{path}: the stored split has no test images")
-        largest = int(train_counts.max())
-        too_big = [n for n in ns if n != "all" and n > largest]
-        if too_big:
-            raise UserError(f"N={too_big[0]} is larger than any class of {path} (the largest has {largest} "
-                            f"training images); use N <= {largest} or 'all'")
-        capped = {str(n): [cs.class_names[c] for c in np.flatnonzero(train_counts < (largest if n == 'all' else n))]
-                  for n in ns if n != "all"}
-        sets.append({"path": path, "label": _code_label(cs.attrs), "attrs": cs.attrs,
-                     "n_classes": len(cs.class_names), "train_counts": train_counts.tolist(), "capped": capped,
+        sets.append({"path": path, "label": _code_label(cs.attrs), "attrs": cs.attrs, "class_names": cs.class_names,
+                     "n_classes": len(cs.class_names), "train_counts": train_counts.tolist(),
                      "mean_train_per_class": float(train_counts.mean())})
         del cs
+    for s in sets:
+        largest = max(s["train_counts"])
+        too_big = [n for n in ns if n != "all" and n > largest]
+        if too_big and default_ns:
+            log(f"note: N={', '.join(map(str, too_big))} left out: no class of {s['path']} has more than "
+                f"{largest} training images")
+            ns = [n for n in ns if n not in too_big]
+        elif too_big:
+            raise UserError(f"N={too_big[0]} is larger than any class of {s['path']} (the largest has {largest} "
+                            f"training images); use N <= {largest} or 'all'")
+    for s in sets:
+        counts, names = np.array(s["train_counts"]), s.pop("class_names")
+        s["capped"] = {str(n): [names[c] for c in np.flatnonzero(counts < n)] for n in ns if n != "all"}
+    writable_folder(runs_dir, "--runs-dir")
 
     tasks = [(s["path"], h, n, r) for s in sets for h in heads for n in ns for r in range(repeats)]
     workers = max(1, min(len(tasks), cpu_count() if n_jobs in (None, -1) else int(n_jobs)))

@@ -90,10 +90,19 @@ def test_capped_classes_are_recorded(tmp_path):
     assert s["classes_with_fewer_than_n"] == ["c2"]
 
 
+def test_default_ns_leave_out_what_no_class_reaches(tmp_path):
+    path, *_ = fake_codes(tmp_path / "codes.h5")  # largest class: 21 training images
+    notes = []
+    run = run_sweep([path], heads=("logreg",), repeats=1, progress=False, n_jobs=1, runs_dir=tmp_path / "r",
+                    log=notes.append)
+    assert json.loads((run / "summary.json").read_text())["ns"] == [1, 2, 5, 10, 15, 20, "all"]
+    assert any("N=30 left out" in n for n in notes)
+
+
 def test_bad_sweep_input(tmp_path):
     path, *_ = fake_codes(tmp_path / "codes.h5")
     with pytest.raises(UserError, match="larger than any class"):
-        run_sweep([path], ns=["500"], progress=False, log=lambda *a: None)
+        run_sweep([path], ns=["500"], progress=False, runs_dir=tmp_path / "r", log=lambda *a: None)
     with pytest.raises(UserError, match="empty"):
         run_sweep([path], ns=[], progress=False, log=lambda *a: None)
     r = run_script("sweep.py", "--data", tmp_path / "nodata", "--cache-dir", tmp_path / "cache")
