@@ -26,7 +26,7 @@ import numpy as np
 
 from . import __version__
 from .backbones import DEFAULT_BACKBONE, build_feature_model, get_backbone, weights_identity
-from .dataset import ImageError, ImageFolder, load_image, scan, stratified_split
+from .dataset import ImageError, ImageFolder, content_digest, load_image, scan, stratified_split
 from .errors import UserError, writable_folder
 
 STR = h5py.string_dtype()
@@ -66,16 +66,19 @@ def codes_command(spec: CodeSpec, data) -> str:
 # ------------------------------------------------------------------ reader / mapper / writer
 
 def read_batches(root: Path, paths, indices, size, batch_size, workers):
-    """Yield (batch_indices, images (n, size, size, 3) uint8, ok_mask, failures) in order.
+    """Yield (batch_indices, images (n, size, size, 3) uint8, ok_mask, failures, digests of the
+    images decoded) in order.
 
     Decoding runs in a thread pool (PIL releases the GIL) at most two batches ahead, so memory
     stays bounded whatever the data set size.
     """
     def load(i):
         try:
-            return load_image(root / paths[i], size), None
+            return load_image(root / paths[i], size), content_digest(root / paths[i])
         except ImageError as exc:
             return None, str(exc)
+        except OSError as exc:  # gone between decoding and hashing
+            return None, f"{type(exc).__name__}: {exc.strerror}"
 
     batches = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
     with cf.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -92,8 +95,9 @@ def read_batches(root: Path, paths, indices, size, batch_size, workers):
             ok = np.array([img is not None for img, _ in results], bool)
             imgs = (np.stack([img for img, _ in results if img is not None]) if ok.any()
                     else np.zeros((0, size, size, 3), np.uint8))
-            failures = [(paths[i], err) for i, (_, err) in zip(b, results) if err is not None]
-            yield np.asarray(b), imgs, ok, failures
+            failures = [(paths[i], err) for i, (img, err) in zip(b, results) if img is None]
+            digests = [d for img, d in results if img is not None]
+            yield np.asarray(b), imgs, ok, failures, digests
 
 
 class Mapper:
@@ -116,9 +120,11 @@ class Mapper:
         return [np.asarray(o, dtype=np.float32)[:n] for o in out]
 
 
-def _save_shard(staging: Path, number: int, paths, fingerprints, codes, failed, reasons, failed_fingerprints):
+def _save_shard(staging: Path, number: int, paths, fingerprints, digests, codes, failed, reasons,
+                failed_fingerprints):
     tmp = staging / f"shard-{number:06d}.tmp.npz"
-    np.savez(tmp, paths=np.asarray(paths, dtype=str), fingerprints=fingerprints, codes=codes,
+    np.savez(tmp, paths=np.asarray(paths, dtype=str), fingerprints=fingerprints,
+             digests=np.asarray(digests, np.uint64), codes=codes,
              failed=np.asarray(failed, dtype=str), reasons=np.asarray(reasons, dtype=str),
              failed_fingerprints=np.asarray(failed_fingerprints, np.int64).reshape(-1, 2))
     os.replace(tmp, staging / f"shard-{number:06d}.npz")  # atomic: a shard is whole or absent
@@ -131,8 +137,8 @@ def _staging_dir(path: Path) -> Path:
 
 
 def _existing_rows(path: Path, attrs: dict, overwrite: bool) -> tuple[dict, dict]:
-    """Rows of a finished file that may be reused, relpath -> ('h5', row, fingerprint), and its
-    unreadable images, relpath -> (reason, fingerprint)."""
+    """Rows of a finished file that may be reused, relpath -> ('h5', row, digest, fingerprint),
+    and its unreadable images, relpath -> (reason, fingerprint)."""
     if not path.exists() or overwrite:
         return {}, {}
     try:
@@ -145,6 +151,7 @@ def _existing_rows(path: Path, attrs: dict, overwrite: bool) -> tuple[dict, dict
                                 f"pass --overwrite to replace it or --cache-dir to keep both")
             paths = f["paths"].asstr()[()]
             fps = f["fingerprints"][()]
+            digests = f["digests"][()] if "digests" in f else np.zeros(len(paths), np.uint64)  # 0: unknown
             failed = {}
             if "failed_fingerprints" in f:  # files of version 0.1.0 before it: failures are retried
                 failed = dict(zip(f["failed_paths"].asstr()[()],
@@ -152,17 +159,18 @@ def _existing_rows(path: Path, attrs: dict, overwrite: bool) -> tuple[dict, dict
     except (OSError, KeyError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
-    return {p: ("h5", r, tuple(fp)) for r, (p, fp) in enumerate(zip(paths, fps))}, failed
+    return {p: ("h5", r, int(d), tuple(fp)) for r, (p, d, fp) in enumerate(zip(paths, digests, fps))}, failed
 
 
 def _shard_rows(staging: Path) -> tuple[dict, dict]:
-    """Rows and failures recorded in staged shards: relpath -> ('shard', file, row, fingerprint)
-    and relpath -> (reason, fingerprint)."""
+    """Rows and failures recorded in staged shards: relpath -> ('shard', file, row, digest,
+    fingerprint) and relpath -> (reason, fingerprint)."""
     rows, failed = {}, {}
     for shard in sorted(staging.glob("shard-*[0-9].npz")):
         with np.load(shard) as z:
-            for r, (p, fp) in enumerate(zip(z["paths"], z["fingerprints"])):
-                rows[str(p)] = ("shard", shard, r, tuple(fp))
+            digests = z["digests"] if "digests" in z else np.zeros(len(z["paths"]), np.uint64)
+            for r, (p, d, fp) in enumerate(zip(z["paths"], digests, z["fingerprints"])):
+                rows[str(p)] = ("shard", shard, r, int(d), tuple(fp))
             for p, reason, fp in zip(z["failed"], z["reasons"], z["failed_fingerprints"]):
                 failed[str(p)] = (str(reason), tuple(fp))
     return rows, failed
@@ -179,7 +187,8 @@ def _versions() -> str:
 def _collect(path: Path, ds: ImageFolder, attrs: dict, overwrite: bool) -> tuple[dict, dict]:
     """(usable rows, failures) for one output: finished-file rows and staged shard rows, and
     images that failed to decode (relpath -> reason), all whose fingerprint still matches the
-    image on disk. A changed image is computed (or tried) again."""
+    image on disk, or for rows whose size matches but mtime not, whose content digest does.
+    A changed image is computed (or tried) again."""
     rows, failed = _existing_rows(path, attrs, overwrite)
     staging = _staging_dir(path)
     if staging.exists():
@@ -187,7 +196,13 @@ def _collect(path: Path, ds: ImageFolder, attrs: dict, overwrite: bool) -> tuple
         rows.update(shard_rows)
         failed.update(shard_failed)
     current = {p: tuple(fp) for p, fp in zip(ds.paths, ds.fingerprints)}
-    usable = {p: v for p, v in rows.items() if current.get(p) == v[-1]}
+
+    def same(p, v):
+        now = current.get(p)
+        return now is not None and (now == v[-1] or (now[0] == v[-1][0] and v[-2] != 0
+                                                      and content_digest(ds.root / p) == v[-2]))
+
+    usable = {p: v for p, v in rows.items() if same(p, v)}
     return usable, {p: r for p, (r, fp) in failed.items() if current.get(p) == fp and p not in usable}
 
 
@@ -195,8 +210,10 @@ def _same_content(path: Path, ds: ImageFolder, usable: dict, split_attrs: dict) 
     """True when the finished file already holds exactly these images, classes and split."""
     if not path.exists():
         return False
+    order = [i for i, p in enumerate(ds.paths) if p in usable]
     with h5py.File(path, "r") as f:
-        return (list(f["paths"].asstr()[()]) == [p for p in ds.paths if p in usable]
+        return (list(f["paths"].asstr()[()]) == [ds.paths[i] for i in order]
+                and np.array_equal(f["fingerprints"][()], ds.fingerprints[order]) and "digests" in f
                 and list(f["class_names"].asstr()[()]) == ds.class_names
                 and all(str(f.attrs.get(k)) == str(v) for k, v in split_attrs.items()))
 
@@ -239,6 +256,8 @@ def _assemble(path: Path, ds: ImageFolder, usable: dict, failed: dict, attrs: di
             f.create_dataset("labels", data=ds.labels[order])
             f.create_dataset("split", data=split_codes[order])
             f.create_dataset("fingerprints", data=ds.fingerprints[order])
+            f.create_dataset("digests", data=np.array(  # rows from files of 0.1.0 get theirs now
+                [usable[ds.paths[i]][-2] or content_digest(ds.root / ds.paths[i]) for i in order], np.uint64))
             f.create_dataset("class_names", data=ds.class_names, dtype=STR)
             f.create_dataset("failed_paths", data=sorted(failed), dtype=STR)
             f.create_dataset("failed_reasons", data=[failed[p] for p in sorted(failed)], dtype=STR)
@@ -347,12 +366,12 @@ def _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, nam
     fingerprint = dict(zip(ds.paths, map(tuple, ds.fingerprints)))
     t0 = time.perf_counter()
     with tqdm(total=len(todo), unit="img", disable=not progress, smoothing=0.1, desc=f"codes {name}") as bar:
-        for k, (idx, imgs, ok, failures) in enumerate(
+        for k, (idx, imgs, ok, failures, digests) in enumerate(
                 read_batches(ds.root, ds.paths, todo, size, batch_size, workers)):
             codes = mapper(imgs) if len(imgs) else [np.zeros((0, 0), np.float32)] * len(files)
             good = idx[ok]
             for s, c in zip(stagings, codes):
-                _save_shard(s, start + k, [ds.paths[i] for i in good], ds.fingerprints[good],
+                _save_shard(s, start + k, [ds.paths[i] for i in good], ds.fingerprints[good], digests,
                             c.astype(dtype), [p for p, _ in failures], [r for _, r in failures],
                             [fingerprint[p] for p, _ in failures])
             n_failed += len(failures)

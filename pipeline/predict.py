@@ -54,7 +54,7 @@ def predict(model_path, target, top_k=5, batch_size=32, warn=lambda m: print(m, 
     root, paths = find_images(Path(target))
     k = min(top_k, len(class_names))
     rows = []
-    for idx, imgs, ok, failures in read_batches(root, paths, np.arange(len(paths)), size, batch_size, 4):
+    for idx, imgs, ok, failures, _ in read_batches(root, paths, np.arange(len(paths)), size, batch_size, 4):
         for p, reason in failures:
             warn(f"warning: skipped {root / p}: {reason}")
         if len(imgs):

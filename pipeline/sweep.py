@@ -155,7 +155,11 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5
     executor = get_reusable_executor(max_workers=workers, initializer=_single_thread, reuse=False)
     t0 = time.perf_counter()
     rows = [None] * len(tasks)
-    futures = {executor.submit(run_one, p, h, n, r, seed, head_params): i for i, (p, h, n, r) in enumerate(tasks)}
+    # Biggest runs first, so no worker is left with a long one at the end (results do not depend
+    # on the order: each run has its own seed).
+    order = sorted(range(len(tasks)), key=lambda i: (tasks[i][2] != "all", -(tasks[i][2] if tasks[i][2] != "all" else 0),
+                                                      tasks[i][1] != "logreg"))
+    futures = {executor.submit(run_one, *tasks[i], seed, head_params): i for i in order}
     from concurrent.futures import as_completed
     with tqdm(total=len(tasks), unit="run", disable=not progress, desc="sweep") as bar:
         for fut in as_completed(futures):

@@ -28,7 +28,8 @@ def test_hdf5_layout_keys_and_attributes(images, tmp_path):
                                        "block7a_project_bn-avg.h5", "block7a_project_bn-flatten.h5"]
     assert files[0].parent == tmp_path / "cache" / "data" / "efficientnet_lite0-32-random"
     data, attrs = _read(files[0])
-    assert set(data) >= {"codes", "paths", "labels", "split", "fingerprints", "class_names", "failed_paths"}
+    assert set(data) >= {"codes", "paths", "labels", "split", "fingerprints", "digests", "class_names",
+                         "failed_paths"}
     assert data["codes"].shape == (36, 1280) and data["codes"].dtype == np.float32
     assert _read(files[1])[0]["codes"].shape == (36, 1 * 1 * 1280)  # 32 px / 32 = 1x1
     assert _read(files[2])[0]["codes"].shape == (36, 320)
@@ -84,6 +85,34 @@ def test_incremental_added_changed_removed_images(images, tmp_path):
     assert not np.array_equal(changed_row, first["codes"][p1.index("class2/img000.JPG")])
 
 
+def test_touched_images_are_recognized_by_content(images, tmp_path):
+    """A copied or re-extracted data set: new modification times, same bytes."""
+    logs = []
+    kw = dict(FAST, log=logs.append, cache_dir=tmp_path / "cache")
+    path = generate_codes(images, **kw)[0]
+    first, _ = _read(path)
+    assert first["digests"].dtype == np.uint64 and (first["digests"] != 0).all()
+    paths = [p.decode() for p in first["paths"]]
+    with h5py.File(path, "a") as f:  # as if this image's content had changed at the same size
+        f["digests"][paths.index("class1/img002.jpeg")] = 12345
+    later = time.time_ns() + 10**10
+    for p in images.rglob("*"):
+        if p.is_file():
+            os.utime(p, ns=(later, later))
+    logs.clear()
+    generate_codes(images, **kw)
+    assert any("1 of 36 images to compute" in l for l in logs), logs
+    second, _ = _read(path)
+    assert (second["fingerprints"][:, 1] == later).all()  # new times stored: next run is quick
+    for i, p in enumerate(paths):
+        if p != "class1/img002.jpeg":
+            np.testing.assert_array_equal(second["codes"][i], first["codes"][i])
+    before = path.stat().st_mtime_ns
+    logs.clear()
+    generate_codes(images, **kw)
+    assert not any("to compute" in l for l in logs) and path.stat().st_mtime_ns == before
+
+
 def test_unreadable_images_are_skipped_counted_and_listed(images, tmp_path):
     (images / "class0" / "broken.jpg").write_bytes(b"garbage")
     (images / "class1" / "empty.png").write_bytes(b"")
@@ -108,12 +137,13 @@ def test_files_from_before_failure_fingerprints_are_read_and_failures_retried(im
     (images / "class0" / "broken.jpg").write_bytes(b"garbage")
     path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
     with h5py.File(path, "a") as f:
-        del f["failed_fingerprints"]  # as written by version 0.1.0 before it
+        del f["failed_fingerprints"], f["digests"]  # as written by version 0.1.0 before them
     logs = []
     generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append))
     assert any("1 of 37 images to compute" in l for l in logs), logs
     data, _ = _read(path)
     assert data["codes"].shape[0] == 36 and data["failed_fingerprints"].shape == (1, 2)
+    assert (data["digests"] != 0).all()
 
 
 def test_other_settings_are_refused_without_losing_the_file(images, tmp_path):
