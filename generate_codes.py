@@ -31,6 +31,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage type of the codes")
     p.add_argument("--overwrite", action="store_true", help="recompute everything, replacing existing code files")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every image and recompute those whose bytes changed although their size and "
+                        "modification time did not (normally an image counts as changed when its size changes, or "
+                        "its modification time and its bytes do)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="if another run is writing the same code set, stop at once instead of waiting for it")
     p.add_argument("--list-layers", action="store_true", help="print the backbone's layer names and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -45,9 +51,10 @@ def main(argv=None):
             print(f"{layer.name:40s} {tuple(layer.output.shape[1:])}{mark}")
         return 0
     from pipeline.codes import generate_codes
-    generate_codes(a.data, a.backbone, a.layer, a.pooling, a.weights, a.image_size, a.cache_dir,
-                   a.batch_size, a.exclude, parse_split(a.split), a.seed, a.dtype, a.workers,
-                   a.overwrite, progress=not a.no_progress)
+    generate_codes(a.data, backbone=a.backbone, layers=a.layer, poolings=a.pooling, weights=a.weights,
+                   image_size=a.image_size, cache_dir=a.cache_dir, batch_size=a.batch_size, exclude=a.exclude,
+                   split=parse_split(a.split), seed=a.seed, dtype=a.dtype, workers=a.workers,
+                   overwrite=a.overwrite, verify=a.verify, wait=not a.no_wait, progress=not a.no_progress)
     return 0
 
 

@@ -13,13 +13,16 @@ with datasets ``codes`` (N, D), ``paths``, ``labels``, ``split``, ``fingerprints
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -27,7 +30,9 @@ import numpy as np
 from . import __version__
 from .backbones import DEFAULT_BACKBONE, build_feature_model, get_backbone, weights_identity
 from .dataset import ImageError, ImageFolder, content_digest, load_image, scan, stratified_split
-from .errors import UserError, writable_folder
+from .errors import USER_ERRNOS, Interrupted, UserError, one_line, writable_folder
+from .faults import fault_point
+from .locks import writer_lock
 
 STR = h5py.string_dtype()
 # Attributes that must agree before a cache file's rows may be reused.
@@ -65,20 +70,32 @@ def codes_command(spec: CodeSpec, data) -> str:
 
 # ------------------------------------------------------------------ reader / mapper / writer
 
-def read_batches(root: Path, paths, indices, size, batch_size, workers):
-    """Yield (batch_indices, images (n, size, size, 3) uint8, ok_mask, failures, digests of the
-    images decoded) in order.
+@dataclasses.dataclass
+class Batch:
+    """One batch from :func:`read_batches`."""
+
+    indices: np.ndarray               # positions in the image list, in order
+    images: np.ndarray                # (n readable, size, size, 3) uint8
+    ok: np.ndarray                    # per index: decoded?
+    failures: list[tuple[str, str]]   # (relative path, reason) of those that were not
+    digests: list[int]                # content digests of the readable ones
+    large: list[str]                  # readable ones over Pillow's decompression-bomb warning limit
+
+
+def read_batches(root: Path, paths, indices, size, batch_size, workers) -> Iterator[Batch]:
+    """Decoded batches of ``paths[indices]``, in order.
 
     Decoding runs in a thread pool (PIL releases the GIL) at most two batches ahead, so memory
     stays bounded whatever the data set size.
     """
     def load(i):
+        large: list = []
         try:
-            return load_image(root / paths[i], size), content_digest(root / paths[i])
+            return load_image(root / paths[i], size, large), content_digest(root / paths[i]), large
         except ImageError as exc:
-            return None, str(exc)
+            return None, str(exc), large
         except OSError as exc:  # gone between decoding and hashing
-            return None, f"{type(exc).__name__}: {exc.strerror}"
+            return None, f"{type(exc).__name__}: {exc.strerror}", large
 
     batches = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
     with cf.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -92,12 +109,13 @@ def read_batches(root: Path, paths, indices, size, batch_size, workers):
                 pending.append((batches[nxt], [pool.submit(load, i) for i in batches[nxt]]))
                 nxt += 1
             results = [f.result() for f in futs]
-            ok = np.array([img is not None for img, _ in results], bool)
-            imgs = (np.stack([img for img, _ in results if img is not None]) if ok.any()
+            ok = np.array([img is not None for img, _, _ in results], bool)
+            imgs = (np.stack([img for img, _, _ in results if img is not None]) if ok.any()
                     else np.zeros((0, size, size, 3), np.uint8))
-            failures = [(paths[i], err) for i, (img, err) in zip(b, results) if img is None]
-            digests = [d for img, d in results if img is not None]
-            yield np.asarray(b), imgs, ok, failures, digests
+            yield Batch(np.asarray(b), imgs, ok,
+                        failures=[(paths[i], err) for i, (img, err, _) in zip(b, results) if img is None],
+                        digests=[d for img, d, _ in results if img is not None],
+                        large=[p for _, _, large in results for p in large])
 
 
 class Mapper:
@@ -120,27 +138,62 @@ class Mapper:
         return [np.asarray(o, dtype=np.float32)[:n] for o in out]
 
 
-def _save_shard(staging: Path, number: int, paths, fingerprints, digests, codes, failed, reasons,
-                failed_fingerprints):
+def _durable_replace(tmp: Path, dst: Path) -> None:
+    """Move a finished file into place so that it is whole or absent, even after a power cut:
+    its bytes reach the disk before the rename, and the rename before we go on."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dst)
+    fd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_shard(staging: Path, number: int, *, paths, fingerprints, digests, codes, code_shape, failed,
+                reasons, failed_fingerprints) -> None:
     tmp = staging / f"shard-{number:06d}.tmp.npz"
     np.savez(tmp, paths=np.asarray(paths, dtype=str), fingerprints=fingerprints,
-             digests=np.asarray(digests, np.uint64), codes=codes,
+             digests=np.asarray(digests, np.uint64), codes=codes, code_shape=np.asarray(code_shape, np.int64),
              failed=np.asarray(failed, dtype=str), reasons=np.asarray(reasons, dtype=str),
              failed_fingerprints=np.asarray(failed_fingerprints, np.int64).reshape(-1, 2))
-    os.replace(tmp, staging / f"shard-{number:06d}.npz")  # atomic: a shard is whole or absent
+    fault_point("shard-tmp-written")
+    _durable_replace(tmp, staging / f"shard-{number:06d}.npz")
+    fault_point("shard-saved")
 
 
 # ------------------------------------------------------------------ cache bookkeeping
+
+@dataclasses.dataclass(frozen=True)
+class CachedRow:
+    """Where the code of one image already is: a row of the finished file (``shard`` None) or
+    of a staged shard, with the image's content digest (0: unknown) and fingerprint then."""
+
+    shard: Path | None
+    row: int
+    digest: int
+    fingerprint: tuple[int, int]
+
+
+@dataclasses.dataclass
+class Known:
+    """What one output already holds for the images on disk now."""
+
+    usable: dict[str, CachedRow]   # relpath -> cached code still valid
+    failed: dict[str, str]         # relpath -> reason, unreadable and unchanged since
+    code_shape: list | None        # activation shape before pooling, if any code is cached
+
 
 def _staging_dir(path: Path) -> Path:
     return path.with_name(path.stem + ".partial")
 
 
-def _existing_rows(path: Path, attrs: dict, overwrite: bool) -> tuple[dict, dict]:
-    """Rows of a finished file that may be reused, relpath -> ('h5', row, digest, fingerprint),
-    and its unreadable images, relpath -> (reason, fingerprint)."""
+def _existing_rows(path: Path, attrs: dict, overwrite: bool):
+    """Rows of a finished file that may be reused, its unreadable images (relpath -> (reason,
+    fingerprint)) and its code shape."""
     if not path.exists() or overwrite:
-        return {}, {}
+        return {}, {}, None
     try:
         with h5py.File(path, "r") as f:
             old = {k: f.attrs.get(k) for k in _IDENTITY_ATTRS}
@@ -156,24 +209,27 @@ def _existing_rows(path: Path, attrs: dict, overwrite: bool) -> tuple[dict, dict
             if "failed_fingerprints" in f:  # files of version 0.1.0 before it: failures are retried
                 failed = dict(zip(f["failed_paths"].asstr()[()],
                                   zip(f["failed_reasons"].asstr()[()], map(tuple, f["failed_fingerprints"][()]))))
-    except (OSError, KeyError) as exc:
+            code_shape = json.loads(f.attrs["code_shape"])
+    except (OSError, KeyError, ValueError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
-    return {p: ("h5", r, int(d), tuple(fp)) for r, (p, d, fp) in enumerate(zip(paths, digests, fps))}, failed
+    rows = {p: CachedRow(None, r, int(d), tuple(fp)) for r, (p, d, fp) in enumerate(zip(paths, digests, fps))}
+    return rows, failed, code_shape
 
 
-def _shard_rows(staging: Path) -> tuple[dict, dict]:
-    """Rows and failures recorded in staged shards: relpath -> ('shard', file, row, digest,
-    fingerprint) and relpath -> (reason, fingerprint)."""
-    rows, failed = {}, {}
+def _shard_rows(staging: Path):
+    """Rows, failures and code shape recorded in staged shards (as :func:`_existing_rows`)."""
+    rows, failed, code_shape = {}, {}, None
     for shard in sorted(staging.glob("shard-*[0-9].npz")):
         with np.load(shard) as z:
             digests = z["digests"] if "digests" in z else np.zeros(len(z["paths"]), np.uint64)
             for r, (p, d, fp) in enumerate(zip(z["paths"], digests, z["fingerprints"])):
-                rows[str(p)] = ("shard", shard, r, int(d), tuple(fp))
+                rows[str(p)] = CachedRow(shard, r, int(d), tuple(fp))
             for p, reason, fp in zip(z["failed"], z["reasons"], z["failed_fingerprints"]):
                 failed[str(p)] = (str(reason), tuple(fp))
-    return rows, failed
+            if "code_shape" in z and len(z["paths"]):
+                code_shape = z["code_shape"].tolist()
+    return rows, failed, code_shape
 
 
 def _versions() -> str:
@@ -184,26 +240,36 @@ def _versions() -> str:
                        "numpy": np.__version__, "h5py": h5py.__version__, "pillow": PIL.__version__})
 
 
-def _collect(path: Path, ds: ImageFolder, attrs: dict, overwrite: bool) -> tuple[dict, dict]:
-    """(usable rows, failures) for one output: finished-file rows and staged shard rows, and
-    images that failed to decode (relpath -> reason), all whose fingerprint still matches the
-    image on disk, or for rows whose size matches but mtime not, whose content digest does.
-    A changed image is computed (or tried) again."""
-    rows, failed = _existing_rows(path, attrs, overwrite)
+def _collect(path: Path, ds: ImageFolder, attrs: dict, overwrite: bool, verify: bool = False) -> Known:
+    """What of one output can be kept: finished-file and staged rows, and known-unreadable
+    images, whose image on disk has not changed.
+
+    "Changed", as make and rsync decide it: another size, or another modification time and
+    other bytes (a copied or re-extracted image keeps its code). ``verify`` re-hashes every
+    image, so that bytes changed behind an unchanged size and time are noticed too.
+    """
+    rows, failed, shape = _existing_rows(path, attrs, overwrite)
     staging = _staging_dir(path)
     if staging.exists():
-        shard_rows, shard_failed = _shard_rows(staging)
+        shard_rows, shard_failed, shard_shape = _shard_rows(staging)
         rows.update(shard_rows)
         failed.update(shard_failed)
+        shape = shard_shape or shape
     current = {p: tuple(fp) for p, fp in zip(ds.paths, ds.fingerprints)}
 
-    def same(p, v):
+    def unchanged(p: str, row: CachedRow) -> bool:
         now = current.get(p)
-        return now is not None and (now == v[-1] or (now[0] == v[-1][0] and v[-2] != 0
-                                                      and content_digest(ds.root / p) == v[-2]))
+        if now is None or now[0] != row.fingerprint[0]:
+            return False
+        if now == row.fingerprint and not verify:
+            return True
+        try:
+            return row.digest != 0 and content_digest(ds.root / p) == row.digest
+        except OSError:
+            return False
 
-    usable = {p: v for p, v in rows.items() if same(p, v)}
-    return usable, {p: r for p, (r, fp) in failed.items() if current.get(p) == fp and p not in usable}
+    usable = {p: row for p, row in rows.items() if unchanged(p, row)}
+    return Known(usable, {p: r for p, (r, fp) in failed.items() if current.get(p) == fp and p not in usable}, shape)
 
 
 def _same_content(path: Path, ds: ImageFolder, usable: dict, split_attrs: dict) -> bool:
@@ -218,14 +284,13 @@ def _same_content(path: Path, ds: ImageFolder, usable: dict, split_attrs: dict) 
                 and all(str(f.attrs.get(k)) == str(v) for k, v in split_attrs.items()))
 
 
-def _assemble(path: Path, ds: ImageFolder, usable: dict, failed: dict, attrs: dict,
-              split_codes: np.ndarray, dtype: str, chunk: int = 1024) -> None:
-    """Write the final HDF5 file from reusable rows and shards, atomically."""
+def _assemble(path: Path, ds: ImageFolder, known: Known, attrs: dict, split_codes: np.ndarray, dtype: str,
+              chunk: int = 1024) -> None:
+    """Write the final HDF5 file from reusable rows and shards: whole under a temporary name,
+    then moved into place. A failure (a full disk) leaves the old file and the shards as they were."""
+    usable, failed = known.usable, known.failed
     order = [i for i, p in enumerate(ds.paths) if p in usable]
-    if not order:
-        raise UserError(f"none of the {len(ds)} images under {ds.root} could be read")
     tmp = path.with_name(path.stem + ".tmp.h5")
-    old = h5py.File(path, "r") if path.exists() else None
     shard_cache: dict = {}
 
     def shard_codes(file):
@@ -236,28 +301,30 @@ def _assemble(path: Path, ds: ImageFolder, usable: dict, failed: dict, attrs: di
         return shard_cache[file]
 
     try:
-        first = usable[ds.paths[order[0]]]
-        dim = old["codes"].shape[1] if first[0] == "h5" else shard_codes(first[1]).shape[1]
-        with h5py.File(tmp, "w") as f:
+        with contextlib.ExitStack() as stack:
+            old = stack.enter_context(h5py.File(path, "r")) if path.exists() else None
+            first = usable[ds.paths[order[0]]]
+            dim = old["codes"].shape[1] if first.shard is None else shard_codes(first.shard).shape[1]
+            f = stack.enter_context(h5py.File(tmp, "w"))
             n = len(order)
             codes = f.create_dataset("codes", (n, dim), dtype=dtype, chunks=(min(n, 256), dim))
             for s in range(0, n, chunk):
-                rows = order[s:s + chunk]
+                rows = [usable[ds.paths[i]] for i in order[s:s + chunk]]
                 block = np.empty((len(rows), dim), dtype)
-                h5_pos = [(j, usable[ds.paths[i]][1]) for j, i in enumerate(rows) if usable[ds.paths[i]][0] == "h5"]
-                if h5_pos:
-                    block[[j for j, _ in h5_pos]] = old["codes"][[r for _, r in h5_pos]]
-                for j, i in enumerate(rows):
-                    src = usable[ds.paths[i]]
-                    if src[0] == "shard":
-                        block[j] = shard_codes(src[1])[src[2]]
+                in_file = [(j, r.row) for j, r in enumerate(rows) if r.shard is None]
+                if in_file:
+                    block[[j for j, _ in in_file]] = old["codes"][[r for _, r in in_file]]
+                for j, r in enumerate(rows):
+                    if r.shard is not None:
+                        block[j] = shard_codes(r.shard)[r.row]
                 codes[s:s + len(rows)] = block
+                fault_point("final-partial")
             f.create_dataset("paths", data=[ds.paths[i] for i in order], dtype=STR)
             f.create_dataset("labels", data=ds.labels[order])
             f.create_dataset("split", data=split_codes[order])
             f.create_dataset("fingerprints", data=ds.fingerprints[order])
             f.create_dataset("digests", data=np.array(  # rows from files of 0.1.0 get theirs now
-                [usable[ds.paths[i]][-2] or content_digest(ds.root / ds.paths[i]) for i in order], np.uint64))
+                [usable[ds.paths[i]].digest or content_digest(ds.root / ds.paths[i]) for i in order], np.uint64))
             f.create_dataset("class_names", data=ds.class_names, dtype=STR)
             f.create_dataset("failed_paths", data=sorted(failed), dtype=STR)
             f.create_dataset("failed_reasons", data=[failed[p] for p in sorted(failed)], dtype=STR)
@@ -265,29 +332,40 @@ def _assemble(path: Path, ds: ImageFolder, usable: dict, failed: dict, attrs: di
             f.create_dataset("failed_fingerprints", data=np.asarray([fp_of[p] for p in sorted(failed)],
                                                                       np.int64).reshape(-1, 2))
             f.attrs.update(attrs)
-    finally:
-        if old is not None:
-            old.close()
-    os.replace(tmp, path)
+        fault_point("final-tmp-written")
+        _durable_replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path}: {one_line(exc)}; the computed codes are kept in "
+                        f"{_staging_dir(path)}: run the same command again once this is fixed") from None
+    fault_point("final-moved")
 
 
 # ------------------------------------------------------------------ the job
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg",), weights="imagenet",
                    image_size=None, cache_dir="cache", batch_size=32, exclude=(),
                    split=(0.7, 0.15, 0.15), seed=0, dtype="float32", workers=None, overwrite=False,
-                   progress=True, log=print, stats=None) -> list[Path]:
+                   verify=False, wait=True, progress=True, log=print, warn=_to_stderr, stats=None) -> list[Path]:
     """Compute (or complete) one cached code set per (layer, pooling); return their paths.
 
-    Images already cached with the same fingerprint (size, mtime) are not recomputed; new or
+    Images already cached and unchanged (see :func:`_collect`) are not recomputed; new or
     changed images are computed; removed ones are dropped. Unreadable images are skipped,
     counted and listed in the file (``failed_paths``) and tried again only once they change.
-    ``stats``, if a dict, receives the streaming figures: images computed and loop seconds.
+    One run at a time writes a code set: a second one waits for the first (``wait=False``:
+    refuses) and then finds its work done. ``stats``, if a dict, receives the streaming
+    figures: images computed and loop seconds.
     """
     if dtype not in ("float32", "float16"):
         raise UserError(f"--dtype {dtype}: choose float32 or float16")
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be at least 1")
     bb = get_backbone(backbone)
     ds = scan(data, exclude)
     writable_folder(cache_dir, "--cache-dir")
@@ -299,44 +377,75 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     out_attrs = [dict(base_attrs, layer=l, pooling=p) for l, p in outputs]
     if ds.empty_classes:
         log(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
+    try:
+        with writer_lock(files, wait=wait, note=warn):
+            fault_point("locked")
+            return _generate_locked(ds, bb, outputs, files, out_attrs, size, data, batch_size, split, seed,
+                                    dtype, workers, overwrite, verify, progress, log, warn, stats)
+    except KeyboardInterrupt:
+        staged = sum(len(list(_staging_dir(f).glob("shard-*[0-9].npz"))) for f in files)
+        raise Interrupted(f"{staged} finished batch(es) are kept; run the same command again to resume"
+                          if staged else "") from None
+    except OSError as exc:
+        if exc.errno not in USER_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        staged = any(_staging_dir(f).exists() for f in files)
+        raise UserError(f"{one_line(exc.strerror or exc)}{where}"
+                        + ("; the batches computed so far are kept: run the same command again once this is "
+                           "fixed" if staged else "")) from None
+
+
+def _generate_locked(ds, bb, outputs, files, out_attrs, size, data, batch_size, split, seed, dtype, workers,
+                     overwrite, verify, progress, log, warn, stats) -> list[Path]:
     if overwrite:
         for f in files:
             shutil.rmtree(_staging_dir(f), ignore_errors=True)
-
-    known = [_collect(f, ds, a, overwrite) for f, a in zip(files, out_attrs)]
-    todo = np.flatnonzero([any(p not in usable and p not in failed for usable, failed in known)
-                           for p in ds.paths])
-    shapes = None
+    known = [_collect(f, ds, a, overwrite, verify) for f, a in zip(files, out_attrs)]
+    todo = np.flatnonzero([any(p not in k.usable and p not in k.failed for k in known) for p in ds.paths])
+    shapes, large = None, []
     if len(todo):
-        model, shapes = build_feature_model(bb, outputs, weights, size)
+        model, shapes = build_feature_model(bb, outputs, out_attrs[0]["weights"], size)
         log(f"{bb.name} {size}px -> {', '.join(f'{l}/{p}' for l, p in outputs)}: "
             f"{len(todo)} of {len(ds)} images to compute on {_device()}")
-        seconds = _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, bb.name)
+        seconds, large = _run(model, ds, todo, files, shapes, size, batch_size, dtype, workers, progress, bb.name)
         log(f"computed {len(todo)} images in {seconds:.1f} s ({len(todo) / seconds:.1f} img/s)")
         if stats is not None:
             stats.update(images=len(todo), seconds=seconds)
         known = [_collect(f, ds, a, overwrite) for f, a in zip(files, out_attrs)]
+    fault_point("all-staged")
 
     split_codes = stratified_split(ds.paths, ds.labels, split, seed)
     split_attrs = dict(split_fractions=json.dumps([round(x, 6) for x in split]), split_seed=seed)
-    for k, (path, attrs, (usable, failed)) in enumerate(zip(files, out_attrs, known)):
-        if len(todo) or not _same_content(path, ds, usable, split_attrs):
-            if shapes is not None:
-                code_shape = json.dumps(list(shapes[k]))
-            else:  # nothing computed: the shape is that of the existing file
-                with h5py.File(path, "r") as f:
-                    code_shape = f.attrs["code_shape"]
-            attrs = dict(attrs, **split_attrs, code_shape=code_shape, versions=_versions(),
-                         data_root=str(Path(data).resolve()),
+    for k, (path, attrs, kn) in enumerate(zip(files, out_attrs, known)):
+        if not kn.usable:
+            raise UserError(f"none of the {len(ds)} images under {ds.root} could be read"
+                            + (f" (e.g. {next(iter(kn.failed))}: {next(iter(kn.failed.values()))})" if kn.failed else ""))
+        if len(todo) or not _same_content(path, ds, kn.usable, split_attrs):
+            code_shape = list(shapes[k]) if shapes is not None else kn.code_shape
+            if code_shape is None:  # shards staged by a version that did not record it
+                code_shape = list(build_feature_model(bb, [outputs[k]], attrs["weights"], size)[1][0])
+            attrs = dict(attrs, **split_attrs, code_shape=json.dumps(code_shape), versions=_versions(),
+                         data_root=str(ds.root.resolve()),
                          created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-            _assemble(path, ds, usable, failed, attrs, split_codes, dtype)
+            _assemble(path, ds, kn, attrs, split_codes, dtype)
         shutil.rmtree(_staging_dir(path), ignore_errors=True)
-        n_ok = len(usable)
-        log(f"{path}: {n_ok} images x {_dim(path)} values"
-            + (f"; {len(failed)} unreadable image(s) skipped: "
-               + "; ".join(f"{p} ({r})" for p, r in list(failed.items())[:5])
-               + (" ..." if len(failed) > 5 else "") if failed else ""))
+        fault_point("output-done")
+        log(f"{path}: {len(kn.usable)} images x {_dim(path)} values"
+            + (f"; {len(kn.failed)} unreadable image(s) skipped" if kn.failed else ""))
+    skipped = sorted(known[0].failed.items()) + list(ds.unnamable)
+    if skipped:
+        warn(f"warning: {len(skipped)} image(s) skipped, listed in failed_paths: "
+             + "; ".join(f"{p} ({r})" for p, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
+    if large:
+        warn(f"note: {len(large)} image(s) over Pillow's decompression-bomb warning limit "
+             f"({_pil_limit()} megapixels) were decoded, e.g. {large[0]}; larger than twice that are skipped")
     return files
+
+
+def _pil_limit() -> int:
+    from PIL import Image
+    return int((Image.MAX_IMAGE_PIXELS or 0) / 1e6)
 
 
 def _device() -> str:
@@ -350,8 +459,9 @@ def _dim(path: Path) -> int:
         return f["codes"].shape[1]
 
 
-def _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, name):
-    """Compute codes for images ``todo``, staged as shards next to each output file; returns seconds."""
+def _run(model, ds, todo, files, shapes, size, batch_size, dtype, workers, progress, name):
+    """Compute codes for images ``todo``, staged as shards next to each output file; returns
+    (seconds, paths of images over the decompression-bomb warning limit)."""
     from tqdm import tqdm
 
     mapper = Mapper(model, batch_size)
@@ -362,23 +472,24 @@ def _run(model, ds, todo, files, size, batch_size, dtype, workers, progress, nam
     start = max([int(p.stem.split("-")[1]) + 1 for s in stagings for p in s.glob("shard-*[0-9].npz")],
                 default=0)
     workers = workers or min(8, os.cpu_count() or 1)
-    n_failed = 0
+    n_failed, large = 0, []
     fingerprint = dict(zip(ds.paths, map(tuple, ds.fingerprints)))
     t0 = time.perf_counter()
     with tqdm(total=len(todo), unit="img", disable=not progress, smoothing=0.1, desc=f"codes {name}") as bar:
-        for k, (idx, imgs, ok, failures, digests) in enumerate(
-                read_batches(ds.root, ds.paths, todo, size, batch_size, workers)):
-            codes = mapper(imgs) if len(imgs) else [np.zeros((0, 0), np.float32)] * len(files)
-            good = idx[ok]
-            for s, c in zip(stagings, codes):
-                _save_shard(s, start + k, [ds.paths[i] for i in good], ds.fingerprints[good], digests,
-                            c.astype(dtype), [p for p, _ in failures], [r for _, r in failures],
-                            [fingerprint[p] for p, _ in failures])
-            n_failed += len(failures)
-            bar.update(len(idx))
+        for k, batch in enumerate(read_batches(ds.root, ds.paths, todo, size, batch_size, workers)):
+            codes = mapper(batch.images) if len(batch.images) else [np.zeros((0, 0), np.float32)] * len(files)
+            good = batch.indices[batch.ok]
+            for s, c, shape in zip(stagings, codes, shapes):
+                _save_shard(s, start + k, paths=[ds.paths[i] for i in good], fingerprints=ds.fingerprints[good],
+                            digests=batch.digests, codes=c.astype(dtype), code_shape=shape,
+                            failed=[p for p, _ in batch.failures], reasons=[r for _, r in batch.failures],
+                            failed_fingerprints=[fingerprint[p] for p, _ in batch.failures])
+            n_failed += len(batch.failures)
+            large += batch.large
+            bar.update(len(batch.indices))
             if n_failed:
                 bar.set_postfix(unreadable=n_failed)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, large
 
 
 def load_codes(path):

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
+import warnings
 import zlib
 from pathlib import Path
 
@@ -28,6 +30,8 @@ class ImageFolder:
     fingerprints: np.ndarray
     ignored_files: int = 0
     empty_classes: tuple[str, ...] = ()
+    # Files that cannot even be named in a code set (not valid UTF-8): (printable name, reason).
+    unnamable: tuple[tuple[str, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -57,7 +61,7 @@ def scan(root, exclude=()) -> ImageFolder:
     class_dirs = [p for p in class_dirs if p.name not in set(exclude)]
     if not class_dirs:
         raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
-    paths, labels, prints, names, empty, ignored = [], [], [], [], [], 0
+    paths, labels, prints, names, empty, ignored, unnamable = [], [], [], [], [], 0, []
     for cdir in class_dirs:
         found = []
         for dirpath, dirnames, filenames in os.walk(cdir):
@@ -73,16 +77,32 @@ def scan(root, exclude=()) -> ImageFolder:
         label = len(names)
         names.append(cdir.name)
         for f in sorted(found):
-            st = f.stat()
-            paths.append(f.relative_to(root).as_posix())
+            rel = f.relative_to(root).as_posix()
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                unnamable.append((rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                                  "file name is not valid UTF-8"))
+                continue
+            paths.append(rel)
             labels.append(label)
-            prints.append((st.st_size, st.st_mtime_ns))
+            prints.append(fingerprint(f))
     if len(names) < 2:
         which = f"only one class ({names[0]})" if names else "no images"
         raise UserError(f"data folder {root} has {which}; a classifier needs at least two classes "
                         f"with images ({', '.join(IMAGE_EXTENSIONS)})")
     return ImageFolder(root, paths, np.asarray(labels, np.int32), names,
-                       np.asarray(prints, np.int64).reshape(-1, 2), ignored, tuple(empty))
+                       np.asarray(prints, np.int64).reshape(-1, 2), ignored, tuple(empty), tuple(unnamable))
+
+
+def fingerprint(path: Path) -> tuple[int, int]:
+    """(size in bytes, mtime in ns); (-1, -1) for a link that leads nowhere (dangling, or a
+    loop): such a file is listed as unreadable and tried again once it changes."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
@@ -129,17 +149,30 @@ class ImageError(Exception):
     """An image file that cannot be decoded."""
 
 
-def load_image(path, size: int) -> np.ndarray:
+@functools.cache
+def _quiet_pillow() -> None:
+    # Pillow warns (twice per image, on stderr) about images between 89 and 179 megapixels;
+    # the readers count them and say so once per run instead.
+    from PIL import Image
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def load_image(path, size: int, large: list | None = None) -> np.ndarray:
     """Decode any common image file to RGB uint8 (size, size, 3).
 
     Grayscale, palette, CMYK and 16-bit images are converted; transparency is composited on
     white; animated files give their first frame. The image is resized to a square, ignoring
-    aspect ratio, as the pretrained conv bases were used in the published recipes.
+    aspect ratio, as the pretrained conv bases were used in the published recipes. Images over
+    Pillow's decompression-bomb limit (179 megapixels) are refused; those over its warning limit
+    (89 megapixels) are decoded and, when ``large`` is a list, appended to it.
     """
     from PIL import Image, ImageOps
 
+    _quiet_pillow()
     try:
         with Image.open(path) as img:
+            if large is not None and img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                large.append(str(path))
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
             img.load()
             if "exif" in img.info:  # parsing EXIF costs time: only when there is some
@@ -155,5 +188,5 @@ def load_image(path, size: int) -> np.ndarray:
             if img.mode != "RGB":
                 img = img.convert("RGB")
             return np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # a hostile file can make a decoder raise anything: it is one bad image
         raise ImageError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None

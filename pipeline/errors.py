@@ -5,6 +5,7 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -12,6 +13,15 @@ from pathlib import Path
 
 class UserError(Exception):
     """An error the user can fix; its message is printed as one line."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with a message saying what was kept (stage 1 knows; elsewhere nothing is)."""
+
+
+def one_line(text) -> str:
+    """``text`` folded onto one line (h5py and some OS errors span several)."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def quiet_tensorflow() -> None:
@@ -61,21 +71,29 @@ def run_cli(main, argv=None) -> None:
     try:
         code = main(argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: work already done is kept; run the same command again to resume",
-              file=sys.stderr)
-        sys.exit(130)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        _interrupted(one_line(exc) if isinstance(exc, Interrupted) else "")
     except OSError as exc:
-        if exc.errno not in _USER_ERRNOS:
+        if exc.errno not in USER_ERRNOS:
             raise
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where} (work already done is kept)", file=sys.stderr)
+        print(f"error: {one_line(exc.strerror or exc)}{where}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
 
 
+def _interrupted(message: str) -> None:
+    """One line and exit 130, at once: destructors and exit handlers that a Ctrl-C caught
+    half-way would print tracebacks of their own (what must be kept is on disk already)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("interrupted" + (f": {message}" if message else ""), file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 # File-system errors a user causes (a file where a folder belongs, permissions, a full disk).
-_USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
-                errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}
+USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
+                errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.EFBIG, errno.ELOOP}

@@ -54,12 +54,12 @@ def predict(model_path, target, top_k=5, batch_size=32, warn=lambda m: print(m, 
     root, paths = find_images(Path(target))
     k = min(top_k, len(class_names))
     rows = []
-    for idx, imgs, ok, failures, _ in read_batches(root, paths, np.arange(len(paths)), size, batch_size, 4):
-        for p, reason in failures:
+    for batch in read_batches(root, paths, np.arange(len(paths)), size, batch_size, 4):
+        for p, reason in batch.failures:
             warn(f"warning: skipped {root / p}: {reason}")
-        if len(imgs):
-            proba = np.asarray(model(imgs.astype(np.float32), training=False))
-            for i, pr in zip(idx[ok], proba):
+        if len(batch.images):
+            proba = np.asarray(model(batch.images.astype(np.float32), training=False))
+            for i, pr in zip(batch.indices[batch.ok], proba):
                 top = np.argsort(-pr)[:k]
                 rows.append((str(root / paths[i]), [(class_names[j], float(pr[j])) for j in top]))
     return rows

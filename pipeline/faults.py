@@ -1,0 +1,36 @@
+"""Named fault points: kill this process at a chosen step, to test that no crash wedges a cache.
+
+``CNN_CODES_FAULT=<point>`` in the environment makes the process send itself SIGKILL the first
+time it reaches ``<point>``; ``<point>:<k>`` the k-th time. Read here and nowhere else. The
+points of stage 1 are listed in :data:`POINTS`, in the order a run reaches them.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+
+POINTS = (
+    "locked",            # lock held, nothing computed yet
+    "shard-tmp-written",  # a batch's shard written under its temporary name
+    "shard-saved",       # a batch's shard moved into place
+    "all-staged",        # every batch staged, final file not yet written
+    "final-partial",     # final file half written under its temporary name
+    "final-tmp-written",  # final file written under its temporary name, not yet moved
+    "final-moved",       # final file in place, staging folder not yet removed
+    "output-done",       # one output (layer, pooling) finished, the next not yet assembled
+)
+_seen: collections.Counter = collections.Counter()
+
+
+def fault_point(name: str) -> None:
+    """Die here (SIGKILL: no clean-up, as a power cut) if the environment asks for it."""
+    want = os.environ.get("CNN_CODES_FAULT")
+    if not want:
+        return
+    point, _, nth = want.partition(":")
+    if point != name:
+        return
+    _seen[name] += 1
+    if _seen[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
