@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import json
 import os
+import resource
 import shutil
 import sys
 import time
@@ -305,8 +306,9 @@ def _assemble(path: Path, ds: ImageFolder, known: Known, attrs: dict, split_code
             old = stack.enter_context(h5py.File(path, "r")) if path.exists() else None
             first = usable[ds.paths[order[0]]]
             dim = old["codes"].shape[1] if first.shard is None else shard_codes(first.shard).shape[1]
-            f = stack.enter_context(h5py.File(tmp, "w"))
             n = len(order)
+            _check_room(path, n * dim * np.dtype(dtype).itemsize + sum(len(ds.paths[i]) + 40 for i in order))
+            f = stack.enter_context(h5py.File(tmp, "w"))
             codes = f.create_dataset("codes", (n, dim), dtype=dtype, chunks=(min(n, 256), dim))
             for s in range(0, n, chunk):
                 rows = [usable[ds.paths[i]] for i in order[s:s + chunk]]
@@ -339,6 +341,21 @@ def _assemble(path: Path, ds: ImageFolder, known: Known, attrs: dict, split_code
         raise UserError(f"could not write {path}: {one_line(exc)}; the computed codes are kept in "
                         f"{_staging_dir(path)}: run the same command again once this is fixed") from None
     fault_point("final-moved")
+
+
+def _check_room(path: Path, n_bytes: int) -> None:
+    """Refuse to start writing ``path`` where it cannot fit: HDF5 does not survive a failed
+    write (it crashes the process while closing the file), so a full disk must be found first.
+    Counts the free space and this process's file-size limit (``ulimit -f``)."""
+    need = int(n_bytes * 1.02) + (1 << 20)
+    free = shutil.disk_usage(path.parent).free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    room = min(free, limit if limit != resource.RLIM_INFINITY else free)
+    if room < need:
+        why = "free on that disk" if room == free else "allowed per file by ulimit -f"
+        raise UserError(f"not enough room to write {path}: it needs about {need / 1e6:.1f} MB, "
+                        f"{room / 1e6:.1f} MB are {why}; the computed codes are kept in {_staging_dir(path)}: "
+                        f"make room and run the same command again")
 
 
 # ------------------------------------------------------------------ the job
@@ -383,7 +400,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
             return _generate_locked(ds, bb, outputs, files, out_attrs, size, data, batch_size, split, seed,
                                     dtype, workers, overwrite, verify, progress, log, warn, stats)
     except KeyboardInterrupt:
-        staged = sum(len(list(_staging_dir(f).glob("shard-*[0-9].npz"))) for f in files)
+        staged = max(len(list(_staging_dir(f).glob("shard-*[0-9].npz"))) for f in files)
         raise Interrupted(f"{staged} finished batch(es) are kept; run the same command again to resume"
                           if staged else "") from None
     except OSError as exc:

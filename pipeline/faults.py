@@ -1,8 +1,9 @@
 """Named fault points: kill this process at a chosen step, to test that no crash wedges a cache.
 
 ``CNN_CODES_FAULT=<point>`` in the environment makes the process send itself SIGKILL the first
-time it reaches ``<point>``; ``<point>:<k>`` the k-th time. Read here and nowhere else. The
-points of stage 1 are listed in :data:`POINTS`, in the order a run reaches them.
+time it reaches ``<point>``; ``<point>:<k>`` the k-th time. ``CNN_CODES_FAULT_SIGNAL=INT`` sends
+SIGINT instead (a Ctrl-C at that moment). Read here and nowhere else. The points of stage 1 are
+listed in :data:`POINTS`, in the order a run reaches them.
 """
 from __future__ import annotations
 
@@ -33,4 +34,4 @@ def fault_point(name: str) -> None:
         return
     _seen[name] += 1
     if _seen[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("CNN_CODES_FAULT_SIGNAL", "KILL")))
