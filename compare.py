@@ -23,14 +23,15 @@ def main(argv=None):
         if "metrics" not in r:
             continue  # sweeps have their own summary
         m = r["metrics"]
-        rows.append((r.get("kind", "?"), r.get("title", f.name), m["accuracy"], m["top5_accuracy"],
+        rows.append((r.get("kind", "?"), r.get("title", f.name), m["accuracy"], m.get("top5_accuracy"),
                      m["mean_per_class_accuracy"], r.get("train_seconds", float("nan")), f.name))
     if not rows:
         raise UserError("no finished runs to compare")
     print("| kind | model | test accuracy | top-5 | mean per-class | training s | run |")
     print("|---|---|---|---|---|---|---|")
     for kind, title, acc, top5, mpc, sec, name in rows:
-        print(f"| {kind} | {title} | {100 * acc:.2f}% | {100 * top5:.2f}% | {100 * mpc:.2f}% | {sec:.1f} | {name} |")
+        top5 = "n/a" if top5 is None else f"{100 * top5:.2f}%"
+        print(f"| {kind} | {title} | {100 * acc:.2f}% | {top5} | {100 * mpc:.2f}% | {sec:.1f} | {name} |")
     return 0
 
 

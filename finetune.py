@@ -26,13 +26,18 @@ def main(argv=None):
     p.add_argument("--cache-dir", default="cache", help="where cut-point activations are cached")
     p.add_argument("--runs-dir", default="runs", help="where the run folder is written")
     p.add_argument("--seed", type=int, default=0, help="seed of shuffling, augmentation and initialization")
+    p.add_argument("--positive-class", default=None, metavar="CLASS",
+                   help="two classes: the class whose ROC AUC and precision-recall curve are reported "
+                        "(default: the second class name in sorted order)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / per-epoch lines")
     a = p.parse_args(argv)
     quiet_tensorflow()
     from pipeline.finetune import finetune
 
-    finetune(a.head_run, a.unfreeze_blocks if a.unfreeze_from is None else None, a.unfreeze_from, a.learning_rate,
-             a.optimizer, a.epochs, a.patience, a.batch_size, a.augment, a.strength, a.cache_dir, a.runs_dir, a.seed,
+    finetune(a.head_run, unfreeze_blocks=a.unfreeze_blocks if a.unfreeze_from is None else None,
+             unfreeze_from=a.unfreeze_from, learning_rate=a.learning_rate, optimizer=a.optimizer, epochs=a.epochs,
+             patience=a.patience, batch_size=a.batch_size, augment=a.augment, strength=a.strength,
+             cache_dir=a.cache_dir, runs_dir=a.runs_dir, seed=a.seed, positive_class=a.positive_class,
              progress=not a.no_progress)
     return 0
 

@@ -22,14 +22,17 @@ def main(argv=None):
     p.add_argument("--strength", type=float, default=0.1, help="augmentation strength (zoom/shift fraction)")
     p.add_argument("--runs-dir", default="runs", help="where the run folder is written")
     p.add_argument("--seed", type=int, default=0, help="seed of shuffling, augmentation and initialization")
+    p.add_argument("--positive-class", default=None, metavar="CLASS",
+                   help="two classes: the class whose ROC AUC and precision-recall curve are reported "
+                        "(default: the second class name in sorted order)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / per-epoch lines")
     a = p.parse_args(argv)
     quiet_tensorflow()
     from pipeline.finetune import train_scratch
 
-    train_scratch(code_paths(a)[0], a.train_size, a.epochs, a.patience, a.batch_size, a.learning_rate, a.augment,
-                  a.strength, a.runs_dir, a.seed,
-                  progress=not a.no_progress)
+    train_scratch(code_paths(a)[0], image_size=a.train_size, epochs=a.epochs, patience=a.patience,
+                  batch_size=a.batch_size, learning_rate=a.learning_rate, augment=a.augment, strength=a.strength,
+                  runs_dir=a.runs_dir, seed=a.seed, positive_class=a.positive_class, progress=not a.no_progress)
     return 0
 
 

@@ -29,6 +29,9 @@ def main(argv=None):
                    help="logreg: inverse regularization strengths to choose from on the validation set")
     p.add_argument("--class-weight", action="store_true", help="weight classes inversely to their frequency")
     p.add_argument("--seed", type=int, default=0, help="seed of the head's initialization and shuffling")
+    p.add_argument("--positive-class", default=None, metavar="CLASS",
+                   help="two classes: the class whose ROC AUC and precision-recall curve are reported "
+                        "(default: the second class name in sorted order)")
     a = p.parse_args(argv)
 
     quiet_tensorflow()
@@ -41,7 +44,7 @@ def main(argv=None):
     params = {"softmax": dict(common, **keras_opts),
               "mlp": dict(common, **keras_opts, hidden=tuple(a.hidden), dropout=a.dropout),
               "logreg": dict(common, Cs=tuple(a.Cs))}[a.head]
-    train_on_codes(path, a.head, params, a.runs_dir)
+    train_on_codes(path, head=a.head, head_params=params, runs_dir=a.runs_dir, positive_class=a.positive_class)
     return 0
 
 

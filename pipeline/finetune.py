@@ -22,7 +22,7 @@ from .dataset import TEST, TRAIN, VAL
 from .errors import UserError, writable_folder
 from .heads import holdout
 from .models import classifier_from_head_run, model_info, save_model
-from .report import evaluate, new_run_dir, write_report
+from .report import evaluate, new_run_dir, positive_index, summary, write_report
 
 
 _BLOCK = re.compile(r"^(.*?block_?\d+[a-z]?)(_|$)|^(mixed\d+)$")
@@ -97,8 +97,9 @@ def _set_trainable(trunk, tail_layers, head_model):
 
 def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | None = None, learning_rate=1e-5,
              optimizer="adam", epochs=30, patience=3, batch_size=32, augment=False, strength=0.1,
-             cache_dir="cache", runs_dir="runs", seed=0, progress=True, log=print):
-    """Fine-tune the top of the base under a head trained on codes; returns (run_dir, metrics)."""
+             cache_dir="cache", runs_dir="runs", seed=0, positive_class=None, progress=True, log=print):
+    """Fine-tune the top of the base under a head trained on codes; returns (run_dir, metrics).
+    ``positive_class`` (two classes): default that of the warm-up head's report."""
     import keras
 
     from .images import augmentation, image_dataset
@@ -111,6 +112,8 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
     model, trunk, head_model, record = classifier_from_head_run(head_run)
     attrs = record["code_attrs"]
     cs = CodeSet.load(record["codes"])
+    positive_class = positive_class or record.get("metrics", {}).get("positive_class")
+    positive_index(cs.class_names, positive_class)
     size = int(attrs["image_size"])
     cut = cut_layer(trunk, attrs["backbone"], unfreeze_blocks, unfreeze_from)
     tail = keras.Model(trunk.get_layer(cut).output, trunk.output, name="tail")
@@ -151,7 +154,7 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
         seconds = time.perf_counter() - t0
         test_ds = image_dataset(root, [cs.paths[i] for i in te], cs.y[te], size, batch_size)
         proba = np.asarray(model.predict(test_ds, verbose=0))
-    metrics = evaluate(cs.y[te], proba, cs.class_names)
+    metrics = evaluate(cs.y[te], proba, cs.class_names, positive_class)
     run_dir = new_run_dir(runs_dir, f"{attrs['backbone']}-finetune")
     info = model_info(attrs, "finetune", str(head_run))
     save_model(model, run_dir / "model.keras", cs.class_names, info)
@@ -163,9 +166,8 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
            "class_names": cs.class_names, "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
            "train_seconds": round(seconds, 2), "history": history, "warmup_metrics": _warmup_metrics(head_run)}
     write_report(run_dir, rec, metrics, cs.class_names, history)
-    log(f"{rec['title']}: test accuracy {metrics['accuracy']:.4f} (warm-up head: "
-        f"{rec['warmup_metrics'].get('accuracy', float('nan')):.4f}), top-5 {metrics['top5_accuracy']:.4f}; "
-        f"trained in {seconds:.0f} s -> {run_dir}")
+    log(f"{rec['title']}: {summary(metrics)}; warm-up head: test accuracy "
+        f"{rec['warmup_metrics'].get('accuracy', float('nan')):.4f}; trained in {seconds:.0f} s -> {run_dir}")
     return run_dir, metrics
 
 
@@ -211,7 +213,8 @@ def scratch_cnn(n_classes: int, size: int, filters: int = 32):
 
 
 def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=32, learning_rate=1e-3,
-                  augment=False, strength=0.1, runs_dir="runs", seed=0, progress=True, log=print):
+                  augment=False, strength=0.1, runs_dir="runs", seed=0, positive_class=None, progress=True,
+                  log=print):
     """Train :func:`scratch_cnn` on the images of a code set's stored split; returns (run_dir, metrics)."""
     import keras
 
@@ -222,6 +225,7 @@ def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=
         raise UserError(f"--train-size {image_size}: the from-scratch CNN needs at least 16 pixels")
     writable_folder(runs_dir, "--runs-dir")
     cs = CodeSet.load(codes_path)
+    positive_index(cs.class_names, positive_class)
     attrs = cs.attrs
     tr, va, te = (np.flatnonzero(cs.split == s) for s in (TRAIN, VAL, TEST))
     if len(va) == 0:
@@ -238,7 +242,7 @@ def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=
                                                               restore_best_weights=True)])
     seconds = time.perf_counter() - t0
     proba = np.asarray(model.predict(ds(te), verbose=0))
-    metrics = evaluate(cs.y[te], proba, cs.class_names)
+    metrics = evaluate(cs.y[te], proba, cs.class_names, positive_class)
     run_dir = new_run_dir(runs_dir, "scratch")
     info = {"kind": "scratch", "source": str(codes_path), "image_size": image_size, "backbone": None}
     save_model(model, run_dir / "model.keras", cs.class_names, info)
@@ -247,6 +251,5 @@ def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=
            "image_size": image_size, "augment": augment, "class_names": cs.class_names, "n_train": int(len(tr)),
            "n_val": int(len(va)), "n_test": int(len(te)), "train_seconds": round(seconds, 2), "history": history}
     write_report(run_dir, rec, metrics, cs.class_names, history)
-    log(f"{rec['title']}: test accuracy {metrics['accuracy']:.4f}, top-5 {metrics['top5_accuracy']:.4f}; "
-        f"trained in {seconds:.0f} s -> {run_dir}")
+    log(f"{rec['title']}: {summary(metrics)}; trained in {seconds:.0f} s -> {run_dir}")
     return run_dir, metrics

@@ -6,11 +6,12 @@ of the regularization strength (logistic regression).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 
 def _class_weights(y: np.ndarray, n_classes: int) -> dict:
@@ -129,10 +130,23 @@ class KerasHead:
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(1)
 
+    def params(self) -> dict:
+        return dict(hidden=list(self.hidden), dropout=self.dropout, epochs=self.epochs,
+                    learning_rate=self.learning_rate, batch_size=self.batch_size, patience=self.patience,
+                    min_delta=self.min_delta, class_weight=self.class_weight, seed=self.seed, verbose=self.verbose)
+
     def save(self, folder: Path) -> Path:
         path = Path(folder) / "head.keras"
         self.model_.save(path)
+        _save_description(folder, self)
         return path
+
+    def _restore(self, folder: Path) -> None:
+        import keras
+        try:  # safe mode: a Lambda layer (Python bytecode) in a shared file is refused, not run
+            self.model_ = keras.saving.load_model(Path(folder) / "head.keras", compile=False, safe_mode=True)
+        except Exception as exc:
+            raise UserError(f"{folder}/head.keras was not loaded: {one_line(exc)}") from None
 
 
 class SoftmaxHead(KerasHead):
@@ -170,6 +184,7 @@ class LogRegHead:
         if not Cs or min(Cs) <= 0 or max_iter < 1:
             raise UserError("logreg options: --Cs must be one or more positive numbers, max_iter >= 1")
         self.Cs, self.max_iter, self.class_weight, self.seed = tuple(Cs), max_iter, class_weight, seed
+        self.verbose = verbose
         self.model_ = None
         self.history_ = {}
 
@@ -221,11 +236,47 @@ class LogRegHead:
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(1)
 
+    def params(self) -> dict:
+        return dict(Cs=list(self.Cs), max_iter=self.max_iter, class_weight=self.class_weight, seed=self.seed,
+                    verbose=self.verbose)
+
     def save(self, folder: Path) -> Path:
-        import joblib
-        path = Path(folder) / "head.joblib"
-        joblib.dump(self, path)
+        """``head.npz`` (the fitted arrays) and ``head.json``: no pickle, so that loading a run
+        folder someone shares cannot run code."""
+        scaler, clf = self.model_[0], self.model_[-1]
+        path = Path(folder) / "head.npz"
+        np.savez(path, mean=scaler.mean_, var=scaler.var_, scale=scaler.scale_, coef=clf.coef_,
+                 intercept=clf.intercept_, classes=clf.classes_, n_iter=np.asarray(clf.n_iter_))
+        _save_description(folder, self, C_=self.C_, n_classes_=self.n_classes_)
         return path
+
+    def _restore(self, folder: Path) -> None:
+        state = _read_description(folder)["state"]
+        try:
+            with np.load(Path(folder) / "head.npz", allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"{folder}/head.npz is not a saved head ({one_line(exc)})") from None
+        self.C_, self.n_classes_ = float(state["C_"]), int(state["n_classes_"])
+        self.model_ = self._pipe(self.C_)
+        scaler, clf = self.model_[0], self.model_[-1]
+        scaler.mean_, scaler.var_, scaler.scale_ = arrays["mean"], arrays["var"], arrays["scale"]
+        scaler.n_features_in_ = clf.n_features_in_ = arrays["coef"].shape[1]
+        scaler.n_samples_seen_ = 0
+        clf.coef_, clf.intercept_, clf.classes_ = arrays["coef"], arrays["intercept"], arrays["classes"]
+        clf.n_iter_ = arrays["n_iter"]
+
+
+def _save_description(folder, head, **state) -> None:
+    (Path(folder) / "head.json").write_text(json.dumps(
+        {"head": head.name, "params": head.params(), "state": state, "history": head.history_}, indent=2))
+
+
+def _read_description(folder) -> dict:
+    try:
+        return json.loads((Path(folder) / "head.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder}/head.json is not a head description ({one_line(exc)})") from None
 
 
 HEADS = {"softmax": SoftmaxHead, "mlp": MLPHead, "logreg": LogRegHead}
@@ -238,14 +289,27 @@ def make_head(name: str, **params):
 
 
 def load_head(folder):
-    """Load a head saved by ``save`` from a run folder."""
+    """Load a head saved by ``save`` from a run folder: the same class with the same parameters.
+
+    Nothing in the folder is executed: arrays and JSON only, Keras files in safe mode. A
+    ``head.joblib`` (a pickle, written by version 0.1.0 before this) is refused, not loaded.
+    """
     folder = Path(folder)
-    if (folder / "head.keras").exists():
-        import keras
+    if (folder / "head.json").exists():
+        desc = _read_description(folder)
+        if desc.get("head") not in HEADS:
+            raise UserError(f"{folder}/head.json names an unknown head {desc.get('head')!r}")
+        try:
+            head = HEADS[desc["head"]](**desc.get("params", {}))
+        except (TypeError, UserError) as exc:
+            raise UserError(f"{folder}/head.json: parameters do not fit the {desc['head']} head ({exc})") from None
+        head.history_ = desc.get("history", {})
+    elif (folder / "head.keras").exists():  # written before head.json: a Keras head, parameters unknown
         head = SoftmaxHead()
-        head.model_ = keras.saving.load_model(folder / "head.keras")
-        return head
-    if (folder / "head.joblib").exists():
-        import joblib
-        return joblib.load(folder / "head.joblib")
-    raise UserError(f"{folder} holds no saved head (head.keras or head.joblib)")
+    elif (folder / "head.joblib").exists():
+        raise UserError(f"{folder}/head.joblib is a pickle written by an older version; loading it could run any "
+                        f"code it holds, so it is not loaded: train the head again (make train)")
+    else:
+        raise UserError(f"{folder} holds no saved head (head.json with head.keras or head.npz)")
+    head._restore(folder)
+    return head

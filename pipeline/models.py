@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import apply_preprocessing, build_base, get_backbone
-from .errors import UserError
+from .errors import UserError, one_line
 
 META_NAME = "cnn_codes.json"
 
@@ -92,7 +92,10 @@ def load_model(path):
             meta = json.loads(z.read(META_NAME))
     except (zipfile.BadZipFile, KeyError, ValueError):
         raise UserError(f"{path} is not a model exported by this project (no {META_NAME} inside)") from None
-    model = keras.saving.load_model(path, compile=False)
+    try:  # safe mode: Python code inside a model file someone hands us (a Lambda layer) is refused, not run
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise UserError(f"{path} was not loaded: {one_line(exc)}") from None
     return model, meta.pop("class_names"), meta
 
 
@@ -105,7 +108,10 @@ def classifier_from_head_run(run_dir):
     record_path = run_dir / "record.json"
     if not record_path.exists():
         raise UserError(f"{run_dir} is not a run folder of train_head.py (no record.json)")
-    record = json.loads(record_path.read_text())
+    try:
+        record = json.loads(record_path.read_text())
+    except ValueError as exc:
+        raise UserError(f"{record_path} is not valid JSON ({exc})") from None
     if record.get("kind") != "head-on-codes":
         raise UserError(f"{run_dir} is a {record.get('kind')} run, not a head trained on codes "
                         f"(its model.keras is already the whole model)")

@@ -76,17 +76,23 @@ class _Unpickler(pickle.Unpickler):
 
 
 def load_legacy_state_dict(path: str) -> "collections.OrderedDict[str, np.ndarray]":
-    """Load a legacy ``.pth`` state dict as ``{name: numpy array}`` (same shapes as in torch)."""
+    """Load a legacy ``.pth`` state dict as ``{name: numpy array}`` (same shapes as in torch).
+
+    Every record goes through the restricted unpickler, which builds nothing but tensors,
+    storages, ordered dicts and plain values: a crafted file cannot run code.
+    """
     with open(path, "rb") as fh:
-        if pickle.load(fh) != LEGACY_MAGIC:
+        if _Unpickler(fh).load() != LEGACY_MAGIC:
             raise ValueError(f"{path}: not a legacy PyTorch weight file (bad magic number)")
-        pickle.load(fh)  # protocol version
-        sys_info = pickle.load(fh)
-        if not sys_info.get("little_endian", True):
-            raise ValueError(f"{path}: big-endian weight files are not supported")
+        _Unpickler(fh).load()  # protocol version
+        sys_info = _Unpickler(fh).load()
+        if not isinstance(sys_info, dict) or not sys_info.get("little_endian", True):
+            raise ValueError(f"{path}: only little-endian legacy weight files are supported")
         unpickler = _Unpickler(fh)
         obj = unpickler.load()
-        keys = pickle.load(fh)
+        keys = _Unpickler(fh).load()
+        if not isinstance(keys, list) or not set(keys) <= set(unpickler.storages):
+            raise ValueError(f"{path}: the storage key list does not match the tensors")
         for key in keys:
             ref = unpickler.storages[key]
             numel = int(np.frombuffer(fh.read(8), "<i8")[0])

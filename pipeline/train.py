@@ -10,10 +10,10 @@ from .codes import CodeSet
 from .dataset import TEST, TRAIN, VAL
 from .errors import UserError, writable_folder
 from .heads import make_head
-from .report import evaluate, new_run_dir, write_report
+from .report import evaluate, new_run_dir, positive_index, summary, write_report
 
 
-def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs", log=print):
+def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs", positive_class=None, log=print):
     """Fit ``head`` on the train part of a code file (validation part for model selection),
     evaluate on its test part and write a run folder. Returns (run_dir, metrics)."""
     writable_folder(runs_dir, "--runs-dir")
@@ -23,12 +23,13 @@ def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs"
     X_te, y_te = cs.part(TEST)
     if len(X_te) == 0 or len(np.unique(y_tr)) < 2:
         raise UserError(f"{codes_path}: the stored split has no test images or fewer than two training classes")
+    positive_index(cs.class_names, positive_class)  # checked before training
     model = make_head(head, **(head_params or {}))
     t0 = time.perf_counter()
     model.fit(X_tr, y_tr, X_va if len(X_va) else None, y_va if len(y_va) else None,
               n_classes=len(cs.class_names))
     seconds = time.perf_counter() - t0
-    metrics = evaluate(y_te, model.predict_proba(X_te), cs.class_names)
+    metrics = evaluate(y_te, model.predict_proba(X_te), cs.class_names, positive_class)
     run_dir = new_run_dir(runs_dir, f"{cs.attrs.get('backbone')}-{head}")
     model.save(run_dir)
     title = f"{head} on {cs.attrs.get('backbone')} {cs.attrs.get('layer')}/{cs.attrs.get('pooling')}"
@@ -40,7 +41,5 @@ def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs"
         "train_seconds": round(seconds, 3), "history": model.history_,
     }
     write_report(run_dir, record, metrics, cs.class_names, model.history_)
-    log(f"{title}: test accuracy {metrics['accuracy']:.4f}, top-5 {metrics['top5_accuracy']:.4f}, "
-        f"mean per-class {metrics['mean_per_class_accuracy']:.4f} (n={metrics['n']}); "
-        f"trained in {seconds:.1f} s on {len(y_tr)} codes of {X_tr.shape[1]} values -> {run_dir}")
+    log(f"{title}: {summary(metrics)}; trained in {seconds:.1f} s on {len(y_tr)} codes of {X_tr.shape[1]} values -> {run_dir}")
     return run_dir, metrics

@@ -75,7 +75,7 @@ def test_bad_head_options():
 def test_train_on_codes_writes_a_complete_run(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "cache", **FAST)[0]
     run_dir, metrics = train_on_codes(path, "logreg", {"Cs": (0.1, 1.0)}, tmp_path / "runs", log=lambda *a: None)
-    assert {p.name for p in run_dir.iterdir()} >= {"head.joblib", "record.json", "report.txt", "confusion.png"}
+    assert {p.name for p in run_dir.iterdir()} >= {"head.npz", "head.json", "record.json", "report.txt", "confusion.png"}
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["metrics"]["accuracy"] == metrics["accuracy"] and rec["n_test"] == len(rec["test_paths"])
     assert 0 <= metrics["accuracy"] <= 1 and "precision" in (run_dir / "report.txt").read_text()
