@@ -42,14 +42,14 @@ def model_file(path, log=print) -> Path:
     return out
 
 
-def predict(model_path, target, top_k=5, batch_size=32, warn=lambda m: print(m, file=sys.stderr)):
+def predict(model_path, target, top_k=5, batch_size=32, warn=lambda m: print(m, file=sys.stderr), log=print):
     """Rows of (path, [(class name, probability), ...] top-k) for every readable image.
 
     Unreadable images get a warning each and are left out; the others are still predicted.
     """
     if top_k < 1 or batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
-    model, class_names, info = load_model(model_file(model_path, warn))
+    model, class_names, info = load_model(model_file(model_path, log))
     size = int(info["image_size"])
     root, paths = find_images(Path(target))
     k = min(top_k, len(class_names))

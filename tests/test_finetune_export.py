@@ -155,7 +155,7 @@ def test_predict_from_a_run_folder_exports_it_first(head_run, images, tmp_path):
     run_dir, _ = head_run
     assert not (run_dir / "model.keras").exists()
     notes = []
-    rows = predict(run_dir, images / "class1", top_k=1, warn=notes.append)
+    rows = predict(run_dir, images / "class1", top_k=1, log=notes.append)
     assert (run_dir / "model.keras").is_file() and any("exporting" in n for n in notes)
     assert rows and rows == predict(run_dir / "model.keras", images / "class1", top_k=1)
     with pytest.raises(UserError, match="no model.keras in"):

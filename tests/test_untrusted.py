@@ -1,0 +1,156 @@
+"""Nothing loaded from a run folder, model file or weight file runs code from it.
+
+Each crafted file is first shown to be really malicious (the unsafe way of loading it runs its
+payload), then fed to every entry point that loads that kind of file: one line, exit 2, and the
+payload did not run.
+"""
+import io
+import json
+import pickle
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+import export as export_script
+import finetune as finetune_script
+import predict as predict_script
+from conftest import FAST
+from pipeline.codes import generate_codes
+from pipeline.errors import run_cli
+from pipeline.models import META_NAME, save_model
+from pipeline.torch_pickle import LEGACY_MAGIC, load_legacy_state_dict
+from pipeline.train import train_on_codes
+
+
+class Payload:
+    """Unpickling this writes the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def lambda_model(marker, n_values=1280, n_classes=3):
+    """A Keras model whose Lambda layer writes the marker when the model is rebuilt or called."""
+    fn = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]")
+    inputs = keras.Input((n_values,))
+    outputs = keras.layers.Dense(n_classes, activation="softmax")(keras.layers.Lambda(fn)(inputs))
+    return keras.Model(inputs, outputs)
+
+
+def cli(module, argv, capsys):
+    with pytest.raises(SystemExit) as ex:
+        run_cli(module.main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    return ex.value.code, err
+
+
+def assert_refused(module, argv, capsys, marker, expect):
+    code, err = cli(module, argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], err
+    assert "Traceback" not in err
+    assert not marker.exists(), f"{module.__name__} {argv} ran the payload"
+
+
+@pytest.fixture
+def run_folder(images, tmp_path):
+    path = generate_codes(images, cache_dir=tmp_path / "cache", **FAST)[0]
+    run_dir, _ = train_on_codes(path, "logreg", {"Cs": (1.0,)}, tmp_path / "runs", log=lambda *a: None)
+    return run_dir
+
+
+def shared_run(run_folder, tmp_path, name):
+    """A copy of a real run folder, as someone would share it, its head files removed."""
+    evil = tmp_path / name
+    shutil.copytree(run_folder, evil)
+    for f in ("head.npz", "head.json", "head.keras"):
+        (evil / f).unlink(missing_ok=True)
+    return evil
+
+
+def entry_points_on(run, images):
+    return [(predict_script, [images / "class0" / "img000.JPG", "--model", run]),
+            (export_script, [run]),
+            (finetune_script, [run, "--epochs", "1", "--no-progress"])]
+
+
+def test_a_pickled_head_is_refused_everywhere(run_folder, images, tmp_path, capsys):
+    marker = tmp_path / "ran-pickle"
+    evil = shared_run(run_folder, tmp_path, "pickled")
+    (evil / "head.joblib").write_bytes(pickle.dumps(Payload(marker)))
+    pickle.loads((evil / "head.joblib").read_bytes())
+    assert marker.exists(), "the crafted pickle must be malicious"
+    marker.unlink()
+    for module, argv in entry_points_on(evil, images):
+        assert_refused(module, argv, capsys, marker, "is a pickle")
+
+
+def test_a_pickle_inside_the_head_arrays_is_refused(run_folder, images, tmp_path, capsys):
+    marker = tmp_path / "ran-npz"
+    evil = shared_run(run_folder, tmp_path, "npz")
+    shutil.copy(run_folder / "head.json", evil / "head.json")
+    np.savez(evil / "head.npz", mean=np.array([Payload(marker)], dtype=object))
+    np.load(evil / "head.npz", allow_pickle=True)["mean"]
+    assert marker.exists()
+    marker.unlink()
+    for module, argv in entry_points_on(evil, images):
+        assert_refused(module, argv, capsys, marker, "head.npz")
+
+
+def test_a_keras_head_with_code_inside_is_refused(run_folder, images, tmp_path, capsys):
+    marker = tmp_path / "ran-lambda-head"
+    evil = shared_run(run_folder, tmp_path, "lambda-head")
+    lambda_model(marker).save(evil / "head.keras")
+    (evil / "head.json").write_text(json.dumps({"head": "softmax", "params": {}, "state": {}}))
+    marker.unlink()
+    keras.saving.load_model(evil / "head.keras", safe_mode=False)
+    assert marker.exists()
+    marker.unlink()
+    for module, argv in entry_points_on(evil, images):
+        assert_refused(module, argv, capsys, marker, "was not loaded")
+
+
+def test_a_model_file_with_code_inside_is_refused(images, tmp_path, capsys):
+    marker = tmp_path / "ran-lambda-model"
+    path = save_model(lambda_model(marker, n_values=32 * 32 * 3), tmp_path / "evil.keras", ["a", "b", "c"],
+                      {"image_size": 32})
+    marker.unlink()
+    assert_refused(predict_script, [images, "--model", path], capsys, marker, "was not loaded")
+
+
+def test_a_malformed_record_or_model_is_one_line(run_folder, images, tmp_path, capsys):
+    bad = shared_run(run_folder, tmp_path, "bad-record")
+    (bad / "record.json").write_text("{not json")
+    marker = tmp_path / "never"
+    for module, argv in entry_points_on(bad, images):
+        assert_refused(module, argv, capsys, marker, "record.json")
+    (tmp_path / "empty.keras").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
+    assert_refused(predict_script, [images, "--model", tmp_path / "empty.keras"], capsys, marker, META_NAME)
+
+
+def _legacy_file(records) -> bytes:
+    buf = io.BytesIO()
+    for r in records:
+        buf.write(r if isinstance(r, bytes) else pickle.dumps(r, protocol=2))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("where", ["magic", "protocol", "sys_info", "state_dict", "keys"])
+def test_every_record_of_a_legacy_weight_file_is_unpickled_safely(where, tmp_path):
+    marker = tmp_path / f"ran-{where}"
+    records = {"magic": LEGACY_MAGIC, "protocol": 1001, "sys_info": {"little_endian": True},
+               "state_dict": {}, "keys": []}
+    records[where] = Payload(marker)
+    path = tmp_path / "weights.pth"
+    path.write_bytes(_legacy_file(records.values()))
+    with pytest.raises(pickle.UnpicklingError, match="unsupported object"):
+        load_legacy_state_dict(str(path))
+    assert not marker.exists()
+    with open(path, "rb") as fh:  # the plain unpickler would have run it
+        while not marker.exists():
+            pickle.load(fh)
