@@ -1,5 +1,6 @@
 # Thin wrappers around the entry scripts; every variable can be overridden: make codes BACKBONE=vgg16
 PYTHON   ?= python
+CNN      ?= cnn-codes
 DATA     ?= examples/caltech5
 BACKBONE ?= efficientnet_lite0
 LAYER    ?=
@@ -34,28 +35,28 @@ help:
 	@echo "make test | make bench"
 
 codes:
-	$(PYTHON) generate_codes.py $(CODE_OPTS) --split $(SPLIT) $(ARGS)
+	$(CNN) codes $(CODE_OPTS) --split $(SPLIT) $(ARGS)
 
 train:
-	$(PYTHON) train_head.py --head $(HEAD) $(CODE_OPTS) --runs-dir $(RUNS) $(ARGS)
+	$(CNN) train --head $(HEAD) $(CODE_OPTS) --runs-dir $(RUNS) $(ARGS)
 
 sweep:
-	$(PYTHON) sweep.py --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE) --heads $(HEADS) $(NS_OPT) --repeats $(REPEATS) --runs-dir $(RUNS) $(ARGS)
+	$(CNN) sweep --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE) --heads $(HEADS) $(NS_OPT) --repeats $(REPEATS) --runs-dir $(RUNS) $(ARGS)
 
 finetune:
-	$(PYTHON) finetune.py $(RUN) --cache-dir $(CACHE) --runs-dir $(RUNS) $(ARGS)
+	$(CNN) finetune $(RUN) --cache-dir $(CACHE) --runs-dir $(RUNS) $(ARGS)
 
 scratch:
-	$(PYTHON) scratch.py $(CODE_OPTS) --runs-dir $(RUNS) $(ARGS)
+	$(CNN) scratch $(CODE_OPTS) --runs-dir $(RUNS) $(ARGS)
 
 export:
-	$(PYTHON) export.py $(RUN) $(ARGS)
+	$(CNN) export $(RUN) $(ARGS)
 
 predict:
-	$(PYTHON) predict.py $(IMG) --model $(MODEL) $(ARGS)
+	$(CNN) predict $(IMG) --model $(MODEL) $(ARGS)
 
 compare:
-	$(PYTHON) compare.py --runs-dir $(RUNS) $(ARGS)
+	$(CNN) compare --runs-dir $(RUNS) $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q

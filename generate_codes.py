@@ -1,62 +1,6 @@
 #!/usr/bin/env python
-"""Stage 1: cache CNN codes of every image under DATA (one sub-folder per class) in HDF5."""
-import argparse
-
-from pipeline.errors import quiet_tensorflow, run_cli
-
-
-def main(argv=None):
-    from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY
-    from pipeline.dataset import parse_split
-
-    p = argparse.ArgumentParser(
-        description=__doc__ + " Run it again to resume an interrupted run or to take in added, "
-        "changed or removed images; only what is missing is computed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="examples/caltech5", help="image folder, one sub-folder per class")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=list(REGISTRY), metavar="NAME",
-                   help="conv base: " + ", ".join(REGISTRY))
-    p.add_argument("--layer", nargs="+", default=None, metavar="LAYER",
-                   help="layer(s) whose output to cache, all in one pass; default: the final conv block")
-    p.add_argument("--pooling", nargs="+", default=["avg"], choices=POOLINGS,
-                   help="per layer: flatten (the classic CNN code), avg or max (global pooling)")
-    p.add_argument("--weights", default="imagenet",
-                   help="imagenet, none (random, for tests) or the path of a Keras weights file")
-    p.add_argument("--image-size", type=int, default=None, help="square input size in pixels; default: the backbone's own")
-    p.add_argument("--cache-dir", default="cache", help="where code files go")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: one per core, at most 8)")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="CLASS", help="class folders to leave out")
-    p.add_argument("--split", default="70/15/15", help="per-class train/val/test percentages, e.g. 70/30 for no validation set")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage type of the codes")
-    p.add_argument("--overwrite", action="store_true", help="recompute everything, replacing existing code files")
-    p.add_argument("--verify", action="store_true",
-                   help="re-hash every image and recompute those whose bytes changed although their size and "
-                        "modification time did not (normally an image counts as changed when its size changes, or "
-                        "its modification time and its bytes do)")
-    p.add_argument("--no-wait", action="store_true",
-                   help="if another run is writing the same code set, stop at once instead of waiting for it")
-    p.add_argument("--list-layers", action="store_true", help="print the backbone's layer names and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-
-    quiet_tensorflow()
-    if a.list_layers:
-        from pipeline.backbones import build_base, get_backbone
-        bb = get_backbone(a.backbone)
-        base = build_base(bb, "none", a.image_size)
-        for layer in base.layers:
-            mark = "  (suggested)" if layer.name in bb.suggested_layers else ""
-            print(f"{layer.name:40s} {tuple(layer.output.shape[1:])}{mark}")
-        return 0
-    from pipeline.codes import generate_codes
-    generate_codes(a.data, backbone=a.backbone, layers=a.layer, poolings=a.pooling, weights=a.weights,
-                   image_size=a.image_size, cache_dir=a.cache_dir, batch_size=a.batch_size, exclude=a.exclude,
-                   split=parse_split(a.split), seed=a.seed, dtype=a.dtype, workers=a.workers,
-                   overwrite=a.overwrite, verify=a.verify, wait=not a.no_wait, progress=not a.no_progress)
-    return 0
-
+"""Stage 1, as `cnn-codes codes` (every option of it): cache CNN codes of every image under DATA."""
+from pipeline.cli.main import shim
 
 if __name__ == "__main__":
-    run_cli(main)
+    shim("codes")

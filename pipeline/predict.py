@@ -65,7 +65,17 @@ def predict(model_path, target, top_k=5, batch_size=32, warn=lambda m: print(m, 
     return rows
 
 
-def write_csv(rows, out: Path, top_k: int) -> None:
+def format_rows(rows, limit: int = 20, more_in=None) -> str:
+    """``<path>: <class> P%, ...`` per image, the first ``limit`` of them."""
+    lines = [path + ": " + ", ".join(f"{name} {100 * prob:.1f}%" for name, prob in top) for path, top in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"... ({len(rows) - limit} more" + (f" in {more_in})" if more_in else ")"))
+    return "\n".join(lines)
+
+
+def write_csv(rows, out: Path) -> None:
+    """One row per image: path, then class and probability of each of its top k."""
+    top_k = max((len(top) for _, top in rows), default=0)
     with open(out, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path"] + [f"{kind}{i + 1}" for i in range(top_k) for kind in ("class", "prob")])

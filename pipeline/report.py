@@ -1,7 +1,6 @@
 """Evaluation reports shared by every way of training: metrics, per-class report, plots, run folder."""
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 
@@ -120,17 +119,6 @@ def plot_history(history: dict, path: Path, title="") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def new_run_dir(runs_dir, name: str) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(runs_dir) / f"{stamp}-{name}"
-    i = 1
-    while path.exists():
-        i += 1
-        path = Path(runs_dir) / f"{stamp}-{name}-{i}"
-    path.mkdir(parents=True)
-    return path
 
 
 def plot_binary_curves(curves: dict, metrics: dict, path: Path, title="") -> None:

@@ -112,7 +112,7 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5
     from tqdm import tqdm
 
     from .heads import HEADS
-    from .report import new_run_dir
+    from .runs import new_run_dir
 
     default_ns = ns is None
     ns = parse_ns(DEFAULT_NS if default_ns else ns)

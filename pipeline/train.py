@@ -10,7 +10,8 @@ from .codes import CodeSet
 from .dataset import TEST, TRAIN, VAL
 from .errors import UserError, writable_folder
 from .heads import make_head
-from .report import evaluate, new_run_dir, positive_index, summary, write_report
+from .report import positive_index
+from .runs import finish_run
 
 
 def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs", positive_class=None, log=print):
@@ -29,17 +30,14 @@ def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs"
     model.fit(X_tr, y_tr, X_va if len(X_va) else None, y_va if len(y_va) else None,
               n_classes=len(cs.class_names))
     seconds = time.perf_counter() - t0
-    metrics = evaluate(y_te, model.predict_proba(X_te), cs.class_names, positive_class)
-    run_dir = new_run_dir(runs_dir, f"{cs.attrs.get('backbone')}-{head}")
-    model.save(run_dir)
     title = f"{head} on {cs.attrs.get('backbone')} {cs.attrs.get('layer')}/{cs.attrs.get('pooling')}"
     record = {
         "title": title, "kind": "head-on-codes", "head": head, "head_params": head_params or {},
         "codes": str(Path(codes_path)), "code_attrs": {k: str(v) for k, v in cs.attrs.items()},
-        "class_names": cs.class_names, "n_train": int(len(y_tr)), "n_val": int(len(y_va)),
-        "n_test": int(len(y_te)), "test_paths": [p for p, s in zip(cs.paths, cs.split) if s == TEST],
-        "train_seconds": round(seconds, 3), "history": model.history_,
+        "n_train": int(len(y_tr)), "n_val": int(len(y_va)), "n_test": int(len(y_te)),
+        "test_paths": [p for p, s in zip(cs.paths, cs.split) if s == TEST], "train_seconds": round(seconds, 3),
     }
-    write_report(run_dir, record, metrics, cs.class_names, model.history_)
-    log(f"{title}: {summary(metrics)}; trained in {seconds:.1f} s on {len(y_tr)} codes of {X_tr.shape[1]} values -> {run_dir}")
-    return run_dir, metrics
+    return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, y_true=y_te,
+                      proba=model.predict_proba(X_te), class_names=cs.class_names, save=model.save,
+                      positive_class=positive_class, history=model.history_,
+                      detail=f"trained in {seconds:.1f} s on {len(y_tr)} codes of {X_tr.shape[1]} values", log=log)

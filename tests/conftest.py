@@ -9,7 +9,6 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 CALTECH = ROOT.parent / "shared" / "data" / "caltech101" / "101_ObjectCategories"
-sys.path.insert(0, str(ROOT))
 
 needs_caltech = pytest.mark.skipif(not CALTECH.is_dir(), reason="../shared Caltech-101 not present")
 
@@ -41,11 +40,19 @@ FAST = dict(backbone="efficientnet_lite0", weights="none", image_size=32, batch_
             log=lambda *a: None)
 
 
-def run_script(*args, cwd=ROOT, timeout=300):
-    """Run an entry script; returns CompletedProcess with text stdout/stderr."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs them: TensorFlow's start-up lines held back
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+# The installed console script (pip install -e .): the tests run what users run.
+CNN_CODES = str(Path(sys.executable).with_name("cnn-codes"))
+
+
+def user_env() -> dict:
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs it: TensorFlow's start-up lines held back
+    return env
+
+
+def run_script(command, *args, cwd=ROOT, timeout=300):
+    """Run ``cnn-codes <command> <args>``; returns CompletedProcess with text stdout/stderr."""
+    return subprocess.run([CNN_CODES, command, *map(str, args)], cwd=cwd, env=user_env(), capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -1,5 +1,10 @@
+import re
+import subprocess
+
 import numpy as np
 import pytest
+
+from conftest import CNN_CODES, user_env
 
 from pipeline.backbones import REGISTRY, Preprocess, build_base, build_feature_model, get_backbone
 from pipeline.errors import UserError
@@ -34,16 +39,14 @@ def test_unknown_names_list_the_valid_ones():
         build_base(REGISTRY["inception_v3"], "none", 32)
 
 
-def test_imagenet_download_failure_is_one_clear_message(monkeypatch, tmp_path):
-    import keras
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-
-    def no_network(*a, **k):
-        raise OSError("URL fetch failure: no network")
-    monkeypatch.setattr(keras.utils, "get_file", no_network)
-    monkeypatch.setattr("keras.src.applications.vgg16.file_utils.get_file", no_network)
-    with pytest.raises(UserError, match="could not get ImageNet weights for vgg16.*--weights PATH.*efficientnet_lite0"):
-        build_base(REGISTRY["vgg16"], "imagenet", 32)
+def test_imagenet_download_failure_is_one_clear_message(tmp_path):
+    """As on a machine without network: an empty Keras cache and a proxy that refuses connections."""
+    env = dict(user_env(), KERAS_HOME=str(tmp_path / "keras"), HTTPS_PROXY="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    r = subprocess.run([CNN_CODES, "codes", "--backbone", "vgg16", "--image-size", "32", "--cache-dir",
+                        str(tmp_path / "cache")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert re.search("could not get ImageNet weights for vgg16.*--weights PATH.*efficientnet_lite0", r.stderr)
 
 
 def test_preprocessing_modes():

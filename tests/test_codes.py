@@ -10,10 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST, ROOT, make_images, run_script, user_error_lines
+from conftest import CNN_CODES, FAST, make_images, user_env
+from pipeline.backbones import REGISTRY
+from pipeline.cli.main import main
 from pipeline.codes import CodeSet, generate_codes
 from pipeline.dataset import TEST, TRAIN, VAL
-from pipeline.errors import UserError
+from pipeline.errors import UserError, run_cli
+
+
+def computed(data, **kw) -> int:
+    """How many images a generate_codes call computed (its ``stats``)."""
+    stats = {}
+    generate_codes(data, stats=stats, **kw)
+    return stats.get("images", 0)
 
 
 def _read(path):
@@ -62,9 +71,7 @@ def test_incremental_added_changed_removed_images(images, tmp_path):
     kw = dict(FAST, log=logs.append, cache_dir=tmp_path / "cache")
     path = generate_codes(images, **kw)[0]
     first, _ = _read(path)
-    logs.clear()
-    generate_codes(images, **kw)  # nothing to do
-    assert not any("to compute" in l for l in logs)
+    assert computed(images, **kw) == 0  # nothing to do
     # add one, change one, remove one
     Image.fromarray(np.full((30, 30, 3), 10, np.uint8)).save(images / "class1" / "new.png")
     changed = images / "class2" / "img000.JPG"
@@ -72,8 +79,8 @@ def test_incremental_added_changed_removed_images(images, tmp_path):
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
     (images / "class0" / "img001.png").unlink()
     logs.clear()
-    generate_codes(images, **kw)
-    assert any("2 of 36 images to compute" in l for l in logs), logs
+    assert computed(images, **kw) == 2
+    assert any("2 of 36 images to compute" in l for l in logs), logs  # the summary line users read
     second, _ = _read(path)
     p1 = [p.decode() for p in first["paths"]]
     p2 = [p.decode() for p in second["paths"]]
@@ -99,18 +106,14 @@ def test_touched_images_are_recognized_by_content(images, tmp_path):
     for p in images.rglob("*"):
         if p.is_file():
             os.utime(p, ns=(later, later))
-    logs.clear()
-    generate_codes(images, **kw)
-    assert any("1 of 36 images to compute" in l for l in logs), logs
+    assert computed(images, **kw) == 1
     second, _ = _read(path)
     assert (second["fingerprints"][:, 1] == later).all()  # new times stored: next run is quick
     for i, p in enumerate(paths):
         if p != "class1/img002.jpeg":
             np.testing.assert_array_equal(second["codes"][i], first["codes"][i])
     before = path.stat().st_mtime_ns
-    logs.clear()
-    generate_codes(images, **kw)
-    assert not any("to compute" in l for l in logs) and path.stat().st_mtime_ns == before
+    assert computed(images, **kw) == 0 and path.stat().st_mtime_ns == before
 
 
 def test_unreadable_images_are_skipped_counted_and_listed(images, tmp_path):
@@ -123,13 +126,11 @@ def test_unreadable_images_are_skipped_counted_and_listed(images, tmp_path):
     assert sorted(p.decode() for p in data["failed_paths"]) == ["class0/broken.jpg", "class1/empty.png"]
     assert any("2 unreadable image(s) skipped" in l for l in logs)
     logs.clear()
-    generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append))
-    assert not any("to compute" in l for l in logs), "known-bad images are not retried until they change"
+    assert computed(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append)) == 0, \
+        "known-bad images are not retried until they change"
     assert any("2 unreadable image(s) skipped" in l for l in logs)
     Image.fromarray(np.full((20, 20, 3), 99, np.uint8)).save(images / "class0" / "broken.jpg")
-    logs.clear()
-    generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append))
-    assert any("1 of 38 images to compute" in l for l in logs), logs
+    assert computed(images, cache_dir=tmp_path / "c", **FAST) == 1
     assert _read(path)[0]["codes"].shape[0] == 37
 
 
@@ -138,9 +139,7 @@ def test_files_from_before_failure_fingerprints_are_read_and_failures_retried(im
     path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
     with h5py.File(path, "a") as f:
         del f["failed_fingerprints"], f["digests"]  # as written by version 0.1.0 before them
-    logs = []
-    generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append))
-    assert any("1 of 37 images to compute" in l for l in logs), logs
+    assert computed(images, cache_dir=tmp_path / "c", **FAST) == 1
     data, _ = _read(path)
     assert data["codes"].shape[0] == 36 and data["failed_fingerprints"].shape == (1, 2)
     assert (data["digests"] != 0).all()
@@ -148,62 +147,50 @@ def test_files_from_before_failure_fingerprints_are_read_and_failures_retried(im
 
 def test_other_settings_are_refused_without_losing_the_file(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
-    before = path.read_bytes()
     with h5py.File(path, "a") as f:
         f.attrs["preprocessing"] = "caffe"
+    before = path.read_bytes()
     with pytest.raises(UserError, match="other settings"):
         generate_codes(images, cache_dir=tmp_path / "c", **FAST)
-    assert path.exists()
+    assert path.read_bytes() == before
     generate_codes(images, cache_dir=tmp_path / "c", overwrite=True, **FAST)
     with h5py.File(path) as f:
         assert f.attrs["preprocessing"] == "lite"
-    assert len(before) > 0
 
 
-def test_resume_after_kill_gives_identical_codes(tmp_path):
-    data = make_images(tmp_path / "data", n_classes=3, per_class=30)
-    args = ["generate_codes.py", "--data", data, "--weights", "none", "--image-size", "32",
-            "--batch-size", "4", "--workers", "1", "--no-progress"]
-    ref = run_script(*args, "--cache-dir", tmp_path / "ref")
-    assert ref.returncode == 0, ref.stderr
-    cache = tmp_path / "resumed"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen([sys.executable, *map(str, args), "--cache-dir", str(cache)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    staging = cache / "data" / "efficientnet_lite0-32-random" / "top_activation-avg.partial"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(staging.glob("shard-*[0-9].npz"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    n_staged = len(list(staging.glob("shard-*[0-9].npz")))
-    assert 3 <= n_staged < 23, "the run must be interrupted part-way"
-    assert not (staging.parent / "top_activation-avg.h5").exists()
-    again = run_script(*args, "--cache-dir", cache)
-    assert again.returncode == 0, again.stderr
-    assert "of 90 images to compute" in again.stdout and "90 of 90" not in again.stdout
-    a, _ = _read(tmp_path / "ref" / "data" / "efficientnet_lite0-32-random" / "top_activation-avg.h5")
-    b, _ = _read(staging.parent / "top_activation-avg.h5")
-    for key in ("paths", "labels", "split", "fingerprints", "class_names"):
-        np.testing.assert_array_equal(a[key], b[key])
-    np.testing.assert_allclose(a["codes"], b["codes"], rtol=0, atol=1e-6)
-    assert not staging.exists()
+def test_resume_with_several_layers_and_poolings_after_a_kill(tmp_path):
+    """Four outputs of one pass (two layers x two poolings), killed part-way through the batches:
+    the rerun computes only what is missing and gives the four files of an uninterrupted run."""
+    data = make_images(tmp_path / "data", n_classes=3, per_class=10)
+    outputs = dict(layers=["top_activation", "block7a_project_bn"], poolings=["avg", "flatten"])
+    ref = generate_codes(data, cache_dir=tmp_path / "ref", **FAST, **outputs)
+    cmd = [CNN_CODES, "codes", "--data", str(data), "--weights", "none", "--image-size", "32", "--batch-size", "8",
+           "--layer", "top_activation", "block7a_project_bn", "--pooling", "avg", "flatten", "--no-progress",
+           "--cache-dir", str(tmp_path / "resumed")]
+    killed = subprocess.run(cmd, env=dict(user_env(), CNN_CODES_FAULT="shard-saved:10"), capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    stats = {}
+    files = generate_codes(data, cache_dir=tmp_path / "resumed", stats=stats, **FAST, **outputs)
+    assert stats["images"] == 30 - 2 * 8  # batches 1 and 2 were saved for all four outputs
+    assert [f.name for f in files] == [f.name for f in ref]
+    for got, want in zip(files, ref):
+        a, attrs_a = _read(got)
+        b, attrs_b = _read(want)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{got.name} {key}")
 
 
-def test_cli_bad_inputs_give_one_line_and_nonzero_exit(images, tmp_path):
-    base = ["generate_codes.py", "--weights", "none", "--image-size", "32", "--cache-dir", tmp_path / "c"]
-    cases = [
-        (["--data", tmp_path / "missing"], "does not exist"),
-        (["--data", images, "--backbone", "alexnet"], "invalid choice"),
-        (["--data", images, "--layer", "no_such_layer"], "has no layer 'no_such_layer'; suggested: top_activation"),
-        (["--data", images, "--weights", tmp_path / "nope.h5"], "no such file"),
-        (["--data", images, "--split", "abc"], "--split"),
-        (["--data", images, "--cache-dir", images / "class0" / "img001.png"], "is a file, not a folder"),
-    ]
-    for extra, msg in cases:
-        r = run_script(*base, *extra)
-        assert r.returncode == 2, (extra, r.stderr)
-        assert "Traceback" not in r.stderr
-        assert msg in r.stderr, (msg, r.stderr)
-    r = run_script(*base, "--data", tmp_path / "missing")
-    assert len(user_error_lines(r.stderr)) == 1
+def test_list_layers(capsys):
+    assert run_cli_main(["codes", "--backbone", "efficientnet_lite0", "--list-layers"], capsys) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [l.split()[0] for l in lines]
+    assert names[0] == "image" and names[-1] == "top_activation" and len(names) == 141
+    suggested = [l.split()[0] for l in lines if l.endswith("(suggested)")]
+    assert set(suggested) == set(REGISTRY["efficientnet_lite0"].suggested_layers)
+    assert "(7, 7, 1280)" in lines[-1]  # 224 px / 32
+
+
+def run_cli_main(argv, capsys):
+    with pytest.raises(SystemExit) as ex:
+        run_cli(main, argv)
+    return ex.value.code

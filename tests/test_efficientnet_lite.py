@@ -43,7 +43,23 @@ def test_reader_matches_torch_load():
 
 
 @pytest.mark.parametrize("name", LITES)
+def test_logits_match_the_stored_reference_logits(name):
+    """The conversion against the reference PyTorch implementation's logits, stored by
+    tests/fixtures/make_reference_logits.py (no PyTorch needed here)."""
+    from fixtures.make_reference_logits import OUT, reference_inputs
+    with np.load(OUT) as ref:
+        expected = ref[f"{name}/logits"]
+        assert str(ref[f"{name}/source_sha256"]) == el._sha256(el.source_weight_file(name))  # same weights
+    model = el.build_efficientnet_lite(name, include_top=True)
+    el.load_converted_weights(model)
+    got = np.asarray(model(reference_inputs(name).transpose(0, 2, 3, 1), training=False))
+    assert np.abs(got - expected).max() < 1e-4
+    assert np.abs(expected).max() > 1  # real logits, not zeros
+
+
+@pytest.mark.parametrize("name", LITES)
 def test_logits_match_reference_pytorch_implementation(name):
+    """The same check against PyTorch itself (opt-in: pip install -e '.[crosscheck]')."""
     torch = pytest.importorskip("torch")
     ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
     ref = ref_pkg.EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=str(el.source_weight_file(name)))

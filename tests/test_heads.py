@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import FAST, run_script, user_error_lines
-from pipeline.codes import generate_codes
+from pipeline.codes import CodeSet, generate_codes
+from pipeline.dataset import TEST
 from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead, load_head, make_head
 from pipeline.errors import UserError
 from pipeline.report import most_confused
@@ -38,15 +39,44 @@ def test_each_head_is_well_above_chance_on_separable_codes(name, tmp_path):
 
 def test_heads_train_without_validation_set():
     X, y = blobs()
+    train = np.arange(len(y)) % 4 != 0
     for head in (SoftmaxHead(epochs=30), LogRegHead(Cs=(0.01, 1.0))):
-        head.fit(X, y)
-        assert (head.predict(X) == y).mean() > 0.9
+        head.fit(X[train], y[train])
+        assert (head.predict(X[~train]) == y[~train]).mean() > 0.9  # on images it did not see
 
 
-def test_logreg_picks_C_on_validation_and_handles_missing_classes():
+def _unbalanced_pair(n_major, n_minor, sep, seed):
+    X, y = blobs(n_per_class=300, n_classes=2, sep=sep, seed=seed)
+    return X, y, np.r_[np.flatnonzero(y == 0)[:n_major], np.flatnonzero(y == 1)[:n_minor]]
+
+
+def test_logreg_chooses_C_on_the_validation_set():
+    # Trained on 100 vs 20 codes: the strongest regularization leaves only the class priors
+    # (intercepts are not penalized) and calls everything class 0; a balanced validation set shows it.
+    X, y, train = _unbalanced_pair(100, 20, sep=0.5, seed=1)
+    val = np.r_[np.flatnonzero(y == 0)[100:150], np.flatnonzero(y == 1)[100:150]]
+    head = LogRegHead(Cs=(1e-4, 1.0)).fit(X[train], y[train], X[val], y[val])
+    scores = head.history_["val_accuracy_by_C"]
+    assert scores["0.0001"] <= 0.55 and scores["1.0"] >= 0.9 and head.C_ == 1.0
+    assert head.model_.named_steps["logisticregression"].C == 1.0
+    # Where both do equally well, the stronger regularization is kept.
+    easy = LogRegHead(Cs=(0.01, 1.0)).fit(*blobs(seed=3), *blobs(seed=3))
+    assert set(easy.history_["val_accuracy_by_C"].values()) == {1.0} and easy.C_ == 0.01
+
+
+def test_class_weighting_raises_the_minority_recall():
+    X, y, train = _unbalanced_pair(200, 20, sep=0.15, seed=2)
+    test = np.setdiff1d(np.arange(len(y)), train)
+    recall = {}
+    for weighted in (False, True):
+        pred = LogRegHead(class_weight=weighted).fit(X[train], y[train]).predict(X[test])
+        recall[weighted] = (pred[y[test] == 1] == 1).mean()
+    assert recall[True] >= recall[False] + 0.15, recall
+
+
+def test_logreg_handles_classes_missing_from_training():
     X, y = blobs()
     head = LogRegHead(Cs=(1e-4, 1.0)).fit(X[y < 4], y[y < 4], X[y < 4][:10], y[y < 4][:10], n_classes=5)
-    assert head.C_ in (1e-4, 1.0) and "val_accuracy_by_C" in head.history_
     assert head.predict_proba(X).shape == (len(X), 5) and head.predict_proba(X)[:, 4].max() == 0
     one = LogRegHead(Cs=(0.05,)).fit(X, y)
     assert one.C_ == 0.05 and one.model_.named_steps["logisticregression"].C == 0.05
@@ -78,18 +108,21 @@ def test_train_on_codes_writes_a_complete_run(images, tmp_path):
     assert {p.name for p in run_dir.iterdir()} >= {"head.npz", "head.json", "record.json", "report.txt", "confusion.png"}
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["metrics"]["accuracy"] == metrics["accuracy"] and rec["n_test"] == len(rec["test_paths"])
-    assert 0 <= metrics["accuracy"] <= 1 and "precision" in (run_dir / "report.txt").read_text()
+    cs = CodeSet.load(path)
+    test = cs.split == TEST
+    assert metrics["accuracy"] == pytest.approx((load_head(run_dir).predict(cs.X[test]) == cs.y[test]).mean())
+    assert "precision" in (run_dir / "report.txt").read_text()
     assert "most confused" in (run_dir / "report.txt").read_text()
     assert (run_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_train_head_cli(images, tmp_path):
     common = ["--data", images, "--weights", "none", "--image-size", "32", "--cache-dir", tmp_path / "cache"]
-    r = run_script("train_head.py", *common, "--runs-dir", tmp_path / "runs")
+    r = run_script("train", *common, "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and "make codes DATA=" in r.stderr and "Traceback" not in r.stderr
     assert len(user_error_lines(r.stderr)) == 1
     generate_codes(images, cache_dir=tmp_path / "cache", **FAST)
-    r = run_script("train_head.py", *common, "--runs-dir", tmp_path / "runs", "--head", "softmax", "--epochs", "5")
+    r = run_script("train", *common, "--runs-dir", tmp_path / "runs", "--head", "softmax", "--epochs", "5")
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout
     run = next((tmp_path / "runs").iterdir())

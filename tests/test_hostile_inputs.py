@@ -14,14 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import compare as compare_script
-import export as export_script
-import finetune as finetune_script
-import generate_codes as codes_script
-import predict as predict_script
-import sweep as sweep_script
-import train_head as train_script
 from conftest import make_images
+from pipeline.cli.main import main
 from pipeline.errors import run_cli
 
 CODES = ["--weights", "none", "--image-size", "32", "--batch-size", "8", "--no-progress"]
@@ -93,7 +87,7 @@ def write_converted(d):
 
 def cli(module, argv, capsys):
     with pytest.raises(SystemExit) as ex:
-        run_cli(module.main, [str(a) for a in argv])
+        run_cli(main, [module, *map(str, argv)])
     out, err = capsys.readouterr()
     assert "Traceback" not in err, err
     return ex.value.code, out, err.strip().splitlines()
@@ -106,7 +100,7 @@ def test_hostile_images_are_skipped_or_converted_in_one_run(tmp_path, capsys):
     bad_name = os.fsdecode(b"not-utf8-\xff.jpg")
     photo(9).save(data / "class1" / bad_name, format="JPEG")
     cache = tmp_path / "cache"
-    code, out, err = cli(codes_script, ["--data", data, "--cache-dir", cache, *CODES], capsys)
+    code, out, err = cli("codes", ["--data", data, "--cache-dir", cache, *CODES], capsys)
     assert code == 0
     n_skipped = len(skipped) + 1
     assert err[0].startswith(f"warning: {n_skipped} image(s) skipped, listed in failed_paths: ")
@@ -122,7 +116,7 @@ def test_hostile_images_are_skipped_or_converted_in_one_run(tmp_path, capsys):
         assert skipped[p.rsplit("/", 1)[-1]] in reason, (p, reason)
     assert len(paths) == 12 + len(converted)
     before = path.read_bytes()
-    code, out, err = cli(codes_script, ["--data", data, "--cache-dir", cache, *CODES], capsys)
+    code, out, err = cli("codes", ["--data", data, "--cache-dir", cache, *CODES], capsys)
     assert code == 0 and "to compute" not in out and len(err) == 1  # known failures: not retried, still listed
     assert path.read_bytes() == before
 
@@ -136,10 +130,10 @@ def workspace(tmp_path, capsys):
     """A data folder whose codes are cached, a head run on them and a sweep run."""
     data = make_images(tmp_path / "data", n_classes=3, per_class=8)
     cache, runs = tmp_path / "cache", tmp_path / "runs"
-    assert cli(codes_script, ["--data", data, "--cache-dir", cache, *CODES], capsys)[0] == 0
+    assert cli("codes", ["--data", data, "--cache-dir", cache, *CODES], capsys)[0] == 0
     code_file = next(cache.rglob("*.h5"))
-    assert cli(train_script, ["--codes", code_file, "--head", "logreg", "--runs-dir", runs], capsys)[0] == 0
-    assert cli(sweep_script, ["--codes", code_file, "--heads", "logreg", "--n", "1", "--repeats", "1",
+    assert cli("train", ["--codes", code_file, "--head", "logreg", "--runs-dir", runs], capsys)[0] == 0
+    assert cli("sweep", ["--codes", code_file, "--heads", "logreg", "--n", "1", "--repeats", "1",
                               "--jobs", "1", "--runs-dir", runs, "--no-progress"], capsys)[0] == 0
     head_run = next(runs.glob("*-logreg"))
     sweep_run = next(runs.glob("*-sweep"))
@@ -179,43 +173,45 @@ def stopping_cases(w):
     (t / "notes.txt").write_text("x")
     (t / "empty").mkdir()
     return [
-        ("missing data folder", codes_script, codes(data_=t / "missing"), "does not exist", None),
-        ("data path is a file", codes_script, codes(data_=t / "a-file"), "is not a folder", None),
-        ("no class folders", codes_script, codes(data_=t / "empty"), "has no class sub-folders", None),
-        ("one class only", codes_script, codes(data_=folder("one", {"a": ["x.png", "y.png"]})), "only one class", None),
-        ("classes without images", codes_script, codes(data_=folder("txt", {"a": ["x.txt"], "b": ["y.txt"]})),
+        ("missing data folder", "codes", codes(data_=t / "missing"), "does not exist", None),
+        ("data path is a file", "codes", codes(data_=t / "a-file"), "is not a folder", None),
+        ("no class folders", "codes", codes(data_=t / "empty"), "has no class sub-folders", None),
+        ("one class only", "codes", codes(data_=folder("one", {"a": ["x.png", "y.png"]})), "only one class", None),
+        ("classes without images", "codes", codes(data_=folder("txt", {"a": ["x.txt"], "b": ["y.txt"]})),
          "no images", None),
-        ("every image unreadable", codes_script, codes(data_=folder("bad", {"a": ["x.jpg"], "b": ["y.jpg"]})),
+        ("every image unreadable", "codes", codes(data_=folder("bad", {"a": ["x.jpg"], "b": ["y.jpg"]})),
          "could be read", None),
-        ("unknown --exclude", codes_script, codes("--exclude", "nope"), "--exclude names classes", None),
-        ("cache dir is a file", codes_script, ["--data", data, *CODES, "--cache-dir", t / "a-file"], "not a folder", None),
-        ("code set made with other settings", codes_script, codes("--pooling", "max"), "other settings",
+        ("unknown backbone", "codes", codes("--backbone", "alexnet"), "invalid choice: 'alexnet'", None),
+        ("unknown option", "codes", codes("--colour", "red"), "unrecognized arguments: --colour", None),
+        ("unknown --exclude", "codes", codes("--exclude", "nope"), "--exclude names classes", None),
+        ("cache dir is a file", "codes", ["--data", data, *CODES, "--cache-dir", t / "a-file"], "not a folder", None),
+        ("code set made with other settings", "codes", codes("--pooling", "max"), "other settings",
          other_settings),
-        ("corrupt code set", codes_script, codes("--layer", "block7a_project_bn"), "is unreadable", corrupt_code_set),
-        ("bad split", codes_script, codes("--split", "80/30"), "--split", None),
-        ("unknown layer", codes_script, codes("--layer", "no_such_layer"), "has no layer", None),
-        ("missing weights file", codes_script, codes("--weights", t / "nope.h5"), "no such file", None),
-        ("weights file of another model", codes_script, codes("--weights", t / "notes.txt"), "does not fit", None),
-        ("batch size 0", codes_script, codes("--batch-size", "0"), "--batch-size", None),
-        ("image too small", codes_script, codes("--image-size", "8"), "too small", None),
-        ("no decoding threads", codes_script, codes("--workers", "0"), "--workers", None),
-        ("codes file missing", train_script, ["--codes", t / "none.h5"], "no cached codes", None),
-        ("codes file is garbage", train_script, ["--codes", t / "notes.txt"], "not a readable code file", None),
-        ("codes file without its datasets", train_script, ["--codes", t / "hollow.h5"], "not a readable code file",
+        ("corrupt code set", "codes", codes("--layer", "block7a_project_bn"), "is unreadable", corrupt_code_set),
+        ("bad split", "codes", codes("--split", "80/30"), "--split", None),
+        ("unknown layer", "codes", codes("--layer", "no_such_layer"), "has no layer", None),
+        ("missing weights file", "codes", codes("--weights", t / "nope.h5"), "no such file", None),
+        ("weights file of another model", "codes", codes("--weights", t / "notes.txt"), "does not fit", None),
+        ("batch size 0", "codes", codes("--batch-size", "0"), "--batch-size", None),
+        ("image too small", "codes", codes("--image-size", "8"), "too small", None),
+        ("no decoding threads", "codes", codes("--workers", "0"), "--workers", None),
+        ("codes file missing", "train", ["--codes", t / "none.h5"], "no cached codes", None),
+        ("codes file is garbage", "train", ["--codes", t / "notes.txt"], "not a readable code file", None),
+        ("codes file without its datasets", "train", ["--codes", t / "hollow.h5"], "not a readable code file",
          no_codes_datasets),
-        ("unknown positive class", train_script, ["--codes", w["code_file"], "--positive-class", "dog"],
+        ("unknown positive class", "train", ["--codes", w["code_file"], "--positive-class", "dog"],
          "--positive-class", None),
-        ("positive class with three classes", train_script, ["--codes", w["code_file"], "--positive-class", "class0"],
+        ("positive class with three classes", "train", ["--codes", w["code_file"], "--positive-class", "class0"],
          "two-class", None),
-        ("predict: no such image", predict_script, [t / "none.jpg", "--model", w["head_run"]], "no such image", None),
-        ("predict: folder without images", predict_script, [t / "empty", "--model", w["head_run"]], "no images", None),
-        ("predict: no such model", predict_script, [data, "--model", t / "none.keras"], "no model file", None),
-        ("predict: model is not a zip", predict_script, [data, "--model", t / "notes.txt"], "not a model", None),
-        ("predict: top-k 0", predict_script, [data, "--model", w["head_run"], "--top-k", "0"], "--top-k", None),
-        ("export: not a run folder", export_script, [t / "empty"], "not a run folder", None),
-        ("finetune: a sweep run", finetune_script, [w["sweep_run"]], "not a run folder", None),
-        ("sweep: N = 0", sweep_script, ["--codes", w["code_file"], "--n", "0"], "--n", None),
-        ("compare: no runs", compare_script, ["--runs-dir", t / "empty"], "no finished runs", None),
+        ("predict: no such image", "predict", [t / "none.jpg", "--model", w["head_run"]], "no such image", None),
+        ("predict: folder without images", "predict", [t / "empty", "--model", w["head_run"]], "no images", None),
+        ("predict: no such model", "predict", [data, "--model", t / "none.keras"], "no model file", None),
+        ("predict: model is not a zip", "predict", [data, "--model", t / "notes.txt"], "not a model", None),
+        ("predict: top-k 0", "predict", [data, "--model", w["head_run"], "--top-k", "0"], "--top-k", None),
+        ("export: not a run folder", "export", [t / "empty"], "not a run folder", None),
+        ("finetune: a sweep run", "finetune", [w["sweep_run"]], "not a run folder", None),
+        ("sweep: N = 0", "sweep", ["--codes", w["code_file"], "--n", "0"], "--n", None),
+        ("compare: no runs", "compare", ["--runs-dir", t / "empty"], "no finished runs", None),
     ]
 
 

@@ -105,7 +105,7 @@ def test_bad_sweep_input(tmp_path):
         run_sweep([path], ns=["500"], progress=False, runs_dir=tmp_path / "r", log=lambda *a: None)
     with pytest.raises(UserError, match="empty"):
         run_sweep([path], ns=[], progress=False, log=lambda *a: None)
-    r = run_script("sweep.py", "--data", tmp_path / "nodata", "--cache-dir", tmp_path / "cache")
+    r = run_script("sweep", "--data", tmp_path / "nodata", "--cache-dir", tmp_path / "cache")
     assert r.returncode == 2 and "make codes DATA=" in r.stderr and len(user_error_lines(r.stderr)) == 1
-    r = run_script("sweep.py", "--codes", path, "--n")
+    r = run_script("sweep", "--codes", path, "--n")
     assert r.returncode == 2 and "empty" in r.stderr and "Traceback" not in r.stderr

@@ -13,11 +13,9 @@ import keras
 import numpy as np
 import pytest
 
-import export as export_script
-import finetune as finetune_script
-import predict as predict_script
 from conftest import FAST
 from pipeline.codes import generate_codes
+from pipeline.cli.main import main
 from pipeline.errors import run_cli
 from pipeline.models import META_NAME, save_model
 from pipeline.torch_pickle import LEGACY_MAGIC, load_legacy_state_dict
@@ -44,7 +42,7 @@ def lambda_model(marker, n_values=1280, n_classes=3):
 
 def cli(module, argv, capsys):
     with pytest.raises(SystemExit) as ex:
-        run_cli(module.main, [str(a) for a in argv])
+        run_cli(main, [module, *map(str, argv)])
     err = capsys.readouterr().err
     return ex.value.code, err
 
@@ -54,7 +52,7 @@ def assert_refused(module, argv, capsys, marker, expect):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], err
     assert "Traceback" not in err
-    assert not marker.exists(), f"{module.__name__} {argv} ran the payload"
+    assert not marker.exists(), f"{module} {argv} ran the payload"
 
 
 @pytest.fixture
@@ -74,9 +72,9 @@ def shared_run(run_folder, tmp_path, name):
 
 
 def entry_points_on(run, images):
-    return [(predict_script, [images / "class0" / "img000.JPG", "--model", run]),
-            (export_script, [run]),
-            (finetune_script, [run, "--epochs", "1", "--no-progress"])]
+    return [("predict", [images / "class0" / "img000.JPG", "--model", run]),
+            ("export", [run]),
+            ("finetune", [run, "--epochs", "1", "--no-progress"])]
 
 
 def test_a_pickled_head_is_refused_everywhere(run_folder, images, tmp_path, capsys):
@@ -120,7 +118,7 @@ def test_a_model_file_with_code_inside_is_refused(images, tmp_path, capsys):
     path = save_model(lambda_model(marker, n_values=32 * 32 * 3), tmp_path / "evil.keras", ["a", "b", "c"],
                       {"image_size": 32})
     marker.unlink()
-    assert_refused(predict_script, [images, "--model", path], capsys, marker, "was not loaded")
+    assert_refused("predict", [images, "--model", path], capsys, marker, "was not loaded")
 
 
 def test_a_malformed_record_or_model_is_one_line(run_folder, images, tmp_path, capsys):
@@ -130,7 +128,7 @@ def test_a_malformed_record_or_model_is_one_line(run_folder, images, tmp_path, c
     for module, argv in entry_points_on(bad, images):
         assert_refused(module, argv, capsys, marker, "record.json")
     (tmp_path / "empty.keras").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
-    assert_refused(predict_script, [images, "--model", tmp_path / "empty.keras"], capsys, marker, META_NAME)
+    assert_refused("predict", [images, "--model", tmp_path / "empty.keras"], capsys, marker, META_NAME)
 
 
 def _legacy_file(records) -> bytes:

@@ -1,14 +1,36 @@
-"""Argument helpers shared by the entry scripts that read cached codes."""
+"""The ``cnn-codes`` command line: one module per subcommand, each a thin layer that parses
+arguments and calls the library by keyword. Defaults are read from the library's own signatures
+(:func:`default`), so they are stated once, where the work is done."""
 from __future__ import annotations
 
+import argparse
+import inspect
+import sys
 from pathlib import Path
 
-from .backbones import DEFAULT_BACKBONE, POOLINGS
-from .errors import UserError
+from ..backbones import DEFAULT_BACKBONE, POOLINGS
+from ..errors import UserError
+
+
+def default(fn, name: str):
+    """The default of parameter ``name`` of ``fn``."""
+    return inspect.signature(fn).parameters[name].default
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``error: ...``, exit 2) instead of usage + message."""
+
+    def error(self, message):
+        print(f"error: {self.prog.split()[-1]}: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
 
 def add_code_options(p, many: bool = False) -> None:
     """Options that name a cached code set (or, with ``many``, several: their product)."""
+    from ..codes import code_spec
     n = "+" if many else None
     p.add_argument("--codes", nargs="+" if many else None, default=None,
                    help="path of cached code file(s) (.h5); overrides the options below")
@@ -17,15 +39,16 @@ def add_code_options(p, many: bool = False) -> None:
                    help="backbone the codes were made with")
     p.add_argument("--layer", nargs=n, default=[None] if many else None,
                    help="layer the codes were taken from (default: the final conv block)")
-    p.add_argument("--pooling", nargs=n, default=["avg"] if many else "avg", choices=POOLINGS, help="pooling of the codes")
-    p.add_argument("--weights", default="imagenet", help="weights the codes were made with")
+    p.add_argument("--pooling", nargs=n, default=[default(code_spec, "pooling")] if many else default(code_spec, "pooling"),
+                   choices=POOLINGS, help="pooling of the codes")
+    p.add_argument("--weights", default=default(code_spec, "weights"), help="weights the codes were made with")
     p.add_argument("--image-size", type=int, default=None, help="input size the codes were made with")
     p.add_argument("--cache-dir", default="cache", help="where code files are")
 
 
 def code_paths(a) -> list[Path]:
     """The code files named by :func:`add_code_options`; a clear error for any not yet made."""
-    from .codes import code_spec, codes_command
+    from ..codes import code_spec, codes_command
 
     if a.codes:
         return [Path(c) for c in ([a.codes] if isinstance(a.codes, str) else a.codes)]

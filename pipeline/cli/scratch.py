@@ -1,0 +1,31 @@
+"""Baseline: a small CNN trained from scratch on the same split as the cached codes: 4 x (conv
+32 3x3 + max-pool), dropout, Dense 256, dropout, softmax; Adam, early stopping on validation.
+Writes a run folder with model.keras and the report."""
+from ..finetune import train_scratch
+from . import add_code_options, code_paths, default
+from .train import add_positive_class
+
+HELP = "baseline: a small CNN trained from scratch on the same split"
+
+
+def add_arguments(p):
+    f = lambda name: default(train_scratch, name)
+    add_code_options(p)  # the code set whose images and stored split are used
+    p.add_argument("--train-size", type=int, default=f("image_size"), help="input size of the from-scratch CNN, pixels")
+    p.add_argument("--epochs", type=int, default=f("epochs"), help="most epochs; early stopping on validation loss")
+    p.add_argument("--patience", type=int, default=f("patience"), help="early-stopping patience, epochs")
+    p.add_argument("--batch-size", type=int, default=f("batch_size"), help="images per training step")
+    p.add_argument("--learning-rate", type=float, default=f("learning_rate"), help="Adam learning rate")
+    p.add_argument("--augment", action="store_true", help="augment training images")
+    p.add_argument("--strength", type=float, default=f("strength"), help="augmentation strength (zoom/shift fraction)")
+    p.add_argument("--runs-dir", default=f("runs_dir"), help="where the run folder is written")
+    p.add_argument("--seed", type=int, default=f("seed"), help="seed of shuffling, augmentation and initialization")
+    add_positive_class(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / per-epoch lines")
+
+
+def run(a):
+    train_scratch(code_paths(a)[0], image_size=a.train_size, epochs=a.epochs, patience=a.patience,
+                  batch_size=a.batch_size, learning_rate=a.learning_rate, augment=a.augment, strength=a.strength,
+                  runs_dir=a.runs_dir, seed=a.seed, positive_class=a.positive_class, progress=not a.no_progress)
+    return 0

@@ -1,0 +1,60 @@
+"""Stage 2: train a softmax, MLP or logistic-regression head on cached CNN codes and evaluate it.
+The code file is named by --codes, or found from the same options that made it with
+`cnn-codes codes`. Writes a run folder with the head, record.json, report.txt, confusion.png
+and history.png (roc_pr.png for two classes)."""
+from ..heads import HEADS, KerasHead, LogRegHead, MLPHead
+from ..train import train_on_codes
+from . import add_code_options, code_paths, default
+
+HELP = "stage 2: train a head on cached codes and evaluate it"
+
+KERAS_OPTIONS = ("epochs", "learning_rate", "batch_size", "patience", "min_delta")
+
+
+def add_head_options(p):
+    """Options of the heads, their defaults the heads' own."""
+    k = lambda name: default(KerasHead.__init__, name)
+    p.add_argument("--epochs", type=int, default=k("epochs"), help="Keras heads: most epochs (early stopping ends sooner)")
+    p.add_argument("--learning-rate", type=float, default=k("learning_rate"), help="Keras heads: Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=k("batch_size"), help="Keras heads: batch size")
+    p.add_argument("--patience", type=int, default=k("patience"), help="Keras heads: early-stopping patience, epochs")
+    p.add_argument("--min-delta", type=float, default=k("min_delta"),
+                   help="Keras heads: smallest loss improvement that counts for early stopping")
+    p.add_argument("--hidden", type=int, nargs="+", default=list(default(MLPHead.__init__, "hidden")),
+                   help="mlp: hidden layer sizes")
+    p.add_argument("--dropout", type=float, default=default(MLPHead.__init__, "dropout"),
+                   help="mlp: dropout after each hidden layer")
+    p.add_argument("--Cs", type=float, nargs="+", default=list(default(LogRegHead.__init__, "Cs")),
+                   help="logreg: inverse regularization strengths to choose from on the validation set")
+    p.add_argument("--class-weight", action="store_true", help="weight classes inversely to their frequency")
+
+
+def head_params(a, head: str) -> dict:
+    """The parameters of ``head`` given on the command line."""
+    common = dict(class_weight=a.class_weight, seed=a.seed)
+    keras_opts = {k: getattr(a, k) for k in KERAS_OPTIONS}
+    return {"softmax": dict(common, **keras_opts),
+            "mlp": dict(common, **keras_opts, hidden=tuple(a.hidden), dropout=a.dropout),
+            "logreg": dict(common, Cs=tuple(a.Cs))}[head]
+
+
+def add_positive_class(p):
+    p.add_argument("--positive-class", default=None, metavar="CLASS",
+                   help="two classes: the class whose ROC AUC and precision-recall curve are reported "
+                        "(default: the second class name in sorted order)")
+
+
+def add_arguments(p):
+    p.add_argument("--head", default=default(train_on_codes, "head"), choices=list(HEADS), help="which head to train")
+    add_code_options(p)
+    p.add_argument("--runs-dir", default=default(train_on_codes, "runs_dir"), help="where run folders go")
+    add_head_options(p)
+    p.add_argument("--seed", type=int, default=default(KerasHead.__init__, "seed"),
+                   help="seed of the head's initialization and shuffling")
+    add_positive_class(p)
+
+
+def run(a):
+    train_on_codes(code_paths(a)[0], head=a.head, head_params=head_params(a, a.head), runs_dir=a.runs_dir,
+                   positive_class=a.positive_class)
+    return 0

@@ -1,0 +1,77 @@
+"""Run folders: ``runs/<time>-<name>/`` with a versioned ``record.json``, written and read here only.
+
+Every kind of run (a head on codes, a fine-tuned model, the from-scratch baseline) ends in
+:func:`finish_run`, which evaluates on the test images, saves the model, writes the report and
+prints the summary line.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from .errors import UserError, one_line
+from .report import evaluate, summary, write_report
+
+RECORD_VERSION = 1  # 0: records written before the version was recorded (same fields)
+KINDS = ("head-on-codes", "finetune", "scratch")
+
+
+def new_run_dir(runs_dir, name: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(runs_dir) / f"{stamp}-{name}"
+    i = 1
+    while path.exists():
+        i += 1
+        path = Path(runs_dir) / f"{stamp}-{name}-{i}"
+    path.mkdir(parents=True)
+    return path
+
+
+def load_record(run_dir, kind: str | None = None) -> dict:
+    """The record of a run folder (of ``kind``, if given); one clear error for anything else."""
+    path = Path(run_dir) / "record.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no record.json)")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable run record ({one_line(exc)})") from None
+    if not isinstance(record, dict) or record.get("kind") not in KINDS:
+        raise UserError(f"{path} is not a run record of this project")
+    if record.get("record_version", 0) > RECORD_VERSION:
+        raise UserError(f"{path} was written by a newer version (record version {record['record_version']})")
+    if kind and record["kind"] != kind:
+        raise UserError(f"{run_dir} is a {record['kind']} run, not a {kind} run")
+    return record
+
+
+def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names, save, positive_class=None,
+               history=None, detail: str = "", log=print):
+    """Evaluate ``proba`` against ``y_true``, make the run folder, ``save(run_dir)`` the model,
+    write record.json and the report, print the summary line; returns (run_dir, metrics)."""
+    metrics = evaluate(y_true, proba, class_names, positive_class)
+    run_dir = new_run_dir(runs_dir, name)
+    save(run_dir)
+    record = {"record_version": RECORD_VERSION, **record, "class_names": list(class_names),
+              "history": history or {}}
+    write_report(run_dir, record, metrics, class_names, history)
+    log(f"{record['title']}: {summary(metrics)}" + (f"; {detail}" if detail else "") + f" -> {run_dir}")
+    return run_dir, metrics
+
+
+def compare_table(run_dirs=None, runs_dir="runs") -> str:
+    """A Markdown table of runs (default: every run under ``runs_dir``): kind, title, test
+    accuracy, top-5, mean per-class accuracy, training seconds."""
+    folders = [Path(r) for r in run_dirs] if run_dirs else sorted(p.parent for p in Path(runs_dir).glob("*/record.json"))
+    lines = ["| kind | model | test accuracy | top-5 | mean per-class | training s | run |", "|---|---|---|---|---|---|---|"]
+    for folder in folders:
+        r = load_record(folder)
+        m = r["metrics"]
+        top5 = "n/a" if m.get("top5_accuracy") is None else f"{100 * m['top5_accuracy']:.2f}%"
+        lines.append(f"| {r['kind']} | {r.get('title', folder.name)} | {100 * m['accuracy']:.2f}% | {top5} | "
+                     f"{100 * m['mean_per_class_accuracy']:.2f}% | {r.get('train_seconds', float('nan')):.1f} | "
+                     f"{folder.name} |")
+    if len(lines) == 2:
+        raise UserError(f"no finished runs to compare under {runs_dir}")
+    return "\n".join(lines)
