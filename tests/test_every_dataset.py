@@ -45,21 +45,26 @@ def check_run(run_dir, n_classes):
     return m
 
 
-@pytest.mark.parametrize("kind", ["two", "three", "unbalanced"])
-def test_the_whole_chain_on_generated_data(kind, tmp_path):
-    data = generated(tmp_path / kind, kind)
-    n_classes = 3 if kind == "three" else 2
-    codes = generate_codes(data, cache_dir=tmp_path / "cache", **FAST)[0]
+KINDS = {"two": 2, "three": 3, "unbalanced": 2}
+
+
+@pytest.fixture(scope="module")
+def generated_codes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generated")
+    return {kind: (data, generate_codes(data, cache_dir=root / "cache", **FAST)[0])
+            for kind, data in ((kind, generated(root / kind, kind)) for kind in KINDS)}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_whole_chain_on_generated_data(kind, generated_codes, tmp_path):
+    data, codes = generated_codes[kind]
+    n_classes = KINDS[kind]
     runs = tmp_path / "runs"
     head_runs = {}
     for head in HEADS:
         run_dir, metrics = train_on_codes(codes, head, FAST_HEADS[head], runs, **QUIET)
         check_run(run_dir, n_classes)  # accuracy is checked on real data below (random weights here)
         head_runs[head] = run_dir
-    sweep_dir = run_sweep([codes], heads=HEADS, ns=["1", "2", "all"], repeats=1, n_jobs=1, runs_dir=runs,
-                          head_params=FAST_HEADS, progress=False, **QUIET)
-    summary = json.loads((sweep_dir / "summary.json").read_text())["summary"]
-    assert len(summary) == 9 and all(0 <= s["accuracy_mean"] <= 1 for s in summary)
     ft_dir, _ = finetune(head_runs["logreg"], epochs=1, cache_dir=tmp_path / "cache", runs_dir=runs,
                          progress=False, **QUIET)
     check_run(ft_dir, n_classes)
@@ -71,6 +76,17 @@ def test_the_whole_chain_on_generated_data(kind, tmp_path):
         assert len(rows) == len(list((data / "class1").rglob("*.*")))
         assert all(len(top) == n_classes for _, top in rows)  # top-k capped by the class count
         assert all(abs(sum(p for _, p in top) - 1) < 1e-3 for _, top in rows)
+
+
+def test_one_sweep_over_two_three_and_unbalanced_classes(generated_codes, tmp_path):
+    paths = [codes for _, codes in generated_codes.values()]
+    sweep_dir = run_sweep(paths, heads=HEADS, ns=["1", "2", "all"], repeats=1, n_jobs=1, runs_dir=tmp_path,
+                          head_params=FAST_HEADS, progress=False, **QUIET)
+    summary = json.loads((sweep_dir / "summary.json").read_text())["summary"]
+    assert len(summary) == 3 * 3 * 3 and all(0 <= s["accuracy_mean"] <= 1 for s in summary)
+    unbalanced = [s for s in summary if s["code_set"] == str(generated_codes["unbalanced"][1]) and s["n"] == "all"]
+    assert {s["head"] for s in unbalanced} == set(HEADS)
+    assert (sweep_dir / "sweep.png").is_file()
 
 
 def test_positive_class_can_be_named(tmp_path):
