@@ -38,7 +38,7 @@ def main():
     for bb in a.backbones:
         stats = {}
         t0 = time.perf_counter()
-        files = generate_codes(a.data, bb, None, a.poolings, cache_dir=a.cache_dir, exclude=["BACKGROUND_Google"],
+        files = generate_codes(a.data, backbone=bb, poolings=a.poolings, cache_dir=a.cache_dir, exclude=["BACKGROUND_Google"],
                                split=parse_split(a.split), progress=False, log=lambda *x: None, stats=stats)
         wall = time.perf_counter() - t0
         ips = stats["images"] / stats["seconds"] if stats else float("nan")
@@ -46,7 +46,7 @@ def main():
               flush=True)
         for pooling, path in zip(a.poolings, files):
             for head in (a.flatten_heads if pooling == "flatten" else a.heads):
-                run_dir, m = train_on_codes(path, head, None, a.runs_dir, log=lambda *x: None)
+                run_dir, m = train_on_codes(path, head=head, runs_dir=a.runs_dir, log=lambda *x: None)
                 rec = json.loads((run_dir / "record.json").read_text())
                 dim = json.loads(rec["code_attrs"]["code_shape"])
                 results.append(dict(backbone=bb, pooling=pooling, values=int(__import__("numpy").prod(dim) if pooling == "flatten" else dim[-1]),

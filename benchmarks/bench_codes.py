@@ -39,7 +39,7 @@ def child(a):
     n = len(scan(a.data))
     stats = {}
     t0 = time.perf_counter()
-    files = generate_codes(a.data, a.backbone, None, ["avg"], "imagenet", None, a.cache_dir, a.batch_size,
+    files = generate_codes(a.data, backbone=a.backbone, poolings=["avg"], cache_dir=a.cache_dir, batch_size=a.batch_size,
                            split=parse_split(a.split), progress=False, log=lambda *x: None, stats=stats)
     e2e = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -96,7 +96,7 @@ def main():
         from pipeline.train import train_on_codes
         for head in ("softmax", "mlp", "logreg"):
             t0 = time.perf_counter()
-            _, m = train_on_codes(rows[-1]["codes"], head, None, Path(tmp) / "runs", log=lambda *x: None)
+            _, m = train_on_codes(rows[-1]["codes"], head=head, runs_dir=Path(tmp) / "runs", log=lambda *x: None)
             print(f"stage 2 {head:8s} on {rows[-1]['n']} pooled codes: {time.perf_counter() - t0:5.1f} s "
                   f"(incl. evaluation and report), test accuracy {m['accuracy']:.4f}", flush=True)
 

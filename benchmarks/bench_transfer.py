@@ -36,22 +36,22 @@ def main():
     quiet = dict(log=lambda *x: None)
     rows = []
     t0 = time.perf_counter()
-    codes = generate_codes(a.data, a.backbone, cache_dir=a.cache_dir, exclude=["BACKGROUND_Google"], progress=False,
+    codes = generate_codes(a.data, backbone=a.backbone, cache_dir=a.cache_dir, exclude=["BACKGROUND_Google"], progress=False,
                            **quiet)[0]
     stage1 = time.perf_counter() - t0
     t0 = time.perf_counter()
-    head_run, m = train_on_codes(codes, a.head, None, a.runs_dir, **quiet)
+    head_run, m = train_on_codes(codes, head=a.head, runs_dir=a.runs_dir, **quiet)
     rows.append(("head on cached codes", m, time.perf_counter() - t0, head_run))
     t0 = time.perf_counter()
-    run, m = finetune(head_run, a.unfreeze_blocks, cache_dir=a.cache_dir, runs_dir=a.runs_dir, progress=False, **quiet)
+    run, m = finetune(head_run, unfreeze_blocks=a.unfreeze_blocks, cache_dir=a.cache_dir, runs_dir=a.runs_dir, progress=False, **quiet)
     rows.append((f"fine-tuned, last {a.unfreeze_blocks} blocks + top, fast path", m, time.perf_counter() - t0, run))
     if a.augment_epochs:
         t0 = time.perf_counter()
-        run, m = finetune(head_run, a.unfreeze_blocks, epochs=a.augment_epochs, augment=True, cache_dir=a.cache_dir,
+        run, m = finetune(head_run, unfreeze_blocks=a.unfreeze_blocks, epochs=a.augment_epochs, augment=True, cache_dir=a.cache_dir,
                           runs_dir=a.runs_dir, progress=False, **quiet)
         rows.append((f"fine-tuned with augmentation ({a.augment_epochs} epochs max)", m, time.perf_counter() - t0, run))
     t0 = time.perf_counter()
-    run, m = train_scratch(codes, a.scratch_size, runs_dir=a.runs_dir, progress=False, **quiet)
+    run, m = train_scratch(codes, image_size=a.scratch_size, runs_dir=a.runs_dir, progress=False, **quiet)
     rows.append((f"from scratch, {a.scratch_size} px", m, time.perf_counter() - t0, run))
     print(f"stage 1 ({a.backbone} codes, cached; 0 if already there): {stage1 / 60:.1f} min")
     print("| model | test accuracy | top-5 | mean per-class | minutes (this step) |")

@@ -34,10 +34,14 @@ from .dataset import ImageError, ImageFolder, content_digest, load_image, scan, 
 from .errors import USER_ERRNOS, Interrupted, UserError, one_line, writable_folder
 from .faults import fault_point
 from .locks import writer_lock
+from .runtimes import choose_runtime, make_mapper
 
 STR = h5py.string_dtype()
-# Attributes that must agree before a cache file's rows may be reused.
-_IDENTITY_ATTRS = ("backbone", "layer", "pooling", "image_size", "preprocessing", "weights_id", "dtype")
+# Attributes that must agree before a cache file's rows may be reused (the runtime is not one:
+# TensorFlow and OpenVINO FP32 give the same codes within 1e-4), with the value files written
+# before an attribute existed have.
+_IDENTITY_ATTRS = ("backbone", "layer", "pooling", "image_size", "preprocessing", "weights_id", "dtype", "precision")
+_IDENTITY_DEFAULTS = {"precision": "fp32"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,23 +54,26 @@ class CodeSpec:
     weights_id: str
     layer: str
     pooling: str
+    precision: str = "fp32"  # of the forward pass; other than fp32, another code set
 
     def path(self, cache_dir) -> Path:
-        return (Path(cache_dir) / self.data_name / f"{self.backbone}-{self.image_size}-{self.weights_id}"
-                / f"{self.layer}-{self.pooling}.h5")
+        model = f"{self.backbone}-{self.image_size}-{self.weights_id}" + (
+            f"-{self.precision}" if self.precision != "fp32" else "")
+        return Path(cache_dir) / self.data_name / model / f"{self.layer}-{self.pooling}.h5"
 
 
 def code_spec(data, backbone=DEFAULT_BACKBONE, layer=None, pooling="avg", weights="imagenet",
-              image_size=None) -> CodeSpec:
+              image_size=None, precision="fp32") -> CodeSpec:
     bb = get_backbone(backbone)
     return CodeSpec(Path(data).resolve().name, bb.name, image_size or bb.input_size,
-                    weights_identity(weights), layer or bb.default_layer, pooling)
+                    weights_identity(weights), layer or bb.default_layer, pooling, precision)
 
 
 def codes_command(spec: CodeSpec, data) -> str:
     """The make command that creates a code set (for error messages)."""
     return (f"make codes DATA={data} BACKBONE={spec.backbone} LAYER={spec.layer} POOLING={spec.pooling}"
-            + (f" IMAGE_SIZE={spec.image_size}" if spec.image_size != get_backbone(spec.backbone).input_size else ""))
+            + (f" IMAGE_SIZE={spec.image_size}" if spec.image_size != get_backbone(spec.backbone).input_size else "")
+            + (f" ARGS='--precision {spec.precision}'" if spec.precision != "fp32" else ""))
 
 
 # ------------------------------------------------------------------ reader / mapper / writer
@@ -119,26 +126,6 @@ def read_batches(root: Path, paths, indices, size, batch_size, workers) -> Itera
                         large=[p for _, _, large in results for p in large])
 
 
-class Mapper:
-    """Compiled forward pass: (n, size, size, 3) uint8 or float RGB -> list of (n, D) float32 codes.
-
-    Batches smaller than ``batch_size`` are zero-padded so the graph is traced only once.
-    """
-
-    def __init__(self, model, batch_size: int):
-        import tensorflow as tf
-        self.batch_size = batch_size
-        self._fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), autograph=False)
-
-    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
-        n = len(images)
-        if n < self.batch_size:
-            images = np.concatenate([images, np.zeros((self.batch_size - n,) + images.shape[1:], images.dtype)])
-        out = self._fn(images)
-        out = out if isinstance(out, (list, tuple)) else [out]
-        return [np.asarray(o, dtype=np.float32)[:n] for o in out]
-
-
 def _durable_replace(tmp: Path, dst: Path) -> None:
     """Move a finished file into place so that it is whole or absent, even after a power cut:
     its bytes reach the disk before the rename, and the rename before we go on."""
@@ -152,11 +139,12 @@ def _durable_replace(tmp: Path, dst: Path) -> None:
         os.close(fd)
 
 
-def _save_shard(staging: Path, number: int, *, paths, fingerprints, digests, codes, code_shape, failed,
+def _save_shard(staging: Path, number: int, *, paths, fingerprints, digests, codes, code_shape, runtime, failed,
                 reasons, failed_fingerprints) -> None:
     tmp = staging / f"shard-{number:06d}.tmp.npz"
     np.savez(tmp, paths=np.asarray(paths, dtype=str), fingerprints=fingerprints,
              digests=np.asarray(digests, np.uint64), codes=codes, code_shape=np.asarray(code_shape, np.int64),
+             runtime=np.asarray(runtime),
              failed=np.asarray(failed, dtype=str), reasons=np.asarray(reasons, dtype=str),
              failed_fingerprints=np.asarray(failed_fingerprints, np.int64).reshape(-1, 2))
     fault_point("shard-tmp-written")
@@ -184,6 +172,7 @@ class Known:
     usable: dict[str, CachedRow]   # relpath -> cached code still valid
     failed: dict[str, str]         # relpath -> reason, unreadable and unchanged since
     code_shape: list | None        # activation shape before pooling, if any code is cached
+    runtimes: set                  # what computed the cached codes (recorded, not part of the identity)
 
 
 def _staging_dir(path: Path) -> Path:
@@ -194,10 +183,10 @@ def _existing_rows(path: Path, attrs: dict, overwrite: bool):
     """Rows of a finished file that may be reused, its unreadable images (relpath -> (reason,
     fingerprint)) and its code shape."""
     if not path.exists() or overwrite:
-        return {}, {}, None
+        return {}, {}, None, set()
     try:
         with h5py.File(path, "r") as f:
-            old = {k: f.attrs.get(k) for k in _IDENTITY_ATTRS}
+            old = {k: f.attrs.get(k, _IDENTITY_DEFAULTS.get(k)) for k in _IDENTITY_ATTRS}
             new = {k: attrs[k] for k in _IDENTITY_ATTRS}
             if [str(v) for v in old.values()] != [str(v) for v in new.values()]:
                 diff = ", ".join(f"{k}: {old[k]} -> {new[k]}" for k in old if str(old[k]) != str(new[k]))
@@ -211,16 +200,17 @@ def _existing_rows(path: Path, attrs: dict, overwrite: bool):
                 failed = dict(zip(f["failed_paths"].asstr()[()],
                                   zip(f["failed_reasons"].asstr()[()], map(tuple, f["failed_fingerprints"][()]))))
             code_shape = json.loads(f.attrs["code_shape"])
+            runtimes = set(str(f.attrs["runtime"]).split("; ")) if "runtime" in f.attrs else set()
     except (OSError, KeyError, ValueError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
     rows = {p: CachedRow(None, r, int(d), tuple(fp)) for r, (p, d, fp) in enumerate(zip(paths, digests, fps))}
-    return rows, failed, code_shape
+    return rows, failed, code_shape, runtimes
 
 
 def _shard_rows(staging: Path):
     """Rows, failures and code shape recorded in staged shards (as :func:`_existing_rows`)."""
-    rows, failed, code_shape = {}, {}, None
+    rows, failed, code_shape, runtimes = {}, {}, None, set()
     for shard in sorted(staging.glob("shard-*[0-9].npz")):
         with np.load(shard) as z:
             digests = z["digests"] if "digests" in z else np.zeros(len(z["paths"]), np.uint64)
@@ -230,7 +220,8 @@ def _shard_rows(staging: Path):
                 failed[str(p)] = (str(reason), tuple(fp))
             if "code_shape" in z and len(z["paths"]):
                 code_shape = z["code_shape"].tolist()
-    return rows, failed, code_shape
+                runtimes.add(str(z["runtime"]) if "runtime" in z else "unknown")
+    return rows, failed, code_shape, runtimes
 
 
 def _versions() -> str:
@@ -249,13 +240,14 @@ def _collect(path: Path, ds: ImageFolder, attrs: dict, overwrite: bool, verify: 
     other bytes (a copied or re-extracted image keeps its code). ``verify`` re-hashes every
     image, so that bytes changed behind an unchanged size and time are noticed too.
     """
-    rows, failed, shape = _existing_rows(path, attrs, overwrite)
+    rows, failed, shape, runtimes = _existing_rows(path, attrs, overwrite)
     staging = _staging_dir(path)
     if staging.exists():
-        shard_rows, shard_failed, shard_shape = _shard_rows(staging)
+        shard_rows, shard_failed, shard_shape, shard_runtimes = _shard_rows(staging)
         rows.update(shard_rows)
         failed.update(shard_failed)
         shape = shard_shape or shape
+        runtimes |= shard_runtimes
     current = {p: tuple(fp) for p, fp in zip(ds.paths, ds.fingerprints)}
 
     def unchanged(p: str, row: CachedRow) -> bool:
@@ -270,7 +262,8 @@ def _collect(path: Path, ds: ImageFolder, attrs: dict, overwrite: bool, verify: 
             return False
 
     usable = {p: row for p, row in rows.items() if unchanged(p, row)}
-    return Known(usable, {p: r for p, (r, fp) in failed.items() if current.get(p) == fp and p not in usable}, shape)
+    return Known(usable, {p: r for p, (r, fp) in failed.items() if current.get(p) == fp and p not in usable}, shape,
+                 runtimes)
 
 
 def _same_content(path: Path, ds: ImageFolder, usable: dict, split_attrs: dict) -> bool:
@@ -367,15 +360,18 @@ def _to_stderr(message: str) -> None:
 def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg",), weights="imagenet",
                    image_size=None, cache_dir="cache", batch_size=32, exclude=(),
                    split=(0.7, 0.15, 0.15), seed=0, dtype="float32", workers=None, overwrite=False,
-                   verify=False, wait=True, progress=True, log=print, warn=_to_stderr, stats=None) -> list[Path]:
+                   verify=False, wait=True, runtime="auto", precision="fp32", progress=True, log=print,
+                   warn=_to_stderr, stats=None) -> list[Path]:
     """Compute (or complete) one cached code set per (layer, pooling); return their paths.
 
     Images already cached and unchanged (see :func:`_collect`) are not recomputed; new or
     changed images are computed; removed ones are dropped. Unreadable images are skipped,
     counted and listed in the file (``failed_paths``) and tried again only once they change.
     One run at a time writes a code set: a second one waits for the first (``wait=False``:
-    refuses) and then finds its work done. ``stats``, if a dict, receives the streaming
-    figures: images computed and loop seconds.
+    refuses) and then finds its work done. ``runtime`` runs the forward pass (auto: OpenVINO
+    on a CPU where it is installed, see :mod:`pipeline.runtimes`); ``precision`` bf16 makes a
+    code set of its own. ``stats``, if a dict, receives the streaming figures: images computed
+    and loop seconds.
     """
     if dtype not in ("float32", "float16"):
         raise UserError(f"--dtype {dtype}: choose float32 or float16")
@@ -384,13 +380,14 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     if workers is not None and workers < 1:
         raise UserError("--workers must be at least 1")
     bb = get_backbone(backbone)
+    runtime = choose_runtime(runtime, precision)
     ds = scan(data, exclude)
     writable_folder(cache_dir, "--cache-dir")
     outputs = [(l, p) for l in (layers or [bb.default_layer]) for p in poolings]
     size = image_size or bb.input_size
-    files = [code_spec(data, bb.name, l, p, weights, size).path(cache_dir) for l, p in outputs]
+    files = [code_spec(data, bb.name, l, p, weights, size, precision).path(cache_dir) for l, p in outputs]
     base_attrs = dict(backbone=bb.name, image_size=size, preprocessing=bb.preprocessing,
-                      weights=str(weights), weights_id=weights_identity(weights), dtype=dtype)
+                      weights=str(weights), weights_id=weights_identity(weights), dtype=dtype, precision=precision)
     out_attrs = [dict(base_attrs, layer=l, pooling=p) for l, p in outputs]
     if ds.empty_classes:
         log(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
@@ -398,7 +395,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
         with writer_lock(files, wait=wait, note=warn):
             fault_point("locked")
             return _generate_locked(ds, bb, outputs, files, out_attrs, size, data, batch_size, split, seed,
-                                    dtype, workers, overwrite, verify, progress, log, warn, stats)
+                                    dtype, workers, overwrite, verify, runtime, progress, log, warn, stats)
     except KeyboardInterrupt:
         staged = max(len(list(_staging_dir(f).glob("shard-*[0-9].npz"))) for f in files)
         raise Interrupted(f"{staged} finished batch(es) are kept; run the same command again to resume"
@@ -414,7 +411,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
 
 
 def _generate_locked(ds, bb, outputs, files, out_attrs, size, data, batch_size, split, seed, dtype, workers,
-                     overwrite, verify, progress, log, warn, stats) -> list[Path]:
+                     overwrite, verify, runtime, progress, log, warn, stats) -> list[Path]:
     if overwrite:
         for f in files:
             shutil.rmtree(_staging_dir(f), ignore_errors=True)
@@ -423,9 +420,12 @@ def _generate_locked(ds, bb, outputs, files, out_attrs, size, data, batch_size, 
     shapes, large = None, []
     if len(todo):
         model, shapes = build_feature_model(bb, outputs, out_attrs[0]["weights"], size)
+        mapper = make_mapper(model, runtime=runtime, batch_size=batch_size, image_size=size,
+                             model_name=f"{bb.name} {' '.join(f'{l}/{p}' for l, p in outputs)}",
+                             precision=out_attrs[0]["precision"], log=log)
         log(f"{bb.name} {size}px -> {', '.join(f'{l}/{p}' for l, p in outputs)}: "
-            f"{len(todo)} of {len(ds)} images to compute on {_device()}")
-        seconds, large = _run(model, ds, todo, files, shapes, size, batch_size, dtype, workers, progress, bb.name)
+            f"{len(todo)} of {len(ds)} images to compute on {mapper.description}")
+        seconds, large = _run(mapper, ds, todo, files, shapes, size, batch_size, dtype, workers, progress, bb.name)
         log(f"computed {len(todo)} images in {seconds:.1f} s ({len(todo) / seconds:.1f} img/s)")
         if stats is not None:
             stats.update(images=len(todo), seconds=seconds)
@@ -443,6 +443,7 @@ def _generate_locked(ds, bb, outputs, files, out_attrs, size, data, batch_size, 
             if code_shape is None:  # shards staged by a version that did not record it
                 code_shape = list(build_feature_model(bb, [outputs[k]], attrs["weights"], size)[1][0])
             attrs = dict(attrs, **split_attrs, code_shape=json.dumps(code_shape), versions=_versions(),
+                         runtime="; ".join(sorted(kn.runtimes)) or "unknown",
                          data_root=str(ds.root.resolve()),
                          created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
             _assemble(path, ds, kn, attrs, split_codes, dtype)
@@ -465,24 +466,17 @@ def _pil_limit() -> int:
     return int((Image.MAX_IMAGE_PIXELS or 0) / 1e6)
 
 
-def _device() -> str:
-    import tensorflow as tf
-    gpus = tf.config.list_physical_devices("GPU")
-    return f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
-
-
 def _dim(path: Path) -> int:
     with h5py.File(path, "r") as f:
         return f["codes"].shape[1]
 
 
-def _run(model, ds, todo, files, shapes, size, batch_size, dtype, workers, progress, name):
+def _run(mapper, ds, todo, files, shapes, size, batch_size, dtype, workers, progress, name):
     """Compute codes for images ``todo``, staged as shards next to each output file; returns
     (seconds, paths of images over the decompression-bomb warning limit)."""
     from tqdm import tqdm
 
-    mapper = Mapper(model, batch_size)
-    mapper(np.zeros((1, size, size, 3), np.uint8))  # trace before the clock starts
+    mapper(np.zeros((1, size, size, 3), np.uint8))  # trace / warm up before the clock starts
     stagings = [_staging_dir(f) for f in files]
     for s in stagings:
         s.mkdir(parents=True, exist_ok=True)
@@ -493,12 +487,13 @@ def _run(model, ds, todo, files, shapes, size, batch_size, dtype, workers, progr
     fingerprint = dict(zip(ds.paths, map(tuple, ds.fingerprints)))
     t0 = time.perf_counter()
     with tqdm(total=len(todo), unit="img", disable=not progress, smoothing=0.1, desc=f"codes {name}") as bar:
-        for k, batch in enumerate(read_batches(ds.root, ds.paths, todo, size, batch_size, workers)):
-            codes = mapper(batch.images) if len(batch.images) else [np.zeros((0, 0), np.float32)] * len(files)
+        batches = read_batches(ds.root, ds.paths, todo, size, batch_size, workers)
+        for k, (batch, codes) in enumerate(mapper.map_batches(batches, images=lambda b: b.images)):
             good = batch.indices[batch.ok]
             for s, c, shape in zip(stagings, codes, shapes):
                 _save_shard(s, start + k, paths=[ds.paths[i] for i in good], fingerprints=ds.fingerprints[good],
                             digests=batch.digests, codes=c.astype(dtype), code_shape=shape,
+                            runtime=mapper.description,
                             failed=[p for p, _ in batch.failures], reasons=[r for _, r in batch.failures],
                             failed_fingerprints=[fingerprint[p] for p, _ in batch.failures])
             n_failed += len(batch.failures)

@@ -11,6 +11,7 @@ from .codes import read_batches
 from .dataset import IMAGE_EXTENSIONS
 from .errors import UserError
 from .models import export_head_run, load_model
+from .runtimes import choose_runtime, make_mapper
 
 
 def find_images(target: Path) -> tuple[Path, list[str]]:
@@ -42,23 +43,27 @@ def model_file(path, log=print) -> Path:
     return out
 
 
-def predict(model_path, target, top_k=5, batch_size=32, warn=lambda m: print(m, file=sys.stderr), log=print):
+def predict(model_path, target, top_k=5, batch_size=32, runtime="auto", warn=lambda m: print(m, file=sys.stderr),
+            log=print):
     """Rows of (path, [(class name, probability), ...] top-k) for every readable image.
 
     Unreadable images get a warning each and are left out; the others are still predicted.
     """
     if top_k < 1 or batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
+    runtime = choose_runtime(runtime)
     model, class_names, info = load_model(model_file(model_path, log))
     size = int(info["image_size"])
     root, paths = find_images(Path(target))
     k = min(top_k, len(class_names))
+    mapper = make_mapper(model, runtime=runtime, batch_size=batch_size, image_size=size,
+                         model_name=f"classifier {info.get('kind')}", log=warn)
     rows = []
-    for batch in read_batches(root, paths, np.arange(len(paths)), size, batch_size, 4):
+    batches = read_batches(root, paths, np.arange(len(paths)), size, batch_size, 4)
+    for batch, (proba,) in mapper.map_batches(batches, images=lambda b: b.images):
         for p, reason in batch.failures:
             warn(f"warning: skipped {root / p}: {reason}")
         if len(batch.images):
-            proba = np.asarray(model(batch.images.astype(np.float32), training=False))
             for i, pr in zip(batch.indices[batch.ok], proba):
                 top = np.argsort(-pr)[:k]
                 rows.append((str(root / paths[i]), [(class_names[j], float(pr[j])) for j in top]))

@@ -43,6 +43,8 @@ def add_code_options(p, many: bool = False) -> None:
                    choices=POOLINGS, help="pooling of the codes")
     p.add_argument("--weights", default=default(code_spec, "weights"), help="weights the codes were made with")
     p.add_argument("--image-size", type=int, default=None, help="input size the codes were made with")
+    p.add_argument("--precision", default=default(code_spec, "precision"), choices=("fp32", "bf16"),
+                   help="precision of the forward pass the codes were made with")
     p.add_argument("--cache-dir", default="cache", help="where code files are")
 
 
@@ -57,7 +59,7 @@ def code_paths(a) -> list[Path]:
     for bb in listify(a.backbone):
         for layer in listify(a.layer):
             for pooling in listify(a.pooling):
-                spec = code_spec(a.data, bb, layer, pooling, a.weights, a.image_size)
+                spec = code_spec(a.data, bb, layer, pooling, a.weights, a.image_size, a.precision)
                 path = spec.path(a.cache_dir)
                 if not path.exists():
                     raise UserError(f"no cached codes for {bb} {spec.layer}/{pooling} at {path}; "

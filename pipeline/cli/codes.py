@@ -3,6 +3,7 @@ Run it again to resume an interrupted run or to take in added, changed or remove
 what is missing is computed."""
 from ..backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY
 from ..codes import generate_codes
+from ..runtimes import PRECISIONS, RUNTIMES
 from . import default
 
 HELP = "stage 1: cache the CNN codes of every image of a folder"
@@ -33,6 +34,11 @@ def add_arguments(p):
                    help="re-hash every image and recompute those whose bytes changed although their size and "
                         "modification time did not (normally an image counts as changed when its size changes, or "
                         "its modification time and its bytes do)")
+    p.add_argument("--runtime", default=g("runtime"), choices=RUNTIMES,
+                   help="where the forward pass runs: auto is OpenVINO on a machine where TensorFlow sees no GPU "
+                        "and OpenVINO is installed, else TensorFlow (both give the same codes within 1e-4)")
+    p.add_argument("--precision", default=g("precision"), choices=PRECISIONS,
+                   help="bf16: faster on CPUs that have it (OpenVINO), less exact; a code set of its own")
     p.add_argument("--no-wait", action="store_true",
                    help="if another run is writing the same code set, stop at once instead of waiting for it")
     p.add_argument("--list-layers", action="store_true", help="print the backbone's layer names and exit")
@@ -50,5 +56,6 @@ def run(a):
     generate_codes(a.data, backbone=a.backbone, layers=a.layer, poolings=a.pooling, weights=a.weights,
                    image_size=a.image_size, cache_dir=a.cache_dir, batch_size=a.batch_size, exclude=a.exclude,
                    split=parse_split(a.split), seed=a.seed, dtype=a.dtype, workers=a.workers,
-                   overwrite=a.overwrite, verify=a.verify, wait=not a.no_wait, progress=not a.no_progress)
+                   overwrite=a.overwrite, verify=a.verify, wait=not a.no_wait, runtime=a.runtime,
+                   precision=a.precision, progress=not a.no_progress)
     return 0

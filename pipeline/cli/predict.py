@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from ..predict import format_rows, predict, write_csv
+from ..runtimes import RUNTIMES
 from . import default
 
 HELP = "top-k classes of an image or a folder with an exported model"
@@ -16,10 +17,12 @@ def add_arguments(p):
     p.add_argument("--top-k", type=int, default=default(predict, "top_k"), help="how many classes to show per image")
     p.add_argument("--out", default="predictions.csv", help="CSV file for a folder's predictions")
     p.add_argument("--batch-size", type=int, default=default(predict, "batch_size"), help="images per forward pass")
+    p.add_argument("--runtime", default=default(predict, "runtime"), choices=RUNTIMES,
+                   help="where the model runs: auto is OpenVINO on a machine without a GPU where it is installed")
 
 
 def run(a):
-    rows = predict(a.model, a.target, top_k=a.top_k, batch_size=a.batch_size)
+    rows = predict(a.model, a.target, top_k=a.top_k, batch_size=a.batch_size, runtime=a.runtime)
     if Path(a.target).is_dir():
         write_csv(rows, Path(a.out))
         print(f"{len(rows)} images predicted -> {a.out}")

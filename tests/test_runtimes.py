@@ -1,0 +1,125 @@
+"""TensorFlow and OpenVINO runtimes for the forward pass: same codes, a conversion cache, BF16 apart."""
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import FAST, ROOT
+from pipeline.backbones import REGISTRY, build_feature_model
+from pipeline.codes import CodeSet, generate_codes
+from pipeline.errors import UserError
+from pipeline.models import export_head_run
+from pipeline.predict import predict
+from pipeline.runtimes import OpenVINOMapper, TensorFlowMapper, choose_runtime
+from pipeline.train import train_on_codes
+
+pytest.importorskip("openvino")
+QUIET = dict(log=lambda *a: None)
+SAMPLE = ROOT / "examples" / "caltech5"
+
+
+def test_auto_picks_openvino_on_a_cpu_where_it_is_installed():
+    assert choose_runtime("auto", gpus=0, openvino="2026.4") == "openvino"
+    assert choose_runtime("auto", gpus=1, openvino="2026.4") == "tensorflow"
+    assert choose_runtime("auto", gpus=0, openvino=None) == "tensorflow"
+    assert choose_runtime("tensorflow", gpus=0, openvino="2026.4") == "tensorflow"
+    assert choose_runtime("openvino", gpus=1, openvino="2026.4") == "openvino"
+    assert choose_runtime("auto", "bf16", gpus=1, openvino="2026.4") == "openvino"
+    with pytest.raises(UserError, match="pip install openvino"):
+        choose_runtime("openvino", gpus=0, openvino=None)
+    with pytest.raises(UserError, match="runs on OpenVINO only"):
+        choose_runtime("tensorflow", "bf16", gpus=0, openvino="2026.4")
+    assert choose_runtime("auto") == "openvino"  # this machine: no GPU, OpenVINO installed
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """Two classes of the shipped real photos, eight each."""
+    root = tmp_path_factory.mktemp("sample") / "sample"
+    for cls in ("dalmatian", "umbrella"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((SAMPLE / cls).iterdir())[:8]:
+            shutil.copy(f, root / cls / f.name)
+    return root
+
+
+def test_both_runtimes_give_the_same_codes_on_real_images(sample, tmp_path):
+    tf_file = generate_codes(sample, cache_dir=tmp_path / "tf", runtime="tensorflow", progress=False, **QUIET)[0]
+    ov_file = generate_codes(sample, cache_dir=tmp_path / "ov", runtime="openvino", progress=False, **QUIET)[0]
+    a, b = CodeSet.load(tf_file), CodeSet.load(ov_file)
+    assert a.paths == b.paths and np.abs(a.X).max() > 1
+    assert np.abs(a.X - b.X).max() < 1e-4
+    assert a.attrs["runtime"].startswith("TensorFlow") and b.attrs["runtime"].startswith("OpenVINO")
+    assert "fp32" in b.attrs["runtime"]
+
+
+def test_one_cache_holds_rows_of_both_runtimes(sample, tmp_path):
+    (sample / "umbrella" / "late.jpg").write_bytes(sorted((SAMPLE / "umbrella").iterdir())[-1].read_bytes())
+    try:
+        moved = sample / "dalmatian" / sorted(p.name for p in (sample / "dalmatian").iterdir())[0]
+        held = tmp_path / moved.name
+        shutil.move(moved, held)
+        path = generate_codes(sample, cache_dir=tmp_path / "c", runtime="tensorflow", progress=False, **QUIET)[0]
+        shutil.move(held, moved)
+        stats = {}
+        generate_codes(sample, cache_dir=tmp_path / "c", runtime="openvino", progress=False, stats=stats, **QUIET)
+        assert stats["images"] == 1  # the image added back; the others kept from TensorFlow
+        with h5py.File(path) as f:
+            runtimes = f.attrs["runtime"].split("; ")
+        assert len(runtimes) == 2 and {r.split()[0] for r in runtimes} == {"OpenVINO", "TensorFlow"}
+    finally:
+        (sample / "umbrella" / "late.jpg").unlink()
+
+
+def test_the_converted_model_is_cached_and_keyed_by_what_defines_it(tmp_path):
+    bb = REGISTRY["efficientnet_lite0"]
+    cache = tmp_path / "ov"
+
+    def mapper(weights="none", size=32, precision="fp32", outputs=((bb.default_layer, "avg"),)):
+        model, _ = build_feature_model(bb, list(outputs), weights, size)
+        return OpenVINOMapper(model, 4, size, f"{bb.name} {outputs}", precision, cache_root=cache)
+
+    assert not mapper().reused
+    assert mapper().reused and len(list(cache.iterdir())) == 1
+    assert not mapper(size=64).reused
+    assert not mapper(precision="bf16").reused
+    assert not mapper(outputs=((bb.default_layer, "max"),)).reused
+    assert not mapper(weights="imagenet").reused  # other weights, other checksum
+    assert len(list(cache.iterdir())) == 5
+    model, _ = build_feature_model(bb, [(bb.default_layer, "avg")], "none", 32)
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    expected = TensorFlowMapper(model, 4)(x)[0]
+    np.testing.assert_allclose(mapper()(x)[0], expected, atol=1e-4)  # the cached model, run
+
+
+def test_bf16_codes_are_a_code_set_of_their_own(images, tmp_path):
+    fp32 = generate_codes(images, cache_dir=tmp_path, runtime="openvino", **FAST)[0]
+    before = fp32.read_bytes()
+    bf16 = generate_codes(images, cache_dir=tmp_path, precision="bf16", **FAST)[0]
+    assert bf16 != fp32 and bf16.parent.name == fp32.parent.name + "-bf16"
+    assert fp32.read_bytes() == before
+    assert CodeSet.load(bf16).attrs["precision"] == "bf16" and CodeSet.load(fp32).attrs["precision"] == "fp32"
+    shutil.copy(bf16, fp32)  # bf16 codes where fp32 ones belong: refused, never extended
+    with pytest.raises(UserError, match="other settings.*precision: bf16 -> fp32"):
+        generate_codes(images, cache_dir=tmp_path, **FAST)
+
+
+def test_files_from_before_the_precision_attribute_are_fp32(images, tmp_path):
+    path = generate_codes(images, cache_dir=tmp_path, **FAST)[0]
+    with h5py.File(path, "a") as f:
+        del f.attrs["precision"], f.attrs["runtime"]
+    stats = {}
+    generate_codes(images, cache_dir=tmp_path, stats=stats, **FAST)
+    assert stats == {}  # nothing recomputed, nothing refused
+
+
+def test_predict_gives_the_same_probabilities_on_both_runtimes(images, tmp_path):
+    path = generate_codes(images, cache_dir=tmp_path / "cache", **FAST)[0]
+    run_dir, _ = train_on_codes(path, "logreg", {"Cs": (1.0,)}, tmp_path / "runs", **QUIET)
+    model = export_head_run(run_dir)
+    rows = {rt: predict(model, images, top_k=3, runtime=rt, warn=lambda m: None) for rt in ("tensorflow", "openvino")}
+    assert [p for p, _ in rows["tensorflow"]] == [p for p, _ in rows["openvino"]]
+    for (_, a), (_, b) in zip(rows["tensorflow"], rows["openvino"]):
+        assert [c for c, _ in a] == [c for c, _ in b]
+        np.testing.assert_allclose([p for _, p in a], [p for _, p in b], atol=1e-4)
