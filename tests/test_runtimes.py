@@ -93,6 +93,18 @@ def test_the_converted_model_is_cached_and_keyed_by_what_defines_it(tmp_path):
     np.testing.assert_allclose(mapper()(x)[0], expected, atol=1e-4)  # the cached model, run
 
 
+def test_several_outputs_come_out_in_order():
+    bb = REGISTRY["efficientnet_lite0"]
+    outputs = [("block6d_add", "flatten"), (bb.default_layer, "max"), ("block7a_project_bn", "avg")]
+    model, _ = build_feature_model(bb, outputs, "none", 64)
+    x = np.random.default_rng(1).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    expected = TensorFlowMapper(model, 4)(x[:4])
+    got = [c for _, codes in OpenVINOMapper(model, 4, 64, "three outputs").map_batches([x[:4]]) for c in codes]
+    assert [g.shape for g in got] == [e.shape for e in expected] == [(4, 2 * 2 * 192), (4, 1280), (4, 320)]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=1e-4)
+
+
 def test_bf16_codes_are_a_code_set_of_their_own(images, tmp_path):
     fp32 = generate_codes(images, cache_dir=tmp_path, runtime="openvino", **FAST)[0]
     before = fp32.read_bytes()
