@@ -194,3 +194,24 @@ def run_cli_main(argv, capsys):
     with pytest.raises(SystemExit) as ex:
         run_cli(main, argv)
     return ex.value.code
+
+
+def test_verify_finds_bytes_changed_behind_the_same_size_and_time(images, tmp_path):
+    kw = dict(FAST, cache_dir=tmp_path / "c")
+    target = images / "class1" / "raw.bmp"  # uncompressed: its pixels can change in place
+    Image.fromarray(np.full((24, 24, 3), 40, np.uint8)).save(target)
+    path = generate_codes(images, **kw)[0]
+    before = CodeSet.load(path)
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[54:] = bytes(255 - b for b in data[54:])  # other pixels, same size
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same modification time
+    assert computed(images, **kw) == 0  # size and time unchanged: taken as unchanged, as make and rsync do
+    assert computed(images, verify=True, **kw) == 1
+    after = CodeSet.load(path)
+    assert after.paths == before.paths
+    row = before.paths.index("class1/raw.bmp")
+    assert not np.array_equal(before.X[row], after.X[row])
+    others = [i for i in range(len(before.paths)) if i != row]
+    np.testing.assert_array_equal(before.X[others], after.X[others])

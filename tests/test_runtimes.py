@@ -135,3 +135,15 @@ def test_predict_gives_the_same_probabilities_on_both_runtimes(images, tmp_path)
     for (_, a), (_, b) in zip(rows["tensorflow"], rows["openvino"]):
         assert [c for c, _ in a] == [c for c, _ in b]
         np.testing.assert_allclose([p for _, p in a], [p for _, p in b], atol=1e-4)
+
+
+def test_a_failed_conversion_falls_back_to_tensorflow_with_a_note(images, tmp_path, monkeypatch):
+    def cannot_convert(*a, **k):
+        raise RuntimeError("unsupported operation")
+    monkeypatch.setattr("pipeline.runtimes.convert_to_openvino", cannot_convert)
+    logs = []
+    path = generate_codes(images, cache_dir=tmp_path, runtime="openvino", **dict(FAST, log=logs.append))[0]
+    assert any(l.startswith("note: OpenVINO could not convert") for l in logs), logs
+    assert CodeSet.load(path).attrs["runtime"].startswith("TensorFlow")
+    with pytest.raises(UserError, match="--precision bf16 needs it"):
+        generate_codes(images, cache_dir=tmp_path, precision="bf16", **FAST)
