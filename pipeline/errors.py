@@ -84,6 +84,26 @@ def run_cli(main, argv=None) -> None:
     sys.exit(code or 0)
 
 
+def exit_without_teardown(run) -> None:
+    """Run a command-line entry point, then end the process at once with its exit code.
+
+    Everything the commands write is closed (and fsynced where it matters) before they return;
+    what is skipped is the interpreter's teardown, where the C++ thread pools of TensorFlow and
+    OpenVINO, torn down in no fixed order, now and then abort the process ("terminate called
+    without an active exception") after its work is done.
+    """
+    try:
+        run()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _interrupted(message: str) -> None:
     """One line and exit 130, at once: destructors and exit handlers that a Ctrl-C caught
     half-way would print tracebacks of their own (what must be kept is on disk already)."""

@@ -1,8 +1,8 @@
 """Stage 2: classifier heads trained on cached codes, scikit-learn style (fit / predict_proba).
 
-All heads take codes ``X`` of shape (n_images, n_values) float32 and integer labels ``y`` in
-0..n_classes-1. Validation data, when given, drives early stopping (Keras heads) or the choice
-of the regularization strength (logistic regression).
+Every head is a scikit-learn estimator (``clone``, ``GridSearchCV`` and ``cross_val_score`` work)
+on codes ``X`` of shape (n_images, n_values). ``validation_data``, when given, drives early
+stopping (Keras heads) or the choice of the regularization strength (logistic regression).
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .errors import UserError, one_line
 
@@ -60,7 +61,66 @@ def _ValidationLoss(X_val, y_val):
     return _validation_loss_callback()(X_val, y_val)
 
 
-class KerasHead:
+class HeadParameterError(UserError, ValueError):
+    """A head parameter out of range: a ValueError for scikit-learn, one line for the CLI."""
+
+
+def _require(ok: bool, name: str, rule: str, value) -> None:
+    if not ok:
+        raise HeadParameterError(f"{name} must be {rule} (got {value!r})")
+
+
+class _Head(ClassifierMixin, BaseEstimator):
+    """What every head shares, scikit-learn style: ``__init__`` stores the parameters; ``fit``
+    checks them and learns ``classes_``, ``n_features_in_`` and the model; ``predict_proba``
+    columns follow ``classes_``. ``fit(..., classes=...)`` names classes beyond those in ``y``
+    (a draw of a few images per class may miss some); they get probability 0."""
+
+    name = ""
+
+    def fit(self, X, y, *, validation_data=None, classes=None):
+        from sklearn.utils.validation import check_array, check_X_y
+
+        self._check_params()
+        X, y = check_X_y(X, y, dtype=np.float32)
+        self.classes_ = np.unique(y) if classes is None else np.asarray(classes)
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if len(unknown):
+            raise HeadParameterError(f"classes: y has labels {unknown.tolist()} that classes does not name")
+        self.n_features_in_ = X.shape[1]
+        X_val = y_val = None
+        if validation_data is not None and len(validation_data[0]):
+            X_val = check_array(validation_data[0], dtype=np.float32)
+            y_val = np.searchsorted(self.classes_, np.asarray(validation_data[1]))
+        self.history_ = {}
+        self._fit(X, np.searchsorted(self.classes_, y), X_val, y_val)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(n_images, len(classes_)) class probabilities."""
+        from sklearn.utils.validation import check_array, check_is_fitted
+        check_is_fitted(self)
+        return self._proba(check_array(X, dtype=np.float32))
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+    def save(self, folder: Path) -> Path:
+        """The head's arrays and ``head.json`` (its class, parameters, classes): no pickle, so that
+        loading a run folder someone shares cannot run code."""
+        path = self._save_model(Path(folder))
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.get_params().items()}
+        (Path(folder) / "head.json").write_text(json.dumps(
+            {"head": self.name, "params": params, "classes": self.classes_.tolist(),
+             "n_features_in": int(self.n_features_in_), "state": self._state(), "history": self.history_},
+            indent=2))
+        return path
+
+    def _state(self) -> dict:
+        return {}
+
+
+class KerasHead(_Head):
     """Shared machinery of the Keras heads: a standardization layer set from the training
     codes, optional hidden layers, a softmax output; Adam; early stopping on validation loss,
     best weights restored. Without a validation set, 10% of the training codes are held out for
@@ -68,20 +128,19 @@ class KerasHead:
     as better only if the loss drops by ``min_delta``: without it, small training sets creep on
     for a hundred epochs for a few hundredths of a point."""
 
-    kind = "keras"
+    def _hidden(self) -> tuple:
+        return ()
 
-    def __init__(self, hidden=(), dropout=0.0, epochs=200, learning_rate=3e-3, batch_size=256,
-                 patience=5, min_delta=0.002, class_weight=False, seed=0, verbose=0):
-        if (epochs < 1 or batch_size < 1 or learning_rate <= 0 or not 0 <= dropout < 1 or patience < 0
-                or min_delta < 0 or min(hidden, default=1) < 1):
-            raise UserError("head options: epochs, batch size and hidden sizes must be >= 1, learning rate > 0, "
-                            "0 <= dropout < 1, patience and min-delta >= 0")
-        self.hidden, self.dropout, self.epochs = tuple(hidden), dropout, epochs
-        self.learning_rate, self.batch_size, self.patience = learning_rate, batch_size, patience
-        self.min_delta = min_delta
-        self.class_weight, self.seed, self.verbose = class_weight, seed, verbose
-        self.model_ = None
-        self.history_: dict = {}
+    def _check_params(self):
+        for name in ("epochs", "batch_size"):
+            _require(int(getattr(self, name)) == getattr(self, name) and getattr(self, name) >= 1, name,
+                     "a whole number >= 1", getattr(self, name))
+        _require(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
+        _require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
+        _require(self.patience >= 0, "patience", ">= 0", self.patience)
+        _require(self.min_delta >= 0, "min_delta", ">= 0", self.min_delta)
+        _require(all(int(h) == h and h >= 1 for h in self._hidden()), "hidden", "whole numbers >= 1",
+                 getattr(self, "hidden", None))
 
     def _build(self, X, n_classes):
         import keras
@@ -93,11 +152,11 @@ class KerasHead:
         norm.finalize_state()
         inputs = keras.Input((X.shape[1],), name="codes")
         x = norm(inputs)
-        for i, units in enumerate(self.hidden):
-            x = keras.layers.Dense(units, activation="relu", name=f"hidden{i + 1}")(x)
+        for i, units in enumerate(self._hidden()):
+            x = keras.layers.Dense(int(units), activation="relu", name=f"hidden{i + 1}")(x)
             if self.dropout:
                 x = keras.layers.Dropout(self.dropout, name=f"dropout{i + 1}")(x)
-        if not self.hidden and self.dropout:
+        if not self._hidden() and self.dropout:
             x = keras.layers.Dropout(self.dropout, name="dropout")(x)
         outputs = keras.layers.Dense(n_classes, activation="softmax", name="softmax")(x)
         model = keras.Model(inputs, outputs, name="head")
@@ -105,10 +164,10 @@ class KerasHead:
                       metrics=["accuracy"])
         return model
 
-    def fit(self, X, y, X_val=None, y_val=None, n_classes=None):
+    def _fit(self, X, y, X_val, y_val):
         import keras
         keras.utils.set_random_seed(self.seed)
-        n_classes = n_classes or int(y.max()) + 1
+        n_classes = len(self.classes_)
         X, y, X_val, y_val = holdout(X, y, X_val, y_val, seed=self.seed)
         self.model_ = self._build(X, n_classes)
         has_val = X_val is not None and len(X_val)
@@ -120,28 +179,23 @@ class KerasHead:
             X, y, batch_size=self.batch_size, epochs=self.epochs, verbose=self.verbose, callbacks=callbacks,
             shuffle=True, class_weight=_class_weights(y, n_classes) if self.class_weight else None)
         self.history_ = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-        return self
 
-    def predict_proba(self, X) -> np.ndarray:
-        """(n_images, n_classes) class probabilities."""
+    def _proba(self, X) -> np.ndarray:
+        if not len(X):
+            return np.zeros((0, len(self.classes_)), np.float32)
         return np.concatenate([np.asarray(self.model_(X[s:s + 4096], training=False))
-                               for s in range(0, len(X), 4096)]) if len(X) else np.zeros((0, self.model_.output_shape[-1]), np.float32)
+                               for s in range(0, len(X), 4096)])
 
-    def predict(self, X) -> np.ndarray:
-        return self.predict_proba(X).argmax(1)
+    def to_keras(self):
+        """This head as a Keras model, codes -> probabilities."""
+        return self.model_
 
-    def params(self) -> dict:
-        return dict(hidden=list(self.hidden), dropout=self.dropout, epochs=self.epochs,
-                    learning_rate=self.learning_rate, batch_size=self.batch_size, patience=self.patience,
-                    min_delta=self.min_delta, class_weight=self.class_weight, seed=self.seed, verbose=self.verbose)
-
-    def save(self, folder: Path) -> Path:
-        path = Path(folder) / "head.keras"
+    def _save_model(self, folder: Path) -> Path:
+        path = folder / "head.keras"
         self.model_.save(path)
-        _save_description(folder, self)
         return path
 
-    def _restore(self, folder: Path) -> None:
+    def _restore(self, folder: Path, state: dict) -> None:
         import keras
         try:  # safe mode: a Lambda layer (Python bytecode) in a shared file is refused, not run
             self.model_ = keras.saving.load_model(Path(folder) / "head.keras", compile=False, safe_mode=True)
@@ -154,9 +208,11 @@ class SoftmaxHead(KerasHead):
 
     name = "softmax"
 
-    def __init__(self, **kw):
-        kw.setdefault("hidden", ())
-        super().__init__(**kw)
+    def __init__(self, epochs=200, learning_rate=3e-3, batch_size=256, patience=5, min_delta=0.002, dropout=0.0,
+                 class_weight=False, seed=0, verbose=0):
+        self.epochs, self.learning_rate, self.batch_size = epochs, learning_rate, batch_size
+        self.patience, self.min_delta, self.dropout = patience, min_delta, dropout
+        self.class_weight, self.seed, self.verbose = class_weight, seed, verbose
 
 
 class MLPHead(KerasHead):
@@ -164,11 +220,18 @@ class MLPHead(KerasHead):
 
     name = "mlp"
 
-    def __init__(self, hidden=(256,), dropout=0.5, **kw):
-        super().__init__(hidden=hidden, dropout=dropout, **kw)
+    def __init__(self, hidden=(256,), dropout=0.5, epochs=200, learning_rate=3e-3, batch_size=256, patience=5,
+                 min_delta=0.002, class_weight=False, seed=0, verbose=0):
+        self.hidden, self.dropout = hidden, dropout
+        self.epochs, self.learning_rate, self.batch_size = epochs, learning_rate, batch_size
+        self.patience, self.min_delta = patience, min_delta
+        self.class_weight, self.seed, self.verbose = class_weight, seed, verbose
+
+    def _hidden(self) -> tuple:
+        return tuple(self.hidden)
 
 
-class LogRegHead:
+class LogRegHead(_Head):
     """scikit-learn multinomial logistic regression (L-BFGS) on standardized codes.
 
     The inverse regularization strength C is chosen from ``Cs`` by accuracy on the validation
@@ -178,15 +241,13 @@ class LogRegHead:
     """
 
     name = "logreg"
-    kind = "sklearn"
 
     def __init__(self, Cs=(0.001, 0.01, 0.1, 1.0), max_iter=300, class_weight=False, seed=0, verbose=0):
-        if not Cs or min(Cs) <= 0 or max_iter < 1:
-            raise UserError("logreg options: --Cs must be one or more positive numbers, max_iter >= 1")
-        self.Cs, self.max_iter, self.class_weight, self.seed = tuple(Cs), max_iter, class_weight, seed
-        self.verbose = verbose
-        self.model_ = None
-        self.history_ = {}
+        self.Cs, self.max_iter, self.class_weight, self.seed, self.verbose = Cs, max_iter, class_weight, seed, verbose
+
+    def _check_params(self):
+        _require(len(self.Cs) > 0 and min(self.Cs) > 0, "Cs", "one or more positive numbers", self.Cs)
+        _require(self.max_iter >= 1, "max_iter", ">= 1", self.max_iter)
 
     def _pipe(self, C):
         from sklearn.linear_model import LogisticRegression
@@ -197,7 +258,7 @@ class LogRegHead:
             C=C, max_iter=self.max_iter, class_weight="balanced" if self.class_weight else None,
             random_state=self.seed))
 
-    def fit(self, X, y, X_val=None, y_val=None, n_classes=None):
+    def _fit(self, X, y, X_val, y_val):
         import copy
         import warnings
 
@@ -224,40 +285,46 @@ class LogRegHead:
             else:  # held-out part of the training codes (or no choice at all): refit on everything
                 self.model_ = self._pipe(best).fit(X, y)
             self.C_ = best
-        self.n_classes_ = n_classes or int(y.max()) + 1
-        return self
 
-    def predict_proba(self, X) -> np.ndarray:
-        p = self.model_.predict_proba(X)
-        out = np.zeros((len(X), self.n_classes_), np.float32)
-        out[:, self.model_.classes_] = p  # classes absent from training get probability 0
+    def _proba(self, X) -> np.ndarray:
+        out = np.zeros((len(X), len(self.classes_)), np.float32)
+        if len(X):
+            out[:, self.model_.classes_] = self.model_.predict_proba(X)  # classes absent from training: 0
         return out
 
-    def predict(self, X) -> np.ndarray:
-        return self.predict_proba(X).argmax(1)
+    def to_keras(self):
+        """One Dense softmax layer with the standardization folded into its weights."""
+        import keras
 
-    def params(self) -> dict:
-        return dict(Cs=list(self.Cs), max_iter=self.max_iter, class_weight=self.class_weight, seed=self.seed,
-                    verbose=self.verbose)
-
-    def save(self, folder: Path) -> Path:
-        """``head.npz`` (the fitted arrays) and ``head.json``: no pickle, so that loading a run
-        folder someone shares cannot run code."""
         scaler, clf = self.model_[0], self.model_[-1]
-        path = Path(folder) / "head.npz"
+        coef, intercept = clf.coef_, clf.intercept_
+        if coef.shape[0] == 1:  # binary: sigmoid(z) == softmax([0, z])
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+        scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
+        n_classes = len(self.classes_)
+        W = np.zeros((self.n_features_in_, n_classes), np.float32)
+        b = np.full(n_classes, -1e4, np.float32)  # classes never seen in training: probability 0
+        W[:, clf.classes_] = (coef / scale).T
+        b[clf.classes_] = intercept - (coef / scale) @ scaler.mean_
+        inputs = keras.Input((self.n_features_in_,), name="codes")
+        dense = keras.layers.Dense(n_classes, activation="softmax", name="softmax")
+        model = keras.Model(inputs, dense(inputs), name="head")
+        dense.set_weights([W, b])
+        return model
+
+    def _state(self) -> dict:
+        return {"C_": self.C_}
+
+    def _save_model(self, folder: Path) -> Path:
+        scaler, clf = self.model_[0], self.model_[-1]
+        path = folder / "head.npz"
         np.savez(path, mean=scaler.mean_, var=scaler.var_, scale=scaler.scale_, coef=clf.coef_,
                  intercept=clf.intercept_, classes=clf.classes_, n_iter=np.asarray(clf.n_iter_))
-        _save_description(folder, self, C_=self.C_, n_classes_=self.n_classes_)
         return path
 
-    def _restore(self, folder: Path) -> None:
-        state = _read_description(folder)["state"]
-        try:
-            with np.load(Path(folder) / "head.npz", allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"{folder}/head.npz is not a saved head ({one_line(exc)})") from None
-        self.C_, self.n_classes_ = float(state["C_"]), int(state["n_classes_"])
+    def _restore(self, folder: Path, state: dict) -> None:
+        arrays = _load_arrays(folder)
+        self.C_ = float(state["C_"])
         self.model_ = self._pipe(self.C_)
         scaler, clf = self.model_[0], self.model_[-1]
         scaler.mean_, scaler.var_, scaler.scale_ = arrays["mean"], arrays["var"], arrays["scale"]
@@ -267,9 +334,76 @@ class LogRegHead:
         clf.n_iter_ = arrays["n_iter"]
 
 
-def _save_description(folder, head, **state) -> None:
-    (Path(folder) / "head.json").write_text(json.dumps(
-        {"head": head.name, "params": head.params(), "state": state, "history": head.history_}, indent=2))
+class PrototypeHead(_Head):
+    """Nearest class mean on centred, L2-normalized codes (a prototype head, as SimpleShot):
+    each class is the mean of its training codes, an image goes to the most similar one by
+    cosine; probabilities are a softmax of ``scale`` times the similarities. Nothing to tune,
+    nothing to overfit: for one or two images per class, where linear heads collapse."""
+
+    name = "prototype"
+
+    def __init__(self, center=True, scale=10.0):
+        self.center, self.scale = center, scale
+
+    def _check_params(self):
+        _require(self.scale > 0, "scale", "> 0", self.scale)
+
+    def _normalize(self, X):
+        X = X - self.mean_ if self.center else X
+        return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+    def _fit(self, X, y, X_val, y_val):
+        self.mean_ = X.mean(0) if self.center else np.zeros(X.shape[1], np.float32)
+        Z = self._normalize(X)
+        protos = np.zeros((len(self.classes_), X.shape[1]), np.float32)
+        present = np.unique(y)
+        for c in present:
+            protos[c] = Z[y == c].mean(0)
+        norms = np.linalg.norm(protos, axis=1, keepdims=True)
+        self.prototypes_ = np.where(norms > 0, protos / np.maximum(norms, 1e-12), 0).astype(np.float32)
+        self.present_ = np.isin(np.arange(len(self.classes_)), present)
+
+    def _logits(self, X):
+        logits = self.scale * self._normalize(X) @ self.prototypes_.T
+        logits[:, ~self.present_] = -np.inf  # classes absent from training: probability 0
+        return logits
+
+    def _proba(self, X) -> np.ndarray:
+        logits = self._logits(X)
+        logits -= logits.max(1, keepdims=True)
+        e = np.exp(logits)
+        return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+    def to_keras(self):
+        """Centre, UnitNormalization, Dense (scale x prototypes), softmax: built-in layers only."""
+        import keras
+
+        inputs = keras.Input((self.n_features_in_,), name="codes")
+        centre = keras.layers.Dense(self.n_features_in_, name="centre")
+        unit = keras.layers.UnitNormalization(name="unit")
+        dense = keras.layers.Dense(len(self.classes_), activation="softmax", name="softmax")
+        model = keras.Model(inputs, dense(unit(centre(inputs))), name="head")
+        centre.set_weights([np.eye(self.n_features_in_, dtype=np.float32), -self.mean_.astype(np.float32)])
+        bias = np.where(self.present_, 0.0, -1e4).astype(np.float32)
+        dense.set_weights([(self.scale * self.prototypes_.T).astype(np.float32), bias])
+        return model
+
+    def _save_model(self, folder: Path) -> Path:
+        path = folder / "head.npz"
+        np.savez(path, mean=self.mean_, prototypes=self.prototypes_, present=self.present_)
+        return path
+
+    def _restore(self, folder: Path, state: dict) -> None:
+        arrays = _load_arrays(folder)
+        self.mean_, self.prototypes_, self.present_ = arrays["mean"], arrays["prototypes"], arrays["present"]
+
+
+def _load_arrays(folder) -> dict:
+    try:
+        with np.load(Path(folder) / "head.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{folder}/head.npz is not a saved head ({one_line(exc)})") from None
 
 
 def _read_description(folder) -> dict:
@@ -279,13 +413,16 @@ def _read_description(folder) -> dict:
         raise UserError(f"{folder}/head.json is not a head description ({one_line(exc)})") from None
 
 
-HEADS = {"softmax": SoftmaxHead, "mlp": MLPHead, "logreg": LogRegHead}
+HEADS = {"softmax": SoftmaxHead, "mlp": MLPHead, "logreg": LogRegHead, "prototype": PrototypeHead}
 
 
 def make_head(name: str, **params):
     if name not in HEADS:
         raise UserError(f"unknown head {name!r}; choose one of: {', '.join(HEADS)}")
-    return HEADS[name](**params)
+    try:
+        return HEADS[name](**params)
+    except TypeError as exc:
+        raise UserError(f"{name} head: {exc}") from None
 
 
 def load_head(folder):
@@ -299,17 +436,27 @@ def load_head(folder):
         desc = _read_description(folder)
         if desc.get("head") not in HEADS:
             raise UserError(f"{folder}/head.json names an unknown head {desc.get('head')!r}")
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in desc.get("params", {}).items()}
         try:
-            head = HEADS[desc["head"]](**desc.get("params", {}))
-        except (TypeError, UserError) as exc:
+            head = HEADS[desc["head"]](**params)
+        except TypeError as exc:
             raise UserError(f"{folder}/head.json: parameters do not fit the {desc['head']} head ({exc})") from None
         head.history_ = desc.get("history", {})
+        state = desc.get("state", {})
     elif (folder / "head.keras").exists():  # written before head.json: a Keras head, parameters unknown
-        head = SoftmaxHead()
+        head, desc, state = SoftmaxHead(), {}, {}
+        head.history_ = {}
     elif (folder / "head.joblib").exists():
         raise UserError(f"{folder}/head.joblib is a pickle written by an older version; loading it could run any "
                         f"code it holds, so it is not loaded: train the head again (make train)")
     else:
         raise UserError(f"{folder} holds no saved head (head.json with head.keras or head.npz)")
-    head._restore(folder)
+    head._restore(folder, state)
+    if "classes" in desc:
+        head.classes_, head.n_features_in_ = np.asarray(desc["classes"]), int(desc["n_features_in"])
+    elif isinstance(head, KerasHead):  # a Keras head written before head.json: its layers say
+        head.classes_ = np.arange(head.model_.output_shape[-1])
+        head.n_features_in_ = int(head.model_.input_shape[-1])
+    else:
+        raise UserError(f"{folder}/head.json was written by an older version: train the head again")
     return head

@@ -21,29 +21,11 @@ META_NAME = "cnn_codes.json"
 
 
 def head_as_keras(head, n_values: int):
-    """A Keras model codes (batch, n_values) -> probabilities for any trained head.
-
-    Keras heads are returned as they are; a logistic-regression head becomes one Dense softmax
-    layer with the standardization folded into its weights (same probabilities).
-    """
-    import keras
-
-    if getattr(head, "kind", None) == "keras":
-        return head.model_
-    scaler, clf = head.model_[0], head.model_[-1]
-    coef, intercept = clf.coef_, clf.intercept_
-    if coef.shape[0] == 1:  # binary: sigmoid(z) == softmax([0, z])
-        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
-    scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
-    W = np.zeros((n_values, head.n_classes_), np.float32)
-    b = np.full(head.n_classes_, -1e4, np.float32)  # classes never seen in training: probability 0
-    W[:, clf.classes_] = (coef / scale).T
-    b[clf.classes_] = intercept - (coef / scale) @ scaler.mean_
-    inputs = keras.Input((n_values,), name="codes")
-    dense = keras.layers.Dense(head.n_classes_, activation="softmax", name="softmax")
-    model = keras.Model(inputs, dense(inputs), name="head")
-    dense.set_weights([W, b])
-    return model
+    """A Keras model codes (batch, n_values) -> probabilities for any trained head (built-in
+    layers only; a logistic-regression head as one Dense softmax layer, same probabilities)."""
+    if head.n_features_in_ != n_values:
+        raise UserError(f"the head takes codes of {head.n_features_in_} values, not {n_values}")
+    return head.to_keras()
 
 
 def build_classifier(backbone: str, weights: str, image_size: int, layer: str, pooling: str, head_model):

@@ -40,8 +40,12 @@ def openvino_version() -> str | None:
 @functools.cache
 def openvino_core():
     """One OpenVINO Core per process: compiled models outliving the temporary Core they came
-    from made the process abort at exit (std::system_error from a plug-in thread)."""
+    from made the process abort at exit (std::system_error from a plug-in thread). It is
+    released by an exit handler, before the interpreter tears modules down."""
+    import atexit
+
     import openvino as ov
+    atexit.register(openvino_core.cache_clear)
     return ov.Core()
 
 

@@ -78,16 +78,19 @@ def run_one(path: str, head: str, n, repeat: int, seed: int, head_params: dict) 
     from sklearn.metrics import balanced_accuracy_score
     from threadpoolctl import threadpool_limits
 
-    from .heads import make_head
+    from .heads import HEADS, make_head
 
     cs = _codes(path)
     tr = draw_train(cs.y, cs.split, n, seed, repeat)
     va, te = cs.split == VAL, cs.split == TEST
     with threadpool_limits(1):
         t0 = time.perf_counter()
-        model = make_head(head, seed=seed + repeat, **head_params.get(head, {}))
-        model.fit(cs.X[tr], cs.y[tr], cs.X[va] if va.any() else None, cs.y[va] if va.any() else None,
-                  n_classes=len(cs.class_names))
+        params = dict(head_params.get(head, {}))
+        if "seed" in HEADS[head]().get_params():
+            params["seed"] = seed + repeat
+        model = make_head(head, **params)
+        model.fit(cs.X[tr], cs.y[tr], validation_data=(cs.X[va], cs.y[va]) if va.any() else None,
+                  classes=np.arange(len(cs.class_names)))
         pred = model.predict(cs.X[te])
         seconds = time.perf_counter() - t0
     return {"n": n, "repeat": repeat, "head": head, "n_train": int(len(tr)),

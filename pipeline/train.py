@@ -27,8 +27,8 @@ def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs"
     positive_index(cs.class_names, positive_class)  # checked before training
     model = make_head(head, **(head_params or {}))
     t0 = time.perf_counter()
-    model.fit(X_tr, y_tr, X_va if len(X_va) else None, y_va if len(y_va) else None,
-              n_classes=len(cs.class_names))
+    model.fit(X_tr, y_tr, validation_data=(X_va, y_va) if len(X_va) else None,
+              classes=np.arange(len(cs.class_names)))
     seconds = time.perf_counter() - t0
     title = f"{head} on {cs.attrs.get('backbone')} {cs.attrs.get('layer')}/{cs.attrs.get('pooling')}"
     record = {

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, run_script, user_env
@@ -40,7 +41,7 @@ def test_default_job_on_the_embedded_sample(tmp_path):
     assert r.returncode == 0 and run.name in r.stdout
 
 
-@pytest.mark.parametrize("head", ["softmax", "mlp", "logreg"])
+@pytest.mark.parametrize("head", ["softmax", "mlp", "logreg", "prototype"])
 def test_one_image_per_class_is_enough_on_the_sample(tmp_path_factory, head):
     """Real Lite0 codes, one training image per class: the standardization must not blow up
     values that happen to vary little among five images (it did: 18-49% test accuracy)."""
@@ -51,5 +52,7 @@ def test_one_image_per_class_is_enough_on_the_sample(tmp_path_factory, head):
     val, test = cs.split == VAL, cs.split == TEST
     for repeat in range(3):
         train = draw_train(cs.y, cs.split, 1, 0, repeat)
-        model = make_head(head, seed=repeat).fit(cs.X[train], cs.y[train], cs.X[val], cs.y[val], n_classes=5)
+        params = {"seed": repeat} if head != "prototype" else {}
+        model = make_head(head, **params).fit(cs.X[train], cs.y[train], validation_data=(cs.X[val], cs.y[val]),
+                                              classes=np.arange(5))
         assert (model.predict(cs.X[test]) == cs.y[test]).mean() >= 0.8, (head, repeat)  # chance: 0.2

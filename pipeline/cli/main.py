@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import quiet_tensorflow, run_cli
+from ..errors import exit_without_teardown, quiet_tensorflow, run_cli
 from . import FORMATTER, Parser
 
 SUBCOMMANDS = ("codes", "train", "sweep", "finetune", "scratch", "export", "predict", "compare")
@@ -33,11 +33,11 @@ def main(argv=None) -> int:
 
 def console() -> None:
     """Entry point of the ``cnn-codes`` script."""
-    run_cli(main)
+    exit_without_teardown(lambda: run_cli(main))
 
 
 def shim(command: str) -> None:
     """Entry point of the top-level scripts kept for those who know them (generate_codes.py,
     train_head.py): ``cnn-codes <command>`` with the script's arguments."""
     import sys
-    run_cli(lambda argv: main([command, *(sys.argv[1:] if argv is None else argv)]))
+    exit_without_teardown(lambda: run_cli(lambda argv: main([command, *(sys.argv[1:] if argv is None else argv)])))

@@ -2,7 +2,7 @@
 The code file is named by --codes, or found from the same options that made it with
 `cnn-codes codes`. Writes a run folder with the head, record.json, report.txt, confusion.png
 and history.png (roc_pr.png for two classes)."""
-from ..heads import HEADS, KerasHead, LogRegHead, MLPHead
+from ..heads import HEADS, LogRegHead, MLPHead, SoftmaxHead
 from ..train import train_on_codes
 from . import add_code_options, code_paths, default
 
@@ -13,7 +13,7 @@ KERAS_OPTIONS = ("epochs", "learning_rate", "batch_size", "patience", "min_delta
 
 def add_head_options(p):
     """Options of the heads, their defaults the heads' own."""
-    k = lambda name: default(KerasHead.__init__, name)
+    k = lambda name: default(SoftmaxHead.__init__, name)
     p.add_argument("--epochs", type=int, default=k("epochs"), help="Keras heads: most epochs (early stopping ends sooner)")
     p.add_argument("--learning-rate", type=float, default=k("learning_rate"), help="Keras heads: Adam learning rate")
     p.add_argument("--batch-size", type=int, default=k("batch_size"), help="Keras heads: batch size")
@@ -35,7 +35,8 @@ def head_params(a, head: str) -> dict:
     keras_opts = {k: getattr(a, k) for k in KERAS_OPTIONS}
     return {"softmax": dict(common, **keras_opts),
             "mlp": dict(common, **keras_opts, hidden=tuple(a.hidden), dropout=a.dropout),
-            "logreg": dict(common, Cs=tuple(a.Cs))}[head]
+            "logreg": dict(common, Cs=tuple(a.Cs)),
+            "prototype": {}}[head]
 
 
 def add_positive_class(p):
@@ -49,7 +50,7 @@ def add_arguments(p):
     add_code_options(p)
     p.add_argument("--runs-dir", default=default(train_on_codes, "runs_dir"), help="where run folders go")
     add_head_options(p)
-    p.add_argument("--seed", type=int, default=default(KerasHead.__init__, "seed"),
+    p.add_argument("--seed", type=int, default=default(SoftmaxHead.__init__, "seed"),
                    help="seed of the head's initialization and shuffling")
     add_positive_class(p)
 
