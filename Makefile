@@ -28,7 +28,7 @@ MODEL    ?= $(RUN)
 .PHONY: codes train sweep finetune scratch export predict compare test bench help
 help:
 	@echo "make codes [DATA=.. BACKBONE=.. LAYER=.. POOLING=avg|max|flatten WEIGHTS=.. IMAGE_SIZE=.. SPLIT=70/15/15]"
-	@echo "make train [HEAD=softmax|mlp|logreg, same code options]"
+	@echo "make train [HEAD=softmax|mlp|logreg|prototype, same code options]"
 	@echo "make sweep [HEADS='softmax mlp logreg' NS='1 2 5 10 15 20 30 all' REPEATS=5]"
 	@echo "make finetune [RUN=runs/<head run>, default the newest $(BACKBONE) $(HEAD) run]  make scratch"
 	@echo "make export [RUN=..]   make predict IMG=image-or-folder [MODEL=run folder or .keras file]   make compare"
