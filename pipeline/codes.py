@@ -31,7 +31,7 @@ import numpy as np
 from . import __version__
 from .backbones import DEFAULT_BACKBONE, build_feature_model, get_backbone, weights_identity
 from .dataset import ImageError, ImageFolder, content_digest, load_image, scan, stratified_split
-from .errors import USER_ERRNOS, Interrupted, UserError, one_line, writable_folder
+from .errors import USER_ERRNOS, Interrupted, UserError, one_line, os_error_text, writable_folder
 from .faults import fault_point
 from .locks import writer_lock
 from .runtimes import choose_runtime, make_mapper
@@ -394,7 +394,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     try:
         with writer_lock(files, wait=wait, note=warn):
             fault_point("locked")
-            return _generate_locked(ds, bb, outputs, files, out_attrs, size, data, batch_size, split, seed,
+            return _generate_locked(ds, bb, outputs, files, out_attrs, size, batch_size, split, seed,
                                     dtype, workers, overwrite, verify, runtime, progress, log, warn, stats)
     except KeyboardInterrupt:
         staged = max(len(list(_staging_dir(f).glob("shard-*[0-9].npz"))) for f in files)
@@ -403,14 +403,13 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     except OSError as exc:
         if exc.errno not in USER_ERRNOS:
             raise
-        where = f": {exc.filename}" if exc.filename else ""
         staged = any(_staging_dir(f).exists() for f in files)
-        raise UserError(f"{one_line(exc.strerror or exc)}{where}"
+        raise UserError(os_error_text(exc)
                         + ("; the batches computed so far are kept: run the same command again once this is "
                            "fixed" if staged else "")) from None
 
 
-def _generate_locked(ds, bb, outputs, files, out_attrs, size, data, batch_size, split, seed, dtype, workers,
+def _generate_locked(ds, bb, outputs, files, out_attrs, size, batch_size, split, seed, dtype, workers,
                      overwrite, verify, runtime, progress, log, warn, stats) -> list[Path]:
     if overwrite:
         for f in files:

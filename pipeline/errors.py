@@ -78,10 +78,14 @@ def run_cli(main, argv=None) -> None:
     except OSError as exc:
         if exc.errno not in USER_ERRNOS:
             raise
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {one_line(exc.strerror or exc)}{where}", file=sys.stderr)
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def os_error_text(exc: OSError) -> str:
+    """A file-system error as one line: what went wrong, and on which file."""
+    return one_line(exc.strerror or exc) + (f": {exc.filename}" if exc.filename else "")
 
 
 def exit_without_teardown(run) -> None:

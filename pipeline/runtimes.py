@@ -128,7 +128,7 @@ def conversion_cache() -> Path:
     return weights_cache_dir() / "openvino"
 
 
-def convert_to_openvino(model, key: ConversionKey, cache_root: Path | None = None, log=print):
+def convert_to_openvino(model, key: ConversionKey, cache_root: Path | None = None):
     """The OpenVINO model of Keras ``model`` (uint8 images in, float32 codes out), converted
     once per key and read from the cache after that; returns (ov model, reused?)."""
     import openvino as ov
