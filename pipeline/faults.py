@@ -12,14 +12,15 @@ import os
 import signal
 
 POINTS = (
-    "locked",            # lock held, nothing computed yet
-    "shard-tmp-written",  # a batch's shard written under its temporary name
-    "shard-saved",       # a batch's shard moved into place
-    "all-staged",        # every batch staged, final file not yet written
-    "final-partial",     # final file half written under its temporary name
-    "final-tmp-written",  # final file written under its temporary name, not yet moved
-    "final-moved",       # final file in place, staging folder not yet removed
-    "output-done",       # one output (layer, pooling) finished, the next not yet assembled
+    "locked",             # lock held, nothing planned or computed yet
+    "part-tmp-written",   # a partition's part file written under its temporary name
+    "part-saved",         # a partition's part file moved into place
+    "all-staged",         # every partition's parts written, no index yet
+    "index-tmp-written",  # the new index written under its temporary name, not yet moved
+    "index-moved",        # the new index in place, parts it no longer needs not yet deleted
+    "parts-cleaned",      # parts no index refers to deleted
+    "output-done",        # one code set (layer, pooling) committed, the next not yet
+    "compact-part-saved",  # a merged part written while compacting, the index not yet over it
 )
 _seen: collections.Counter = collections.Counter()
 

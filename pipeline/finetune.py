@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import code_layer_name, get_backbone
-from .codes import CodeSet, generate_codes
+from .codes import generate_codes
+from .codeset import CodeSet
 from .dataset import TEST, TRAIN, VAL
 from .errors import UserError, writable_folder
 from .heads import holdout

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .codes import read_batches
 from .dataset import IMAGE_EXTENSIONS
 from .errors import UserError
 from .models import export_head_run, load_model
 from .runtimes import choose_runtime, make_mapper
+from .worker import batches_of, read_batches
 
 
 def find_images(target: Path) -> tuple[Path, list[str]]:
@@ -59,7 +59,7 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto", warn=lam
     mapper = make_mapper(model, runtime=runtime, batch_size=batch_size, image_size=size,
                          model_name=f"classifier {info.get('kind')}", log=warn)
     rows = []
-    batches = read_batches(root, paths, np.arange(len(paths)), size, batch_size, 4)
+    batches = read_batches(root, paths, batches_of(len(paths), batch_size), size, 4)
     for batch, (proba,) in mapper.map_batches(batches, images=lambda b: b.images):
         for p, reason in batch.failures:
             warn(f"warning: skipped {root / p}: {reason}")

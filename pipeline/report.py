@@ -8,7 +8,6 @@ import numpy as np
 
 from .errors import UserError
 
-
 TOP_K = 5  # top-5 accuracy is reported where it means something: with more than 5 classes
 
 
@@ -17,9 +16,16 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names, positive: str |
     report and the confusion matrix; top-5 accuracy with 6 or more classes; with two classes,
     ROC AUC and average precision of ``positive`` (default: the second class name in sorted
     order), and the ROC and precision-recall curves (``curves``, not stored in records)."""
-    from sklearn.metrics import (average_precision_score, balanced_accuracy_score, classification_report,
-                                 confusion_matrix, precision_recall_curve, roc_auc_score, roc_curve,
-                                 top_k_accuracy_score)
+    from sklearn.metrics import (
+        average_precision_score,
+        balanced_accuracy_score,
+        classification_report,
+        confusion_matrix,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+        top_k_accuracy_score,
+    )
     class_names = list(class_names)
     labels = np.arange(len(class_names))
     pred = proba.argmax(1)

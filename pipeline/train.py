@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .codes import CodeSet
+from .codeset import CodeSet
 from .dataset import TEST, TRAIN, VAL
 from .errors import UserError, writable_folder
 from .heads import make_head

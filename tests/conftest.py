@@ -58,3 +58,22 @@ def run_script(command, *args, cwd=ROOT, timeout=300):
 
 def user_error_lines(stderr: str) -> list[str]:
     return [l for l in stderr.splitlines() if l.startswith("error:")]
+
+
+def as_format1(path, drop=()):
+    """Rewrite a code set as version 0.1.0 wrote it (format 1: the codes inside the file, no
+    parts), leaving out the datasets ``drop``; its parts folder is removed."""
+    import shutil
+
+    import h5py
+
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        data = {k: f[k][()] for k in f if k not in ("part_names", "row_part", "row_in_part", *drop)}
+        attrs = {k: v for k, v in f.attrs.items() if k not in ("format_version", "parts")}
+    path.unlink()
+    shutil.rmtree(path.with_name(path.stem + ".parts"))
+    with h5py.File(path, "w") as f:
+        for k, v in data.items():
+            f.create_dataset(k, data=v)
+        f.attrs.update(attrs)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CNN_CODES, FAST, make_images, user_env
+from conftest import CNN_CODES, FAST, as_format1, make_images, user_env
 from pipeline.backbones import REGISTRY
 from pipeline.cli.main import main
 from pipeline.codes import CodeSet, generate_codes
@@ -108,9 +108,10 @@ def test_touched_images_are_recognized_by_content(images, tmp_path):
     assert computed(images, **kw) == 1
     second, _ = _read(path)
     assert (second["fingerprints"][:, 1] == later).all()  # new times stored: next run is quick
+    p2 = [p.decode() for p in second["paths"]]
     for i, p in enumerate(paths):
         if p != "class1/img002.jpeg":
-            np.testing.assert_array_equal(second["codes"][i], first["codes"][i])
+            np.testing.assert_array_equal(second["codes"][p2.index(p)], first["codes"][i])
     before = path.stat().st_mtime_ns
     assert computed(images, **kw) == 0 and path.stat().st_mtime_ns == before
 
@@ -136,12 +137,14 @@ def test_unreadable_images_are_skipped_counted_and_listed(images, tmp_path):
 def test_files_from_before_failure_fingerprints_are_read_and_failures_retried(images, tmp_path):
     (images / "class0" / "broken.jpg").write_bytes(b"garbage")
     path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
-    with h5py.File(path, "a") as f:
-        del f["failed_fingerprints"], f["digests"]  # as written by version 0.1.0 before them
+    before, _ = _read(path)
+    as_format1(path, drop=("failed_fingerprints", "digests"))  # as written by version 0.1.0 before them
     assert computed(images, cache_dir=tmp_path / "c", **FAST) == 1
-    data, _ = _read(path)
+    data, attrs = _read(path)
     assert data["codes"].shape[0] == 36 and data["failed_fingerprints"].shape == (1, 2)
-    assert (data["digests"] != 0).all()
+    assert (data["digests"] != 0).all() and attrs["format_version"] == 2
+    np.testing.assert_array_equal(data["codes"], before["codes"])  # the old file became the first part
+    assert [p.name.startswith("part-v1-") for p in (path.parent / "top_activation-avg.parts").iterdir()] == [True]
 
 
 def test_other_settings_are_refused_without_losing_the_file(images, tmp_path):
@@ -162,15 +165,19 @@ def test_resume_with_several_layers_and_poolings_after_a_kill(tmp_path):
     the rerun computes only what is missing and gives the four files of an uninterrupted run."""
     data = make_images(tmp_path / "data", n_classes=3, per_class=10)
     outputs = dict(layers=["top_activation", "block7a_project_bn"], poolings=["avg", "flatten"])
-    ref = generate_codes(data, cache_dir=tmp_path / "ref", **FAST, **outputs)
+    ref = generate_codes(data, cache_dir=tmp_path / "ref", partition_size=8, **FAST, **outputs)
     cmd = [CNN_CODES, "codes", "--data", str(data), "--weights", "none", "--image-size", "32", "--batch-size", "8",
            "--layer", "top_activation", "block7a_project_bn", "--pooling", "avg", "flatten", "--no-progress",
-           "--cache-dir", str(tmp_path / "resumed")]
-    killed = subprocess.run(cmd, env=dict(user_env(), CNN_CODES_FAULT="shard-saved:10"), capture_output=True)
+           "--partition-size", "8", "--cache-dir", str(tmp_path / "resumed")]
+    killed = subprocess.run(cmd, env=dict(user_env(), CNN_CODES_FAULT="part-saved:10"), capture_output=True)
     assert killed.returncode == -signal.SIGKILL
+    with h5py.File(ref[0]) as f:  # rows are in plan order: the first two partitions were saved for all four
+        row_part = f["row_part"][()].tolist()
+    first_two = sum(row_part.count(p) for p in list(dict.fromkeys(row_part))[:2])
+    assert len(set(row_part)) >= 3 and first_two < 30
     stats = {}
-    files = generate_codes(data, cache_dir=tmp_path / "resumed", stats=stats, **FAST, **outputs)
-    assert stats["images"] == 30 - 2 * 8  # batches 1 and 2 were saved for all four outputs
+    files = generate_codes(data, cache_dir=tmp_path / "resumed", stats=stats, partition_size=8, **FAST, **outputs)
+    assert stats["images"] == 30 - first_two
     assert [f.name for f in files] == [f.name for f in ref]
     for got, want in zip(files, ref):
         a, attrs_a = _read(got)
@@ -201,16 +208,21 @@ def test_verify_finds_bytes_changed_behind_the_same_size_and_time(images, tmp_pa
     Image.fromarray(np.full((24, 24, 3), 40, np.uint8)).save(target)
     path = generate_codes(images, **kw)[0]
     before = CodeSet.load(path)
+    before.X  # read now: the file is about to be replaced
     st = target.stat()
     data = bytearray(target.read_bytes())
     data[54:] = bytes(255 - b for b in data[54:])  # other pixels, same size
     target.write_bytes(bytes(data))
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same modification time
     assert computed(images, **kw) == 0  # size and time unchanged: taken as unchanged, as make and rsync do
+    stale = CodeSet.load(path)
     assert computed(images, verify=True, **kw) == 1
+    with pytest.raises(UserError, match="replaced since it was opened"):
+        stale.X  # opened lazily before the update: not read from a file that changed under it
     after = CodeSet.load(path)
-    assert after.paths == before.paths
-    row = before.paths.index("class1/raw.bmp")
-    assert not np.array_equal(before.X[row], after.X[row])
-    others = [i for i in range(len(before.paths)) if i != row]
-    np.testing.assert_array_equal(before.X[others], after.X[others])
+    assert sorted(after.paths) == sorted(before.paths)
+    code = lambda cs, p: cs.X[cs.paths.index(p)]
+    assert not np.array_equal(code(before, "class1/raw.bmp"), code(after, "class1/raw.bmp"))
+    for p in before.paths:
+        if p != "class1/raw.bmp":
+            np.testing.assert_array_equal(code(before, p), code(after, p))

@@ -26,7 +26,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
-    return generate_codes(data, cache_dir=tmp_path_factory.mktemp("reference"), **FAST, **OUTPUTS)
+    return generate_codes(data, cache_dir=tmp_path_factory.mktemp("reference"), partition_size=8, **FAST, **OUTPUTS)
 
 
 def _contents(path):
@@ -44,7 +44,7 @@ def assert_same_code_set(a, b):
 
 def codes_cmd(data, cache, *extra):
     return [sys.executable, "generate_codes.py", "--data", str(data), "--weights", "none", "--image-size", "32",
-            "--batch-size", "4", "--workers", "1", "--pooling", "avg", "max", "--no-progress",
+            "--batch-size", "4", "--partition-size", "8", "--pooling", "avg", "max", "--no-progress",
             "--cache-dir", str(cache), *extra]
 
 
@@ -60,10 +60,20 @@ def run(cmd, env=None, **kw):
 
 
 def outputs_of(cache):
-    return sorted(cache.rglob("*.h5"))
+    return sorted(p for p in cache.rglob("*.h5") if not p.parent.name.endswith(".parts"))
 
 
-KILLS = list(POINTS) + ["shard-saved:5", "output-done:2"]  # and a later batch, and between outputs
+def assert_clean(cache):
+    """No temporary file, and nothing in a parts folder that its index does not refer to."""
+    assert not list(cache.rglob("*.tmp.h5")) and not list(cache.rglob("*.partial"))
+    for index in outputs_of(cache):
+        with h5py.File(index) as f:
+            names = sorted(f["part_names"].asstr()[()])
+        assert sorted(p.name for p in index.with_name(index.stem + ".parts").iterdir()) == names
+
+
+# every point of a first build, a later partition, and between outputs (compaction: below)
+KILLS = [p for p in POINTS if p != "compact-part-saved"] + ["part-saved:5", "output-done:2"]
 
 
 @pytest.mark.parametrize("point", KILLS)
@@ -71,22 +81,53 @@ def test_killed_at_any_point_the_same_command_finishes_the_same_file(point, data
     cache = tmp_path / "cache"
     killed = run(codes_cmd(data, cache), env={"CNN_CODES_FAULT": point})
     assert killed.returncode == -signal.SIGKILL, (point, killed.stdout, killed.stderr)
-    files = generate_codes(data, cache_dir=cache, **FAST, **OUTPUTS)
+    files = generate_codes(data, cache_dir=cache, partition_size=8, **FAST, **OUTPUTS)
     for got, want in zip(files, reference):
         assert_same_code_set(got, want)
-    assert not list(cache.rglob("*.partial")) and not list(cache.rglob("*.tmp.h5"))
+    assert_clean(cache)
 
 
-@pytest.mark.parametrize("point", ["shard-saved:3", "all-staged", "final-partial", "final-tmp-written", "output-done"])
+def _update_with_compaction(data, cache, extra_env=None):
+    """Add three images to a finished code set of about four parts, with at most four parts allowed."""
+    cmd = codes_cmd(data, cache, "--max-parts", "4")
+    return run(cmd, env=extra_env)
+
+
+@pytest.mark.parametrize("point", ["compact-part-saved", "index-moved:2", "parts-cleaned"])
+def test_killed_while_compacting_the_same_command_finishes_the_same_file(point, data, tmp_path):
+    ref, cache = tmp_path / "ref", tmp_path / "cache"
+    for c in (ref, cache):
+        assert run(codes_cmd(data, c)).returncode == 0
+    extra = [data / "class0" / f"zz{i}.png" for i in range(3)]
+    for p in extra:
+        p.write_bytes((data / "class1" / "img001.png").read_bytes())
+    try:
+        done = _update_with_compaction(data, ref)
+        assert done.returncode == 0 and "merged small parts" in done.stdout, done.stdout
+        killed = _update_with_compaction(data, cache, {"CNN_CODES_FAULT": point})
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stdout, killed.stderr)
+        again = _update_with_compaction(data, cache)
+        assert again.returncode == 0, again.stderr
+    finally:
+        for p in extra:
+            p.unlink()
+    for got, want in zip(outputs_of(cache), outputs_of(ref)):
+        assert_same_code_set(got, want)
+        with h5py.File(got) as f:
+            assert len(f["part_names"]) <= 4
+    assert_clean(cache)
+
+
+@pytest.mark.parametrize("point", ["part-saved:3", "all-staged", "index-tmp-written", "output-done"])
 def test_ctrl_c_at_any_point_is_one_line_and_resumable(point, data, reference, tmp_path):
     cache = tmp_path / "cache"
     r = run(codes_cmd(data, cache), env={"CNN_CODES_FAULT": point, "CNN_CODES_FAULT_SIGNAL": "INT"})
     assert r.returncode == 130, (point, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted"), (point, r.stderr)
-    if point == "shard-saved:3":  # batch 1 saved for both outputs, batch 2 for the first
-        assert "2 finished batch(es) are kept" in lines[0]
-    files = generate_codes(data, cache_dir=cache, **FAST, **OUTPUTS)
+    if point == "part-saved:3":  # partition 1 saved for both outputs, partition 2 for the first
+        assert "1 finished partition(s) are kept" in lines[0]
+    files = generate_codes(data, cache_dir=cache, partition_size=8, **FAST, **OUTPUTS)
     for got, want in zip(files, reference):
         assert_same_code_set(got, want)
 
@@ -98,29 +139,37 @@ def _file_size_limit(limit):
     return set_limit
 
 
-@pytest.mark.parametrize("limit, stage", [(4_000, "batches"), (60_000, "final file")])
-def test_disk_full_is_one_line_and_loses_nothing(limit, stage, data, reference, tmp_path):
-    """A file-size limit stands in for a full disk: the new image's shard (6 KB) or the final
-    file (160 KB) cannot be written."""
+@pytest.mark.parametrize("stage", ["parts", "index"])
+def test_disk_full_is_one_line_and_loses_nothing(stage, data, reference, tmp_path):
+    """A file-size limit stands in for a full disk: the part of a new image, or (an image
+    removed, nothing to compute) the new index cannot be written. Both are found before HDF5
+    starts writing (it crashes the process on a failed write)."""
     cache = tmp_path / "cache"
-    first = generate_codes(data, cache_dir=cache, **FAST, **OUTPUTS)  # a finished set that must survive
-    (data / "class0" / "extra.png").write_bytes((data / "class1" / "img001.png").read_bytes())
+    first = generate_codes(data, cache_dir=cache, partition_size=8, **FAST, **OUTPUTS)  # must survive
+    changed = data / "class0" / ("extra.png" if stage == "parts" else "img001.png")
+    saved = (changed.read_bytes(), changed.stat()) if changed.exists() else None
+    if stage == "parts":
+        changed.write_bytes((data / "class1" / "img001.png").read_bytes())
+    else:
+        changed.unlink()
     try:
         before = [f.read_bytes() for f in first]
-        r = run(codes_cmd(data, cache), preexec_fn=_file_size_limit(limit))
+        r = run(codes_cmd(data, cache), preexec_fn=_file_size_limit(4_000))
         assert r.returncode == 2, (stage, r.stdout, r.stderr)
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
-        assert [f.read_bytes() for f in first] == before  # the finished files are untouched
-        if stage == "final file":  # found before HDF5 starts writing (HDF5 crashes on a failed write)
-            assert "not enough room to write" in lines[0] and "the computed codes are kept" in lines[0]
-            staged = list(cache.rglob("shard-*.npz"))
-            assert staged, "the computed batch stays staged"
+        assert len(lines) == 1 and lines[0].startswith("error: not enough room to write"), r.stderr
+        assert "make room and run the same command again" in lines[0] and "Traceback" not in r.stderr
+        assert [f.read_bytes() for f in first] == before  # the finished code sets are untouched
         again = run(codes_cmd(data, cache))
         assert again.returncode == 0, again.stderr
-        assert ("1 of 31 images to compute" in again.stdout) == (stage == "batches"), again.stdout
+        assert ("1 of 31 images to compute" in again.stdout) == (stage == "parts"), again.stdout
+        assert_clean(cache)
     finally:
-        (data / "class0" / "extra.png").unlink()
+        if saved is None:
+            changed.unlink()
+        else:  # as it was, modification time included: the reference code set still applies
+            changed.write_bytes(saved[0])
+            os.utime(changed, ns=(saved[1].st_atime_ns, saved[1].st_mtime_ns))
 
 
 def test_two_writers_at_once_both_succeed_and_one_computes(data, reference, tmp_path):

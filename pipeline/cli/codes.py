@@ -3,6 +3,7 @@ Run it again to resume an interrupted run or to take in added, changed or remove
 what is missing is computed."""
 from ..backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY
 from ..codes import generate_codes
+from ..engines import ENGINES
 from ..runtimes import PRECISIONS, RUNTIMES
 from . import default
 
@@ -23,12 +24,27 @@ def add_arguments(p):
     p.add_argument("--image-size", type=int, default=None, help="square input size in pixels; default: the backbone's own")
     p.add_argument("--cache-dir", default=g("cache_dir"), help="where code files go")
     p.add_argument("--batch-size", type=int, default=g("batch_size"), help="images per forward pass")
-    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: one per core, at most 8)")
+    p.add_argument("--engine", default=g("engine"), choices=ENGINES,
+                   help="who computes: local (this process) or ray (a Ray actor pool, here or on a cluster; "
+                        "pip install 'cnn-codes[ray]'); the code set is the same either way")
+    p.add_argument("--workers", type=int, default=g("workers"),
+                   help="model workers, each with its own copy of the model (local: threads; ray: actors, one GPU "
+                        "each where there are GPUs)")
+    p.add_argument("--decode-threads", type=int, default=None,
+                   help="image decoding threads per worker (default: one per core, at most 8)")
+    p.add_argument("--ray-address", default=None,
+                   help="--engine ray: the address of a running Ray cluster to join (default: start a local one)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="CLASS", help="class folders to leave out")
     p.add_argument("--split", default="/".join(f"{100 * x:g}" for x in g("split")),
                    help="per-class train/val/test percentages, e.g. 70/30 for no validation set")
     p.add_argument("--seed", type=int, default=g("seed"), help="seed of the stratified split")
     p.add_argument("--dtype", default=g("dtype"), choices=["float32", "float16"], help="storage type of the codes")
+    p.add_argument("--partition-size", type=int, default=None,
+                   help="images per partition, the unit of work of a worker and of the part files (default: about "
+                        "1/16 of the work, 512-8192)")
+    p.add_argument("--max-parts", type=int, default=g("max_parts"),
+                   help="merge the smallest part files of a code set when it has more than this many (HDF5 keeps "
+                        "each one open while the code set is read)")
     p.add_argument("--overwrite", action="store_true", help="recompute everything, replacing existing code files")
     p.add_argument("--verify", action="store_true",
                    help="re-hash every image and recompute those whose bytes changed although their size and "
@@ -55,7 +71,9 @@ def run(a):
         return 0
     generate_codes(a.data, backbone=a.backbone, layers=a.layer, poolings=a.pooling, weights=a.weights,
                    image_size=a.image_size, cache_dir=a.cache_dir, batch_size=a.batch_size, exclude=a.exclude,
-                   split=parse_split(a.split), seed=a.seed, dtype=a.dtype, workers=a.workers,
+                   split=parse_split(a.split), seed=a.seed, dtype=a.dtype, engine=a.engine,
+                   workers=a.workers, decode_threads=a.decode_threads, ray_address=a.ray_address,
+                   partition_size=a.partition_size, max_parts=a.max_parts,
                    overwrite=a.overwrite, verify=a.verify, wait=not a.no_wait, runtime=a.runtime,
                    precision=a.precision, progress=not a.no_progress)
     return 0

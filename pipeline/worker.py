@@ -1,0 +1,165 @@
+"""Stage 1, step two: what one worker does. A :class:`Worker` is built from a small picklable
+:class:`WorkSpec` inside whatever process runs it (this one, a thread, a Ray actor on another
+machine) and turns partitions into part files: reader (decoding in threads) -> mapper
+(TensorFlow or OpenVINO forward pass) -> writer (one part file per partition and output,
+moved into place whole)."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .codeset import FailedImage, PartWriter
+from .dataset import ImageError, content_digest, load_image
+from .plan import Partition
+
+
+@dataclasses.dataclass
+class Batch:
+    """One batch from :func:`read_batches`."""
+
+    indices: np.ndarray               # positions in the image list, in order
+    images: np.ndarray                # (n readable, size, size, 3) uint8
+    ok: np.ndarray                    # per index: decoded?
+    failures: list[tuple[str, str]]   # (relative path, reason) of those that were not
+    digests: list[int]                # content digests of the readable ones
+    large: list[str]                  # readable ones over Pillow's decompression-bomb warning limit
+
+
+def batches_of(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:
+    return [np.arange(s, min(s + batch_size, n)) + start for s in range(0, n, batch_size)]
+
+
+def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, threads: int) -> Iterator[Batch]:
+    """Decoded batches of ``paths[b]`` for each index array ``b`` of ``batches``, in order.
+
+    Decoding runs in a thread pool (PIL releases the GIL) at most two batches ahead, so memory
+    stays bounded whatever the data set size.
+    """
+    def load(i):
+        large: list = []
+        try:
+            return load_image(Path(root) / paths[i], size, large), content_digest(Path(root) / paths[i]), large
+        except ImageError as exc:
+            return None, str(exc), large
+        except OSError as exc:  # gone between decoding and hashing
+            return None, f"{type(exc).__name__}: {exc.strerror}", large
+
+    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = [(b, [pool.submit(load, i) for i in b]) for b in batches[:2]]
+        nxt = 2
+        while pending:
+            b, futs = pending.pop(0)
+            if nxt < len(batches):
+                pending.append((batches[nxt], [pool.submit(load, i) for i in batches[nxt]]))
+                nxt += 1
+            results = [f.result() for f in futs]
+            ok = np.array([img is not None for img, _, _ in results], bool)
+            imgs = (np.stack([img for img, _, _ in results if img is not None]) if ok.any()
+                    else np.zeros((0, size, size, 3), np.uint8))
+            yield Batch(np.asarray(b), imgs, ok,
+                        failures=[(paths[i], err) for i, (img, err, _) in zip(b, results) if img is None],
+                        digests=[d for img, d, _ in results if img is not None],
+                        large=[p for _, _, large in results for p in large])
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkSpec:
+    """Everything that defines the codes a worker computes, and where it writes them."""
+
+    root: str
+    backbone: str
+    outputs: tuple[tuple[str, str], ...]   # (layer, pooling)
+    weights: str
+    image_size: int
+    dtype: str
+    precision: str
+    runtime: str
+    batch_size: int
+    decode_threads: int
+    part_dirs: tuple[str, ...]            # one per output
+    part_attrs: tuple[str, ...]           # JSON attributes of each output's part files
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.backbone} {' '.join(f'{l}/{p}' for l, p in self.outputs)}"
+
+
+@dataclasses.dataclass
+class PartitionResult:
+    """What a worker reports of one partition (small: it travels back to the driver)."""
+
+    id: str
+    images: int
+    failed: list[FailedImage]
+    large: list[str]
+
+
+class Worker:
+    """Builds the model once, then computes any number of partitions."""
+
+    def __init__(self, spec: WorkSpec, log: Callable = print):
+        from .backbones import build_feature_model, get_backbone
+        from .runtimes import make_mapper
+
+        self.spec = spec
+        bb = get_backbone(spec.backbone)
+        model, self.shapes = build_feature_model(bb, list(spec.outputs), spec.weights, spec.image_size)
+        self.mapper = make_mapper(model, runtime=spec.runtime, batch_size=spec.batch_size,
+                                  image_size=spec.image_size, model_name=spec.model_name,
+                                  precision=spec.precision, log=log)
+        self.mapper(np.zeros((1, spec.image_size, spec.image_size, 3), np.uint8))  # trace / warm up
+        self.description = self.mapper.description
+
+    def run(self, partitions: list[Partition], on_batch: Callable[[int], None] = lambda n: None
+            ) -> Iterator[PartitionResult]:
+        """Compute ``partitions`` one after the other as one stream of batches (no pause at
+        their boundaries), yielding each one's result once its part files are in place."""
+        s = self.spec
+        paths = [p for part in partitions for p in part.paths]
+        fingerprints = [fp for part in partitions for fp in part.fingerprints]
+        batches, owner, starts = [], [], np.cumsum([0] + [len(p) for p in partitions])
+        for k, part in enumerate(partitions):
+            for b in batches_of(len(part), s.batch_size, int(starts[k])):
+                batches.append(b)
+                owner.append(k)
+        left = np.bincount(owner, minlength=len(partitions))
+        writers: dict[int, list[PartWriter]] = {}
+        failed: dict[int, list[FailedImage]] = {}
+        large: dict[int, list[str]] = {}
+        try:
+            stream = read_batches(s.root, paths, batches, s.image_size, s.decode_threads)
+            for n, (batch, codes) in enumerate(self.mapper.map_batches(stream, images=lambda b: b.images)):
+                k = owner[n]
+                if k not in writers:
+                    writers[k] = [PartWriter(Path(d), partitions[k].id, c.shape[1], s.dtype, len(partitions[k]),
+                                             dict(json.loads(a), code_shape=json.dumps(list(shape))))
+                                  for d, a, c, shape in zip(s.part_dirs, s.part_attrs, codes, self.shapes)]
+                good = batch.indices[batch.ok]
+                bad = [FailedImage(p, r, fingerprints[i]) for (p, r), i in
+                       zip(batch.failures, batch.indices[~batch.ok])]
+                for w, c in zip(writers[k], codes):
+                    w.append(c.astype(s.dtype), [paths[i] for i in good], [fingerprints[i] for i in good],
+                             batch.digests, bad)
+                failed.setdefault(k, []).extend(bad)
+                large.setdefault(k, []).extend(batch.large)
+                on_batch(len(batch.indices))
+                left[k] -= 1
+                if left[k] == 0:
+                    for w in writers.pop(k):
+                        w.close(self.description)
+                    yield PartitionResult(partitions[k].id, len(partitions[k]), failed.pop(k), large.pop(k))
+        finally:
+            for ws in writers.values():  # interrupted: nothing half-written stays behind
+                for w in ws:
+                    w.abort()
+
+
+def default_decode_threads() -> int:
+    return min(8, os.cpu_count() or 1)
+
