@@ -32,22 +32,45 @@ def compute(spec: WorkSpec, partitions: list[Partition], *, engine: str = "local
             log: Callable = print) -> ComputeStats:
     """Compute ``partitions`` on ``workers`` model workers of ``engine``. ``on_ready`` is told
     where the forward pass runs once the models are built, before the clock starts."""
-    from tqdm import tqdm
-
     if engine not in ENGINES:
         raise UserError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
     if workers < 1:
         raise UserError("--workers must be at least 1")
-    total = sum(len(p) for p in partitions)
-    with tqdm(total=total, unit="img", disable=not progress, smoothing=0.1, desc=f"codes {spec.backbone}") as bar:
+    bar = _Progress(sum(len(p) for p in partitions), progress, f"codes {spec.backbone}")
+
+    def ready(description):  # the bar starts once the models are built
+        on_ready(description)
+        bar.start()
+
+    try:
         run = _local if engine == "local" else _ray
-        return run(spec, partitions, workers=workers, ray_address=ray_address, bar=bar, on_ready=on_ready, log=log)
+        return run(spec, partitions, workers=workers, ray_address=ray_address, bar=bar, on_ready=ready, log=log)
+    finally:
+        bar.close()
 
 
-def _progress(bar, results):
-    failed = sum(len(r.failed) for r in results)
-    if failed:
-        bar.set_postfix(unreadable=failed)
+class _Progress:
+    """A progress bar over images, shown from :meth:`start` on, with the unreadable ones counted."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        self.total, self.enabled, self.desc, self.bar, self.failed = total, enabled, desc, None, 0
+
+    def start(self):
+        from tqdm import tqdm
+        self.bar = tqdm(total=self.total, unit="img", disable=not self.enabled, smoothing=0.1, desc=self.desc)
+
+    def update(self, n: int):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def done(self, result: PartitionResult):
+        self.failed += len(result.failed)
+        if self.failed and self.bar is not None:
+            self.bar.set_postfix(unreadable=self.failed)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _local(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> ComputeStats:
@@ -58,7 +81,7 @@ def _local(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> Com
     if len(pool) == 1:  # one stream of batches over every partition: no pause between them
         for r in pool[0].run(partitions, on_batch=bar.update):
             results.append(r)
-            _progress(bar, results)
+            bar.done(r)
         return ComputeStats(sum(r.images for r in results), time.perf_counter() - t0, results, pool[0].description)
 
     todo: queue.Queue = queue.Queue()
@@ -82,7 +105,7 @@ def _local(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> Com
                 for r in worker.run([p], on_batch=tick):
                     with lock:
                         results.append(r)
-                        _progress(bar, results)
+                        bar.done(r)
         except KeyboardInterrupt:
             pass
         except BaseException as exc:  # the first error ends the others, then is raised in the driver
@@ -150,7 +173,7 @@ def _ray(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> Compu
             for r in ActorPool(actors).map_unordered(lambda a, p: a.run.remote(p), partitions):
                 results.append(r)
                 bar.update(r.images)
-                _progress(bar, results)
+                bar.done(r)
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, (UserError, OSError)):

@@ -105,7 +105,9 @@ def _plan_output(path: Path, attrs: dict, ds: ImageFolder, current: dict, overwr
         except OSError:
             return False
 
-    usable = {r.path: r for r in index.rows if unchanged(r.path, r.fingerprint, r.digest)}
+    folder = parts_dir(path)
+    lost = {n for n in {r.part for r in index.rows} if n and not (folder / n).is_file()}  # computed again
+    usable = {r.path: r for r in index.rows if r.part not in lost and unchanged(r.path, r.fingerprint, r.digest)}
     failed = {p: f for p, f in index.failed.items() if current.get(p) == tuple(f.fingerprint) and p not in usable}
     return OutputPlan(path, attrs, index, usable, failed)
 

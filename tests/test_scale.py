@@ -1,0 +1,151 @@
+"""Stage 1 at scale: partitions, engines, updates that cost what changed, lazy code sets."""
+import h5py
+import numpy as np
+import pytest
+
+from conftest import FAST, make_images
+from pipeline.codes import generate_codes
+from pipeline.codeset import CodeSet, parts_dir
+from pipeline.dataset import TRAIN, scan
+from pipeline.plan import cut, make_plan
+
+PUBLIC = ("paths", "labels", "split", "class_names", "fingerprints", "digests", "failed_paths")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("scale") / "data", n_classes=3, per_class=14)
+
+
+def contents(path):
+    with h5py.File(path) as f:
+        return {k: f[k][()] for k in f}
+
+
+def assert_same_codes(a, b, atol=1e-5, ordered=True):
+    """The same code set whatever computed it: codes within ``atol``, the rest identical (in
+    the same order, or with ``ordered=False`` row by row after sorting by path)."""
+    da, db = contents(a), contents(b)
+    if not ordered:
+        for d in (da, db):
+            order = np.argsort(d["paths"])
+            for k in ("paths", "labels", "split", "fingerprints", "digests", "codes"):
+                d[k] = d[k][order]
+    for k in PUBLIC:
+        np.testing.assert_array_equal(da[k], db[k], err_msg=k)
+    np.testing.assert_allclose(da["codes"], db["codes"], atol=atol, rtol=0)
+
+
+def part_files(path):
+    return {p.name: p.stat().st_size for p in parts_dir(path).iterdir()}
+
+
+def rows_of(folder, names):
+    total = 0
+    for n in names:
+        with h5py.File(folder / n) as f:
+            total += f["codes"].shape[0]
+    return total
+
+
+def test_partition_ids_are_stable_unique_and_content_defined(data, tmp_path):
+    ds = scan(data)
+    files = [tmp_path / "c" / "x.h5"]
+    attrs = [dict(backbone="b", layer="l", pooling="avg", image_size=32, preprocessing="lite", weights_id="w",
+                  dtype="float32", precision="fp32")]
+    a = make_plan(ds, files, attrs, target=4)
+    b = make_plan(ds, files, attrs, target=4)
+    assert [p.id for p in a.partitions] == [p.id for p in b.partitions]  # the same work, the same ids
+    assert len({p.id for p in a.partitions}) == len(a.partitions) >= 5
+    assert [x for p in a.partitions for x in p.paths] == ds.paths  # every image once, in order
+    other = make_plan(ds, files, [dict(attrs[0], dtype="float16")], target=4)
+    assert not {p.id for p in a.partitions} & {p.id for p in other.partitions}  # other settings, other ids
+    # one path more: only the partition it falls into changes
+    paths = [f"c/{i:05d}.png" for i in range(2000)]
+    before = cut(paths, 64)
+    after = cut(paths[:1000] + ["c/00999a.png"] + paths[1000:], 64)
+    ranges = lambda cuts, ps: {tuple(ps[s:e]) for s, e in cuts}
+    changed = ranges(before, paths) ^ ranges(after, paths[:1000] + ["c/00999a.png"] + paths[1000:])
+    assert len(changed) <= 4 and len(before) >= 15
+    assert all(16 <= e - s <= 128 for s, e in before[:-1])
+
+
+def test_an_update_writes_only_what_changed(data, tmp_path):
+    kw = dict(FAST, cache_dir=tmp_path / "c", partition_size=8)
+    path = generate_codes(data, **kw)[0]
+    full = sum(part_files(path).values())
+    first = part_files(path)
+    assert len(first) >= 4 and rows_of(parts_dir(path), first) == 42
+    added = [data / "class1" / f"new{i}.png" for i in range(3)]
+    for p in added:
+        p.write_bytes((data / "class2" / "img001.png").read_bytes())
+    try:
+        stats = {}
+        generate_codes(data, stats=stats, **kw)
+        second = part_files(path)
+        new = set(second) - set(first)
+        assert stats["images"] == 3 and set(first) <= set(second)  # no part rewritten
+        assert rows_of(parts_dir(path), new) == 3
+        assert sum(second[n] for n in new) < 0.25 * full
+        cs = CodeSet.load(path)
+        assert len(cs) == 45 and set(cs.paths) >= {f"class1/new{i}.png" for i in range(3)}
+        np.testing.assert_array_equal(cs.X[cs.paths.index("class1/new0.png")], cs.X[cs.paths.index("class1/new2.png")])
+    finally:
+        for p in added:
+            p.unlink()
+    stats = {}
+    generate_codes(data, stats=stats, **kw)  # removal: nothing computed, nothing written but the index
+    assert stats == {} and set(part_files(path)) == set(first)
+    cs = CodeSet.load(path)
+    assert len(cs) == 42 and not any("new" in p for p in cs.paths)
+    assert_same_codes(path, generate_codes(data, **dict(kw, cache_dir=tmp_path / "fresh"))[0])
+
+
+def test_local_workers_give_the_same_code_set(data, tmp_path):
+    one = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "a", partition_size=8))[0]
+    two = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "b", partition_size=8, workers=2,
+                                      decode_threads=1))[0]
+    assert_same_codes(one, two)
+
+
+def test_ray_engine_gives_the_same_code_set(data, tmp_path):
+    ray = pytest.importorskip("ray")
+    local = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "local", partition_size=8))[0]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        logs = []
+        remote = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "ray", partition_size=8, engine="ray",
+                                             workers=2, log=logs.append))[0]
+    finally:
+        ray.shutdown()
+    assert any("42 of 42 images to compute" in l and "2 Ray worker(s)" in l for l in logs), logs
+    assert_same_codes(local, remote)
+    with h5py.File(local) as a, h5py.File(remote) as b:  # the same partitions, whoever computed them
+        assert sorted(a["part_names"].asstr()[()]) == sorted(b["part_names"].asstr()[()])
+
+
+def test_code_sets_read_lazily_and_in_blocks(data, tmp_path):
+    path = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "c", partition_size=8))[0]
+    cs = CodeSet.load(path)
+    assert cs._X is None and cs.shape == (42, 1280) and cs.nbytes() == 42 * 1280 * 4  # nothing read yet
+    mask = cs.split == TRAIN
+    blocks = list(cs.blocks(mask, block=5))
+    assert all(len(codes) <= 5 for _, codes in blocks)
+    np.testing.assert_array_equal(np.concatenate([c for _, c in blocks]), cs.rows(mask))
+    np.testing.assert_array_equal(np.concatenate([i for i, _ in blocks]), np.flatnonzero(mask))
+    assert cs._X is None
+    np.testing.assert_array_equal(cs.X[mask], cs.rows(mask))
+
+
+def test_a_missing_part_is_one_clear_error(data, tmp_path):
+    from pipeline.errors import UserError
+    path = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "c", partition_size=8))[0]
+    victim = sorted(parts_dir(path).iterdir())[0]
+    victim.unlink()
+    with pytest.raises(UserError, match="part files are missing.*run make codes again"):
+        CodeSet.load(path)
+    stats = {}
+    generate_codes(data, stats=stats, **dict(FAST, cache_dir=tmp_path / "c", partition_size=8))
+    assert 0 < stats["images"] < 42  # only the lost part's images are computed again
+    assert_same_codes(path, generate_codes(data, **dict(FAST, cache_dir=tmp_path / "fresh", partition_size=8))[0],
+                      ordered=False)
