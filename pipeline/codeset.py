@@ -495,3 +495,39 @@ class CodeSet:
 def load_codes(path) -> CodeSet:
     """Read one cached code set (lazily) as a :class:`CodeSet`."""
     return CodeSet(path)
+
+
+class CodeStream:
+    """Some rows of a code set (``mask``), streamed from the file: for heads trained on more
+    codes than memory allows. ``y`` is held in memory; the codes are read ``block`` rows at a
+    time, ``mix`` blocks shuffled together for each stretch of minibatches."""
+
+    def __init__(self, codes: CodeSet, mask, block: int, mix: int = 4):
+        self.codes, self.mask = codes, np.asarray(mask, bool)
+        self.block, self.mix = max(1, int(block)), max(1, int(mix))
+        self.y = codes.y[self.mask]
+        self.shape = (len(self.y), codes.shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def blocks(self):
+        """Float32 codes of the selected rows, in file order, a block at a time."""
+        for _, codes in self.codes.blocks(self.mask, self.block):
+            yield codes
+
+    def minibatches(self, batch_size: int, seed: int):
+        """(X, y) minibatches in a random order: blocks visited in a shuffled order, ``mix`` of
+        them pooled and shuffled at a time (codes are stored class by class)."""
+        rng = np.random.default_rng(seed)
+        rows = np.flatnonzero(self.mask)
+        starts = np.arange(0, len(rows), self.block)
+        order = rng.permutation(len(starts))
+        for g in range(0, len(order), self.mix):
+            picked = np.sort(np.concatenate([rows[starts[i]:starts[i] + self.block] for i in order[g:g + self.mix]]))
+            X = self.codes.rows(np.isin(np.arange(len(self.codes)), picked), block=max(self.block, 1024))
+            y = self.codes.y[picked]
+            perm = rng.permutation(len(y))
+            for s in range(0, len(y), batch_size):
+                take = perm[s:s + batch_size]
+                yield X[take], y[take]

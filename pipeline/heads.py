@@ -61,6 +61,54 @@ def _ValidationLoss(X_val, y_val):
     return _validation_loss_callback()(X_val, y_val)
 
 
+def _is_stream(X) -> bool:
+    from .codeset import CodeStream
+    return isinstance(X, CodeStream)
+
+
+def _train_streamed(model, stream, val, *, epochs, batch_size, patience, min_delta, seed, class_weight, verbose=0):
+    """Minibatch training of a compiled Keras model on a :class:`~pipeline.codeset.CodeStream`,
+    early stopping on the validation loss (``val``, a stream, or the training loss), the best
+    weights restored. Returns the history."""
+    from tqdm import tqdm
+
+    n_classes = model.output_shape[-1]
+    weights = None
+    if class_weight:
+        cw = _class_weights(np.searchsorted(np.arange(n_classes), stream.y), n_classes)
+        weights = np.array([cw[c] for c in range(n_classes)], np.float32)
+    history = {"loss": [], "accuracy": []} | ({"val_loss": [], "val_accuracy": []} if val is not None else {})
+    best, best_weights, waited = np.inf, model.get_weights(), 0
+    for epoch in tqdm(range(epochs), desc="epochs (out of core)", unit="epoch", disable=not verbose):
+        losses, hits, seen = 0.0, 0, 0
+        for X, y in stream.minibatches(batch_size, seed + epoch):
+            out = model.train_on_batch(X, y, sample_weight=None if weights is None else weights[y], return_dict=True)
+            losses += out["loss"] * len(y)
+            hits += out["accuracy"] * len(y)
+            seen += len(y)
+        history["loss"].append(losses / seen)
+        history["accuracy"].append(hits / seen)
+        if val is not None:
+            v_loss, v_hits, at = 0.0, 0, 0
+            for Xv in val.blocks():
+                yv = val.y[at:at + len(Xv)]
+                at += len(Xv)
+                proba = np.asarray(model(Xv, training=False), np.float64)
+                v_loss += float(-np.log(np.clip(proba[np.arange(len(yv)), yv], 1e-7, 1)).sum())
+                v_hits += int((proba.argmax(1) == yv).sum())
+            history["val_loss"].append(v_loss / len(val))
+            history["val_accuracy"].append(v_hits / len(val))
+        monitored = history["val_loss" if val is not None else "loss"][-1]
+        if monitored < best - min_delta:
+            best, best_weights, waited = monitored, model.get_weights(), 0
+        else:
+            waited += 1
+            if waited > patience:
+                break
+    model.set_weights(best_weights)
+    return {k: [float(v) for v in vals] for k, vals in history.items()}
+
+
 class HeadParameterError(UserError, ValueError):
     """A head parameter out of range: a ValueError for scikit-learn, one line for the CLI."""
 
@@ -82,6 +130,8 @@ class _Head(ClassifierMixin, BaseEstimator):
         from sklearn.utils.validation import check_array, check_X_y
 
         self._check_params()
+        if _is_stream(X):  # more codes than memory allows: streamed from the file
+            return self._fit_streamed(X, validation_data, classes)
         X, y = check_X_y(X, y, dtype=np.float32)
         self.classes_ = np.unique(y) if classes is None else np.asarray(classes)
         unknown = np.setdiff1d(np.unique(y), self.classes_)
@@ -96,10 +146,27 @@ class _Head(ClassifierMixin, BaseEstimator):
         self._fit(X, np.searchsorted(self.classes_, y), X_val, y_val)
         return self
 
+    def _fit_streamed(self, stream, validation_data, classes):
+        self.classes_ = np.unique(stream.y) if classes is None else np.asarray(classes)
+        unknown = np.setdiff1d(np.unique(stream.y), self.classes_)
+        if len(unknown):
+            raise HeadParameterError(f"classes: y has labels {unknown.tolist()} that classes does not name")
+        self.n_features_in_ = stream.shape[1]
+        val = validation_data[0] if validation_data is not None and len(validation_data[0]) else None
+        self.history_ = {}
+        self._fit_stream(stream, val)
+        return self
+
+    def _fit_stream(self, stream, val):
+        raise HeadParameterError(f"the {self.name} head cannot be trained out of core")
+
     def predict_proba(self, X) -> np.ndarray:
-        """(n_images, len(classes_)) class probabilities."""
+        """(n_images, len(classes_)) class probabilities (``X`` may be a streamed code set)."""
         from sklearn.utils.validation import check_array, check_is_fitted
         check_is_fitted(self)
+        if _is_stream(X):
+            parts = [self._proba(b) for b in X.blocks()]
+            return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)), np.float32)
         return self._proba(check_array(X, dtype=np.float32))
 
     def predict(self, X) -> np.ndarray:
@@ -142,15 +209,16 @@ class KerasHead(_Head):
         _require(all(int(h) == h and h >= 1 for h in self._hidden()), "hidden", "whole numbers >= 1",
                  getattr(self, "hidden", None))
 
-    def _build(self, X, n_classes):
+    def _build(self, X, n_classes, stats=None, l2=0.0):
         import keras
 
         from .scaling import standardization
+        mean, var = stats if stats is not None else standardization(X)
         norm = keras.layers.Normalization(name="standardize")
-        norm.build((None, X.shape[1]))
-        norm.set_weights([*standardization(X), np.asarray(len(X))])
+        norm.build((None, len(mean)))
+        norm.set_weights([mean, var, np.asarray(len(X))])
         norm.finalize_state()
-        inputs = keras.Input((X.shape[1],), name="codes")
+        inputs = keras.Input((len(mean),), name="codes")
         x = norm(inputs)
         for i, units in enumerate(self._hidden()):
             x = keras.layers.Dense(int(units), activation="relu", name=f"hidden{i + 1}")(x)
@@ -158,7 +226,8 @@ class KerasHead(_Head):
                 x = keras.layers.Dropout(self.dropout, name=f"dropout{i + 1}")(x)
         if not self._hidden() and self.dropout:
             x = keras.layers.Dropout(self.dropout, name="dropout")(x)
-        outputs = keras.layers.Dense(n_classes, activation="softmax", name="softmax")(x)
+        outputs = keras.layers.Dense(n_classes, activation="softmax", name="softmax",
+                                     kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)(x)
         model = keras.Model(inputs, outputs, name="head")
         model.compile(keras.optimizers.Adam(self.learning_rate), "sparse_categorical_crossentropy",
                       metrics=["accuracy"])
@@ -179,6 +248,16 @@ class KerasHead(_Head):
             X, y, batch_size=self.batch_size, epochs=self.epochs, verbose=self.verbose, callbacks=callbacks,
             shuffle=True, class_weight=_class_weights(y, n_classes) if self.class_weight else None)
         self.history_ = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
+    def _fit_stream(self, stream, val):
+        import keras
+
+        from .scaling import streaming_standardization
+        keras.utils.set_random_seed(self.seed)
+        self.model_ = self._build(stream, len(self.classes_), stats=streaming_standardization(stream.blocks()))
+        self.history_ = _train_streamed(
+            self.model_, stream, val, epochs=self.epochs, batch_size=self.batch_size, patience=self.patience,
+            min_delta=self.min_delta, seed=self.seed, class_weight=self.class_weight, verbose=self.verbose)
 
     def _proba(self, X) -> np.ndarray:
         if not len(X):
@@ -286,6 +365,39 @@ class LogRegHead(_Head):
                 self.model_ = self._pipe(best).fit(X, y)
             self.C_ = best
 
+    def _fit_stream(self, stream, val):
+        """Out of core: the same multinomial model (softmax of a linear function of standardized
+        codes, L2 penalty 1 / (C n)) fitted by minibatch gradient descent on the streamed codes,
+        with C the largest of ``Cs`` (no search: each C would be another pass over the data).
+        It is then held as the scikit-learn pipeline the in-memory fit gives, so saving,
+        exporting and predicting are the same."""
+        import keras
+
+        from .scaling import streaming_standardization
+        keras.utils.set_random_seed(self.seed)
+        n_classes, C = len(self.classes_), max(self.Cs)
+        stats = streaming_standardization(stream.blocks())
+        linear = SoftmaxHead(learning_rate=1e-3, batch_size=256, epochs=min(self.max_iter, 30), patience=3,
+                             min_delta=1e-4, seed=self.seed)
+        model = linear._build(stream, n_classes, stats=stats, l2=1.0 / (2 * C * len(stream)))
+        self.history_ = _train_streamed(model, stream, val, epochs=linear.epochs, batch_size=linear.batch_size,
+                                        patience=linear.patience, min_delta=linear.min_delta, seed=self.seed,
+                                        class_weight=self.class_weight, verbose=self.verbose)
+        W, b = model.get_layer("softmax").get_weights()
+        present = np.unique(stream.y)
+        coef, intercept = W.T[present].astype(np.float64), b[present].astype(np.float64)
+        if len(present) == 2:  # scikit-learn's binary form: sigmoid(z1 - z0) == softmax([z0, z1])[1]
+            coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+        self.C_ = C
+        self.model_ = self._pipe(C)
+        scaler, clf = self.model_[0], self.model_[-1]
+        scaler.mean_, scaler.var_ = stats
+        scaler.scale_ = np.sqrt(stats[1])
+        scaler.n_features_in_ = clf.n_features_in_ = stream.shape[1]
+        scaler.n_samples_seen_ = len(stream)
+        clf.coef_, clf.intercept_, clf.classes_ = coef, intercept, present
+        clf.n_iter_ = np.asarray([len(self.history_["loss"])])
+
     def _proba(self, X) -> np.ndarray:
         out = np.zeros((len(X), len(self.classes_)), np.float32)
         if len(X):
@@ -362,6 +474,21 @@ class PrototypeHead(_Head):
         norms = np.linalg.norm(protos, axis=1, keepdims=True)
         self.prototypes_ = np.where(norms > 0, protos / np.maximum(norms, 1e-12), 0).astype(np.float32)
         self.present_ = np.isin(np.arange(len(self.classes_)), present)
+
+    def _fit_stream(self, stream, val):
+        from .scaling import streaming_standardization
+        self.mean_ = (streaming_standardization(stream.blocks())[0] if self.center
+                      else np.zeros(stream.shape[1])).astype(np.float32)
+        sums = np.zeros((len(self.classes_), stream.shape[1]), np.float64)
+        at = 0
+        for X in stream.blocks():
+            y = np.searchsorted(self.classes_, stream.y[at:at + len(X)])
+            at += len(X)
+            np.add.at(sums, y, self._normalize(X))
+        present = np.isin(np.arange(len(self.classes_)), np.searchsorted(self.classes_, np.unique(stream.y)))
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        self.prototypes_ = np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0).astype(np.float32)
+        self.present_ = present
 
     def _logits(self, X):
         logits = self.scale * self._normalize(X) @ self.prototypes_.T

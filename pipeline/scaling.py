@@ -19,6 +19,23 @@ def standardization(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return X.mean(0), var + var.mean()
 
 
+def streaming_standardization(blocks) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`standardization` of the codes of ``blocks`` (arrays (n_i, D)), read once, one
+    block in memory at a time."""
+    n, total, squares, shift = 0, None, None, None
+    for X in blocks:
+        X = np.asarray(X, np.float64)
+        if shift is None:
+            shift = X[0].copy()  # sums around a shift: no cancellation
+        d = X - shift
+        total = d.sum(0) if total is None else total + d.sum(0)
+        squares = (d * d).sum(0) if squares is None else squares + (d * d).sum(0)
+        n += len(X)
+    mean = total / n
+    var = np.maximum(squares / n - mean * mean, 0)
+    return mean + shift, var + var.mean()
+
+
 class ShrunkScaler(StandardScaler):
     """scikit-learn's StandardScaler with the statistics of :func:`standardization`."""
 

@@ -1,12 +1,13 @@
 """Train one head on one cached code set, evaluate it on the stored test split, save a run."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .codeset import CodeSet
+from .codeset import CodeSet, CodeStream
 from .dataset import TEST, TRAIN, VAL
 from .errors import UserError, writable_folder
 from .heads import make_head
@@ -14,14 +15,37 @@ from .report import positive_index
 from .runs import finish_run
 
 
-def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs", positive_class=None, log=print):
+def default_memory_limit() -> int:
+    """Half of this machine's RAM."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs", positive_class=None,
+                   memory_limit=None, log=print):
     """Fit ``head`` on the train part of a code file (validation part for model selection),
-    evaluate on its test part and write a run folder. Returns (run_dir, metrics)."""
+    evaluate on its test part and write a run folder. Returns (run_dir, metrics).
+
+    Codes that take more than ``memory_limit`` bytes as float32 (default: half the RAM) are
+    not loaded: the head is trained on them streamed from the file, a few blocks in memory at a
+    time (:class:`~pipeline.codeset.CodeStream`), with a note saying so."""
     writable_folder(runs_dir, "--runs-dir")
     cs = CodeSet.load(codes_path)
-    X_tr, y_tr = cs.part(TRAIN)
-    X_va, y_va = cs.part(VAL)
-    X_te, y_te = cs.part(TEST)
+    limit = default_memory_limit() if memory_limit is None else int(memory_limit)
+    if limit <= 0:
+        raise UserError("--memory-limit must be more than 0")
+    if cs.nbytes() <= limit:
+        X_tr, y_tr = cs.part(TRAIN)
+        X_va, y_va = cs.part(VAL)
+        X_te, y_te = cs.part(TEST)
+    else:
+        mix = 4  # blocks shuffled together; a quarter of the limit for them, the rest for the heads' copies
+        block = max(64, limit // (4 * mix * cs.shape[1] * 4))
+        X_tr, X_va, X_te = (CodeStream(cs, cs.split == s, block, mix) for s in (TRAIN, VAL, TEST))
+        y_tr, y_va, y_te = X_tr.y, X_va.y, X_te.y
+        log(f"note: the codes take {cs.nbytes() / 1e9:.2f} GB as float32, more than --memory-limit "
+            f"{limit / 1e9:.2f} GB: training out of core, streaming {block} rows at a time from {codes_path}"
+            + (" (logistic regression by minibatch gradient descent, C = the largest of --Cs)"
+               if head == "logreg" else ""))
     if len(X_te) == 0 or len(np.unique(y_tr)) < 2:
         raise UserError(f"{codes_path}: the stored split has no test images or fewer than two training classes")
     positive_index(cs.class_names, positive_class)  # checked before training
@@ -36,6 +60,7 @@ def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs"
         "codes": str(Path(codes_path)), "code_attrs": {k: str(v) for k, v in cs.attrs.items()},
         "n_train": int(len(y_tr)), "n_val": int(len(y_va)), "n_test": int(len(y_te)),
         "test_paths": [p for p, s in zip(cs.paths, cs.split) if s == TEST], "train_seconds": round(seconds, 3),
+        "out_of_core": not isinstance(X_tr, np.ndarray),
     }
     return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, y_true=y_te,
                       proba=model.predict_proba(X_te), class_names=cs.class_names, save=model.save,

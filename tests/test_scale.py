@@ -149,3 +149,50 @@ def test_a_missing_part_is_one_clear_error(data, tmp_path):
     assert 0 < stats["images"] < 42  # only the lost part's images are computed again
     assert_same_codes(path, generate_codes(data, **dict(FAST, cache_dir=tmp_path / "fresh", partition_size=8))[0],
                       ordered=False)
+
+
+def synthetic_code_set(path, n=40000, dim=512, n_classes=4, seed=0):
+    """A code set written directly (format 1): Gaussian classes that a linear head separates."""
+    rng = np.random.default_rng(seed)
+    y = np.sort(rng.integers(0, n_classes, n))  # stored class by class, as stage 1 stores them
+    centres = rng.normal(0, 1, (n_classes, dim)).astype(np.float32)
+    X = centres[y] + rng.normal(0, 2.0, (n, dim)).astype(np.float32)
+    split = rng.choice(np.array([0, 1, 2], np.int8), n, p=[0.7, 0.1, 0.2])
+    with h5py.File(path, "w") as f:
+        f["codes"], f["labels"], f["split"] = X, y, split
+        f.create_dataset("paths", data=[f"c{c}/{i}.png" for i, c in enumerate(y)], dtype=h5py.string_dtype())
+        f.create_dataset("class_names", data=[f"c{c}" for c in range(n_classes)], dtype=h5py.string_dtype())
+        f.attrs.update(backbone="synthetic", layer="none", pooling="avg")
+    return path, X, y, split
+
+
+@pytest.mark.parametrize("head", ["softmax", "mlp", "logreg", "prototype"])
+def test_heads_train_out_of_core_beyond_a_memory_cap(head, tmp_path):
+    import json
+    import tracemalloc
+
+    from pipeline.heads import load_head
+    from pipeline.train import train_on_codes
+    path, X, y, split = synthetic_code_set(tmp_path / "codes.h5")
+    cap = X.nbytes // 3  # 82 MB of codes, a 27 MB cap
+    logs = []
+    params = {"epochs": 3} if head in ("softmax", "mlp") else {"Cs": (1.0,)} if head == "logreg" else {}
+    in_memory, m2 = train_on_codes(path, head=head, head_params=params, runs_dir=tmp_path / "runs2", log=logs.append)
+    assert not any("out of core" in l for l in logs)  # (and every module is imported before the count)
+    tracemalloc.start()
+    try:
+        run, metrics = train_on_codes(path, head=head, head_params=params, runs_dir=tmp_path / "runs",
+                                      memory_limit=cap, log=logs.append)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert any("training out of core" in l for l in logs), logs
+    assert peak < cap, (peak, cap)  # never more than the cap (here: a block of codes, labels, paths)
+    assert json.loads((run / "record.json").read_text())["out_of_core"] is True
+    assert metrics["accuracy"] >= 0.9, metrics
+    assert abs(metrics["accuracy"] - m2["accuracy"]) < 0.03
+    restored = load_head(run)  # saved and loaded as any head; the Keras export agrees with it
+    test = split == 2
+    proba = restored.predict_proba(X[test])
+    np.testing.assert_allclose(np.asarray(restored.to_keras()(X[test][:64])), proba[:64], atol=1e-4)
+    assert (restored.classes_[proba.argmax(1)] == y[test]).mean() == pytest.approx(metrics["accuracy"], abs=1e-6)

@@ -27,6 +27,22 @@ class Parser(argparse.ArgumentParser):
 
 FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
+_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'4G', '500MB', '2GiB', '1000000' (bytes) or '25%' (of this machine's RAM) -> bytes."""
+    import os
+    import re
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*|%)\s*", text)
+    if not m or (m.group(2).upper() not in _UNITS and m.group(2) != "%"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (such as 4G, 500M or 25%)")
+    value = float(m.group(1))
+    if m.group(2) == "%":
+        return int(value / 100 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return int(value * _UNITS[m.group(2).upper()])
+
 
 def add_code_options(p, many: bool = False) -> None:
     """Options that name a cached code set (or, with ``many``, several: their product)."""

@@ -4,7 +4,7 @@ The code file is named by --codes, or found from the same options that made it w
 and history.png (roc_pr.png for two classes)."""
 from ..heads import HEADS, LogRegHead, MLPHead, SoftmaxHead
 from ..train import train_on_codes
-from . import add_code_options, code_paths, default
+from . import add_code_options, code_paths, default, parse_size
 
 HELP = "stage 2: train a head on cached codes and evaluate it"
 
@@ -53,9 +53,12 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=default(SoftmaxHead.__init__, "seed"),
                    help="seed of the head's initialization and shuffling")
     add_positive_class(p)
+    p.add_argument("--memory-limit", type=parse_size, default=None, metavar="SIZE",
+                   help="memory the codes may take (e.g. 4G, 500M, 25%% of RAM); larger code sets are streamed from "
+                        "the file (default: half the RAM)")
 
 
 def run(a):
     train_on_codes(code_paths(a)[0], head=a.head, head_params=head_params(a, a.head), runs_dir=a.runs_dir,
-                   positive_class=a.positive_class)
+                   positive_class=a.positive_class, memory_limit=a.memory_limit)
     return 0
