@@ -229,6 +229,8 @@ def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, spl
                  for i, (p, fp, d) in enumerate(zip(part.paths, part.fingerprints, part.digests)) if p in fresh]
     failed = [f for p, f in out.failed.items() if p not in fresh] + [f for part in parts for f in part.failed]
     if not rows:
+        if out.index is None:  # nothing to keep: no code set, no parts
+            collect_garbage(out.path)
         raise UserError(f"none of the {len(plan.ds)} images under {plan.ds.root} could be read"
                         + (f" (e.g. {failed[0].path}: {failed[0].reason})" if failed else ""))
     old = out.index.attrs if out.index else {}

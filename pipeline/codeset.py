@@ -324,6 +324,8 @@ def collect_garbage(path: Path) -> int:
             if p.name not in keep:
                 freed += p.stat().st_size
                 p.unlink()
+        if not keep:
+            folder.rmdir()
     legacy = path.with_name(path.stem + ".partial")
     if legacy.exists():
         shutil.rmtree(legacy, ignore_errors=True)

@@ -84,7 +84,8 @@ def check_identity(index: Index, attrs: dict) -> None:
                         f"pass --overwrite to replace it or --cache-dir to keep both")
 
 
-def _plan_output(path: Path, attrs: dict, ds: ImageFolder, current: dict, overwrite: bool, verify: bool) -> OutputPlan:
+def _plan_output(path: Path, attrs: dict, ds: ImageFolder, current: dict, digest_of, overwrite: bool,
+                 verify: bool) -> OutputPlan:
     """What of one code set can be kept. "Changed", as make and rsync decide it: another size,
     or another modification time and other bytes (a copied or re-extracted image keeps its
     code). ``verify`` re-hashes every image, so that bytes changed behind an unchanged size and
@@ -100,10 +101,7 @@ def _plan_output(path: Path, attrs: dict, ds: ImageFolder, current: dict, overwr
             return False
         if now == tuple(fingerprint) and not verify:
             return True
-        try:
-            return digest != 0 and content_digest(ds.root / p) == digest
-        except OSError:
-            return False
+        return digest != 0 and digest_of(p) == digest
 
     folder = parts_dir(path)
     lost = {n for n in {r.part for r in index.rows} if n and not (folder / n).is_file()}  # computed again
@@ -139,7 +137,17 @@ def cut(paths: list[str], target: int) -> list[tuple[int, int]]:
 def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, overwrite=False, verify=False,
               target: int | None = None) -> Plan:
     current = {p: (int(fp[0]), int(fp[1])) for p, fp in zip(ds.paths, ds.fingerprints)}
-    outputs = [_plan_output(f, a, ds, current, overwrite, verify) for f, a in zip(files, out_attrs)]
+    digests: dict[str, int] = {}
+
+    def digest_of(p: str) -> int:  # each image hashed at most once per plan (0: unreadable)
+        if p not in digests:
+            try:
+                digests[p] = content_digest(ds.root / p)
+            except OSError:
+                digests[p] = 0
+        return digests[p]
+
+    outputs = [_plan_output(f, a, ds, current, digest_of, overwrite, verify) for f, a in zip(files, out_attrs)]
     todo = [p for p in ds.paths if any(p not in o.usable and p not in o.failed for o in outputs)]
     known = set().union(*({r.path for r in o.index.rows} | set(o.index.failed) for o in outputs if o.index))
     on_disk = set(ds.paths)

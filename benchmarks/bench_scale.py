@@ -1,0 +1,181 @@
+"""Stage 1 at scale: full build, updates that cost what changed, memory, engines.
+
+    python benchmarks/bench_scale.py [--images 200000] [--work /tmp/bench_scale] [--caltech PATH]
+
+1. A synthetic data set of ``--images`` small generated images (10 classes), coded with random
+   weights at 32 px (stage 1 then runs at thousands of images/s): the full build's time, bytes
+   written and peak RSS.
+2. Add 1% new images, then remove 1%: each update's time and bytes written, also as a fraction
+   of the full build.
+3. A head trained on these codes with a memory cap half their size (out of core): peak RSS.
+4. With ``--caltech``: Caltech-101 images/s with the local engine and with Ray on 2 workers.
+
+Each step runs in a process of its own, which reports its own peak RSS (VmHWM) and the bytes
+it wrote (``wchar`` of /proc/self/io, every write the process made).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+N_CLASSES = 10
+
+
+def proc_status() -> dict:
+    status = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines() if ":" in l)
+    io = dict(l.split(":", 1) for l in Path("/proc/self/io").read_text().splitlines())
+    return {"peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024, "written_bytes": int(io["wchar"])}
+
+
+def make_images(root: Path, names: list[str], seed: int) -> None:
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 255, (N_CLASSES, 3))
+    for name in names:
+        c = int(name.split("/")[0][5:])
+        arr = np.clip(colours[c] + rng.normal(0, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(path, quality=90)
+
+
+def names(start: int, stop: int) -> list[str]:
+    return [f"class{i % N_CLASSES}/img{i:07d}.jpg" for i in range(start, stop)]
+
+
+# ---------------------------------------------------------------- steps (each in its own process)
+
+def step_codes(a) -> dict:
+    from pipeline.codes import generate_codes
+    before = proc_status()["written_bytes"]
+    stats: dict = {}
+    t0 = time.perf_counter()
+    generate_codes(a.data, weights="none", image_size=32, batch_size=128, cache_dir=a.cache, progress=False,
+                   engine=a.engine, workers=a.workers, stats=stats, log=lambda m: print(m, file=sys.stderr))
+    seconds = time.perf_counter() - t0
+    status = proc_status()
+    return {"seconds": seconds, "images": stats.get("images", 0), "loop_seconds": stats.get("seconds", 0.0),
+            "written_bytes": status["written_bytes"] - before, "peak_rss_mb": status["peak_rss_mb"]}
+
+
+def step_caltech(a) -> dict:
+    from pipeline.codes import generate_codes
+    if a.engine == "ray":
+        import ray
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    stats: dict = {}
+    try:
+        generate_codes(a.data, cache_dir=a.cache, progress=False, engine=a.engine, workers=a.workers, stats=stats,
+                       log=lambda m: print(m, file=sys.stderr))
+    finally:
+        if a.engine == "ray":
+            ray.shutdown()
+    return {"images": stats["images"], "seconds": stats["seconds"], "img_per_s": stats["images"] / stats["seconds"]}
+
+
+def step_train(a) -> dict:
+    from pipeline.train import train_on_codes
+    t0 = time.perf_counter()
+    _, metrics = train_on_codes(a.codes, head=a.head, runs_dir=a.runs, memory_limit=a.memory_limit,
+                                head_params={"epochs": 3} if a.head in ("softmax", "mlp") else {},
+                                log=lambda m: print(m, file=sys.stderr))
+    return {"seconds": time.perf_counter() - t0, "accuracy": metrics["accuracy"], **proc_status()}
+
+
+def run_step(*args) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--step", *map(str, args)], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"step {args[0]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=200_000)
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
+    p.add_argument("--caltech", type=Path, default=ROOT.parent / "shared/data/caltech101/101_ObjectCategories")
+    p.add_argument("--keep", action="store_true", help="reuse the generated images of an earlier run")
+    p.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.step:
+        kind, *rest = a.step
+        ns = argparse.Namespace()
+        if kind in ("codes", "caltech"):
+            ns.data, ns.cache, ns.engine, ns.workers = rest[0], rest[1], rest[2], int(rest[3])
+            print(json.dumps(step_codes(ns) if kind == "codes" else step_caltech(ns)))
+        else:
+            ns.codes, ns.runs, ns.head, ns.memory_limit = rest[0], rest[1], rest[2], int(rest[3])
+            print(json.dumps(step_train(ns)))
+        return
+
+    data, cache = a.work / "data", a.work / "cache"
+    n = a.images
+    if not (a.keep and data.exists()):
+        shutil.rmtree(a.work, ignore_errors=True)
+        t0 = time.perf_counter()
+        make_images(data, names(0, n), seed=0)
+        print(f"generated {n} images of 24x24 px in {time.perf_counter() - t0:.0f} s")
+    shutil.rmtree(cache, ignore_errors=True)
+    for extra in data.glob("class*/new*.jpg"):
+        extra.unlink()
+    results = {}
+    results["build"] = run_step("codes", data, cache, "local", 1)
+    code_set = next(p for p in cache.rglob("*.h5") if not p.parent.name.endswith(".parts"))
+    results["build"]["cache_bytes"] = folder_bytes(cache)
+    k = n // 100
+    make_images(data, [x.replace("img", "new") for x in names(n, n + k)], seed=1)
+    results["add 1%"] = run_step("codes", data, cache, "local", 1)
+    removed = names(0, n)[::100][:k]
+    for name in removed:
+        (data / name).unlink()
+    results["remove 1%"] = run_step("codes", data, cache, "local", 1)
+
+    full = results["build"]
+    print(f"\nstage 1 on {n} generated images, Lite0 random weights at 32 px, local engine, 1 worker")
+    print("| step | images computed | wall s (whole call) | loop img/s | bytes written | time / build | bytes / build | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        rate = r["images"] / r["loop_seconds"] if r["loop_seconds"] else float("nan")
+        print(f"| {name} | {r['images']} | {r['seconds']:.1f} | {rate:.0f} | {r['written_bytes'] / 1e6:.1f} MB | "
+              f"{100 * r['seconds'] / full['seconds']:.2f}% | {100 * r['written_bytes'] / full['written_bytes']:.2f}% | "
+              f"{r['peak_rss_mb']:.0f} |")
+    print(f"cache after the build: {full['cache_bytes'] / 1e6:.0f} MB")
+
+    import h5py
+    with h5py.File(code_set) as f:
+        code_bytes = f["codes"].shape[0] * f["codes"].shape[1] * 4
+    cap = code_bytes // 2
+    print(f"\nheads on {code_bytes / 1e9:.2f} GB of codes (float32)")
+    print("| head | memory limit | out of core | seconds | test accuracy | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for head, limit in (("logreg", cap), ("softmax", cap), ("prototype", cap), ("softmax", 4 * code_bytes)):
+        r = run_step("train", code_set, a.work / "runs", head, limit)
+        print(f"| {head} | {limit / 1e6:.0f} MB | {'yes' if limit < code_bytes else 'no'} | {r['seconds']:.1f} | "
+              f"{r['accuracy']:.4f} | {r['peak_rss_mb']:.0f} |")
+
+    if a.caltech.is_dir():
+        print("\nCaltech-101 (all images), Lite0 ImageNet weights at 224 px, default runtime")
+        print("| engine | workers | images | loop s | img/s |")
+        print("|---|---|---|---|---|")
+        for engine, workers in (("local", 1), ("ray", 2)):
+            target = a.work / f"caltech-{engine}"
+            shutil.rmtree(target, ignore_errors=True)
+            r = run_step("caltech", a.caltech, target, engine, workers)
+            print(f"| {engine} | {workers} | {r['images']} | {r['seconds']:.1f} | {r['img_per_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
