@@ -122,7 +122,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     if decode_threads is not None and decode_threads < 1:
         raise UserError("--decode-threads must be at least 1")
     bb = get_backbone(backbone)
-    runtime = choose_runtime(runtime, precision)
+    choose_runtime(runtime, precision, gpus=0)  # checked now; "auto" is resolved by each worker, where it runs
     ds = scan(data, exclude)
     writable_folder(cache_dir, "--cache-dir")
     outputs = [(l, p) for l in (layers or [bb.default_layer]) for p in poolings]
@@ -222,8 +222,8 @@ def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, spl
     if kept and out.index.format_version < 2:  # the old file becomes the first part, as it is
         legacy = adopt_legacy(out.path)
         kept = [dataclasses.replace(r, part=legacy) for r in kept]
-    rows = [dataclasses.replace(r, fingerprint=current[r.path],
-                                digest=r.digest or content_digest(plan.ds.root / r.path)) for r in kept]
+    rows = [Row(r.path, r.part, r.row, current[r.path], r.digest or content_digest(plan.ds.root / r.path))
+            for r in kept]
     for part in parts:
         rows += [Row(p, part.name, i, tuple(int(v) for v in fp), int(d))
                  for i, (p, fp, d) in enumerate(zip(part.paths, part.fingerprints, part.digests)) if p in fresh]
@@ -268,11 +268,15 @@ def _same_index(path: Path, content: IndexContent, attrs: dict) -> bool:
 
 
 def _versions() -> str:
-    import keras
-    import PIL
-    import tensorflow as tf
-    return json.dumps({"pipeline": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-                       "numpy": np.__version__, "h5py": h5py.__version__, "pillow": PIL.__version__})
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "unknown"
+    return json.dumps({"pipeline": __version__, "tensorflow": of("tensorflow"), "keras": of("keras"),
+                       "numpy": np.__version__, "h5py": h5py.__version__, "pillow": of("pillow")})
 
 
 def _pil_limit() -> int:

@@ -95,7 +95,9 @@ class PartWriter:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         check_room(self.final, max_rows * dim * np.dtype(dtype).itemsize + max_rows * 200,
                    kept=f"the parts finished so far are kept in {folder}: make room and run the same command again")
-        self.f = h5py.File(self.tmp, "w")
+        # a chunk cache that holds a chunk until it is full: each chunk written once
+        chunk_bytes = max(1, min(256, max_rows)) * dim * np.dtype(dtype).itemsize
+        self.f = h5py.File(self.tmp, "w", rdcc_nbytes=max(1 << 20, 4 * chunk_bytes))
         self.codes = self.f.create_dataset("codes", (0, dim), dtype=dtype, maxshape=(None, dim),
                                            chunks=(max(1, min(256, max_rows)), dim))
         self.f.attrs.update(attrs, format_version=FORMAT_VERSION, partition=part_id)
@@ -263,6 +265,12 @@ def _segments(rows: list[Row]):
     return out
 
 
+def _column(f, name: str, data: np.ndarray, dtype=None) -> None:
+    data = data if dtype is None else data.astype(dtype)
+    f.create_dataset(name, data=data, dtype=dtype, chunks=(min(len(data), 65536), *data.shape[1:]),
+                     compression="gzip", compression_opts=1, shuffle=True)
+
+
 def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
     """Write the index of a code set (format 2) under a temporary name, then move it into place."""
     folder = parts_dir(path)
@@ -284,11 +292,13 @@ def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
                 src = h5py.VirtualSource(f"{folder.name}/{part}", "codes", shape=shapes[part])
                 layout[at:at + count] = src[start:start + count]
             f.create_virtual_dataset("codes", layout, fillvalue=np.nan)
-            f.create_dataset("paths", data=[r.path for r in rows], dtype=STR)
-            f.create_dataset("labels", data=content.labels)
-            f.create_dataset("split", data=content.split)
-            f.create_dataset("fingerprints", data=np.asarray([r.fingerprint for r in rows], np.int64).reshape(-1, 2))
-            f.create_dataset("digests", data=np.asarray([r.digest for r in rows], np.uint64))
+            # per-image columns compressed: the index is rewritten by every update
+            paths = np.array([r.path.encode() for r in rows])
+            _column(f, "paths", paths, dtype=h5py.string_dtype("utf-8", paths.dtype.itemsize))
+            _column(f, "labels", content.labels)
+            _column(f, "split", content.split)
+            _column(f, "fingerprints", np.asarray([r.fingerprint for r in rows], np.int64).reshape(-1, 2))
+            _column(f, "digests", np.asarray([r.digest for r in rows], np.uint64))
             f.create_dataset("class_names", data=content.class_names, dtype=STR)
             failed = sorted(content.failed, key=lambda x: x.path)
             f.create_dataset("failed_paths", data=[x.path for x in failed], dtype=STR)
@@ -296,8 +306,8 @@ def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
             f.create_dataset("failed_fingerprints",
                              data=np.asarray([x.fingerprint for x in failed], np.int64).reshape(-1, 2))
             f.create_dataset("part_names", data=names, dtype=STR)
-            f.create_dataset("row_part", data=np.asarray([number[r.part] for r in rows], np.int32))
-            f.create_dataset("row_in_part", data=np.asarray([r.row for r in rows], np.int64))
+            _column(f, "row_part", np.asarray([number[r.part] for r in rows], np.int32))
+            _column(f, "row_in_part", np.asarray([r.row for r in rows], np.int32))
             f.attrs.update(attrs, format_version=FORMAT_VERSION, parts=folder.name)
         fault_point("index-tmp-written")
         durable_replace(tmp, path)
@@ -469,8 +479,7 @@ class CodeSet:
     def blocks(self, mask=None, block: int = 8192):
         """(row indices, float32 codes) of the selected rows, ``block`` file rows at a time:
         memory bounded by the block, whatever the code set's size."""
-        if _stamp(self.path) != self._stamp:
-            raise UserError(f"{self.path} was replaced since it was opened (stage 1 updated it); open it again")
+        self._check_unchanged()
         try:
             with h5py.File(self.path, "r") as f:
                 ds = f["codes"]
@@ -480,7 +489,7 @@ class CodeSet:
                         sel = sel[np.asarray(mask[s:s + block], bool)]
                         if not len(sel):
                             continue
-                    codes = ds[s:s + block].astype(np.float32)
+                    codes = ds[s:s + block].astype(np.float32, copy=False)
                     codes = codes if mask is None else codes[sel - s]
                     if np.isnan(codes).any():  # the fill value: a part could not be read
                         raise UserError(f"{self.path}: some codes could not be read from its parts in "
@@ -488,6 +497,32 @@ class CodeSet:
                     yield sel, codes
         except OSError as exc:
             raise UserError(f"{self.path}: codes unreadable ({type(exc).__name__}: {exc})") from None
+
+    def read_ranges(self, ranges, mask=None) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 codes of the file rows in ``ranges`` [(start, stop), ...] where ``mask`` is
+        true, and their row numbers."""
+        self._check_unchanged()
+        rows = np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.zeros(0, np.int64)
+        if mask is not None:
+            rows = rows[np.asarray(mask)[rows]]
+        out = np.empty((len(rows), self.shape[1]), np.float32)
+        at = 0
+        with h5py.File(self.path, "r") as f:
+            ds = f["codes"]
+            for a, b in ranges:
+                codes = ds[a:b].astype(np.float32, copy=False)
+                if mask is not None:
+                    codes = codes[np.asarray(mask[a:b], bool)]
+                out[at:at + len(codes)] = codes
+                at += len(codes)
+        if np.isnan(out).any():
+            raise UserError(f"{self.path}: some codes could not be read from its parts in "
+                            f"{parts_dir(self.path)}; run make codes again")
+        return out, rows
+
+    def _check_unchanged(self) -> None:
+        if _stamp(self.path) != self._stamp:
+            raise UserError(f"{self.path} was replaced since it was opened (stage 1 updated it); open it again")
 
     def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
         m = self.split == which
@@ -501,12 +536,13 @@ def load_codes(path) -> CodeSet:
 
 class CodeStream:
     """Some rows of a code set (``mask``), streamed from the file: for heads trained on more
-    codes than memory allows. ``y`` is held in memory; the codes are read ``block`` rows at a
-    time, ``mix`` blocks shuffled together for each stretch of minibatches."""
+    codes than memory allows. ``y`` is held in memory; the codes are read ``block`` file rows
+    at a time, at most ``budget_rows`` of them in memory at once."""
 
-    def __init__(self, codes: CodeSet, mask, block: int, mix: int = 4):
+    def __init__(self, codes: CodeSet, mask, budget_rows: int, block: int = 256):
         self.codes, self.mask = codes, np.asarray(mask, bool)
-        self.block, self.mix = max(1, int(block)), max(1, int(mix))
+        self.block = max(1, int(block))
+        self.mix = max(1, int(budget_rows) // self.block)
         self.y = codes.y[self.mask]
         self.shape = (len(self.y), codes.shape[1])
 
@@ -514,21 +550,22 @@ class CodeStream:
         return self.shape[0]
 
     def blocks(self):
-        """Float32 codes of the selected rows, in file order, a block at a time."""
-        for _, codes in self.codes.blocks(self.mask, self.block):
+        """Float32 codes of the selected rows, in file order, ``mix`` blocks at a time."""
+        for _, codes in self.codes.blocks(self.mask, self.block * self.mix):
             yield codes
 
     def minibatches(self, batch_size: int, seed: int):
-        """(X, y) minibatches in a random order: blocks visited in a shuffled order, ``mix`` of
-        them pooled and shuffled at a time (codes are stored class by class)."""
+        """(X, y) minibatches in a random order. Codes are stored class by class, so each stretch
+        of minibatches is drawn from ``mix`` blocks picked at random across the whole file and
+        shuffled together (reading whole blocks keeps the reads sequential)."""
         rng = np.random.default_rng(seed)
-        rows = np.flatnonzero(self.mask)
-        starts = np.arange(0, len(rows), self.block)
-        order = rng.permutation(len(starts))
+        starts = np.arange(0, len(self.mask), self.block)
+        starts = starts[[self.mask[s:s + self.block].any() for s in starts]]
+        order = rng.permutation(starts)
         for g in range(0, len(order), self.mix):
-            picked = np.sort(np.concatenate([rows[starts[i]:starts[i] + self.block] for i in order[g:g + self.mix]]))
-            X = self.codes.rows(np.isin(np.arange(len(self.codes)), picked), block=max(self.block, 1024))
-            y = self.codes.y[picked]
+            picked = np.sort(order[g:g + self.mix])
+            X, rows = self.codes.read_ranges([(s, min(s + self.block, len(self.mask))) for s in picked], self.mask)
+            y = self.codes.y[rows]
             perm = rng.permutation(len(y))
             for s in range(0, len(y), batch_size):
                 take = perm[s:s + batch_size]

@@ -63,12 +63,13 @@ def scan(root, exclude=()) -> ImageFolder:
         raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
     paths, labels, prints, names, empty, ignored, unnamable = [], [], [], [], [], 0, []
     for cdir in class_dirs:
-        found = []
+        found = []  # relative paths as strings: a million Path objects take seconds to sort
         for dirpath, dirnames, filenames in os.walk(cdir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
             for fn in filenames:
                 if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith("."):
-                    found.append(Path(dirpath) / fn)
+                    found.append(f"{rel_dir}/{fn}")
                 else:
                     ignored += 1
         if not found:
@@ -76,8 +77,8 @@ def scan(root, exclude=()) -> ImageFolder:
             continue
         label = len(names)
         names.append(cdir.name)
-        for f in sorted(found):
-            rel = f.relative_to(root).as_posix()
+        for rel in sorted(found, key=lambda r: r.split("/")):  # the order of sorted Paths
+            f = os.path.join(root, rel)
             try:
                 rel.encode("utf-8")
             except UnicodeEncodeError:
@@ -95,11 +96,11 @@ def scan(root, exclude=()) -> ImageFolder:
                        np.asarray(prints, np.int64).reshape(-1, 2), ignored, tuple(empty), tuple(unnamable))
 
 
-def fingerprint(path: Path) -> tuple[int, int]:
+def fingerprint(path) -> tuple[int, int]:
     """(size in bytes, mtime in ns); (-1, -1) for a link that leads nowhere (dangling, or a
     loop): such a file is listed as unreadable and tried again once it changes."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return (-1, -1)
     return (st.st_size, st.st_mtime_ns)

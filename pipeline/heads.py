@@ -214,12 +214,16 @@ class KerasHead(_Head):
 
         from .scaling import standardization
         mean, var = stats if stats is not None else standardization(X)
+        # Codes of any scale (a random-weight base gives values near 1e-13): scaled to about 1
+        # first, or Normalization's floor on the standard deviation (1e-7) would flatten them.
+        scale = float(1.0 / np.sqrt(max(float(np.mean(var)), 1e-300)))
+        scale = scale if abs(np.log10(scale)) > 2 else 1.0
         norm = keras.layers.Normalization(name="standardize")
         norm.build((None, len(mean)))
-        norm.set_weights([mean, var, np.asarray(len(X))])
+        norm.set_weights([mean * scale, var * scale ** 2, np.asarray(len(X))])
         norm.finalize_state()
         inputs = keras.Input((len(mean),), name="codes")
-        x = norm(inputs)
+        x = norm(keras.layers.Rescaling(scale, name="scale")(inputs) if scale != 1.0 else inputs)
         for i, units in enumerate(self._hidden()):
             x = keras.layers.Dense(int(units), activation="relu", name=f"hidden{i + 1}")(x)
             if self.dropout:

@@ -23,14 +23,15 @@ def streaming_standardization(blocks) -> tuple[np.ndarray, np.ndarray]:
     """:func:`standardization` of the codes of ``blocks`` (arrays (n_i, D)), read once, one
     block in memory at a time."""
     n, total, squares, shift = 0, None, None, None
-    for X in blocks:
-        X = np.asarray(X, np.float64)
-        if shift is None:
-            shift = X[0].copy()  # sums around a shift: no cancellation
-        d = X - shift
-        total = d.sum(0) if total is None else total + d.sum(0)
-        squares = (d * d).sum(0) if squares is None else squares + (d * d).sum(0)
-        n += len(X)
+    for block in blocks:
+        for s in range(0, len(block), 512):  # in float64 a slice at a time: memory of the block's size
+            X = np.asarray(block[s:s + 512], np.float64)
+            if shift is None:
+                shift = X[0].copy()  # sums around a shift: no cancellation
+            d = X - shift
+            total = d.sum(0) if total is None else total + d.sum(0)
+            squares = (d * d).sum(0) if squares is None else squares + (d * d).sum(0)
+            n += len(X)
     mean = total / n
     var = np.maximum(squares / n - mean * mean, 0)
     return mean + shift, var + var.mean()

@@ -38,12 +38,11 @@ def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs"
         X_va, y_va = cs.part(VAL)
         X_te, y_te = cs.part(TEST)
     else:
-        mix = 4  # blocks shuffled together; a quarter of the limit for them, the rest for the heads' copies
-        block = max(64, limit // (4 * mix * cs.shape[1] * 4))
-        X_tr, X_va, X_te = (CodeStream(cs, cs.split == s, block, mix) for s in (TRAIN, VAL, TEST))
+        budget = max(256, limit // (4 * cs.shape[1] * 4))  # a quarter of the limit; the rest for copies
+        X_tr, X_va, X_te = (CodeStream(cs, cs.split == s, budget) for s in (TRAIN, VAL, TEST))
         y_tr, y_va, y_te = X_tr.y, X_va.y, X_te.y
         log(f"note: the codes take {cs.nbytes() / 1e9:.2f} GB as float32, more than --memory-limit "
-            f"{limit / 1e9:.2f} GB: training out of core, streaming {block} rows at a time from {codes_path}"
+            f"{limit / 1e9:.2f} GB: training out of core, streaming at most {budget} codes at a time from {codes_path}"
             + (" (logistic regression by minibatch gradient descent, C = the largest of --Cs)"
                if head == "logreg" else ""))
     if len(X_te) == 0 or len(np.unique(y_tr)) < 2:

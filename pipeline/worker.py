@@ -79,7 +79,7 @@ class WorkSpec:
     image_size: int
     dtype: str
     precision: str
-    runtime: str
+    runtime: str                          # as asked for: "auto" is resolved where the worker runs
     batch_size: int
     decode_threads: int
     part_dirs: tuple[str, ...]            # one per output
@@ -105,12 +105,12 @@ class Worker:
 
     def __init__(self, spec: WorkSpec, log: Callable = print):
         from .backbones import build_feature_model, get_backbone
-        from .runtimes import make_mapper
+        from .runtimes import choose_runtime, make_mapper
 
         self.spec = spec
         bb = get_backbone(spec.backbone)
         model, self.shapes = build_feature_model(bb, list(spec.outputs), spec.weights, spec.image_size)
-        self.mapper = make_mapper(model, runtime=spec.runtime, batch_size=spec.batch_size,
+        self.mapper = make_mapper(model, runtime=choose_runtime(spec.runtime, spec.precision), batch_size=spec.batch_size,
                                   image_size=spec.image_size, model_name=spec.model_name,
                                   precision=spec.precision, log=log)
         self.mapper(np.zeros((1, spec.image_size, spec.image_size, 3), np.uint8))  # trace / warm up
