@@ -570,3 +570,66 @@ class CodeStream:
             for s in range(0, len(y), batch_size):
                 take = perm[s:s + batch_size]
                 yield X[take], y[take]
+
+
+class JoinedCodeSet:
+    """Code sets side by side: each image's codes from every set concatenated (feature-wise),
+    rows matched by image path. Only images present in every set are kept; the sets must have
+    the same classes and the same split. Held in memory (``X``), like a loaded :class:`CodeSet`."""
+
+    def __init__(self, paths):
+        self.members = [CodeSet(p) for p in paths]
+        first = self.members[0]
+        for m in self.members[1:]:
+            if m.class_names != first.class_names:
+                raise UserError(f"{m.path} and {first.path} have different classes; join code sets made "
+                                f"from the same data set (and the same --exclude)")
+        common = set(first.paths).intersection(*(m.paths for m in self.members[1:]))
+        self.paths = [p for p in first.paths if p in common]
+        self.index = []
+        for m in self.members:
+            where = {p: i for i, p in enumerate(m.paths)}
+            self.index.append(np.array([where[p] for p in self.paths], np.int64))
+        self.y, self.split = first.y[self.index[0]], first.split[self.index[0]]
+        for m, idx in zip(self.members[1:], self.index[1:]):
+            if not np.array_equal(m.split[idx], self.split):
+                raise UserError(f"{m.path} and {first.path} split the images differently; make them with the same "
+                                f"--split and --seed")
+        self.dropped = len(set().union(*(m.paths for m in self.members))) - len(self.paths)
+        self.class_names = first.class_names
+        self.path = Path("+".join(str(m.path) for m in self.members))
+        self.attrs = {k: "+".join(str(m.attrs.get(k)) for m in self.members)
+                      for k in ("backbone", "layer", "pooling", "image_size", "weights")}
+        self.attrs["members"] = json.dumps([{k: str(v) for k, v in m.attrs.items()} for m in self.members])
+        self.shape = (len(self.paths), sum(m.shape[1] for m in self.members))
+        self._X = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def nbytes(self, mask=None) -> int:
+        n = self.shape[0] if mask is None else int(np.count_nonzero(mask))
+        return n * self.shape[1] * 4
+
+    @property
+    def X(self) -> np.ndarray:
+        if self._X is None:
+            self._X = np.hstack([m.X[idx] for m, idx in zip(self.members, self.index)])
+        return self._X
+
+    def rows(self, mask=None) -> np.ndarray:
+        return self.X if mask is None else self.X[mask]
+
+    def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
+        m = self.split == which
+        return self.X[m], self.y[m]
+
+
+def open_code_sets(codes):
+    """One code set (a path) or several joined (a list of paths, or paths joined by ``+``)."""
+    if isinstance(codes, (list, tuple)):
+        paths = [Path(c) for c in codes]
+    else:
+        paths = [Path(codes)] if Path(codes).exists() or "+" not in str(codes) else [
+            Path(c) for c in str(codes).split("+")]
+    return CodeSet(paths[0]) if len(paths) == 1 else JoinedCodeSet(paths)
