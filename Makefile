@@ -15,6 +15,7 @@ HEADS    ?= softmax mlp logreg
 NS       ?=
 REPEATS  ?= 5
 ARGS     ?=
+CODES    ?=
 
 LAYER_OPT = $(if $(LAYER),--layer $(LAYER))
 SIZE_OPT  = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))
@@ -28,7 +29,7 @@ MODEL    ?= $(RUN)
 .PHONY: codes train sweep finetune scratch export predict compare test bench help
 help:
 	@echo "make codes [DATA=.. BACKBONE=.. LAYER=.. POOLING=avg|max|flatten WEIGHTS=.. IMAGE_SIZE=.. SPLIT=70/15/15]"
-	@echo "make train [HEAD=softmax|mlp|logreg|prototype, same code options]"
+	@echo "make train [HEAD=softmax|mlp|logreg|prototype, same code options; CODES='a.h5 b.h5': codes side by side]"
 	@echo "make sweep [HEADS='softmax mlp logreg' NS='1 2 5 10 15 20 30 all' REPEATS=5]"
 	@echo "make finetune [RUN=runs/<head run>, default the newest $(BACKBONE) $(HEAD) run]  make scratch"
 	@echo "make export [RUN=..]   make predict IMG=image-or-folder [MODEL=run folder or .keras file]   make compare"
@@ -38,7 +39,7 @@ codes:
 	$(CNN) codes $(CODE_OPTS) --split $(SPLIT) $(ARGS)
 
 train:
-	$(CNN) train --head $(HEAD) $(CODE_OPTS) --runs-dir $(RUNS) $(ARGS)
+	$(CNN) train --head $(HEAD) $(if $(CODES),--codes $(CODES),$(CODE_OPTS)) --runs-dir $(RUNS) $(ARGS)
 
 sweep:
 	$(CNN) sweep --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE) --heads $(HEADS) $(NS_OPT) --repeats $(REPEATS) --runs-dir $(RUNS) $(ARGS)

@@ -50,7 +50,7 @@ from .faults import fault_point
 from .locks import writer_lock
 from .plan import IDENTITY_ATTRS, OutputPlan, Plan, labels_of, make_plan
 from .runtimes import choose_runtime
-from .worker import WorkSpec, default_decode_threads
+from .worker import TTAS, WorkSpec, default_decode_threads
 
 __all__ = ["CodeSet", "CodeSpec", "code_spec", "codes_command", "generate_codes", "load_codes"]
 
@@ -66,25 +66,27 @@ class CodeSpec:
     layer: str
     pooling: str
     precision: str = "fp32"  # of the forward pass; other than fp32, another code set
+    tta: str = "none"        # test-time augmentation: flip averages the codes of image and mirror
 
     def path(self, cache_dir) -> Path:
         model = f"{self.backbone}-{self.image_size}-{self.weights_id}" + (
-            f"-{self.precision}" if self.precision != "fp32" else "")
+            f"-{self.precision}" if self.precision != "fp32" else "") + (f"-{self.tta}" if self.tta != "none" else "")
         return Path(cache_dir) / self.data_name / model / f"{self.layer}-{self.pooling}.h5"
 
 
 def code_spec(data, backbone=DEFAULT_BACKBONE, layer=None, pooling="avg", weights="imagenet",
-              image_size=None, precision="fp32") -> CodeSpec:
+              image_size=None, precision="fp32", tta="none") -> CodeSpec:
     bb = get_backbone(backbone)
     return CodeSpec(Path(data).resolve().name, bb.name, image_size or bb.input_size,
-                    weights_identity(weights), layer or bb.default_layer, pooling, precision)
+                    weights_identity(weights), layer or bb.default_layer, pooling, precision, tta)
 
 
 def codes_command(spec: CodeSpec, data) -> str:
     """The make command that creates a code set (for error messages)."""
     return (f"make codes DATA={data} BACKBONE={spec.backbone} LAYER={spec.layer} POOLING={spec.pooling}"
             + (f" IMAGE_SIZE={spec.image_size}" if spec.image_size != get_backbone(spec.backbone).input_size else "")
-            + (f" ARGS='--precision {spec.precision}'" if spec.precision != "fp32" else ""))
+            + (f" ARGS='{' '.join(extra)}'" if (extra := [f"--{k} {v}" for k, v, d in (
+                ("precision", spec.precision, "fp32"), ("tta", spec.tta, "none")) if v != d]) else ""))
 
 
 def _to_stderr(message: str) -> None:
@@ -95,7 +97,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
                    image_size=None, cache_dir="cache", batch_size=32, exclude=(),
                    split=(0.7, 0.15, 0.15), seed=0, dtype="float32", engine="local", workers=1,
                    decode_threads=None, ray_address=None, overwrite=False, verify=False, wait=True,
-                   runtime="auto", precision="fp32", max_parts=MAX_PARTS, partition_size=None, progress=True,
+                   runtime="auto", precision="fp32", tta="none", max_parts=MAX_PARTS, partition_size=None, progress=True,
                    log=print, warn=_to_stderr, stats=None) -> list[Path]:
     """Compute (or complete) one cached code set per (layer, pooling); return their paths.
 
@@ -107,7 +109,9 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     done. ``engine`` local or ray runs ``workers`` model workers (each decoding with
     ``decode_threads`` threads); ``runtime`` runs the forward pass (auto: OpenVINO on a CPU where
     it is installed, see :mod:`pipeline.runtimes`); ``precision`` bf16 makes a code set of its
-    own. ``stats``, if a dict, receives the streaming figures: images computed and loop seconds.
+    own. ``tta`` flip stores the mean of the codes of each image and its mirror image (a code set
+    of its own, twice the computing). ``stats``, if a dict, receives the streaming figures: images
+    computed and loop seconds.
     """
     if dtype not in ("float32", "float16"):
         raise UserError(f"--dtype {dtype}: choose float32 or float16")
@@ -115,6 +119,8 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
         raise UserError("--batch-size must be at least 1")
     if workers < 1:
         raise UserError("--workers must be at least 1")
+    if tta not in TTAS:
+        raise UserError(f"--tta {tta}: choose one of {', '.join(TTAS)}")
     if max_parts < 2:
         raise UserError("--max-parts must be at least 2")
     if partition_size is not None and partition_size < 1:
@@ -127,13 +133,14 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     writable_folder(cache_dir, "--cache-dir")
     outputs = [(l, p) for l in (layers or [bb.default_layer]) for p in poolings]
     size = image_size or bb.input_size
-    files = [code_spec(data, bb.name, l, p, weights, size, precision).path(cache_dir) for l, p in outputs]
+    files = [code_spec(data, bb.name, l, p, weights, size, precision, tta).path(cache_dir) for l, p in outputs]
     base_attrs = dict(backbone=bb.name, image_size=size, preprocessing=bb.preprocessing,
-                      weights=str(weights), weights_id=weights_identity(weights), dtype=dtype, precision=precision)
+                      weights=str(weights), weights_id=weights_identity(weights), dtype=dtype, precision=precision,
+                      tta=tta)
     out_attrs = [dict(base_attrs, layer=l, pooling=p) for l, p in outputs]
     spec = WorkSpec(str(ds.root), bb.name, tuple(outputs), str(weights), size, dtype, precision, runtime, batch_size,
                     decode_threads or default_decode_threads(), tuple(str(parts_dir(f)) for f in files),
-                    tuple(json.dumps(a) for a in out_attrs))
+                    tuple(json.dumps(a) for a in out_attrs), tta)
     if ds.empty_classes:
         log(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
     plan = None

@@ -24,7 +24,7 @@ from .errors import UserError, writable_folder
 from .heads import holdout
 from .models import classifier_from_head_run, model_info, save_model
 from .report import positive_index
-from .runs import finish_run
+from .runs import finish_run, load_record
 
 
 def valid_cuts(trunk) -> list[str]:
@@ -103,6 +103,9 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
         raise UserError(f"optimizer {optimizer!r}: choose adam or rmsprop")
     writable_folder(runs_dir, "--runs-dir")
     writable_folder(cache_dir, "--cache-dir")
+    record = load_record(head_run, kind="head-on-codes")
+    if "members" in record.get("code_attrs", {}):
+        raise UserError(f"{head_run} is a head on joined code sets; fine-tuning takes a head on one code set")
     model, trunk, head_model, record = classifier_from_head_run(head_run)
     attrs = record["code_attrs"]
     cs = CodeSet.load(record["codes"])

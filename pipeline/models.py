@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import apply_preprocessing, build_base, get_backbone, pooling_layer
+from .backbones import (
+    POOLING_LAYERS,
+    apply_preprocessing,
+    build_base,
+    code_layer_name,
+    get_backbone,
+)
 from .errors import UserError, one_line
 from .runs import load_record
 
@@ -28,24 +34,71 @@ def head_as_keras(head, n_values: int):
     return head.to_keras()
 
 
-def build_classifier(backbone: str, weights: str, image_size: int, layer: str, pooling: str, head_model):
+def build_classifier(backbone: str, weights: str, image_size: int, layer: str, pooling: str, head_model,
+                     tta: str = "none"):
     """Raw RGB images -> probabilities: preprocessing, the base up to ``layer``, pooling, head.
+    With ``tta`` flip the codes are the mean of those of the image and of its mirror image, as
+    stage 1 made them.
 
     Returns (model, base) where ``base`` is the functional conv base whose layers the model
     uses (to choose which of them to fine-tune).
     """
     import keras
 
-    bb = get_backbone(backbone)
-    base = build_base(bb, weights, image_size)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = apply_preprocessing(bb.preprocessing, inputs)
-    trunk = keras.Model(base.inputs, base.get_layer(layer).output, name=bb.name)
+    codes, trunk = _codes_of(inputs, dict(backbone=backbone, weights=weights, image_size=image_size, layer=layer,
+                                          pooling=pooling, tta=tta))
+    outputs = head_model(codes)
+    return keras.Model(inputs, outputs, name=f"{get_backbone(backbone).name}_classifier"), trunk
+
+
+def _mirror(image_size: int, name: str):
+    """A left-right flip of (size, size, 3) images from built-in layers (safe-mode loadable):
+    width moved last, multiplied by the reversed identity matrix, moved back."""
+    import keras
+
+    dense = keras.layers.Dense(image_size, use_bias=False, trainable=False, name=f"{name}_reverse")
+    dense.build((None, image_size))
+    dense.set_weights([np.eye(image_size, dtype=np.float32)[::-1]])
+    return lambda x: keras.layers.Permute((1, 3, 2), name=f"{name}_back")(
+        dense(keras.layers.Permute((1, 3, 2), name=f"{name}_width_last")(x)))
+
+
+def _codes_of(images, attrs: dict, suffix: str = ""):
+    """(codes, trunk) of one code set's making, applied to ``images`` of its input size."""
+    import keras
+
+    bb = get_backbone(attrs["backbone"])
+    size = int(attrs["image_size"])
+    base = build_base(bb, attrs["weights"], size)
+    trunk = keras.Model(base.inputs, base.get_layer(attrs["layer"]).output, name=bb.name + suffix)
+    pool = getattr(keras.layers, POOLING_LAYERS[attrs["pooling"]])
+    name = code_layer_name(attrs["layer"], attrs["pooling"]) + suffix
+
+    x = apply_preprocessing(bb.preprocessing, images, name="preprocess" + suffix)
     # training=False: BatchNorm stays in inference mode even where layers are unfrozen later.
-    x = trunk(x, training=False)
-    x = pooling_layer(pooling, layer)(x)
-    outputs = head_model(x)
-    return keras.Model(inputs, outputs, name=f"{bb.name}_classifier"), trunk
+    if attrs.get("tta", "none") == "flip":  # (a mirror of the preprocessed image: the same thing)
+        flipped = _mirror(size, "mirror" + suffix)(x)
+        both = [pool(name=f"{name}_image")(trunk(x, training=False)),
+                pool(name=f"{name}_mirror")(trunk(flipped, training=False))]
+        return keras.layers.Average(name=name)(both), trunk
+    return pool(name=name)(trunk(x, training=False)), trunk
+
+
+def build_joined_classifier(members: list[dict], head_model):
+    """Raw RGB images -> probabilities for a head on joined code sets: every base (each at its
+    own input size, resized from the largest), their codes concatenated, the head."""
+    import keras
+
+    size = max(int(a["image_size"]) for a in members)
+    inputs = keras.Input((size, size, 3), name="image")
+    parts = []
+    for k, a in enumerate(members):
+        s = int(a["image_size"])
+        x = inputs if s == size else keras.layers.Resizing(s, s, antialias=True, name=f"resize_{k}")(inputs)
+        parts.append(_codes_of(x, a, suffix=f"_{k}")[0])
+    codes = keras.layers.Concatenate(name="joined_codes")(parts)
+    return keras.Model(inputs, head_model(codes), name="joined_classifier")
 
 
 def save_model(model, path, class_names, info: dict) -> Path:
@@ -87,12 +140,18 @@ def classifier_from_head_run(run_dir):
     run_dir = Path(run_dir)
     record = load_record(run_dir, kind="head-on-codes")
     attrs = record["code_attrs"]
-    shape = json.loads(attrs["code_shape"])
-    n_values = int(np.prod(shape)) if attrs["pooling"] == "flatten" else shape[-1]
-    head_model = head_as_keras(load_head(run_dir), n_values)
+    members = json.loads(attrs["members"]) if "members" in attrs else [attrs]
+    head_model = head_as_keras(load_head(run_dir), sum(_n_values(a) for a in members))
+    if len(members) > 1:
+        return build_joined_classifier(members, head_model), None, head_model, record
     model, trunk = build_classifier(attrs["backbone"], attrs["weights"], int(attrs["image_size"]), attrs["layer"],
-                                    attrs["pooling"], head_model)
+                                    attrs["pooling"], head_model, attrs.get("tta", "none"))
     return model, trunk, head_model, record
+
+
+def _n_values(attrs: dict) -> int:
+    shape = json.loads(attrs["code_shape"])
+    return int(np.prod(shape)) if attrs["pooling"] == "flatten" else shape[-1]
 
 
 def export_head_run(run_dir, out=None) -> Path:
@@ -103,6 +162,11 @@ def export_head_run(run_dir, out=None) -> Path:
 
 
 def model_info(attrs: dict, kind: str, source: str) -> dict:
+    if "members" in attrs:  # joined code sets: the model takes images of the largest input size
+        members = json.loads(attrs["members"])
+        return {"kind": kind, "source": source, "backbone": attrs["backbone"], "layer": attrs["layer"],
+                "pooling": attrs["pooling"], "image_size": max(int(a["image_size"]) for a in members),
+                "weights": attrs["weights"], "members": [model_info(a, kind, source) for a in members]}
     return {"kind": kind, "source": source, "backbone": attrs["backbone"], "layer": attrs["layer"],
             "pooling": attrs["pooling"], "image_size": int(attrs["image_size"]), "weights": attrs["weights"],
-            "preprocessing": attrs["preprocessing"]}
+            "preprocessing": attrs["preprocessing"], "tta": attrs.get("tta", "none")}

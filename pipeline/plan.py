@@ -29,8 +29,9 @@ from .errors import UserError
 # Attributes that must agree before a code set's rows may be reused (the runtime is not one:
 # TensorFlow and OpenVINO FP32 give the same codes within 1e-4), with the value files written
 # before an attribute existed have.
-IDENTITY_ATTRS = ("backbone", "layer", "pooling", "image_size", "preprocessing", "weights_id", "dtype", "precision")
-IDENTITY_DEFAULTS = {"precision": "fp32"}
+IDENTITY_ATTRS = ("backbone", "layer", "pooling", "image_size", "preprocessing", "weights_id", "dtype", "precision",
+                  "tta")
+IDENTITY_DEFAULTS = {"precision": "fp32", "tta": "none"}
 STATES = ("cached", "new", "changed", "removed", "failed")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .codeset import CodeSet
+from .codeset import open_code_sets
 from .dataset import TEST, TRAIN, VAL
 from .errors import UserError, writable_folder
 
@@ -58,10 +58,10 @@ def draw_train(labels: np.ndarray, split: np.ndarray, n, seed: int, repeat: int)
 _CODES: dict = {}
 
 
-def _codes(path) -> CodeSet:
+def _codes(path):
     if path not in _CODES:  # each worker reads a code file once
         _CODES.clear()
-        _CODES[path] = CodeSet.load(path)
+        _CODES[path] = open_code_sets(path)
     return _CODES[path]
 
 
@@ -128,8 +128,8 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5
         raise UserError(f"unknown head(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(HEADS)}")
     head_params = head_params or {}
     sets = []
-    for path in map(str, code_paths):
-        cs = CodeSet.load(path)
+    for path in map(str, code_paths):  # a+b: joined code sets, one curve
+        cs = open_code_sets(path)
         train_counts = np.bincount(cs.y[cs.split == TRAIN], minlength=len(cs.class_names))
         if (cs.split == TEST).sum() == 0:
             raise UserError(f"{path}: the stored split has no test images")

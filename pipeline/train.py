@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .codeset import CodeSet, CodeStream
+from .codeset import CodeStream, JoinedCodeSet, open_code_sets
 from .dataset import TEST, TRAIN, VAL
 from .errors import UserError, writable_folder
 from .heads import make_head
@@ -23,16 +23,26 @@ def default_memory_limit() -> int:
 def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs", positive_class=None,
                    memory_limit=None, log=print):
     """Fit ``head`` on the train part of a code file (validation part for model selection),
-    evaluate on its test part and write a run folder. Returns (run_dir, metrics).
+    evaluate on its test part and write a run folder. Returns (run_dir, metrics). A list of code
+    files (or paths joined by ``+``) trains on their codes side by side, rows matched by image
+    path (:class:`~pipeline.codeset.JoinedCodeSet`).
 
     Codes that take more than ``memory_limit`` bytes as float32 (default: half the RAM) are
     not loaded: the head is trained on them streamed from the file, a few blocks in memory at a
     time (:class:`~pipeline.codeset.CodeStream`), with a note saying so."""
     writable_folder(runs_dir, "--runs-dir")
-    cs = CodeSet.load(codes_path)
+    cs = open_code_sets(codes_path)
+    codes_path = cs.path
     limit = default_memory_limit() if memory_limit is None else int(memory_limit)
     if limit <= 0:
         raise UserError("--memory-limit must be more than 0")
+    if isinstance(cs, JoinedCodeSet):
+        if cs.dropped:
+            log(f"note: {cs.dropped} image(s) are not in every code set and are left out; "
+                f"training on the {len(cs)} in all of them")
+        if cs.nbytes() > limit:
+            raise UserError(f"joined code sets are trained in memory: their {cs.nbytes() / 1e9:.2f} GB exceed "
+                            f"--memory-limit {limit / 1e9:.2f} GB; raise it or join fewer sets")
     if cs.nbytes() <= limit:
         X_tr, y_tr = cs.part(TRAIN)
         X_va, y_va = cs.part(VAL)

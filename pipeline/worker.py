@@ -84,6 +84,7 @@ class WorkSpec:
     decode_threads: int
     part_dirs: tuple[str, ...]            # one per output
     part_attrs: tuple[str, ...]           # JSON attributes of each output's part files
+    tta: str = "none"                     # flip: the mean of the codes of each image and its mirror
 
     @property
     def model_name(self) -> str:
@@ -116,6 +117,20 @@ class Worker:
         self.mapper(np.zeros((1, spec.image_size, spec.image_size, 3), np.uint8))  # trace / warm up
         self.description = self.mapper.description
 
+    def _codes(self, stream):
+        """(batch, codes per output) for each batch; with flip, the mean of the codes of the images
+        and of their mirror images (computed as batches of their own: the batch size is fixed)."""
+        if self.spec.tta == "none":
+            yield from self.mapper.map_batches(stream, images=lambda b: b.images)
+            return
+        pending = None
+        for (batch, mirrored), codes in self.mapper.map_batches(
+                _with_mirrors(stream), images=lambda item: item[0].images[:, :, ::-1] if item[1] else item[0].images):
+            if not mirrored:
+                pending = codes
+            else:
+                yield batch, [(a + b) / 2 for a, b in zip(pending, codes)]
+
     def run(self, partitions: list[Partition], on_batch: Callable[[int], None] = lambda n: None
             ) -> Iterator[PartitionResult]:
         """Compute ``partitions`` one after the other as one stream of batches (no pause at
@@ -134,7 +149,7 @@ class Worker:
         large: dict[int, list[str]] = {}
         try:
             stream = read_batches(s.root, paths, batches, s.image_size, s.decode_threads)
-            for n, (batch, codes) in enumerate(self.mapper.map_batches(stream, images=lambda b: b.images)):
+            for n, (batch, codes) in enumerate(self._codes(stream)):
                 k = owner[n]
                 if k not in writers:
                     writers[k] = [PartWriter(Path(d), partitions[k].id, c.shape[1], s.dtype, len(partitions[k]),
@@ -158,6 +173,15 @@ class Worker:
             for ws in writers.values():  # interrupted: nothing half-written stays behind
                 for w in ws:
                     w.abort()
+
+
+TTAS = ("none", "flip")
+
+
+def _with_mirrors(stream):
+    for batch in stream:
+        yield batch, False
+        yield batch, True
 
 
 def default_decode_threads() -> int:

@@ -44,12 +44,15 @@ def parse_size(text: str) -> int:
     return int(value * _UNITS[m.group(2).upper()])
 
 
-def add_code_options(p, many: bool = False) -> None:
-    """Options that name a cached code set (or, with ``many``, several: their product)."""
+def add_code_options(p, many: bool = False, join: bool = False) -> None:
+    """Options that name a cached code set (or, with ``many``, several: their product; with
+    ``join``, several code files whose codes are joined side by side)."""
     from ..codes import code_spec
     n = "+" if many else None
-    p.add_argument("--codes", nargs="+" if many else None, default=None,
-                   help="path of cached code file(s) (.h5); overrides the options below")
+    p.add_argument("--codes", nargs="+" if many or join else None, default=None,
+                   help="path of cached code file(s) (.h5); overrides the options below" + (
+                       "; several: their codes side by side, rows matched by image path" if join else
+                       "; a+b.h5 joins code files side by side (one curve)" if many else ""))
     p.add_argument("--data", default="examples/caltech5", help="image folder the codes were made from")
     p.add_argument("--backbone", nargs=n, default=[DEFAULT_BACKBONE] if many else DEFAULT_BACKBONE,
                    help="backbone the codes were made with")
@@ -61,6 +64,8 @@ def add_code_options(p, many: bool = False) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input size the codes were made with")
     p.add_argument("--precision", default=default(code_spec, "precision"), choices=("fp32", "bf16"),
                    help="precision of the forward pass the codes were made with")
+    p.add_argument("--tta", default=default(code_spec, "tta"), choices=("none", "flip"),
+                   help="test-time augmentation the codes were made with")
     p.add_argument("--cache-dir", default="cache", help="where code files are")
 
 
@@ -75,7 +80,7 @@ def code_paths(a) -> list[Path]:
     for bb in listify(a.backbone):
         for layer in listify(a.layer):
             for pooling in listify(a.pooling):
-                spec = code_spec(a.data, bb, layer, pooling, a.weights, a.image_size, a.precision)
+                spec = code_spec(a.data, bb, layer, pooling, a.weights, a.image_size, a.precision, a.tta)
                 path = spec.path(a.cache_dir)
                 if not path.exists():
                     raise UserError(f"no cached codes for {bb} {spec.layer}/{pooling} at {path}; "

@@ -5,6 +5,7 @@ from ..backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY
 from ..codes import generate_codes
 from ..engines import ENGINES
 from ..runtimes import PRECISIONS, RUNTIMES
+from ..worker import TTAS
 from . import default
 
 HELP = "stage 1: cache the CNN codes of every image of a folder"
@@ -55,6 +56,9 @@ def add_arguments(p):
                         "and OpenVINO is installed, else TensorFlow (both give the same codes within 1e-4)")
     p.add_argument("--precision", default=g("precision"), choices=PRECISIONS,
                    help="bf16: faster on CPUs that have it (OpenVINO), less exact; a code set of its own")
+    p.add_argument("--tta", default=g("tta"), choices=TTAS,
+                   help="flip: store the mean of the codes of each image and of its mirror image (a code set of its "
+                        "own; twice the computing)")
     p.add_argument("--no-wait", action="store_true",
                    help="if another run is writing the same code set, stop at once instead of waiting for it")
     p.add_argument("--list-layers", action="store_true", help="print the backbone's layer names and exit")
@@ -75,5 +79,5 @@ def run(a):
                    workers=a.workers, decode_threads=a.decode_threads, ray_address=a.ray_address,
                    partition_size=a.partition_size, max_parts=a.max_parts,
                    overwrite=a.overwrite, verify=a.verify, wait=not a.no_wait, runtime=a.runtime,
-                   precision=a.precision, progress=not a.no_progress)
+                   precision=a.precision, tta=a.tta, progress=not a.no_progress)
     return 0

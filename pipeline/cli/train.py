@@ -47,7 +47,7 @@ def add_positive_class(p):
 
 def add_arguments(p):
     p.add_argument("--head", default=default(train_on_codes, "head"), choices=list(HEADS), help="which head to train")
-    add_code_options(p)
+    add_code_options(p, join=True)
     p.add_argument("--runs-dir", default=default(train_on_codes, "runs_dir"), help="where run folders go")
     add_head_options(p)
     p.add_argument("--seed", type=int, default=default(SoftmaxHead.__init__, "seed"),
@@ -59,6 +59,7 @@ def add_arguments(p):
 
 
 def run(a):
-    train_on_codes(code_paths(a)[0], head=a.head, head_params=head_params(a, a.head), runs_dir=a.runs_dir,
+    codes = code_paths(a)
+    train_on_codes(codes if len(codes) > 1 else codes[0], head=a.head, head_params=head_params(a, a.head), runs_dir=a.runs_dir,
                    positive_class=a.positive_class, memory_limit=a.memory_limit)
     return 0
