@@ -409,12 +409,28 @@ def _raise_open_files_limit() -> None:
             pass
 
 
+class _Codes:
+    """What code sets, read or joined, share: ``shape``, ``split``, ``y`` and ``rows(mask)``."""
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def nbytes(self, mask=None) -> int:
+        """Bytes the selected codes take in memory as float32."""
+        n = self.shape[0] if mask is None else int(np.count_nonzero(mask))
+        return n * self.shape[1] * 4
+
+    def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
+        m = self.split == which
+        return self.rows(m), self.y[m]
+
+
 def _stamp(path: Path):
     st = os.stat(path)
     return st.st_ino, st.st_mtime_ns
 
 
-class CodeSet:
+class CodeSet(_Codes):
     """One cached code set, read lazily: labels ``y``, ``split`` (TRAIN/VAL/TEST), relative
     ``paths``, ``class_names`` and the file's ``attrs`` are read at once; the codes (N, D) only
     when asked for: ``X`` (all of them, float32, kept), :meth:`rows` (some) or :meth:`blocks`
@@ -446,16 +462,8 @@ class CodeSet:
         self._stamp = _stamp(path)
 
     @classmethod
-    def load(cls, path) -> "CodeSet":
+    def load(cls, path) -> CodeSet:
         return cls(path)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def nbytes(self, mask=None) -> int:
-        """Bytes the selected codes take in memory as float32."""
-        n = self.shape[0] if mask is None else int(np.count_nonzero(mask))
-        return n * self.shape[1] * 4
 
     @property
     def X(self) -> np.ndarray:
@@ -524,10 +532,6 @@ class CodeSet:
         if _stamp(self.path) != self._stamp:
             raise UserError(f"{self.path} was replaced since it was opened (stage 1 updated it); open it again")
 
-    def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
-        m = self.split == which
-        return self.rows(m), self.y[m]
-
 
 def load_codes(path) -> CodeSet:
     """Read one cached code set (lazily) as a :class:`CodeSet`."""
@@ -572,7 +576,7 @@ class CodeStream:
                 yield X[take], y[take]
 
 
-class JoinedCodeSet:
+class JoinedCodeSet(_Codes):
     """Code sets side by side: each image's codes from every set concatenated (feature-wise),
     rows matched by image path. Only images present in every set are kept; the sets must have
     the same classes and the same split. Held in memory (``X``), like a loaded :class:`CodeSet`."""
@@ -604,13 +608,6 @@ class JoinedCodeSet:
         self.shape = (len(self.paths), sum(m.shape[1] for m in self.members))
         self._X = None
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def nbytes(self, mask=None) -> int:
-        n = self.shape[0] if mask is None else int(np.count_nonzero(mask))
-        return n * self.shape[1] * 4
-
     @property
     def X(self) -> np.ndarray:
         if self._X is None:
@@ -619,10 +616,6 @@ class JoinedCodeSet:
 
     def rows(self, mask=None) -> np.ndarray:
         return self.X if mask is None else self.X[mask]
-
-    def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
-        m = self.split == which
-        return self.X[m], self.y[m]
 
 
 def open_code_sets(codes):
