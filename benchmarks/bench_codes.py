@@ -124,8 +124,9 @@ def main():
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.child:
-        return child(a)
+    if a.child:  # ends without interpreter teardown (OpenVINO's threads can abort it)
+        from pipeline.errors import exit_without_teardown
+        return exit_without_teardown(lambda: child(a))
     if not Path(a.data).is_dir():
         sys.exit(f"error: no data at {a.data}")
     rows = []

@@ -133,42 +133,45 @@ class Worker:
 
     def run(self, partitions: list[Partition], on_batch: Callable[[int], None] = lambda n: None
             ) -> Iterator[PartitionResult]:
-        """Compute ``partitions`` one after the other as one stream of batches (no pause at
-        their boundaries), yielding each one's result once its part files are in place."""
+        """Compute ``partitions`` one after the other as one stream of full batches (a batch may
+        end one partition and start the next: no padded batch at each boundary), yielding each
+        partition's result once its part files are in place."""
         s = self.spec
         paths = [p for part in partitions for p in part.paths]
         fingerprints = [fp for part in partitions for fp in part.fingerprints]
-        batches, owner, starts = [], [], np.cumsum([0] + [len(p) for p in partitions])
-        for k, part in enumerate(partitions):
-            for b in batches_of(len(part), s.batch_size, int(starts[k])):
-                batches.append(b)
-                owner.append(k)
-        left = np.bincount(owner, minlength=len(partitions))
+        owner = np.repeat(np.arange(len(partitions)), [len(p) for p in partitions])
+        left = np.array([len(p) for p in partitions])
         writers: dict[int, list[PartWriter]] = {}
         failed: dict[int, list[FailedImage]] = {}
         large: dict[int, list[str]] = {}
         try:
-            stream = read_batches(s.root, paths, batches, s.image_size, s.decode_threads)
-            for n, (batch, codes) in enumerate(self._codes(stream)):
-                k = owner[n]
-                if k not in writers:
-                    writers[k] = [PartWriter(Path(d), partitions[k].id, c.shape[1], s.dtype, len(partitions[k]),
-                                             dict(json.loads(a), code_shape=json.dumps(list(shape))))
-                                  for d, a, c, shape in zip(s.part_dirs, s.part_attrs, codes, self.shapes)]
-                good = batch.indices[batch.ok]
-                bad = [FailedImage(p, r, fingerprints[i]) for (p, r), i in
-                       zip(batch.failures, batch.indices[~batch.ok])]
-                for w, c in zip(writers[k], codes):
-                    w.append(c.astype(s.dtype), [paths[i] for i in good], [fingerprints[i] for i in good],
-                             batch.digests, bad)
-                failed.setdefault(k, []).extend(bad)
-                large.setdefault(k, []).extend(batch.large)
+            stream = read_batches(s.root, paths, batches_of(len(paths), s.batch_size), s.image_size, s.decode_threads)
+            for batch, codes in self._codes(stream):
+                rows = np.cumsum(batch.ok) - 1  # row of each readable image in ``codes``
+                ks = np.unique(owner[batch.indices])
+                for k in ks:
+                    mine = owner[batch.indices] == k
+                    if k not in writers:
+                        writers[k] = [PartWriter(Path(d), partitions[k].id, c.shape[1], s.dtype, len(partitions[k]),
+                                                 dict(json.loads(a), code_shape=json.dumps(list(shape))))
+                                      for d, a, c, shape in zip(s.part_dirs, s.part_attrs, codes, self.shapes)]
+                    ok = mine & batch.ok
+                    good = batch.indices[ok]
+                    failures = dict(batch.failures)
+                    bad = [FailedImage(paths[i], failures[paths[i]], fingerprints[i])
+                           for i in batch.indices[mine & ~batch.ok]]
+                    digests = [d for d, m in zip(batch.digests, mine[batch.ok]) if m]
+                    for w, c in zip(writers[k], codes):
+                        w.append(c[rows[ok]].astype(s.dtype), [paths[i] for i in good],
+                                 [fingerprints[i] for i in good], digests, bad)
+                    failed.setdefault(k, []).extend(bad)
+                    large.setdefault(k, []).extend(batch.large if k == ks[0] else [])  # (for one note only)
+                    left[k] -= int(mine.sum())
+                    if left[k] == 0:
+                        for w in writers.pop(k):
+                            w.close(self.description)
+                        yield PartitionResult(partitions[k].id, len(partitions[k]), failed.pop(k), large.pop(k))
                 on_batch(len(batch.indices))
-                left[k] -= 1
-                if left[k] == 0:
-                    for w in writers.pop(k):
-                        w.close(self.description)
-                    yield PartitionResult(partitions[k].id, len(partitions[k]), failed.pop(k), large.pop(k))
         finally:
             for ws in writers.values():  # interrupted: nothing half-written stays behind
                 for w in ws:
