@@ -32,6 +32,7 @@ from .backbones import DEFAULT_BACKBONE, get_backbone, weights_identity
 from .codeset import (
     MAX_PARTS,
     CodeSet,
+    Index,
     IndexContent,
     Row,
     adopt_legacy,
@@ -201,7 +202,7 @@ def _commit_all(plan: Plan, split, seed, max_parts, log) -> list:
     failed = []
     for out in plan.outputs:
         content, attrs = _new_index(out, plan, labels, split_codes, split_attrs)
-        if not _same_index(out.path, content, dict(split_attrs, **out.attrs)):
+        if not _same_index(out.index, content, dict(split_attrs, **out.attrs)):
             write_index(out.path, content, attrs)
         if needs_compaction(content.rows, max_parts):  # also when a run was killed before it compacted
             part_attrs = dict({k: out.attrs[k] for k in IDENTITY_ATTRS}, code_shape=attrs["code_shape"])
@@ -224,12 +225,11 @@ def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, spl
     # another code set of the run, or before an interruption).
     fresh = {p for part in parts for p in part.paths if p not in out.usable} | {
         f.path for part in parts for f in part.failed}
-    current = dict(zip(plan.ds.paths, (tuple(int(v) for v in fp) for fp in plan.ds.fingerprints)))
     kept = [r for r in (out.index.rows if out.index else []) if r.path in out.usable and r.path not in fresh]
     if kept and out.index.format_version < 2:  # the old file becomes the first part, as it is
         legacy = adopt_legacy(out.path)
         kept = [dataclasses.replace(r, part=legacy) for r in kept]
-    rows = [Row(r.path, r.part, r.row, current[r.path], r.digest or content_digest(plan.ds.root / r.path))
+    rows = [Row(r.path, r.part, r.row, plan.fingerprints[r.path], r.digest or content_digest(plan.ds.root / r.path))
             for r in kept]
     for part in parts:
         rows += [Row(p, part.name, i, tuple(int(v) for v in fp), int(d))
@@ -256,22 +256,16 @@ def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, spl
     return content, attrs
 
 
-def _same_index(path: Path, content: IndexContent, attrs: dict) -> bool:
-    """True when the committed index already says exactly this (then it is not rewritten)."""
-    if not path.exists():
-        return False
-    with h5py.File(path, "r") as f:
-        if int(f.attrs.get("format_version", 1)) < 2:
-            return False
-        names = list(f["part_names"].asstr()[()])
-        return ([names[i] for i in f["row_part"][()]] == [r.part for r in content.rows]
-                and f["row_in_part"][()].tolist() == [r.row for r in content.rows]
-                and list(f["paths"].asstr()[()]) == [r.path for r in content.rows]
-                and f["fingerprints"][()].tolist() == [list(r.fingerprint) for r in content.rows]
-                and np.array_equal(f["labels"][()], content.labels) and np.array_equal(f["split"][()], content.split)
-                and list(f["class_names"].asstr()[()]) == content.class_names
-                and sorted(f["failed_paths"].asstr()[()]) == sorted(x.path for x in content.failed)
-                and all(str(f.attrs.get(k)) == str(v) for k, v in attrs.items()))
+def _same_index(index: Index | None, content: IndexContent, attrs: dict) -> bool:
+    """True when the committed index (as the plan read it) already says exactly this: then it
+    is not rewritten."""
+    return (index is not None and index.format_version >= 2
+            and [(r.path, r.part, r.row, r.fingerprint) for r in index.rows]
+            == [(r.path, r.part, r.row, r.fingerprint) for r in content.rows]
+            and np.array_equal(index.labels, content.labels) and np.array_equal(index.split, content.split)
+            and index.class_names == content.class_names
+            and sorted(index.failed) == sorted(x.path for x in content.failed)
+            and all(str(index.attrs.get(k)) == str(v) for k, v in attrs.items()))
 
 
 def _versions() -> str:

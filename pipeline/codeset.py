@@ -20,6 +20,7 @@ into the first part, without copying it where the file system allows a hard link
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -184,6 +185,9 @@ class Index:
     attrs: dict
     dim: int
     format_version: int
+    labels: np.ndarray
+    split: np.ndarray
+    class_names: list[str]
 
 
 def read_index(path: Path) -> Index:
@@ -210,12 +214,13 @@ def read_index(path: Path) -> Index:
                               f["failed_fingerprints"][()])}
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
             dim = f["codes"].shape[1]
+            labels, split, class_names = f["labels"][()], f["split"][()], list(f["class_names"].asstr()[()])
     except (OSError, KeyError, ValueError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
     rows = [Row(p, part, int(r), (int(fp[0]), int(fp[1])), int(d))
             for p, part, r, fp, d in zip(paths, parts, rows_in, fps, digests)]
-    return Index(Path(path), rows, failed, attrs, dim, version)
+    return Index(Path(path), rows, failed, attrs, dim, version, labels, split, class_names)
 
 
 def legacy_part_name(path: Path) -> str:
@@ -322,17 +327,15 @@ def referenced_parts(path: Path) -> set[str]:
         return set(f["part_names"].asstr()[()]) if "part_names" in f else set()
 
 
-def collect_garbage(path: Path) -> int:
+def collect_garbage(path: Path) -> None:
     """Delete what the committed index does not refer to: parts of removed or replaced images,
     parts staged by a plan that no longer applies, temporary files of killed writers, the
-    staging folder of format 1. Returns bytes freed. Called with the writer lock held."""
-    freed = 0
+    staging folder of format 1. Called with the writer lock held."""
     folder = parts_dir(path)
     keep = referenced_parts(path) if path.exists() else set()
     if folder.exists():
         for p in folder.iterdir():
             if p.name not in keep:
-                freed += p.stat().st_size
                 p.unlink()
         if not keep:
             folder.rmdir()
@@ -342,7 +345,6 @@ def collect_garbage(path: Path) -> int:
     for tmp in path.parent.glob(f"{path.stem}.*.tmp.h5"):
         tmp.unlink(missing_ok=True)
     fault_point("parts-cleaned")
-    return freed
 
 
 def needs_compaction(rows: list[Row], max_parts: int) -> bool:
@@ -487,46 +489,49 @@ class CodeSet(_Codes):
     def blocks(self, mask=None, block: int = 8192):
         """(row indices, float32 codes) of the selected rows, ``block`` file rows at a time:
         memory bounded by the block, whatever the code set's size."""
-        self._check_unchanged()
-        try:
-            with h5py.File(self.path, "r") as f:
-                ds = f["codes"]
-                for s in range(0, self.shape[0], block):
-                    sel = np.arange(s, min(s + block, self.shape[0]))
-                    if mask is not None:
-                        sel = sel[np.asarray(mask[s:s + block], bool)]
-                        if not len(sel):
-                            continue
-                    codes = ds[s:s + block].astype(np.float32, copy=False)
-                    codes = codes if mask is None else codes[sel - s]
-                    if np.isnan(codes).any():  # the fill value: a part could not be read
-                        raise UserError(f"{self.path}: some codes could not be read from its parts in "
-                                        f"{parts_dir(self.path)}; run make codes again")
-                    yield sel, codes
-        except OSError as exc:
-            raise UserError(f"{self.path}: codes unreadable ({type(exc).__name__}: {exc})") from None
+        with self._codes() as ds:
+            for s in range(0, self.shape[0], block):
+                sel = np.arange(s, min(s + block, self.shape[0]))
+                if mask is not None:
+                    sel = sel[np.asarray(mask[s:s + block], bool)]
+                    if not len(sel):
+                        continue
+                yield sel, self._read(ds, s, s + block, mask)
 
     def read_ranges(self, ranges, mask=None) -> tuple[np.ndarray, np.ndarray]:
         """Float32 codes of the file rows in ``ranges`` [(start, stop), ...] where ``mask`` is
         true, and their row numbers."""
-        self._check_unchanged()
         rows = np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.zeros(0, np.int64)
         if mask is not None:
             rows = rows[np.asarray(mask)[rows]]
         out = np.empty((len(rows), self.shape[1]), np.float32)
         at = 0
-        with h5py.File(self.path, "r") as f:
-            ds = f["codes"]
+        with self._codes() as ds:
             for a, b in ranges:
-                codes = ds[a:b].astype(np.float32, copy=False)
-                if mask is not None:
-                    codes = codes[np.asarray(mask[a:b], bool)]
+                codes = self._read(ds, a, b, mask)
                 out[at:at + len(codes)] = codes
                 at += len(codes)
-        if np.isnan(out).any():
+        return out, rows
+
+    @contextlib.contextmanager
+    def _codes(self):
+        """The ``codes`` dataset of the file this code set was opened from, open for reading."""
+        self._check_unchanged()
+        try:
+            with h5py.File(self.path, "r") as f:
+                yield f["codes"]
+        except OSError as exc:
+            raise UserError(f"{self.path}: codes unreadable ({type(exc).__name__}: {exc})") from None
+
+    def _read(self, ds, start: int, stop: int, mask) -> np.ndarray:
+        """Float32 codes of file rows start..stop where ``mask`` is true (all: None)."""
+        codes = ds[start:stop].astype(np.float32, copy=False)
+        if mask is not None:
+            codes = codes[np.asarray(mask[start:stop], bool)]
+        if np.isnan(codes).any():  # the fill value: a part could not be read
             raise UserError(f"{self.path}: some codes could not be read from its parts in "
                             f"{parts_dir(self.path)}; run make codes again")
-        return out, rows
+        return codes
 
     def _check_unchanged(self) -> None:
         if _stamp(self.path) != self._stamp:

@@ -24,7 +24,6 @@ class ComputeStats:
     images: int
     seconds: float                 # from the first batch to the last part written (models already built)
     results: list[PartitionResult]
-    description: str               # where the forward pass ran
 
 
 def compute(spec: WorkSpec, partitions: list[Partition], *, engine: str = "local", workers: int = 1,
@@ -82,7 +81,7 @@ def _local(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> Com
         for r in pool[0].run(partitions, on_batch=bar.update):
             results.append(r)
             bar.done(r)
-        return ComputeStats(sum(r.images for r in results), time.perf_counter() - t0, results, pool[0].description)
+        return ComputeStats(sum(r.images for r in results), time.perf_counter() - t0, results)
 
     todo: queue.Queue = queue.Queue()
     for p in partitions:
@@ -126,7 +125,7 @@ def _local(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> Com
         raise
     if errors:
         raise errors[0]
-    return ComputeStats(sum(r.images for r in results), time.perf_counter() - t0, results, pool[0].description)
+    return ComputeStats(sum(r.images for r in results), time.perf_counter() - t0, results)
 
 
 class _RayWorker:
@@ -179,7 +178,7 @@ def _ray(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> Compu
             if isinstance(cause, (UserError, OSError)):
                 raise cause from None
             raise
-        return ComputeStats(sum(r.images for r in results), time.perf_counter() - t0, results, descriptions[0])
+        return ComputeStats(sum(r.images for r in results), time.perf_counter() - t0, results)
     finally:
         for a in actors:
             ray.kill(a)

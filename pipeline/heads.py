@@ -49,10 +49,8 @@ def _validation_loss_callback():
             self.X_val, self.y_val = X_val, y_val
 
         def on_epoch_end(self, epoch, logs=None):
-            proba = np.asarray(self.model(self.X_val, training=False), dtype=np.float64)
-            picked = proba[np.arange(len(self.y_val)), self.y_val]
-            logs["val_loss"] = float(-np.log(np.clip(picked, 1e-7, 1)).mean())
-            logs["val_accuracy"] = float((proba.argmax(1) == self.y_val).mean())
+            loss, hits = _loss_and_hits(self.model, self.X_val, self.y_val)
+            logs["val_loss"], logs["val_accuracy"] = loss / len(self.y_val), hits / len(self.y_val)
 
     return ValidationLoss
 
@@ -61,27 +59,36 @@ def _ValidationLoss(X_val, y_val):
     return _validation_loss_callback()(X_val, y_val)
 
 
+def _loss_and_hits(model, X, y) -> tuple[float, int]:
+    """Summed cross-entropy and number right of ``model`` on codes ``X`` with class positions ``y``."""
+    proba = np.asarray(model(X, training=False), dtype=np.float64)
+    picked = proba[np.arange(len(y)), y]
+    return float(-np.log(np.clip(picked, 1e-7, 1)).sum()), int((proba.argmax(1) == y).sum())
+
+
 def _is_stream(X) -> bool:
     from .codeset import CodeStream
     return isinstance(X, CodeStream)
 
 
-def _train_streamed(model, stream, val, *, epochs, batch_size, patience, min_delta, seed, class_weight, verbose=0):
-    """Minibatch training of a compiled Keras model on a :class:`~pipeline.codeset.CodeStream`,
-    early stopping on the validation loss (``val``, a stream, or the training loss), the best
-    weights restored. Returns the history."""
+def _train_streamed(model, stream, val, *, classes, epochs, batch_size, patience, min_delta, seed, class_weight,
+                    verbose=0):
+    """Minibatch training of a compiled Keras model on a :class:`~pipeline.codeset.CodeStream`
+    (labels turned into positions in ``classes``), early stopping on the validation loss
+    (``val``, a stream, or the training loss), the best weights restored. Returns the history."""
     from tqdm import tqdm
 
     n_classes = model.output_shape[-1]
     weights = None
     if class_weight:
-        cw = _class_weights(np.searchsorted(np.arange(n_classes), stream.y), n_classes)
+        cw = _class_weights(np.searchsorted(classes, stream.y), n_classes)
         weights = np.array([cw[c] for c in range(n_classes)], np.float32)
     history = {"loss": [], "accuracy": []} | ({"val_loss": [], "val_accuracy": []} if val is not None else {})
     best, best_weights, waited = np.inf, model.get_weights(), 0
     for epoch in tqdm(range(epochs), desc="epochs (out of core)", unit="epoch", disable=not verbose):
         losses, hits, seen = 0.0, 0, 0
         for X, y in stream.minibatches(batch_size, seed + epoch):
+            y = np.searchsorted(classes, y)
             out = model.train_on_batch(X, y, sample_weight=None if weights is None else weights[y], return_dict=True)
             losses += out["loss"] * len(y)
             hits += out["accuracy"] * len(y)
@@ -91,11 +98,9 @@ def _train_streamed(model, stream, val, *, epochs, batch_size, patience, min_del
         if val is not None:
             v_loss, v_hits, at = 0.0, 0, 0
             for Xv in val.blocks():
-                yv = val.y[at:at + len(Xv)]
+                loss, hits = _loss_and_hits(model, Xv, np.searchsorted(classes, val.y[at:at + len(Xv)]))
                 at += len(Xv)
-                proba = np.asarray(model(Xv, training=False), np.float64)
-                v_loss += float(-np.log(np.clip(proba[np.arange(len(yv)), yv], 1e-7, 1)).sum())
-                v_hits += int((proba.argmax(1) == yv).sum())
+                v_loss, v_hits = v_loss + loss, v_hits + hits
             history["val_loss"].append(v_loss / len(val))
             history["val_accuracy"].append(v_hits / len(val))
         monitored = history["val_loss" if val is not None else "loss"][-1]
@@ -130,31 +135,26 @@ class _Head(ClassifierMixin, BaseEstimator):
         from sklearn.utils.validation import check_array, check_X_y
 
         self._check_params()
-        if _is_stream(X):  # more codes than memory allows: streamed from the file
-            return self._fit_streamed(X, validation_data, classes)
-        X, y = check_X_y(X, y, dtype=np.float32)
+        streamed = _is_stream(X)  # more codes than memory allows: read from the file as needed
+        if streamed:
+            y = X.y
+        else:
+            X, y = check_X_y(X, y, dtype=np.float32)
         self.classes_ = np.unique(y) if classes is None else np.asarray(classes)
         unknown = np.setdiff1d(np.unique(y), self.classes_)
         if len(unknown):
             raise HeadParameterError(f"classes: y has labels {unknown.tolist()} that classes does not name")
         self.n_features_in_ = X.shape[1]
+        self.history_ = {}
+        if streamed:
+            has_val = validation_data is not None and len(validation_data[0])
+            self._fit_stream(X, validation_data[0] if has_val else None)
+            return self
         X_val = y_val = None
         if validation_data is not None and len(validation_data[0]):
             X_val = check_array(validation_data[0], dtype=np.float32)
             y_val = np.searchsorted(self.classes_, np.asarray(validation_data[1]))
-        self.history_ = {}
         self._fit(X, np.searchsorted(self.classes_, y), X_val, y_val)
-        return self
-
-    def _fit_streamed(self, stream, validation_data, classes):
-        self.classes_ = np.unique(stream.y) if classes is None else np.asarray(classes)
-        unknown = np.setdiff1d(np.unique(stream.y), self.classes_)
-        if len(unknown):
-            raise HeadParameterError(f"classes: y has labels {unknown.tolist()} that classes does not name")
-        self.n_features_in_ = stream.shape[1]
-        val = validation_data[0] if validation_data is not None and len(validation_data[0]) else None
-        self.history_ = {}
-        self._fit_stream(stream, val)
         return self
 
     def _fit_stream(self, stream, val):
@@ -260,7 +260,7 @@ class KerasHead(_Head):
         keras.utils.set_random_seed(self.seed)
         self.model_ = self._build(stream, len(self.classes_), stats=streaming_standardization(stream.blocks()))
         self.history_ = _train_streamed(
-            self.model_, stream, val, epochs=self.epochs, batch_size=self.batch_size, patience=self.patience,
+            self.model_, stream, val, classes=self.classes_, epochs=self.epochs, batch_size=self.batch_size, patience=self.patience,
             min_delta=self.min_delta, seed=self.seed, class_weight=self.class_weight, verbose=self.verbose)
 
     def _proba(self, X) -> np.ndarray:
@@ -384,11 +384,11 @@ class LogRegHead(_Head):
         linear = SoftmaxHead(learning_rate=1e-3, batch_size=256, epochs=min(self.max_iter, 30), patience=3,
                              min_delta=1e-4, seed=self.seed)
         model = linear._build(stream, n_classes, stats=stats, l2=1.0 / (2 * C * len(stream)))
-        self.history_ = _train_streamed(model, stream, val, epochs=linear.epochs, batch_size=linear.batch_size,
+        self.history_ = _train_streamed(model, stream, val, classes=self.classes_, epochs=linear.epochs, batch_size=linear.batch_size,
                                         patience=linear.patience, min_delta=linear.min_delta, seed=self.seed,
                                         class_weight=self.class_weight, verbose=self.verbose)
         W, b = model.get_layer("softmax").get_weights()
-        present = np.unique(stream.y)
+        present = np.searchsorted(self.classes_, np.unique(stream.y))  # positions, as the in-memory fit has
         coef, intercept = W.T[present].astype(np.float64), b[present].astype(np.float64)
         if len(present) == 2:  # scikit-learn's binary form: sigmoid(z1 - z0) == softmax([z0, z1])[1]
             coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]

@@ -68,6 +68,7 @@ class Plan:
     partitions: list[Partition]       # every partition of the new and changed images, in data-set order
     pending: list[Partition]          # those whose parts are not all written yet
     counts: dict[str, int]            # images per state
+    fingerprints: dict[str, tuple[int, int]]  # of every image on disk now, by path
 
     @property
     def n_todo(self) -> int:
@@ -168,7 +169,7 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
         partitions.append(Partition(digest.hexdigest(), paths, fps))
     # --overwrite recomputes all (part files of the same id are replaced by equal ones)
     pending = [p for p in partitions if overwrite or not all(o.staged(p) for o in outputs)]
-    return Plan(ds, outputs, partitions, pending, counts)
+    return Plan(ds, outputs, partitions, pending, counts, current)
 
 
 def labels_of(ds: ImageFolder) -> dict[str, int]:

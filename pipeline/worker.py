@@ -148,6 +148,7 @@ class Worker:
             stream = read_batches(s.root, paths, batches_of(len(paths), s.batch_size), s.image_size, s.decode_threads)
             for batch, codes in self._codes(stream):
                 rows = np.cumsum(batch.ok) - 1  # row of each readable image in ``codes``
+                failures = dict(batch.failures)
                 ks = np.unique(owner[batch.indices])
                 for k in ks:
                     mine = owner[batch.indices] == k
@@ -157,7 +158,6 @@ class Worker:
                                       for d, a, c, shape in zip(s.part_dirs, s.part_attrs, codes, self.shapes)]
                     ok = mine & batch.ok
                     good = batch.indices[ok]
-                    failures = dict(batch.failures)
                     bad = [FailedImage(paths[i], failures[paths[i]], fingerprints[i])
                            for i in batch.indices[mine & ~batch.ok]]
                     digests = [d for d, m in zip(batch.digests, mine[batch.ok]) if m]
