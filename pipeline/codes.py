@@ -44,7 +44,7 @@ from .codeset import (
     read_part,
     write_index,
 )
-from .dataset import content_digest, scan, stratified_split
+from .dataset import RESIZES, content_digest, scan, stratified_split
 from .engines import compute
 from .errors import USER_ERRNOS, Interrupted, UserError, os_error_text, writable_folder
 from .faults import fault_point
@@ -68,18 +68,19 @@ class CodeSpec:
     pooling: str
     precision: str = "fp32"  # of the forward pass; other than fp32, another code set
     tta: str = "none"        # test-time augmentation: flip averages the codes of image and mirror
+    resize: str = "squash"   # how images become squares: squash or crop (centre crop)
 
     def path(self, cache_dir) -> Path:
-        model = f"{self.backbone}-{self.image_size}-{self.weights_id}" + (
-            f"-{self.precision}" if self.precision != "fp32" else "") + (f"-{self.tta}" if self.tta != "none" else "")
+        model = f"{self.backbone}-{self.image_size}-{self.weights_id}" + "".join(
+            f"-{v}" for v, d in ((self.precision, "fp32"), (self.resize, "squash"), (self.tta, "none")) if v != d)
         return Path(cache_dir) / self.data_name / model / f"{self.layer}-{self.pooling}.h5"
 
 
 def code_spec(data, backbone=DEFAULT_BACKBONE, layer=None, pooling="avg", weights="imagenet",
-              image_size=None, precision="fp32", tta="none") -> CodeSpec:
+              image_size=None, precision="fp32", tta="none", resize="squash") -> CodeSpec:
     bb = get_backbone(backbone)
     return CodeSpec(Path(data).resolve().name, bb.name, image_size or bb.input_size,
-                    weights_identity(weights), layer or bb.default_layer, pooling, precision, tta)
+                    weights_identity(weights), layer or bb.default_layer, pooling, precision, tta, resize)
 
 
 def codes_command(spec: CodeSpec, data) -> str:
@@ -87,7 +88,8 @@ def codes_command(spec: CodeSpec, data) -> str:
     return (f"make codes DATA={data} BACKBONE={spec.backbone} LAYER={spec.layer} POOLING={spec.pooling}"
             + (f" IMAGE_SIZE={spec.image_size}" if spec.image_size != get_backbone(spec.backbone).input_size else "")
             + (f" ARGS='{' '.join(extra)}'" if (extra := [f"--{k} {v}" for k, v, d in (
-                ("precision", spec.precision, "fp32"), ("tta", spec.tta, "none")) if v != d]) else ""))
+                ("precision", spec.precision, "fp32"), ("resize", spec.resize, "squash"), ("tta", spec.tta, "none"))
+                if v != d]) else ""))
 
 
 def _to_stderr(message: str) -> None:
@@ -98,7 +100,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
                    image_size=None, cache_dir="cache", batch_size=32, exclude=(),
                    split=(0.7, 0.15, 0.15), seed=0, dtype="float32", engine="local", workers=1,
                    decode_threads=None, ray_address=None, overwrite=False, verify=False, wait=True,
-                   runtime="auto", precision="fp32", tta="none", max_parts=MAX_PARTS, partition_size=None, progress=True,
+                   runtime="auto", precision="fp32", tta="none", resize="squash", max_parts=MAX_PARTS, partition_size=None, progress=True,
                    log=print, warn=_to_stderr, stats=None) -> list[Path]:
     """Compute (or complete) one cached code set per (layer, pooling); return their paths.
 
@@ -111,7 +113,8 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     ``decode_threads`` threads); ``runtime`` runs the forward pass (auto: OpenVINO on a CPU where
     it is installed, see :mod:`pipeline.runtimes`); ``precision`` bf16 makes a code set of its
     own. ``tta`` flip stores the mean of the codes of each image and its mirror image (a code set
-    of its own, twice the computing). ``stats``, if a dict, receives the streaming figures: images
+    of its own, twice the computing). ``resize`` crop centre-crops images instead of squashing them
+    to a square (a code set of its own). ``stats``, if a dict, receives the streaming figures: images
     computed and loop seconds.
     """
     if dtype not in ("float32", "float16"):
@@ -122,6 +125,8 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
         raise UserError("--workers must be at least 1")
     if tta not in TTAS:
         raise UserError(f"--tta {tta}: choose one of {', '.join(TTAS)}")
+    if resize not in RESIZES:
+        raise UserError(f"--resize {resize}: choose one of {', '.join(RESIZES)}")
     if max_parts < 2:
         raise UserError("--max-parts must be at least 2")
     if partition_size is not None and partition_size < 1:
@@ -134,14 +139,14 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     writable_folder(cache_dir, "--cache-dir")
     outputs = [(l, p) for l in (layers or [bb.default_layer]) for p in poolings]
     size = image_size or bb.input_size
-    files = [code_spec(data, bb.name, l, p, weights, size, precision, tta).path(cache_dir) for l, p in outputs]
+    files = [code_spec(data, bb.name, l, p, weights, size, precision, tta, resize).path(cache_dir) for l, p in outputs]
     base_attrs = dict(backbone=bb.name, image_size=size, preprocessing=bb.preprocessing,
                       weights=str(weights), weights_id=weights_identity(weights), dtype=dtype, precision=precision,
-                      tta=tta)
+                      tta=tta, resize=resize)
     out_attrs = [dict(base_attrs, layer=l, pooling=p) for l, p in outputs]
     spec = WorkSpec(str(ds.root), bb.name, tuple(outputs), str(weights), size, dtype, precision, runtime, batch_size,
                     decode_threads or default_decode_threads(), tuple(str(parts_dir(f)) for f in files),
-                    tuple(json.dumps(a) for a in out_attrs), tta)
+                    tuple(json.dumps(a) for a in out_attrs), tta, resize)
     if ds.empty_classes:
         log(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
     plan = None

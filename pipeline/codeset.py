@@ -593,6 +593,9 @@ class JoinedCodeSet(_Codes):
             if m.class_names != first.class_names:
                 raise UserError(f"{m.path} and {first.path} have different classes; join code sets made "
                                 f"from the same data set (and the same --exclude)")
+            if m.attrs.get("resize", "squash") != first.attrs.get("resize", "squash"):
+                raise UserError(f"{m.path} and {first.path} made images square differently (--resize); join code "
+                                f"sets made with the same --resize")
         common = set(first.paths).intersection(*(m.paths for m in self.members[1:]))
         self.paths = [p for p in first.paths if p in common]
         self.index = []

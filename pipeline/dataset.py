@@ -158,12 +158,18 @@ def _quiet_pillow() -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def load_image(path, size: int, large: list | None = None) -> np.ndarray:
+RESIZES = ("squash", "crop")
+CROP_FRACTION = 0.875  # crop: the shorter side resized to size / 0.875, the centre kept (ImageNet evaluation)
+
+
+def load_image(path, size: int, large: list | None = None, resize: str = "squash") -> np.ndarray:
     """Decode any common image file to RGB uint8 (size, size, 3).
 
     Grayscale, palette, CMYK and 16-bit images are converted; transparency is composited on
-    white; animated files give their first frame. The image is resized to a square, ignoring
-    aspect ratio, as the pretrained conv bases were used in the published recipes. Images over
+    white; animated files give their first frame. ``resize`` squash resizes the image to a square,
+    ignoring aspect ratio, as the pretrained conv bases were used in the published recipes; crop
+    resizes its shorter side to ``size / 0.875`` and keeps the centre square (the evaluation of
+    ImageNet models and of the linear-probe protocol). Images over
     Pillow's decompression-bomb limit (179 megapixels) are refused; those over its warning limit
     (89 megapixels) are decoded and, when ``large`` is a list, appended to it.
     """
@@ -174,7 +180,8 @@ def load_image(path, size: int, large: list | None = None) -> np.ndarray:
         with Image.open(path) as img:
             if large is not None and img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
                 large.append(str(path))
-            img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
+            side = round(size / CROP_FRACTION) if resize == "crop" else size
+            img.draft("RGB", (side, side))  # JPEG: decode at reduced scale when much larger
             img.load()
             if "exif" in img.info:  # parsing EXIF costs time: only when there is some
                 img = ImageOps.exif_transpose(img)
@@ -188,6 +195,12 @@ def load_image(path, size: int, large: list | None = None) -> np.ndarray:
                 img.paste(rgba, mask=rgba.getchannel("A"))
             if img.mode != "RGB":
                 img = img.convert("RGB")
+            if resize == "crop":
+                scale = side / min(img.size)
+                w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+                left, top = (w - size) // 2, (h - size) // 2
+                img = img.resize((w, h), Image.BILINEAR, reducing_gap=3.0).crop((left, top, left + size, top + size))
+                return np.asarray(img, dtype=np.uint8)
             return np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
     except Exception as exc:  # a hostile file can make a decoder raise anything: it is one bad image
         raise ImageError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None

@@ -111,7 +111,7 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
     cs = CodeSet.load(record["codes"])
     positive_class = positive_class or record.get("metrics", {}).get("positive_class")
     positive_index(cs.class_names, positive_class)
-    size = int(attrs["image_size"])
+    size, resize = int(attrs["image_size"]), attrs.get("resize", "squash")
     cut = cut_layer(trunk, attrs["backbone"], unfreeze_blocks, unfreeze_from)
     tail = keras.Model(trunk.get_layer(cut).output, trunk.output, name="tail")
     _set_trainable(trunk, tail.layers, head_model)
@@ -142,14 +142,14 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
         if len(va) == 0:
             raise UserError("augmented fine-tuning needs a validation split (make codes with --split 70/15/15)")
         root = Path(attrs["data_root"])
-        train_ds = image_dataset(root, [cs.paths[i] for i in tr], cs.y[tr], size, batch_size, shuffle=True,
+        train_ds = image_dataset(root, [cs.paths[i] for i in tr], cs.y[tr], size, batch_size, shuffle=True, resize=resize,
                                  augment=augmentation(strength, seed), seed=seed)
-        val_ds = image_dataset(root, [cs.paths[i] for i in va], cs.y[va], size, batch_size)
+        val_ds = image_dataset(root, [cs.paths[i] for i in va], cs.y[va], size, batch_size, resize=resize)
         model.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
         hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stop], shuffle=False,
                          verbose=2 if progress else 0)
         seconds = time.perf_counter() - t0
-        test_ds = image_dataset(root, [cs.paths[i] for i in te], cs.y[te], size, batch_size)
+        test_ds = image_dataset(root, [cs.paths[i] for i in te], cs.y[te], size, batch_size, resize=resize)
         proba = np.asarray(model.predict(test_ds, verbose=0))
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     warmup = record.get("metrics", {})
@@ -175,7 +175,7 @@ def _cut_activations(cs: CodeSet, attrs, cut, cache_dir, progress, log):
     split = tuple(json.loads(attrs["split_fractions"]))
     path = generate_codes(root, attrs["backbone"], [cut], ["flatten"], attrs["weights"], int(attrs["image_size"]),
                           cache_dir, exclude=exclude, split=split, seed=int(attrs["split_seed"]),
-                          progress=progress, log=log)[0]
+                          resize=attrs.get("resize", "squash"), progress=progress, log=log)[0]
     act = CodeSet.load(path)
     missing = set(cs.paths) - set(act.paths)
     if missing:

@@ -37,81 +37,25 @@ def holdout(X, y, X_val, y_val, fraction=0.1, seed=0):
     return X[fit_idx], y[fit_idx], X[val_idx], y[val_idx]
 
 
-def _validation_loss_callback():
-    import keras
-
-    class ValidationLoss(keras.callbacks.Callback):
-        """val_loss / val_accuracy from one direct forward pass per epoch: Keras's own
-        validation loop costs ~50 ms an epoch, more than training on a few hundred codes."""
-
-        def __init__(self, X_val, y_val):
-            super().__init__()
-            self.X_val, self.y_val = X_val, y_val
-
-        def on_epoch_end(self, epoch, logs=None):
-            loss, hits = _loss_and_hits(self.model, self.X_val, self.y_val)
-            logs["val_loss"], logs["val_accuracy"] = loss / len(self.y_val), hits / len(self.y_val)
-
-    return ValidationLoss
-
-
-def _ValidationLoss(X_val, y_val):
-    return _validation_loss_callback()(X_val, y_val)
-
-
-def _loss_and_hits(model, X, y) -> tuple[float, int]:
-    """Summed cross-entropy and number right of ``model`` on codes ``X`` with class positions ``y``."""
-    proba = np.asarray(model(X, training=False), dtype=np.float64)
-    picked = proba[np.arange(len(y)), y]
-    return float(-np.log(np.clip(picked, 1e-7, 1)).sum()), int((proba.argmax(1) == y).sum())
-
-
 def _is_stream(X) -> bool:
     from .codeset import CodeStream
     return isinstance(X, CodeStream)
 
 
-def _train_streamed(model, stream, val, *, classes, epochs, batch_size, patience, min_delta, seed, class_weight,
-                    verbose=0):
-    """Minibatch training of a compiled Keras model on a :class:`~pipeline.codeset.CodeStream`
-    (labels turned into positions in ``classes``), early stopping on the validation loss
-    (``val``, a stream, or the training loss), the best weights restored. Returns the history."""
-    from tqdm import tqdm
+def _class_weight_array(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """One weight per class position ('balanced'; 1 for classes absent from ``y``)."""
+    cw = _class_weights(y, n_classes)
+    return np.array([cw[c] for c in range(n_classes)], np.float32)
 
-    n_classes = model.output_shape[-1]
-    weights = None
-    if class_weight:
-        cw = _class_weights(np.searchsorted(classes, stream.y), n_classes)
-        weights = np.array([cw[c] for c in range(n_classes)], np.float32)
-    history = {"loss": [], "accuracy": []} | ({"val_loss": [], "val_accuracy": []} if val is not None else {})
-    best, best_weights, waited = np.inf, model.get_weights(), 0
-    for epoch in tqdm(range(epochs), desc="epochs (out of core)", unit="epoch", disable=not verbose):
-        losses, hits, seen = 0.0, 0, 0
-        for X, y in stream.minibatches(batch_size, seed + epoch):
-            y = np.searchsorted(classes, y)
-            out = model.train_on_batch(X, y, sample_weight=None if weights is None else weights[y], return_dict=True)
-            losses += out["loss"] * len(y)
-            hits += out["accuracy"] * len(y)
-            seen += len(y)
-        history["loss"].append(losses / seen)
-        history["accuracy"].append(hits / seen)
-        if val is not None:
-            v_loss, v_hits, at = 0.0, 0, 0
-            for Xv in val.blocks():
-                loss, hits = _loss_and_hits(model, Xv, np.searchsorted(classes, val.y[at:at + len(Xv)]))
-                at += len(Xv)
-                v_loss, v_hits = v_loss + loss, v_hits + hits
-            history["val_loss"].append(v_loss / len(val))
-            history["val_accuracy"].append(v_hits / len(val))
-        monitored = history["val_loss" if val is not None else "loss"][-1]
-        if monitored < best - min_delta:
-            best, best_weights, waited = monitored, model.get_weights(), 0
-        else:
-            waited += 1
-            if waited > patience:
-                break
-    model.set_weights(best_weights)
-    return {k: [float(v) for v in vals] for k, vals in history.items()}
+
+def keras_seed(seed: int) -> None:
+    import keras
+    keras.utils.set_random_seed(seed)
+
+
+def _dense_class():
+    import keras
+    return keras.layers.Dense
 
 
 class HeadParameterError(UserError, ValueError):
@@ -238,30 +182,37 @@ class KerasHead(_Head):
         return model
 
     def _fit(self, X, y, X_val, y_val):
-        import keras
-        keras.utils.set_random_seed(self.seed)
+        from .trainloop import train_in_memory
+        keras_seed(self.seed)
         n_classes = len(self.classes_)
         X, y, X_val, y_val = holdout(X, y, X_val, y_val, seed=self.seed)
         self.model_ = self._build(X, n_classes)
         has_val = X_val is not None and len(X_val)
-        callbacks = [_ValidationLoss(X_val, y_val)] if has_val else []
-        callbacks.append(keras.callbacks.EarlyStopping(
-            "val_loss" if has_val else "loss", patience=self.patience, min_delta=self.min_delta,
-            restore_best_weights=True))
-        hist = self.model_.fit(
-            X, y, batch_size=self.batch_size, epochs=self.epochs, verbose=self.verbose, callbacks=callbacks,
-            shuffle=True, class_weight=_class_weights(y, n_classes) if self.class_weight else None)
-        self.history_ = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        dense = [layer for layer in self.model_.layers if isinstance(layer, _dense_class())]
+        self.history_ = train_in_memory(
+            dense, self._standardize(X), y, self._standardize(X_val) if has_val else None, y_val,
+            epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.batch_size, patience=self.patience,
+            min_delta=self.min_delta, dropout=self.dropout, seed=self.seed, verbose=self.verbose,
+            sample_weight=_class_weight_array(y, n_classes)[y] if self.class_weight else None)
+
+    def _standardize(self, X) -> np.ndarray:
+        """What the model's scaling and standardization layers make of codes ``X``."""
+        return np.asarray(self.model_.get_layer("standardize")(
+            self.model_.get_layer("scale")(X) if "scale" in self._layer_names() else X))
+
+    def _layer_names(self):
+        return {layer.name for layer in self.model_.layers}
 
     def _fit_stream(self, stream, val):
-        import keras
-
         from .scaling import streaming_standardization
-        keras.utils.set_random_seed(self.seed)
+        from .trainloop import train_streamed
+        keras_seed(self.seed)
         self.model_ = self._build(stream, len(self.classes_), stats=streaming_standardization(stream.blocks()))
-        self.history_ = _train_streamed(
-            self.model_, stream, val, classes=self.classes_, epochs=self.epochs, batch_size=self.batch_size, patience=self.patience,
-            min_delta=self.min_delta, seed=self.seed, class_weight=self.class_weight, verbose=self.verbose)
+        self.history_ = train_streamed(
+            self.model_, stream, val, classes=self.classes_, epochs=self.epochs, batch_size=self.batch_size,
+            patience=self.patience, min_delta=self.min_delta, seed=self.seed, verbose=self.verbose,
+            class_weights=_class_weight_array(np.searchsorted(self.classes_, stream.y), len(self.classes_))
+            if self.class_weight else None)
 
     def _proba(self, X) -> np.ndarray:
         if not len(X):
@@ -375,18 +326,19 @@ class LogRegHead(_Head):
         with C the largest of ``Cs`` (no search: each C would be another pass over the data).
         It is then held as the scikit-learn pipeline the in-memory fit gives, so saving,
         exporting and predicting are the same."""
-        import keras
-
         from .scaling import streaming_standardization
-        keras.utils.set_random_seed(self.seed)
+        from .trainloop import train_streamed
+        keras_seed(self.seed)
         n_classes, C = len(self.classes_), max(self.Cs)
         stats = streaming_standardization(stream.blocks())
         linear = SoftmaxHead(learning_rate=1e-3, batch_size=256, epochs=min(self.max_iter, 30), patience=3,
                              min_delta=1e-4, seed=self.seed)
         model = linear._build(stream, n_classes, stats=stats, l2=1.0 / (2 * C * len(stream)))
-        self.history_ = _train_streamed(model, stream, val, classes=self.classes_, epochs=linear.epochs, batch_size=linear.batch_size,
-                                        patience=linear.patience, min_delta=linear.min_delta, seed=self.seed,
-                                        class_weight=self.class_weight, verbose=self.verbose)
+        self.history_ = train_streamed(
+            model, stream, val, classes=self.classes_, epochs=linear.epochs, batch_size=linear.batch_size,
+            patience=linear.patience, min_delta=linear.min_delta, seed=self.seed, verbose=self.verbose,
+            class_weights=_class_weight_array(np.searchsorted(self.classes_, stream.y), n_classes)
+            if self.class_weight else None)
         W, b = model.get_layer("softmax").get_weights()
         present = np.searchsorted(self.classes_, np.unique(stream.y))  # positions, as the in-memory fit has
         coef, intercept = W.T[present].astype(np.float64), b[present].astype(np.float64)

@@ -24,11 +24,12 @@ def augmentation(strength: float = 0.1, seed: int = 0):
 
 
 def image_dataset(root, paths, labels, size: int, batch_size: int, shuffle: bool = False, augment=None,
-                  seed: int = 0):
+                  seed: int = 0, resize: str = "squash"):
     """Batches of (images float32 (b, size, size, 3) 0..255, labels) from image files.
 
     ``augment`` (a Keras layer, e.g. :func:`augmentation`) is applied in training mode when
-    given: pass it for the training set only. An image that fails to decode here (it decoded
+    given: pass it for the training set only. ``resize``: as the codes were made (see
+    :func:`~pipeline.dataset.load_image`). An image that fails to decode here (it decoded
     when its codes were cached) gives a black image rather than stopping a long training run.
     """
     import tensorflow as tf
@@ -38,7 +39,7 @@ def image_dataset(root, paths, labels, size: int, batch_size: int, shuffle: bool
 
     def load(i):
         try:
-            return load_image(paths[int(i)], size)
+            return load_image(paths[int(i)], size, resize=resize)
         except ImageError:
             return np.zeros((size, size, 3), np.uint8)
 

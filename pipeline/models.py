@@ -166,7 +166,9 @@ def model_info(attrs: dict, kind: str, source: str) -> dict:
         members = json.loads(attrs["members"])
         return {"kind": kind, "source": source, "backbone": attrs["backbone"], "layer": attrs["layer"],
                 "pooling": attrs["pooling"], "image_size": max(int(a["image_size"]) for a in members),
-                "weights": attrs["weights"], "members": [model_info(a, kind, source) for a in members]}
+                "weights": attrs["weights"], "resize": members[0].get("resize", "squash"),
+                "members": [model_info(a, kind, source) for a in members]}
     return {"kind": kind, "source": source, "backbone": attrs["backbone"], "layer": attrs["layer"],
             "pooling": attrs["pooling"], "image_size": int(attrs["image_size"]), "weights": attrs["weights"],
-            "preprocessing": attrs["preprocessing"], "tta": attrs.get("tta", "none")}
+            "preprocessing": attrs["preprocessing"], "tta": attrs.get("tta", "none"),
+            "resize": attrs.get("resize", "squash")}

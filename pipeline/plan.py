@@ -30,8 +30,8 @@ from .errors import UserError
 # TensorFlow and OpenVINO FP32 give the same codes within 1e-4), with the value files written
 # before an attribute existed have.
 IDENTITY_ATTRS = ("backbone", "layer", "pooling", "image_size", "preprocessing", "weights_id", "dtype", "precision",
-                  "tta")
-IDENTITY_DEFAULTS = {"precision": "fp32", "tta": "none"}
+                  "tta", "resize")
+IDENTITY_DEFAULTS = {"precision": "fp32", "tta": "none", "resize": "squash"}
 STATES = ("cached", "new", "changed", "removed", "failed")
 
 

@@ -59,7 +59,8 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto", warn=lam
     mapper = make_mapper(model, runtime=runtime, batch_size=batch_size, image_size=size,
                          model_name=f"classifier {info.get('kind')}", log=warn)
     rows = []
-    batches = read_batches(root, paths, batches_of(len(paths), batch_size), size, 4)
+    batches = read_batches(root, paths, batches_of(len(paths), batch_size), size, 4,
+                           info.get("resize", "squash"))
     for batch, (proba,) in mapper.map_batches(batches, images=lambda b: b.images):
         for p, reason in batch.failures:
             warn(f"warning: skipped {root / p}: {reason}")

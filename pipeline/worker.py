@@ -35,8 +35,10 @@ def batches_of(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:
     return [np.arange(s, min(s + batch_size, n)) + start for s in range(0, n, batch_size)]
 
 
-def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, threads: int) -> Iterator[Batch]:
-    """Decoded batches of ``paths[b]`` for each index array ``b`` of ``batches``, in order.
+def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, threads: int, resize: str = "squash"
+                 ) -> Iterator[Batch]:
+    """Decoded batches of ``paths[b]`` for each index array ``b`` of ``batches``, in order
+    (``resize``: see :func:`~pipeline.dataset.load_image`).
 
     Decoding runs in a thread pool (PIL releases the GIL) at most two batches ahead, so memory
     stays bounded whatever the data set size.
@@ -44,7 +46,7 @@ def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, thread
     def load(i):
         large: list = []
         try:
-            return load_image(Path(root) / paths[i], size, large), content_digest(Path(root) / paths[i]), large
+            return load_image(Path(root) / paths[i], size, large, resize), content_digest(Path(root) / paths[i]), large
         except ImageError as exc:
             return None, str(exc), large
         except OSError as exc:  # gone between decoding and hashing
@@ -85,6 +87,7 @@ class WorkSpec:
     part_dirs: tuple[str, ...]            # one per output
     part_attrs: tuple[str, ...]           # JSON attributes of each output's part files
     tta: str = "none"                     # flip: the mean of the codes of each image and its mirror
+    resize: str = "squash"                # how images become squares (see load_image)
 
     @property
     def model_name(self) -> str:
@@ -145,7 +148,8 @@ class Worker:
         failed: dict[int, list[FailedImage]] = {}
         large: dict[int, list[str]] = {}
         try:
-            stream = read_batches(s.root, paths, batches_of(len(paths), s.batch_size), s.image_size, s.decode_threads)
+            stream = read_batches(s.root, paths, batches_of(len(paths), s.batch_size), s.image_size, s.decode_threads,
+                                  s.resize)
             for batch, codes in self._codes(stream):
                 rows = np.cumsum(batch.ok) - 1  # row of each readable image in ``codes``
                 failures = dict(batch.failures)

@@ -1,4 +1,4 @@
-"""Heads on joined code sets, flip-averaged codes, and heads on codes of any scale."""
+"""Heads on joined code sets, flip-averaged and centre-cropped codes, and heads on codes of any scale."""
 import json
 import shutil
 
@@ -40,6 +40,32 @@ def test_flip_codes_are_the_mean_of_the_image_and_its_mirror(images, tmp_path):
         got = f.X[f.paths.index(p)]
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
         assert not np.allclose(got, a.X[a.paths.index(p)], rtol=1e-3, atol=0)  # not the plain code
+
+
+def test_crop_keeps_the_centre_and_makes_a_code_set_of_its_own(images, tmp_path):
+    wide = np.zeros((100, 300, 3), np.uint8)
+    wide[:, :100], wide[:, 100:200], wide[:, 200:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    crop = load_image(tmp_path / "wide.png", 64, resize="crop")
+    squash = load_image(tmp_path / "wide.png", 64)
+    assert crop.shape == squash.shape == (64, 64, 3)
+    # crop: shorter side to 64 / 0.875 = 73 (219 x 73), centre 64 x 64 (columns 77..141 of 219: the green third)
+    assert (crop[:, 2:-2, 1] > 250).all() and (crop[:, 2:-2, [0, 2]] < 5).all()
+    assert (squash[:, :15, 0] > 250).all() and (squash[:, -15:, 2] > 250).all()  # squash keeps all three
+    Image.fromarray(np.ascontiguousarray(wide.transpose(1, 0, 2))).save(tmp_path / "tall.png")
+    tall = load_image(tmp_path / "tall.png", 64, resize="crop")  # a portrait image keeps its centre too
+    assert (tall[2:-2, :, 1] > 250).all()
+
+    cropped = generate_codes(images, cache_dir=tmp_path / "c", resize="crop", **FAST)[0]
+    plain = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
+    assert cropped.parent.name == "efficientnet_lite0-32-random-crop" and plain.parent != cropped.parent
+    c, a = CodeSet.load(cropped), CodeSet.load(plain)
+    assert c.attrs["resize"] == "crop" and a.attrs["resize"] == "squash" and c.paths == a.paths
+    assert not np.allclose(c.X, a.X, rtol=1e-3, atol=0)
+    with pytest.raises(UserError, match="--resize"):
+        JoinedCodeSet([cropped, plain])
+    run_dir, _ = train_on_codes(cropped, "softmax", {"epochs": 3}, tmp_path / "runs", **QUIET)
+    assert load_model(export_head_run(run_dir))[2]["resize"] == "crop"  # predict reads images the same way
 
 
 def _expected_and_images(run_dir, path, images, size):

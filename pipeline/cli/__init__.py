@@ -66,6 +66,8 @@ def add_code_options(p, many: bool = False, join: bool = False) -> None:
                    help="precision of the forward pass the codes were made with")
     p.add_argument("--tta", default=default(code_spec, "tta"), choices=("none", "flip"),
                    help="test-time augmentation the codes were made with")
+    p.add_argument("--resize", default=default(code_spec, "resize"), choices=("squash", "crop"),
+                   help="how the images were made square for the codes")
     p.add_argument("--cache-dir", default="cache", help="where code files are")
 
 
@@ -80,7 +82,7 @@ def code_paths(a) -> list[Path]:
     for bb in listify(a.backbone):
         for layer in listify(a.layer):
             for pooling in listify(a.pooling):
-                spec = code_spec(a.data, bb, layer, pooling, a.weights, a.image_size, a.precision, a.tta)
+                spec = code_spec(a.data, bb, layer, pooling, a.weights, a.image_size, a.precision, a.tta, a.resize)
                 path = spec.path(a.cache_dir)
                 if not path.exists():
                     raise UserError(f"no cached codes for {bb} {spec.layer}/{pooling} at {path}; "

@@ -3,6 +3,7 @@ Run it again to resume an interrupted run or to take in added, changed or remove
 what is missing is computed."""
 from ..backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY
 from ..codes import generate_codes
+from ..dataset import RESIZES
 from ..engines import ENGINES
 from ..runtimes import PRECISIONS, RUNTIMES
 from ..worker import TTAS
@@ -59,6 +60,10 @@ def add_arguments(p):
     p.add_argument("--tta", default=g("tta"), choices=TTAS,
                    help="flip: store the mean of the codes of each image and of its mirror image (a code set of its "
                         "own; twice the computing)")
+    p.add_argument("--resize", default=g("resize"), choices=RESIZES,
+                   help="squash: resize images to a square, ignoring their aspect ratio; crop: resize the shorter side "
+                        "to size / 0.875 and keep the centre square, as ImageNet models are evaluated (a code set of "
+                        "its own)")
     p.add_argument("--no-wait", action="store_true",
                    help="if another run is writing the same code set, stop at once instead of waiting for it")
     p.add_argument("--list-layers", action="store_true", help="print the backbone's layer names and exit")
@@ -79,5 +84,5 @@ def run(a):
                    workers=a.workers, decode_threads=a.decode_threads, ray_address=a.ray_address,
                    partition_size=a.partition_size, max_parts=a.max_parts,
                    overwrite=a.overwrite, verify=a.verify, wait=not a.no_wait, runtime=a.runtime,
-                   precision=a.precision, tta=a.tta, progress=not a.no_progress)
+                   precision=a.precision, tta=a.tta, resize=a.resize, progress=not a.no_progress)
     return 0
