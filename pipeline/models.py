@@ -52,16 +52,36 @@ def build_classifier(backbone: str, weights: str, image_size: int, layer: str, p
     return keras.Model(inputs, outputs, name=f"{get_backbone(backbone).name}_classifier"), trunk
 
 
-def _mirror(image_size: int, name: str):
-    """A left-right flip of (size, size, 3) images from built-in layers (safe-mode loadable):
-    width moved last, multiplied by the reversed identity matrix, moved back."""
+def _along_axis(matrix: np.ndarray, axis: str, name: str, matrix_name: str = "matrix"):
+    """Multiply the height or width axis of (b, h, w, c) images by ``matrix`` (new length x old)
+    from built-in layers (safe-mode loadable, and plain fully-connected ops in TFLite and ONNX):
+    that axis moved last, a fixed Dense layer, moved back."""
     import keras
 
-    dense = keras.layers.Dense(image_size, use_bias=False, trainable=False, name=f"{name}_reverse")
-    dense.build((None, image_size))
-    dense.set_weights([np.eye(image_size, dtype=np.float32)[::-1]])
-    return lambda x: keras.layers.Permute((1, 3, 2), name=f"{name}_back")(
-        dense(keras.layers.Permute((1, 3, 2), name=f"{name}_width_last")(x)))
+    order = (1, 3, 2) if axis == "width" else (3, 2, 1)
+    dense = keras.layers.Dense(matrix.shape[0], use_bias=False, trainable=False, name=f"{name}_{matrix_name}")
+    dense.build((None, matrix.shape[1]))
+    dense.set_weights([np.asarray(matrix, np.float32).T])
+    return lambda x: keras.layers.Permute(order, name=f"{name}_back")(
+        dense(keras.layers.Permute(order, name=f"{name}_{axis}_last")(x)))
+
+
+def _mirror(image_size: int, name: str):
+    """A left-right flip of (size, size, 3) images: the width times the reversed identity matrix."""
+    return _along_axis(np.eye(image_size, dtype=np.float32)[::-1], "width", name, "reverse")
+
+
+def _resize(size: int, new: int, name: str):
+    """Antialiased bilinear resizing of (size, size, 3) images to (new, new, 3), as Keras's
+    ``Resizing(antialias=True)`` does (TensorFlow's ScaleAndTranslate, which TFLite and ONNX
+    lack), written as the linear map it is: one matrix along the height, the same along the width."""
+    import tensorflow as tf
+
+    basis = np.eye(size, dtype=np.float32).reshape(size, size, 1, 1)  # image j: 1 at row j
+    matrix = tf.image.resize(basis, (new, 1), antialias=True).numpy()[:, :, 0, 0].T  # (new, size)
+    height = _along_axis(matrix, "height", f"{name}_h")
+    width = _along_axis(matrix, "width", f"{name}_w")
+    return lambda x: width(height(x))
 
 
 def _codes_of(images, attrs: dict, suffix: str = ""):
@@ -95,7 +115,7 @@ def build_joined_classifier(members: list[dict], head_model):
     parts = []
     for k, a in enumerate(members):
         s = int(a["image_size"])
-        x = inputs if s == size else keras.layers.Resizing(s, s, antialias=True, name=f"resize_{k}")(inputs)
+        x = inputs if s == size else _resize(size, s, f"resize_{k}")(inputs)
         parts.append(_codes_of(x, a, suffix=f"_{k}")[0])
     codes = keras.layers.Concatenate(name="joined_codes")(parts)
     return keras.Model(inputs, head_model(codes), name="joined_classifier")

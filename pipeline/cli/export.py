@@ -1,16 +1,42 @@
-"""Export a head trained on cached codes as one deployable .keras model (preprocessing + base +
-head). Loadable with plain keras.saving.load_model; class names are stored inside the file
-(cnn_codes.json)."""
-from ..models import export_head_run
+"""Export a run's model: one deployable .keras model (preprocessing + base + head; loadable with plain
+keras.saving.load_model, class names inside as cnn_codes.json), and beside it TensorFlow Lite (float
+and int8 dynamic-range) and ONNX files, each checked against the Keras model on the run's test
+images (see pipeline.exports)."""
+from ..exports import FORMATS
 
-HELP = "export a head run as one deployable .keras model"
+HELP = "export a run as a deployable .keras model, TensorFlow Lite and ONNX files"
 
 
 def add_arguments(p):
-    p.add_argument("run", help="a run folder of a head trained on codes")
-    p.add_argument("--out", default=None, help="model file (default: RUN/model.keras)")
+    p.add_argument("run", help="a run folder: a head trained on codes, a fine-tuned or a from-scratch model")
+    p.add_argument("--out", default=None, help="model file of a head run (default: RUN/model.keras); the other "
+                                               "formats are written beside it")
+    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=("keras", *FORMATS),
+                   help="what to write besides model.keras (keras: that file only)")
+    p.add_argument("--check-images", type=int, default=None,
+                   help="check the exports on this many of the run's test images (default: all; 0: no check)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(a):
-    print(f"exported -> {export_head_run(a.run, out=a.out)}")
+    from pathlib import Path
+
+    from ..errors import UserError
+    from ..exports import export_formats
+    from ..models import export_head_run
+    from ..runs import load_record
+
+    if a.check_images is not None and a.check_images < 0:
+        raise UserError("--check-images must be 0 or more")
+    record = load_record(a.run)
+    if record["kind"] == "head-on-codes":
+        model = export_head_run(a.run, out=a.out)
+    elif a.out:
+        raise UserError(f"--out is for head runs; {a.run} already holds its model.keras")
+    else:
+        model = Path(a.run) / "model.keras"
+    print(f"exported -> {model}")
+    formats = [f for f in a.formats if f != "keras"]
+    if formats:
+        export_formats(a.run, model, formats, check_limit=a.check_images, progress=not a.no_progress)
     return 0
