@@ -105,16 +105,16 @@ def test_augmentation_only_touches_training_images(head_run, tmp_path, monkeypat
     calls = []
     real = image_dataset
 
-    def spy(root, paths, labels, size, batch_size, shuffle=False, augment=None, seed=0):
-        calls.append((len(paths), augment is not None))
-        return real(root, paths, labels, size, batch_size, shuffle, augment, seed)
+    def spy(root, paths, labels, size, batch_size, shuffle=False, augment=None, seed=0, resize="squash"):
+        calls.append((len(paths), augment is not None, resize))
+        return real(root, paths, labels, size, batch_size, shuffle, augment, seed, resize)
 
     monkeypatch.setattr("pipeline.images.image_dataset", spy)
     run_dir, path = head_run
     ft.finetune(run_dir, unfreeze_blocks=1, epochs=1, augment=True, runs_dir=tmp_path / "ft", progress=False, **QUIET)
     cs = CodeSet.load(path)
     n = {s: int((cs.split == s).sum()) for s in (TRAIN, VAL, TEST)}
-    assert calls == [(n[TRAIN], True), (n[VAL], False), (n[TEST], False)]
+    assert calls == [(n[TRAIN], True, "squash"), (n[VAL], False, "squash"), (n[TEST], False, "squash")]
 
 
 def test_image_dataset_leaves_images_alone_without_augment(images):
