@@ -52,7 +52,7 @@ def test_partition_ids_are_stable_unique_and_content_defined(data, tmp_path):
     ds = scan(data)
     files = [tmp_path / "c" / "x.h5"]
     attrs = [dict(backbone="b", layer="l", pooling="avg", image_size=32, preprocessing="lite", weights_id="w",
-                  dtype="float32", precision="fp32", tta="none")]
+                  dtype="float32", precision="fp32", tta="none", resize="squash")]
     a = make_plan(ds, files, attrs, target=4)
     b = make_plan(ds, files, attrs, target=4)
     assert [p.id for p in a.partitions] == [p.id for p in b.partitions]  # the same work, the same ids
