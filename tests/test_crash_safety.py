@@ -54,9 +54,16 @@ def user_env():
     return env
 
 
-def run(cmd, env=None, **kw):
+def run(cmd, env=None, preexec_fn=None, **kw):
+    """Run ``cmd`` as a user would from a terminal: Ctrl-C (SIGINT) handled even where the tests
+    themselves run in the background (a shell starts background jobs with SIGINT ignored)."""
+    def start():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec_fn:
+            preexec_fn()
     env = dict(user_env(), **(env or {}))
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=start,
+                          **kw)
 
 
 def outputs_of(cache):
