@@ -15,13 +15,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from .errors import UserError, one_line
 
 
-def _class_weights(y: np.ndarray, n_classes: int) -> dict:
-    from sklearn.utils.class_weight import compute_class_weight
-    present = np.unique(y)
-    w = compute_class_weight("balanced", classes=present, y=y)
-    return {int(c): float(v) for c, v in zip(present, w)} | {c: 1.0 for c in range(n_classes) if c not in present}
-
-
 def holdout(X, y, X_val, y_val, fraction=0.1, seed=0):
     """(X, y, X_val, y_val) with a validation set: the given one, else a stratified ``fraction``
     of the training codes held out (when every class has two or more), else none (None, None)."""
@@ -42,20 +35,9 @@ def _is_stream(X) -> bool:
     return isinstance(X, CodeStream)
 
 
-def _class_weight_array(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """One weight per class position ('balanced'; 1 for classes absent from ``y``)."""
-    cw = _class_weights(y, n_classes)
-    return np.array([cw[c] for c in range(n_classes)], np.float32)
-
-
-def keras_seed(seed: int) -> None:
+def _keras_seed(seed: int) -> None:
     import keras
     keras.utils.set_random_seed(seed)
-
-
-def _dense_class():
-    import keras
-    return keras.layers.Dense
 
 
 class HeadParameterError(UserError, ValueError):
@@ -182,37 +164,36 @@ class KerasHead(_Head):
         return model
 
     def _fit(self, X, y, X_val, y_val):
-        from .trainloop import train_in_memory
-        keras_seed(self.seed)
+        import keras
+
+        from .trainloop import class_weights, train_in_memory
+        _keras_seed(self.seed)
         n_classes = len(self.classes_)
         X, y, X_val, y_val = holdout(X, y, X_val, y_val, seed=self.seed)
         self.model_ = self._build(X, n_classes)
         has_val = X_val is not None and len(X_val)
-        dense = [layer for layer in self.model_.layers if isinstance(layer, _dense_class())]
+        dense = [layer for layer in self.model_.layers if isinstance(layer, keras.layers.Dense)]
         self.history_ = train_in_memory(
             dense, self._standardize(X), y, self._standardize(X_val) if has_val else None, y_val,
             epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.batch_size, patience=self.patience,
             min_delta=self.min_delta, dropout=self.dropout, seed=self.seed, verbose=self.verbose,
-            sample_weight=_class_weight_array(y, n_classes)[y] if self.class_weight else None)
+            sample_weight=class_weights(y, n_classes)[y] if self.class_weight else None)
 
     def _standardize(self, X) -> np.ndarray:
         """What the model's scaling and standardization layers make of codes ``X``."""
-        return np.asarray(self.model_.get_layer("standardize")(
-            self.model_.get_layer("scale")(X) if "scale" in self._layer_names() else X))
-
-    def _layer_names(self):
-        return {layer.name for layer in self.model_.layers}
+        if any(layer.name == "scale" for layer in self.model_.layers):
+            X = self.model_.get_layer("scale")(X)
+        return np.asarray(self.model_.get_layer("standardize")(X))
 
     def _fit_stream(self, stream, val):
         from .scaling import streaming_standardization
         from .trainloop import train_streamed
-        keras_seed(self.seed)
+        _keras_seed(self.seed)
         self.model_ = self._build(stream, len(self.classes_), stats=streaming_standardization(stream.blocks()))
         self.history_ = train_streamed(
             self.model_, stream, val, classes=self.classes_, epochs=self.epochs, batch_size=self.batch_size,
-            patience=self.patience, min_delta=self.min_delta, seed=self.seed, verbose=self.verbose,
-            class_weights=_class_weight_array(np.searchsorted(self.classes_, stream.y), len(self.classes_))
-            if self.class_weight else None)
+            patience=self.patience, min_delta=self.min_delta, seed=self.seed, class_weight=self.class_weight,
+            verbose=self.verbose)
 
     def _proba(self, X) -> np.ndarray:
         if not len(X):
@@ -328,7 +309,7 @@ class LogRegHead(_Head):
         exporting and predicting are the same."""
         from .scaling import streaming_standardization
         from .trainloop import train_streamed
-        keras_seed(self.seed)
+        _keras_seed(self.seed)
         n_classes, C = len(self.classes_), max(self.Cs)
         stats = streaming_standardization(stream.blocks())
         linear = SoftmaxHead(learning_rate=1e-3, batch_size=256, epochs=min(self.max_iter, 30), patience=3,
@@ -336,9 +317,8 @@ class LogRegHead(_Head):
         model = linear._build(stream, n_classes, stats=stats, l2=1.0 / (2 * C * len(stream)))
         self.history_ = train_streamed(
             model, stream, val, classes=self.classes_, epochs=linear.epochs, batch_size=linear.batch_size,
-            patience=linear.patience, min_delta=linear.min_delta, seed=self.seed, verbose=self.verbose,
-            class_weights=_class_weight_array(np.searchsorted(self.classes_, stream.y), n_classes)
-            if self.class_weight else None)
+            patience=linear.patience, min_delta=linear.min_delta, seed=self.seed, class_weight=self.class_weight,
+            verbose=self.verbose)
         W, b = model.get_layer("softmax").get_weights()
         present = np.searchsorted(self.classes_, np.unique(stream.y))  # positions, as the in-memory fit has
         coef, intercept = W.T[present].astype(np.float64), b[present].astype(np.float64)

@@ -15,14 +15,23 @@ import numpy as np
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # keras.optimizers.Adam's defaults
 
 
+def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """One weight per class position: 'balanced' for the classes in ``y``, 1 for the others."""
+    from sklearn.utils.class_weight import compute_class_weight
+    weights = np.ones(n_classes, np.float32)
+    present = np.unique(y)
+    weights[present] = compute_class_weight("balanced", classes=present, y=y)
+    return weights
+
+
 class EarlyStopping:
     """Keras's rule: an epoch improves if its monitored loss is below the best by more than
     ``min_delta``; training stops after ``patience`` epochs without improvement; the best
-    weights are the ones kept."""
+    weights are the ones kept (the ``initial`` ones if no epoch ever improved, e.g. NaN losses)."""
 
-    def __init__(self, patience: int, min_delta: float):
+    def __init__(self, patience: int, min_delta: float, initial):
         self.patience, self.min_delta = patience, min_delta
-        self.best, self.best_weights, self.wait, self.epoch = np.inf, None, 0, -1
+        self.best, self.best_weights, self.wait, self.epoch = np.inf, initial, 0, -1
 
     def stop(self, loss: float, weights) -> bool:
         """Record one epoch (``weights``: a callable giving them, called only on improvement)."""
@@ -124,7 +133,7 @@ def train_in_memory(dense_layers, Z, y, Z_val, y_val, *, epochs, learning_rate, 
     step = tf.constant(0, tf.int64)
     rng = np.random.default_rng(seed)
     history = {"loss": [], "accuracy": []} | ({"val_loss": [], "val_accuracy": []} if has_val else {})
-    stopping = EarlyStopping(patience, min_delta)
+    stopping = EarlyStopping(patience, min_delta, weights)
     for _ in tqdm(range(epochs), desc="epochs", unit="epoch", disable=not verbose):
         perm = tf.constant(rng.permutation(len(y)), tf.int32)
         weights, m, v, step, loss, hits, val_loss, val_hits = epoch(weights, m, v, step, Zt, yt, w, perm, Zv, yv,
@@ -141,21 +150,22 @@ def train_in_memory(dense_layers, Z, y, Z_val, y_val, *, epochs, learning_rate, 
     return history
 
 
-def train_streamed(model, stream, val, *, classes, epochs, batch_size, patience, min_delta, seed, class_weights=None,
+def train_streamed(model, stream, val, *, classes, epochs, batch_size, patience, min_delta, seed, class_weight=False,
                    verbose=0) -> dict:
     """Minibatch training of a compiled Keras model on a :class:`~pipeline.codeset.CodeStream`
-    (labels turned into positions in ``classes``), early stopping on the validation loss
-    (``val``, a stream, or the training loss), the best weights restored. Returns the history.
-    ``class_weights``: one weight per class position, or None."""
+    (labels turned into positions in ``classes``; ``class_weight``: balanced weights), early
+    stopping on the validation loss (``val``, a stream, or the training loss), the best weights
+    restored. Returns the history."""
     from tqdm import tqdm
 
+    weights = class_weights(np.searchsorted(classes, stream.y), len(classes)) if class_weight else None
     history = {"loss": [], "accuracy": []} | ({"val_loss": [], "val_accuracy": []} if val is not None else {})
-    stopping = EarlyStopping(patience, min_delta)
+    stopping = EarlyStopping(patience, min_delta, model.get_weights())
     for epoch in tqdm(range(epochs), desc="epochs (out of core)", unit="epoch", disable=not verbose):
         losses, hits, seen = 0.0, 0, 0
         for X, y in stream.minibatches(batch_size, seed + epoch):
             y = np.searchsorted(classes, y)
-            out = model.train_on_batch(X, y, sample_weight=None if class_weights is None else class_weights[y],
+            out = model.train_on_batch(X, y, sample_weight=None if weights is None else weights[y],
                                        return_dict=True)
             losses += out["loss"] * len(y)
             hits += out["accuracy"] * len(y)

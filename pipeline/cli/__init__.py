@@ -48,6 +48,7 @@ def add_code_options(p, many: bool = False, join: bool = False) -> None:
     """Options that name a cached code set (or, with ``many``, several: their product; with
     ``join``, several code files whose codes are joined side by side)."""
     from ..codes import code_spec
+    from ..dataset import RESIZES
     n = "+" if many else None
     p.add_argument("--codes", nargs="+" if many or join else None, default=None,
                    help="path of cached code file(s) (.h5); overrides the options below" + (
@@ -66,7 +67,7 @@ def add_code_options(p, many: bool = False, join: bool = False) -> None:
                    help="precision of the forward pass the codes were made with")
     p.add_argument("--tta", default=default(code_spec, "tta"), choices=("none", "flip"),
                    help="test-time augmentation the codes were made with")
-    p.add_argument("--resize", default=default(code_spec, "resize"), choices=("squash", "crop"),
+    p.add_argument("--resize", default=default(code_spec, "resize"), choices=RESIZES,
                    help="how the images were made square for the codes")
     p.add_argument("--cache-dir", default="cache", help="where code files are")
 
