@@ -26,12 +26,13 @@ RUN      ?= $(lastword $(sort $(wildcard $(RUNS)/*-$(BACKBONE)-$(HEAD))))
 IMG      ?= examples/caltech5
 MODEL    ?= $(RUN)
 
-.PHONY: codes train sweep finetune scratch export predict compare test bench help
+.PHONY: codes train sweep finetune scratch export predict compare report audit test bench help
 help:
 	@echo "make codes [DATA=.. BACKBONE=.. LAYER=.. POOLING=avg|max|flatten WEIGHTS=.. IMAGE_SIZE=.. SPLIT=70/15/15]"
 	@echo "make train [HEAD=softmax|mlp|logreg|prototype, same code options; CODES='a.h5 b.h5': codes side by side]"
 	@echo "make sweep [HEADS='softmax mlp logreg' NS='1 2 5 10 15 20 30 all' REPEATS=5]"
 	@echo "make finetune [RUN=runs/<head run>, default the newest $(BACKBONE) $(HEAD) run]  make scratch"
+	@echo "make report [RUN=.., default the newest $(BACKBONE) $(HEAD) run; a sweep: RUN=runs/<time>-sweep]"
 	@echo "make export [RUN=..]   make predict IMG=image-or-folder [MODEL=run folder or .keras file]   make compare"
 	@echo "make test | make bench"
 
@@ -58,6 +59,9 @@ predict:
 
 compare:
 	$(CNN) compare --runs-dir $(RUNS) $(ARGS)
+
+report:
+	$(CNN) report $(RUN) --open $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q

@@ -426,6 +426,12 @@ class _Codes:
         m = self.split == which
         return self.rows(m), self.y[m]
 
+    @property
+    def data_root(self) -> Path:
+        """The image folder the codes were made from (``paths`` are relative to it)."""
+        attrs = json.loads(self.attrs["members"])[0] if "members" in self.attrs else self.attrs
+        return Path(attrs["data_root"])
+
 
 def _stamp(path: Path):
     st = os.stat(path)

@@ -146,11 +146,10 @@ def test_images(record: dict, limit: int | None):
     from .dataset import TEST
 
     cs = open_code_sets(record["codes"])
-    attrs = cs.attrs if "members" not in cs.attrs else json.loads(cs.attrs["members"])[0]
     idx = np.flatnonzero(cs.split == TEST)
     if limit is not None and len(idx) > limit:
         idx = idx[np.linspace(0, len(idx) - 1, limit).round().astype(int)]
-    return Path(attrs["data_root"]), [cs.paths[i] for i in idx]
+    return cs.data_root, [cs.paths[i] for i in idx]
 
 
 def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None = None, batch_size: int = 32,

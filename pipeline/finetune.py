@@ -162,7 +162,8 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
     save = lambda run_dir: save_model(model, run_dir / "model.keras", cs.class_names,
                                       model_info(attrs, "finetune", str(head_run)))
     return finish_run(runs_dir, f"{attrs['backbone']}-finetune", record=rec, y_true=cs.y[te], proba=proba,
-                      class_names=cs.class_names, save=save, positive_class=positive_class, history=history,
+                      class_names=cs.class_names, save=save, test_paths=[cs.paths[i] for i in te],
+                      data_root=cs.data_root, positive_class=positive_class, history=history,
                       detail=f"warm-up head: test accuracy {warmup.get('accuracy', float('nan')):.4f}; "
                              f"trained in {seconds:.0f} s", log=log)
 
@@ -242,5 +243,5 @@ def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=
                                       {"kind": "scratch", "source": str(codes_path), "image_size": image_size,
                                        "backbone": None})
     return finish_run(runs_dir, "scratch", record=rec, y_true=cs.y[te], proba=proba, class_names=cs.class_names,
-                      save=save, positive_class=positive_class, history=history,
-                      detail=f"trained in {seconds:.0f} s", log=log)
+                      save=save, test_paths=[cs.paths[i] for i in te], data_root=cs.data_root,
+                      positive_class=positive_class, history=history, detail=f"trained in {seconds:.0f} s", log=log)

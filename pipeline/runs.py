@@ -46,16 +46,21 @@ def load_record(run_dir, kind: str | None = None) -> dict:
     return record
 
 
-def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names, save, positive_class=None,
-               history=None, detail: str = "", log=print):
-    """Evaluate ``proba`` against ``y_true``, make the run folder, ``save(run_dir)`` the model,
-    write record.json and the report, print the summary line; returns (run_dir, metrics)."""
+def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names, save, test_paths, data_root,
+               positive_class=None, history=None, detail: str = "", log=print):
+    """Evaluate ``proba`` against ``y_true`` (the test images ``test_paths``, relative to
+    ``data_root``), make the run folder, ``save(run_dir)`` the model, write record.json, the
+    report, predictions.csv and report.html, print the summary line; returns (run_dir, metrics)."""
+    from .run_report import build_report, write_predictions
+
     metrics = evaluate(y_true, proba, class_names, positive_class)
     run_dir = new_run_dir(runs_dir, name)
     save(run_dir)
     record = {"record_version": RECORD_VERSION, **record, "class_names": list(class_names),
-              "history": history or {}}
+              "history": history or {}, "data_root": str(data_root)}
     write_report(run_dir, record, metrics, class_names, history)
+    write_predictions(run_dir, test_paths, y_true, proba, list(class_names))
+    build_report(run_dir)
     log(f"{record['title']}: {summary(metrics)}" + (f"; {detail}" if detail else "") + f" -> {run_dir}")
     return run_dir, metrics
 

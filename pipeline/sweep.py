@@ -115,6 +115,7 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5
     from tqdm import tqdm
 
     from .heads import HEADS
+    from .run_report import build_report
     from .runs import new_run_dir
 
     default_ns = ns is None
@@ -204,6 +205,7 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5
               "summary": summary}
     (run_dir / "summary.json").write_text(json.dumps(record, indent=2))
     plot_sweep(summary, sets, run_dir / "sweep.png")
+    build_report(run_dir)
     log(format_table(summary, ns))
     log(f"{len(tasks)} runs on {workers} worker(s) in {wall:.1f} s -> {run_dir}")
     return run_dir

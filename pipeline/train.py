@@ -73,5 +73,6 @@ def train_on_codes(codes_path, head="softmax", head_params=None, runs_dir="runs"
     }
     return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, y_true=y_te,
                       proba=model.predict_proba(X_te), class_names=cs.class_names, save=model.save,
+                      test_paths=record["test_paths"], data_root=cs.data_root,
                       positive_class=positive_class, history=model.history_,
                       detail=f"trained in {seconds:.1f} s on {len(y_tr)} codes of {X_tr.shape[1]} values", log=log)
