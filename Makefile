@@ -33,6 +33,7 @@ help:
 	@echo "make sweep [HEADS='softmax mlp logreg' NS='1 2 5 10 15 20 30 all' REPEATS=5]"
 	@echo "make finetune [RUN=runs/<head run>, default the newest $(BACKBONE) $(HEAD) run]  make scratch"
 	@echo "make report [RUN=.., default the newest $(BACKBONE) $(HEAD) run; a sweep: RUN=runs/<time>-sweep]"
+	@echo "make audit [DATA=.. and the code options, or CODES=a.h5]: near-duplicates, leakage, label errors, outliers"
 	@echo "make export [RUN=..]   make predict IMG=image-or-folder [MODEL=run folder or .keras file]   make compare"
 	@echo "make test | make bench"
 
@@ -62,6 +63,9 @@ compare:
 
 report:
 	$(CNN) report $(RUN) --open $(ARGS)
+
+audit:
+	$(CNN) audit $(if $(CODES),--codes $(CODES),$(CODE_OPTS)) --runs-dir $(RUNS) $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q

@@ -6,7 +6,7 @@ import importlib
 from ..errors import exit_without_teardown, quiet_tensorflow, run_cli
 from . import FORMATTER, Parser
 
-SUBCOMMANDS = ("codes", "train", "sweep", "finetune", "scratch", "export", "predict", "compare", "report")
+SUBCOMMANDS = ("codes", "train", "sweep", "finetune", "scratch", "export", "predict", "compare", "report", "audit")
 
 
 def parser() -> Parser:

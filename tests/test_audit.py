@@ -1,0 +1,193 @@
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import CALTECH, CNN_CODES, needs_caltech, run_script, user_env, user_error_lines
+from pipeline.audit import audit_codes, duplicate_pairs, nearest_neighbours, top_k, unit_rows
+from pipeline.dataset import SPLIT_NAMES, TEST, TRAIN, VAL
+
+quiet = dict(progress=False, log=lambda *a: None)
+
+
+def synthetic_codes(path, n, dim, n_classes, seed=0, data_root="/nowhere"):
+    """A code file in the stage-1 layout with ``n`` random codes near their class centres."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    centres = rng.normal(0, 1, (n_classes, dim)).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        codes = f.create_dataset("codes", (n, dim), np.float32)
+        for s in range(0, n, 10000):  # written in blocks: the test measures the audit, not this
+            e = min(s + 10000, n)
+            codes[s:e] = centres[y[s:e]] + rng.normal(0, 1.5, (e - s, dim)).astype(np.float32)
+        f["labels"] = y
+        f["split"] = rng.choice([TRAIN, VAL, TEST], n, p=[0.7, 0.15, 0.15]).astype(np.int8)
+        f.create_dataset("paths", data=[f"c{c}/{i}.jpg" for i, c in enumerate(y)], dtype=h5py.string_dtype())
+        f.create_dataset("class_names", data=[f"c{c}" for c in range(n_classes)], dtype=h5py.string_dtype())
+        f.attrs.update(backbone="synthetic", layer="top", pooling="avg", image_size=32, data_root=data_root)
+    return path
+
+
+def test_chunked_neighbours_equal_the_brute_force_ones():
+    rng = np.random.default_rng(1)
+    Z = unit_rows(rng.normal(size=(300, 12)))
+    y = rng.integers(0, 4, 300)
+    nb = nearest_neighbours(Z, y, k=5, chunk_bytes=13 * 300 * 7, progress=False)  # chunks of 7 rows
+    S = Z @ Z.T
+    np.fill_diagonal(S, -np.inf)
+    want = np.argsort(-S, axis=1)[:, :5]
+    np.testing.assert_array_equal(nb.index, want)
+    np.testing.assert_allclose(nb.similarity, np.take_along_axis(S, want, 1), rtol=1e-5)
+    S[y[:, None] == y[None, :]] = -np.inf
+    np.testing.assert_array_equal(nb.other_index, S.argmax(1))
+    assert (y[nb.other_index] != y).all()
+
+
+@pytest.mark.parametrize("n", [50, 3000])
+def test_top_k_of_rows_equals_a_full_sort(n):
+    rng = np.random.default_rng(n)
+    S = rng.random((40, n)).astype(np.float32)
+    S[0] = 0.5  # ties everywhere: the sampled bound selects the whole row
+    S[1, :7] = -np.inf
+    S[2, 100 % n] = 2.0
+    idx, vals = top_k(S, 10)
+    np.testing.assert_array_equal(vals, -np.sort(-S, axis=1)[:, :10])
+    np.testing.assert_array_equal(np.take_along_axis(S, idx, 1), vals)
+    assert all(len(set(row)) == 10 for row in idx) and idx[2, 0] == 100 % n
+
+
+def test_pairs_follow_the_two_thresholds_and_come_once():
+    # 0 and 1: one class, almost the same; 2 (class 1) near 0 at a cross-class level; 3 far away.
+    Z = unit_rows(np.array([[1, 0, 0], [1, 0.05, 0], [1, 0.6, 0], [0, 0, 1]], np.float32))
+    y = np.array([0, 0, 1, 1])
+    nb = nearest_neighbours(Z, y, k=3, progress=False)
+    pairs = duplicate_pairs(nb, y, threshold=0.99, cross_threshold=0.8)
+    # 0-1 within the class; 2's nearest in class 0 is 1 and 0's nearest in class 1 is 2: two pairs
+    assert [(p.kind, p.a, p.b) for p in pairs] == [("within class", 0, 1), ("across classes", 1, 2),
+                                                   ("across classes", 0, 2)]
+    assert pairs[0].similarity > pairs[1].similarity > pairs[2].similarity > 0.8
+    assert duplicate_pairs(nb, y, threshold=0.999, cross_threshold=0.9) == []
+
+
+def test_audit_options_are_checked_by_name(tmp_path):
+    path = synthetic_codes(tmp_path / "c.h5", 50, 8, 3)
+    for kw, name in ((dict(threshold=1.5), "--threshold"), (dict(neighbours=0), "--neighbours"),
+                     (dict(folds=1), "--folds"), (dict(outlier_fraction=2), "--outlier-fraction")):
+        with pytest.raises(Exception, match=name):
+            audit_codes(path, runs_dir=tmp_path / "runs", **kw, **quiet)
+    r = run_script("audit", "--codes", tmp_path / "missing.h5", "--runs-dir", tmp_path / "runs")
+    assert r.returncode != 0 and len(user_error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
+
+
+def test_audit_of_100k_codes_stays_under_2_gb(tmp_path):
+    """The whole command on 100,000 synthetic codes, its peak memory measured by a parent process
+    that has no other child."""
+    path = synthetic_codes(tmp_path / "big.h5", 100_000, 64, 20, seed=3)
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(r.stderr)")
+    r = subprocess.run([sys.executable, "-c", probe, CNN_CODES, "audit", "--codes", str(path), "--runs-dir",
+                        str(tmp_path / "runs"), "--no-progress", "--gallery", "0"],
+                       capture_output=True, text=True, env=user_env(), timeout=900)
+    code, peak_kb = map(int, r.stdout.split())
+    assert code == 0, r.stderr
+    assert peak_kb * 1024 < 2e9, f"peak memory {peak_kb / 1e6:.2f} GB"
+    run = next((tmp_path / "runs").iterdir())
+    summary = json.loads((run / "audit.json").read_text())
+    assert summary["images"] == 100_000 and summary["outliers"] == 1000
+    with open(run / "outliers.csv") as fh:
+        assert sum(1 for _ in fh) == 1001
+
+
+# Caltech-101 classes in which a full audit of the data set (Lite0 codes, default settings) finds
+# no near-duplicate and no likely label error: what the audit finds here is what was planted.
+CLEAN = ("accordion", "camera", "cup", "dalmatian", "ferry", "laptop", "sunflower", "helicopter", "hedgehog", "pizza")
+
+
+@needs_caltech
+def test_audit_finds_planted_duplicates_and_flipped_labels(tmp_path):
+    from pipeline.codes import generate_codes
+
+    data = tmp_path / "data"
+    for c in CLEAN:
+        (data / c).mkdir(parents=True)
+        for f in sorted((CALTECH / c).iterdir())[:50]:
+            (data / c / f.name).symlink_to(f)
+    rng = np.random.default_rng(0)
+    files = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jpg"))
+    picked = rng.choice(len(files), 18, replace=False)
+    planted_pairs, flipped, relabelled = set(), set(), set()
+    for n, i in enumerate(picked):
+        src = files[i]
+        cls, name = src.split("/")
+        other = CLEAN[(CLEAN.index(cls) + 1 + n % 9) % 10]
+        if n < 4:  # a copy in another class
+            dst = f"{other}/copy_{name}"
+            relabelled |= {src, dst}
+        elif n < 8:  # a copy in the same class, under another name (often in another part of the split)
+            dst = f"{cls}/copy_{name}"
+        else:  # 10 of the 500 originals, 2%: label flipped
+            dst = f"{other}/flipped_{name}"
+            (data / dst).symlink_to((data / src).resolve())
+            (data / src).unlink()
+            flipped.add(dst)
+            continue
+        shutil.copyfile(data / src, data / dst)
+        planted_pairs.add(frozenset((src, dst)))
+    codes = generate_codes(data, "efficientnet_lite0", cache_dir=tmp_path / "cache", **quiet)[0]
+    run = audit_codes(codes, runs_dir=tmp_path / "runs", **quiet)
+
+    with open(run / "duplicates.csv") as fh:
+        pairs = list(csv.DictReader(fh))
+    found = {frozenset((r["path_a"], r["path_b"])) for r in pairs}
+    assert len(found & planted_pairs) >= 0.9 * len(planted_pairs)
+    assert len(found - planted_pairs) < len(planted_pairs)
+    for r in pairs:  # pairs in different parts of the split are marked as leakage
+        assert (r["leakage"] == "yes") == (r["split_a"] != r["split_b"])
+        assert r["split_a"] in SPLIT_NAMES and r["split_b"] in SPLIT_NAMES
+    assert any(r["leakage"] == "yes" and frozenset((r["path_a"], r["path_b"])) in planted_pairs for r in pairs)
+    cross = {frozenset((r["path_a"], r["path_b"])) for r in pairs if r["kind"] == "across classes"}
+    assert sum(1 for p in planted_pairs if p & relabelled and p in cross) >= 3
+
+    with open(run / "label_issues.csv") as fh:
+        issues = list(csv.DictReader(fh))
+    flagged = {r["path"] for r in issues}
+    assert len(flagged & flipped) >= 0.9 * len(flipped)
+    assert len(flagged - flipped - relabelled) < len(flipped)
+    by_path = {r["path"]: r for r in issues}
+    for p in flagged & flipped:  # the class it was taken from is suggested
+        assert by_path[p]["given_class"] == p.split("/")[0]
+        assert by_path[p]["suggested_class"] != by_path[p]["given_class"]
+    html = (run / "report.html").read_text()
+    shown = sum(min(48, sum(1 for r in pairs if keep(r))) for keep in (
+        lambda r: r["leakage"] == "yes", lambda r: r["kind"] == "across classes", lambda r: r["kind"] == "within class"))
+    assert html.count('<div class="pair"') == shown
+    assert html.count('<img src="data:image/jpeg;base64,') == 2 * shown + min(48, len(issues)) + 5  # 1% of 508
+
+
+@needs_caltech
+def test_audit_finds_the_faces_faces_easy_pairs_with_its_defaults(tmp_path):
+    """Caltech-101's Faces_easy are croppings of its Faces photographs (same file names)."""
+    from pipeline.codes import generate_codes
+
+    data = tmp_path / "faces"
+    data.mkdir()
+    for c in ("Faces", "Faces_easy", "Leopards"):
+        (data / c).symlink_to(CALTECH / c)
+    codes = generate_codes(data, "efficientnet_lite0", cache_dir=tmp_path / "cache", **quiet)[0]
+    r = run_script("audit", "--codes", codes, "--runs-dir", tmp_path / "runs", "--no-progress", "--gallery", "12")
+    assert r.returncode == 0, r.stderr
+    assert "Faces/Faces_easy" in r.stdout
+    run = next((tmp_path / "runs").iterdir())
+    with open(run / "duplicates.csv") as fh:
+        cross = [row for row in csv.DictReader(fh) if row["kind"] == "across classes"]
+    same_photo = {row["path_a"].split("/")[1] for row in cross
+                  if {row["class_a"], row["class_b"]} == {"Faces", "Faces_easy"}
+                  and row["path_a"].split("/")[1] == row["path_b"].split("/")[1]}
+    assert len(same_photo) >= 250  # of 435
+    summary = json.loads((run / "audit.json").read_text())
+    assert summary["class_pairs"][0]["classes"] == ["Faces", "Faces_easy"]
