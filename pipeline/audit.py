@@ -191,6 +191,13 @@ def label_issues(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
         return np.asarray(find_label_issues(remap[y], p, return_indices_ranked_by="self_confidence"), np.int64)
 
 
+def suggested_classes(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The most likely class other than the given one: what a flagged image looks like."""
+    other = proba.copy()
+    other[np.arange(len(y)), y] = -1.0
+    return other.argmax(1)
+
+
 def outlier_scores(nb: Neighbours) -> np.ndarray:
     """Mean cosine distance to the nearest neighbours: high for images unlike any other."""
     return 1.0 - nb.similarity.mean(1)
@@ -242,14 +249,14 @@ def audit_codes(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross
         for p in pairs:
             w.writerow([p.kind, f"{p.similarity:.4f}", paths[p.a], classes[y[p.a]], where(p.a), paths[p.b],
                         classes[y[p.b]], where(p.b), "yes" if split[p.a] != split[p.b] else "no"])
-    oof = proba.argmax(1)
+    oof, suggested = proba.argmax(1), suggested_classes(proba, y)
     with open(run_dir / "label_issues.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["rank", "path", "split", "given_class", "given_probability", "suggested_class",
                     "suggested_probability"])
         for r, i in enumerate(issues, 1):
-            w.writerow([r, paths[i], where(i), classes[y[i]], f"{proba[i, y[i]]:.4f}", classes[oof[i]],
-                        f"{proba[i, oof[i]]:.4f}"])
+            w.writerow([r, paths[i], where(i), classes[y[i]], f"{proba[i, y[i]]:.4f}", classes[suggested[i]],
+                        f"{proba[i, suggested[i]]:.4f}"])
     with open(run_dir / "outliers.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["rank", "path", "split", "class", "score", "nearest_path", "nearest_similarity"])
@@ -260,7 +267,7 @@ def audit_codes(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross
                                       for p in pairs if p.kind == "across classes")
     summary = {
         "kind": "audit", "codes": str(cs.path), "code_attrs": {k: str(v) for k, v in cs.attrs.items()},
-        "data_root": str(cs.data_root), "images": n, "classes": len(classes),
+        "data_root": str(cs.data_root) if cs.data_root else None, "images": n, "classes": len(classes),
         "options": {"threshold": threshold, "cross_threshold": cross_threshold, "neighbours": neighbours,
                     "folds": folds, "components": COMPONENTS, "C": LABEL_C, "outlier_fraction": outlier_fraction,
                     "seed": seed},
@@ -275,7 +282,7 @@ def audit_codes(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross
     d = summary["duplicates"]
     log(f"near-duplicates: {d['within_class']} pairs within classes (cosine >= {threshold:g}), "
         f"{d['across_classes']} across classes (>= {cross_threshold:g}), {d['across_splits']} of them across "
-        f"the split (leakage)" + (f"; most across classes: " + ", ".join(
+        f"the split (leakage)" + ("; most across classes: " + ", ".join(
             f"{a}/{b} {c}" for (a, b), c in class_pairs.most_common(3)) if class_pairs else ""))
     log(f"likely label errors: {len(issues)} (out-of-fold accuracy {summary['out_of_fold_accuracy']:.4f}); "
         f"outliers: {n_out}")
@@ -288,7 +295,7 @@ def write_audit_report(run_dir: Path, summary: dict, cs, pairs: list[Pair], issu
     """report.html: the summary, the class pairs that share images, and a gallery of each finding."""
     from .pages import esc, facts, page, section, shot, table
 
-    root, paths, classes, y, split = cs.data_root, cs.paths, list(cs.class_names), cs.y, cs.split
+    root, paths, classes, y, split = cs.data_root or Path("."), cs.paths, list(cs.class_names), cs.y, cs.split
     where = lambda i: SPLIT_NAMES[int(split[i])]
     tile = lambda i, extra="": shot(root / paths[i], f"{esc(classes[y[i]])} · {where(i)}{extra}<br>"
                                     f"<span class=\"path\">{esc(paths[i])}</span>", paths[i])
@@ -316,7 +323,7 @@ def write_audit_report(run_dir: Path, summary: dict, cs, pairs: list[Pair], issu
              ("likely label errors", summary["label_issues"]),
              ("out-of-fold accuracy of the label model", f"{100 * summary['out_of_fold_accuracy']:.2f}%"),
              ("outliers shown", summary["outliers"]), ("seconds", summary["seconds"])]
-    oof = proba.argmax(1)
+    suggested = suggested_classes(proba, y)
     sections = [
         section("Summary", facts(items), "summary"),
         section("Classes that share images (near-duplicate pairs across classes)",
@@ -330,8 +337,8 @@ def write_audit_report(run_dir: Path, summary: dict, cs, pairs: list[Pair], issu
                 "within-class"),
         section("Likely label errors (the least likely given label first)", image_gallery(
             issues, lambda i: f"<br><span class=\"bad\">given {esc(classes[y[i]])} ({100 * proba[i, y[i]]:.1f}%)</span>"
-                              f"<br><span class=\"good\">looks like {esc(classes[oof[i]])} "
-                              f"({100 * proba[i, oof[i]]:.1f}%)</span>"), "label-issues"),
+                              f"<br><span class=\"good\">looks like {esc(classes[suggested[i]])} "
+                              f"({100 * proba[i, suggested[i]]:.1f}%)</span>"), "label-issues"),
         section("Outliers (farthest from their nearest neighbours)", image_gallery(
             outliers, lambda i: f"<br>score {scores[i]:.3f}"), "outliers"),
     ]

@@ -427,10 +427,11 @@ class _Codes:
         return self.rows(m), self.y[m]
 
     @property
-    def data_root(self) -> Path:
-        """The image folder the codes were made from (``paths`` are relative to it)."""
+    def data_root(self) -> Path | None:
+        """The image folder the codes were made from (``paths`` are relative to it); None for
+        codes written by other means than stage 1, which may not say."""
         attrs = json.loads(self.attrs["members"])[0] if "members" in self.attrs else self.attrs
-        return Path(attrs["data_root"])
+        return Path(attrs["data_root"]) if attrs.get("data_root") else None
 
 
 def _stamp(path: Path):

@@ -146,6 +146,9 @@ def test_images(record: dict, limit: int | None):
     from .dataset import TEST
 
     cs = open_code_sets(record["codes"])
+    if cs.data_root is None:
+        raise UserError(f"{cs.path} does not say which image folder it was made from (no data_root): "
+                        f"no test images to check the exports on (--check-images 0 skips the check)")
     idx = np.flatnonzero(cs.split == TEST)
     if limit is not None and len(idx) > limit:
         idx = idx[np.linspace(0, len(idx) - 1, limit).round().astype(int)]

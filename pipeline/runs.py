@@ -57,7 +57,7 @@ def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names,
     run_dir = new_run_dir(runs_dir, name)
     save(run_dir)
     record = {"record_version": RECORD_VERSION, **record, "class_names": list(class_names),
-              "history": history or {}, "data_root": str(data_root)}
+              "history": history or {}, "data_root": str(data_root) if data_root else None}
     write_report(run_dir, record, metrics, class_names, history)
     write_predictions(run_dir, test_paths, y_true, proba, list(class_names))
     build_report(run_dir)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, run_script
+from test_report import check_html
 from pipeline import finetune as ft
 from pipeline.backbones import REGISTRY, build_base
 from pipeline.codes import CodeSet, generate_codes
@@ -16,6 +17,7 @@ from pipeline.heads import load_head
 from pipeline.images import augmentation, image_dataset
 from pipeline.models import export_head_run, head_as_keras, load_model
 from pipeline.predict import predict
+from pipeline.run_report import GALLERY
 from pipeline.train import train_on_codes
 
 QUIET = dict(log=lambda *a: None)
@@ -32,6 +34,19 @@ def head_run(images, tmp_path):
 def _trunk(name="efficientnet_lite0", layer="top_activation", size=32):
     base = build_base(REGISTRY[name], "none", size)
     return keras.Model(base.inputs, base.get_layer(layer).output)
+
+
+def check_predictions_and_report(run_dir, cs, te, proba):
+    """predictions.csv holds the saved model's predictions on the test images; report.html is
+    valid and shows every mistake."""
+    with open(run_dir / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["path"] for r in rows] == [cs.paths[i] for i in te]
+    assert [r["predicted"] for r in rows] == [cs.class_names[k] for k in proba.argmax(1)]
+    np.testing.assert_allclose([float(r["confidence"]) for r in rows], proba.max(1), atol=1e-4)
+    c = check_html(run_dir / "report.html")
+    wrong = sum(r["true"] != r["predicted"] for r in rows)
+    assert sum(img["src"].startswith("data:image/jpeg") for img in c.images) == min(GALLERY, wrong)
 
 
 def test_cut_points_by_blocks_and_by_layer_name():
@@ -98,6 +113,7 @@ def test_finetune_fast_path_end_to_end(head_run, tmp_path):
     imgs = np.stack([load_image(cs.attrs["data_root"] + "/" + cs.paths[i], 32) for i in te]).astype(np.float32)
     acc = (np.asarray(model(imgs)).argmax(1) == cs.y[te]).mean()
     assert acc == pytest.approx(metrics["accuracy"])  # the saved model is the one evaluated
+    check_predictions_and_report(out, cs, te, np.asarray(model(imgs)))
     assert info["kind"] == "finetune"
 
 
@@ -136,6 +152,7 @@ def test_scratch_baseline_runs_on_the_same_split(head_run, tmp_path):
     te = np.flatnonzero(cs.split == TEST)
     imgs = np.stack([load_image(cs.attrs["data_root"] + "/" + cs.paths[i], 32) for i in te]).astype(np.float32)
     assert (np.asarray(model(imgs)).argmax(1) == cs.y[te]).mean() == pytest.approx(metrics["accuracy"])
+    check_predictions_and_report(out, cs, te, np.asarray(model(imgs)))
 
 
 def test_predict_folder_with_a_corrupt_file(head_run, images, tmp_path):
