@@ -203,6 +203,74 @@ def outlier_scores(nb: Neighbours) -> np.ndarray:
     return 1.0 - nb.similarity.mean(1)
 
 
+@dataclasses.dataclass
+class Findings:
+    """What an audit found, as indices into the code set."""
+    neighbours: Neighbours
+    pairs: list[Pair]
+    proba: np.ndarray        # out-of-fold class probabilities (N, classes)
+    issues: np.ndarray       # likely label errors, the least likely given label first
+    scores: np.ndarray       # outlier score of every image
+    outliers: np.ndarray     # the images with the highest scores, highest first
+
+
+def find(Z: np.ndarray, y: np.ndarray, n_classes: int, threshold=THRESHOLD, cross_threshold=CROSS_THRESHOLD,
+         neighbours=NEIGHBOURS, folds=FOLDS, outlier_fraction=OUTLIER_FRACTION, chunk_bytes=CHUNK_BYTES, seed=0,
+         progress=True) -> Findings:
+    """Every finding on the unit-length codes ``Z`` with labels ``y``."""
+    nb = nearest_neighbours(Z, y, neighbours, chunk_bytes, progress)
+    proba = out_of_fold_probabilities(Z, y, n_classes, folds, seed=seed, n_jobs=2)
+    scores = outlier_scores(nb)
+    return Findings(nb, duplicate_pairs(nb, y, threshold, cross_threshold), proba, label_issues(y, proba), scores,
+                    np.argsort(-scores, kind="stable")[:int(round(outlier_fraction * len(y)))])
+
+
+def write_csvs(run_dir: Path, cs, f: Findings) -> None:
+    """duplicates.csv, label_issues.csv and outliers.csv: one row per pair or image, paths
+    relative to the data folder as in the code set."""
+    paths, classes, y, split = cs.paths, list(cs.class_names), cs.y, cs.split
+    where = lambda i: SPLIT_NAMES[int(split[i])]
+    tables = {
+        "duplicates.csv": (["kind", "similarity", "path_a", "class_a", "split_a", "path_b", "class_b", "split_b",
+                            "leakage"],
+                           ([p.kind, f"{p.similarity:.4f}", paths[p.a], classes[y[p.a]], where(p.a), paths[p.b],
+                             classes[y[p.b]], where(p.b), "yes" if split[p.a] != split[p.b] else "no"]
+                            for p in f.pairs)),
+        "label_issues.csv": (["rank", "path", "split", "given_class", "given_probability", "suggested_class",
+                              "suggested_probability"],
+                             ([r, paths[i], where(i), classes[y[i]], f"{f.proba[i, y[i]]:.4f}", classes[s],
+                               f"{f.proba[i, s]:.4f}"]
+                              for (r, i), s in zip(enumerate(f.issues, 1), suggested_classes(f.proba, y)[f.issues]))),
+        "outliers.csv": (["rank", "path", "split", "class", "score", "nearest_path", "nearest_similarity"],
+                         ([r, paths[i], where(i), classes[y[i]], f"{f.scores[i]:.4f}",
+                           paths[f.neighbours.index[i, 0]], f"{f.neighbours.similarity[i, 0]:.4f}"]
+                          for r, i in enumerate(f.outliers, 1))),
+    }
+    for name, (header, rows) in tables.items():
+        with open(run_dir / name, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(rows)
+
+
+def summarize(cs, f: Findings, options: dict, seconds: float) -> dict:
+    """audit.json: the code set, the options and the counts; class pairs that share images."""
+    classes, y, split = list(cs.class_names), cs.y, cs.split
+    class_pairs = collections.Counter(tuple(sorted((classes[y[p.a]], classes[y[p.b]])))
+                                      for p in f.pairs if p.kind == "across classes")
+    return {
+        "kind": "audit", "codes": str(cs.path), "code_attrs": {k: str(v) for k, v in cs.attrs.items()},
+        "data_root": str(cs.data_root) if cs.data_root else None, "images": len(cs), "classes": len(classes),
+        "options": {**options, "components": COMPONENTS, "C": LABEL_C},
+        "duplicates": {"within_class": sum(p.kind == "within class" for p in f.pairs),
+                       "across_classes": sum(p.kind == "across classes" for p in f.pairs),
+                       "across_splits": int(sum(split[p.a] != split[p.b] for p in f.pairs))},
+        "class_pairs": [{"classes": list(k), "pairs": v} for k, v in class_pairs.most_common()],
+        "label_issues": int(len(f.issues)), "out_of_fold_accuracy": float((f.proba.argmax(1) == y).mean()),
+        "outliers": int(len(f.outliers)), "seconds": round(seconds, 2),
+    }
+
+
 def audit_codes(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_threshold: float = CROSS_THRESHOLD,
                 neighbours: int = NEIGHBOURS, folds: int = FOLDS, outlier_fraction: float = OUTLIER_FRACTION,
                 gallery: int = GALLERY, chunk_bytes: int = CHUNK_BYTES, seed: int = 0, progress: bool = True,
@@ -220,78 +288,36 @@ def audit_codes(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross
         raise UserError("--folds must be at least 2")
     if not 0.0 <= outlier_fraction <= 1.0:
         raise UserError("--outlier-fraction must be between 0 and 1")
+    if gallery < 0:
+        raise UserError("--gallery must be 0 or more")
     writable_folder(runs_dir, "--runs-dir")
     cs = open_code_sets(codes_path)
-    n, classes = len(cs), list(cs.class_names)
-    if n < 3 or len(np.unique(cs.y)) < 2:
+    if len(cs) < 3 or len(np.unique(cs.y)) < 2:
         raise UserError(f"{cs.path}: an audit needs at least 3 images in 2 classes")
+    options = dict(threshold=threshold, cross_threshold=cross_threshold, neighbours=neighbours, folds=folds,
+                   outlier_fraction=outlier_fraction, seed=seed)
     t0 = time.perf_counter()
-    y = np.asarray(cs.y, np.int64)
-    Z = unit_rows(cs.X)
-    log(f"auditing {n} images of {len(classes)} classes ({Z.shape[1]} values per code) from {cs.path}")
-    nb = nearest_neighbours(Z, y, neighbours, chunk_bytes, progress)
-    pairs = duplicate_pairs(nb, y, threshold, cross_threshold)
-    proba = out_of_fold_probabilities(Z, y, len(classes), folds, seed=seed, n_jobs=2)
-    del Z
-    issues = label_issues(y, proba)
-    scores = outlier_scores(nb)
-    n_out = int(round(outlier_fraction * n))
-    outliers = np.argsort(-scores, kind="stable")[:n_out]
-    seconds = time.perf_counter() - t0
+    log(f"auditing {len(cs)} images of {len(cs.class_names)} classes ({cs.shape[1]} values per code) from {cs.path}")
+    findings = find(unit_rows(cs.X), np.asarray(cs.y, np.int64), len(cs.class_names), chunk_bytes=chunk_bytes,
+                    progress=progress, **options)
+    summary = summarize(cs, findings, options, time.perf_counter() - t0)
 
     run_dir = new_run_dir(runs_dir, f"{str(cs.attrs.get('backbone')).replace('+', '-')}-audit")
-    paths, split = cs.paths, cs.split
-    where = lambda i: SPLIT_NAMES[int(split[i])]
-    leaks = [p for p in pairs if split[p.a] != split[p.b]]
-    with open(run_dir / "duplicates.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["kind", "similarity", "path_a", "class_a", "split_a", "path_b", "class_b", "split_b", "leakage"])
-        for p in pairs:
-            w.writerow([p.kind, f"{p.similarity:.4f}", paths[p.a], classes[y[p.a]], where(p.a), paths[p.b],
-                        classes[y[p.b]], where(p.b), "yes" if split[p.a] != split[p.b] else "no"])
-    oof, suggested = proba.argmax(1), suggested_classes(proba, y)
-    with open(run_dir / "label_issues.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["rank", "path", "split", "given_class", "given_probability", "suggested_class",
-                    "suggested_probability"])
-        for r, i in enumerate(issues, 1):
-            w.writerow([r, paths[i], where(i), classes[y[i]], f"{proba[i, y[i]]:.4f}", classes[suggested[i]],
-                        f"{proba[i, suggested[i]]:.4f}"])
-    with open(run_dir / "outliers.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["rank", "path", "split", "class", "score", "nearest_path", "nearest_similarity"])
-        for r, i in enumerate(outliers, 1):
-            w.writerow([r, paths[i], where(i), classes[y[i]], f"{scores[i]:.4f}", paths[nb.index[i, 0]],
-                        f"{nb.similarity[i, 0]:.4f}"])
-    class_pairs = collections.Counter(tuple(sorted((classes[y[p.a]], classes[y[p.b]])))
-                                      for p in pairs if p.kind == "across classes")
-    summary = {
-        "kind": "audit", "codes": str(cs.path), "code_attrs": {k: str(v) for k, v in cs.attrs.items()},
-        "data_root": str(cs.data_root) if cs.data_root else None, "images": n, "classes": len(classes),
-        "options": {"threshold": threshold, "cross_threshold": cross_threshold, "neighbours": neighbours,
-                    "folds": folds, "components": COMPONENTS, "C": LABEL_C, "outlier_fraction": outlier_fraction,
-                    "seed": seed},
-        "duplicates": {"within_class": sum(p.kind == "within class" for p in pairs),
-                       "across_classes": sum(p.kind == "across classes" for p in pairs), "across_splits": len(leaks)},
-        "class_pairs": [{"classes": list(k), "pairs": v} for k, v in class_pairs.most_common()],
-        "label_issues": int(len(issues)), "out_of_fold_accuracy": float((oof == y).mean()),
-        "outliers": n_out, "seconds": round(seconds, 2),
-    }
+    write_csvs(run_dir, cs, findings)
     (run_dir / "audit.json").write_text(json.dumps(summary, indent=2))
-    write_audit_report(run_dir, summary, cs, pairs, issues, proba, outliers, scores, gallery)
+    write_audit_report(run_dir, summary, cs, findings, gallery)
     d = summary["duplicates"]
     log(f"near-duplicates: {d['within_class']} pairs within classes (cosine >= {threshold:g}), "
         f"{d['across_classes']} across classes (>= {cross_threshold:g}), {d['across_splits']} of them across "
         f"the split (leakage)" + ("; most across classes: " + ", ".join(
-            f"{a}/{b} {c}" for (a, b), c in class_pairs.most_common(3)) if class_pairs else ""))
-    log(f"likely label errors: {len(issues)} (out-of-fold accuracy {summary['out_of_fold_accuracy']:.4f}); "
-        f"outliers: {n_out}")
-    log(f"audited {n} images in {seconds:.1f} s -> {run_dir}")
+            f"{'/'.join(c['classes'])} {c['pairs']}" for c in summary["class_pairs"][:3]) if summary["class_pairs"] else ""))
+    log(f"likely label errors: {summary['label_issues']} (out-of-fold accuracy {summary['out_of_fold_accuracy']:.4f}); "
+        f"outliers: {summary['outliers']}")
+    log(f"audited {len(cs)} images in {summary['seconds']:.1f} s -> {run_dir}")
     return run_dir
 
 
-def write_audit_report(run_dir: Path, summary: dict, cs, pairs: list[Pair], issues, proba, outliers, scores,
-                       limit: int = GALLERY) -> Path:
+def write_audit_report(run_dir: Path, summary: dict, cs, f: Findings, limit: int = GALLERY) -> Path:
     """report.html: the summary, the class pairs that share images, and a gallery of each finding."""
     from .pages import esc, facts, page, section, shot, table
 
@@ -323,7 +349,7 @@ def write_audit_report(run_dir: Path, summary: dict, cs, pairs: list[Pair], issu
              ("likely label errors", summary["label_issues"]),
              ("out-of-fold accuracy of the label model", f"{100 * summary['out_of_fold_accuracy']:.2f}%"),
              ("outliers shown", summary["outliers"]), ("seconds", summary["seconds"])]
-    suggested = suggested_classes(proba, y)
+    pairs, proba, suggested = f.pairs, f.proba, suggested_classes(f.proba, y)
     sections = [
         section("Summary", facts(items), "summary"),
         section("Classes that share images (near-duplicate pairs across classes)",
@@ -336,11 +362,11 @@ def write_audit_report(run_dir: Path, summary: dict, cs, pairs: list[Pair], issu
         section("Near-duplicates within classes", pair_gallery([p for p in pairs if p.kind == "within class"]),
                 "within-class"),
         section("Likely label errors (the least likely given label first)", image_gallery(
-            issues, lambda i: f"<br><span class=\"bad\">given {esc(classes[y[i]])} ({100 * proba[i, y[i]]:.1f}%)</span>"
+            f.issues, lambda i: f"<br><span class=\"bad\">given {esc(classes[y[i]])} ({100 * proba[i, y[i]]:.1f}%)</span>"
                               f"<br><span class=\"good\">looks like {esc(classes[suggested[i]])} "
                               f"({100 * proba[i, suggested[i]]:.1f}%)</span>"), "label-issues"),
         section("Outliers (farthest from their nearest neighbours)", image_gallery(
-            outliers, lambda i: f"<br>score {scores[i]:.3f}"), "outliers"),
+            f.outliers, lambda i: f"<br>score {f.scores[i]:.3f}"), "outliers"),
     ]
     out = Path(run_dir) / "report.html"
     out.write_text(page(f"audit of {Path(summary['codes']).name} ({cs.attrs.get('backbone')})", sections),
