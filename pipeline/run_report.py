@@ -42,6 +42,28 @@ def read_predictions(run_dir: Path) -> list[dict] | None:
         return list(csv.DictReader(fh))
 
 
+def recompute_predictions(run_dir: Path, record: dict) -> bool:
+    """predictions.csv of a head run made before runs wrote it, from its head and the test part
+    of its code set (when both are still there); False if it cannot be made."""
+    from .codeset import open_code_sets
+    from .dataset import TEST
+    from .heads import load_head
+
+    if record.get("kind") != "head-on-codes":
+        return False
+    try:
+        cs = open_code_sets(record["codes"])
+        head = load_head(run_dir)
+    except (UserError, OSError, KeyError):
+        return False
+    test = cs.split == TEST
+    paths = [p for p, t in zip(cs.paths, test) if t]
+    if paths != record.get("test_paths", paths) or list(cs.class_names) != record["class_names"]:
+        return False  # the code set changed since the run: its test images are not the run's
+    write_predictions(run_dir, paths, cs.y[test], head.predict_proba(cs.rows(test)), record["class_names"])
+    return True
+
+
 def per_class_rows(confusion, class_names) -> list[list]:
     """Class, test images, correct, recall, precision, F1, most often predicted instead."""
     cm = np.asarray(confusion)
@@ -91,10 +113,12 @@ def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
               ("codes", record.get("codes", "")), ("run folder", Path(run_dir).name)]
     sections = [section("Summary", facts(items), "summary")]
     predictions = read_predictions(run_dir)
-    data_root = record.get("data_root")
+    if predictions is None and recompute_predictions(run_dir, record):
+        predictions = read_predictions(run_dir)
+    data_root = record.get("data_root") or _code_set_root(record)
     body = (gallery(predictions, Path(data_root) if data_root else None, limit) if predictions is not None else
-            "<p>This run has no per-image predictions (it was made before runs wrote predictions.csv); "
-            "train it again to see its mistakes.</p>")
+            "<p>This run has no per-image predictions (it was made before runs wrote predictions.csv, and they "
+            "cannot be recomputed from its head and code set); train it again to see its mistakes.</p>")
     sections.append(section("Most confident mistakes", body, "gallery"))
     sections.append(section("Per class (click a column to sort)", table(
         ["class", "test images", "correct", "recall", "precision", "F1", "most often predicted instead"],
@@ -108,6 +132,12 @@ def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
     options = {k: v for k, v in record.items() if k not in ("confusion", "metrics", "history", "test_paths", "class_names")}
     sections.append(section("Options", f"<pre>{esc(json.dumps(options, indent=2))}</pre>", "options"))
     return page(record.get("title", Path(run_dir).name), sections)
+
+
+def _code_set_root(record: dict) -> str | None:
+    members = record.get("code_attrs", {}).get("members")
+    attrs = json.loads(members)[0] if members else record.get("code_attrs", {})
+    return attrs.get("data_root")
 
 
 def sweep_page(run_dir: Path, summary: dict) -> str:

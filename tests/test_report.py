@@ -178,3 +178,22 @@ def test_report_renders_in_headless_chromium_with_its_gallery_and_sorting(tmp_pa
     assert probe_result["shown"] == min(GALLERY, wrong) > 0
     recall = [float(v) for v in probe_result["recall"]]
     assert recall == sorted(recall, reverse=True) and len(recall) == 4
+
+
+def test_a_head_run_from_before_predictions_gets_them_recomputed(tmp_path):
+    run = noisy_run(tmp_path)
+    before = (run / "predictions.csv").read_text()
+    gallery = [img["alt"] for img in check_html(run / "report.html").images if img["src"].startswith("data:image/jpeg")]
+    record = json.loads((run / "record.json").read_text())
+    del record["data_root"]  # as runs recorded before
+    (run / "record.json").write_text(json.dumps(record))
+    (run / "predictions.csv").unlink()
+    build_report(run)
+    assert (run / "predictions.csv").read_text() == before  # same head, same test codes
+    assert [img["alt"] for img in check_html(run / "report.html").images
+            if img["src"].startswith("data:image/jpeg")] == gallery  # images found from the code set's folder
+    (run / "predictions.csv").unlink()
+    (tmp_path / "codes.h5").unlink()
+    build_report(run)
+    assert not (run / "predictions.csv").exists()
+    assert "cannot be recomputed" in (run / "report.html").read_text()
