@@ -162,45 +162,54 @@ RESIZES = ("squash", "crop")
 CROP_FRACTION = 0.875  # crop: the shorter side resized to size / 0.875, the centre kept (ImageNet evaluation)
 
 
-def load_image(path, size: int, large: list | None = None, resize: str = "squash") -> np.ndarray:
-    """Decode any common image file to RGB uint8 (size, size, 3).
-
-    Grayscale, palette, CMYK and 16-bit images are converted; transparency is composited on
-    white; animated files give their first frame. ``resize`` squash resizes the image to a square,
-    ignoring aspect ratio, as the pretrained conv bases were used in the published recipes; crop
-    resizes its shorter side to ``size / 0.875`` and keeps the centre square (the evaluation of
-    ImageNet models and of the linear-probe protocol). Images over
-    Pillow's decompression-bomb limit (179 megapixels) are refused; those over its warning limit
-    (89 megapixels) are decoded and, when ``large`` is a list, appended to it.
-    """
+def decode_rgb(path, side: int, large: list | None = None):
+    """Decode any common image file to an RGB Pillow image (a JPEG at reduced scale when it is
+    much larger than ``side``). Grayscale, palette, CMYK and 16-bit images are converted;
+    transparency is composited on white; animated files give their first frame. Images over
+    Pillow's decompression-bomb limit (179 megapixels) raise; those over its warning limit (89
+    megapixels) are decoded and, when ``large`` is a list, appended to it. A hostile file can make
+    the decoder raise anything: callers catch it."""
     from PIL import Image, ImageOps
 
     _quiet_pillow()
+    with Image.open(path) as img:
+        if large is not None and img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+            large.append(str(path))
+        img.draft("RGB", (side, side))  # JPEG: decode at reduced scale when much larger
+        img.load()
+        if "exif" in img.info:  # parsing EXIF costs time: only when there is some
+            img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            arr = np.asarray(img, dtype=np.float32)
+            top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+            img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.new("RGB", rgba.size, (255, 255, 255))
+            img.paste(rgba, mask=rgba.getchannel("A"))
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(path, size: int, large: list | None = None, resize: str = "squash") -> np.ndarray:
+    """Decode any common image file (see :func:`decode_rgb`) to RGB uint8 (size, size, 3).
+
+    ``resize`` squash resizes the image to a square, ignoring aspect ratio, as the pretrained conv
+    bases were used in the published recipes; crop resizes its shorter side to ``size / 0.875``
+    and keeps the centre square (the evaluation of ImageNet models and of the linear-probe
+    protocol). Unreadable files, and images over Pillow's decompression-bomb limit, raise
+    :class:`ImageError`.
+    """
+    from PIL import Image
+
     try:
-        with Image.open(path) as img:
-            if large is not None and img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
-                large.append(str(path))
-            side = round(size / CROP_FRACTION) if resize == "crop" else size
-            img.draft("RGB", (side, side))  # JPEG: decode at reduced scale when much larger
-            img.load()
-            if "exif" in img.info:  # parsing EXIF costs time: only when there is some
-                img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                arr = np.asarray(img, dtype=np.float32)
-                top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = Image.new("RGB", rgba.size, (255, 255, 255))
-                img.paste(rgba, mask=rgba.getchannel("A"))
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            if resize == "crop":
-                scale = side / min(img.size)
-                w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-                left, top = (w - size) // 2, (h - size) // 2
-                img = img.resize((w, h), Image.BILINEAR, reducing_gap=3.0).crop((left, top, left + size, top + size))
-                return np.asarray(img, dtype=np.uint8)
-            return np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
+        side = round(size / CROP_FRACTION) if resize == "crop" else size
+        img = decode_rgb(path, side, large)
+        if resize == "crop":
+            scale = side / min(img.size)
+            w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.resize((w, h), Image.BILINEAR, reducing_gap=3.0).crop((left, top, left + size, top + size))
+            return np.asarray(img, dtype=np.uint8)
+        return np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
     except Exception as exc:  # a hostile file can make a decoder raise anything: it is one bad image
         raise ImageError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None

@@ -54,7 +54,8 @@ def page(title: str, sections: list[str]) -> str:
 
 
 def section(heading: str, body: str, id: str = "") -> str:
-    return f"<section{f' id={chr(34)}{esc(id)}{chr(34)}' if id else ''}>\n<h2>{esc(heading)}</h2>\n{body}\n</section>"
+    opening = f'<section id="{esc(id)}">' if id else "<section>"
+    return f"{opening}\n<h2>{esc(heading)}</h2>\n{body}\n</section>"
 
 
 def facts(items) -> str:
@@ -71,8 +72,8 @@ def table(headers, rows, sortable: bool = True) -> str:
         return f"<td>{esc(v)}</td>"
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "\n".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
-    return (f"<table{' class=' + chr(34) + 'sortable' + chr(34) if sortable else ''}>"
-            f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>")
+    opening = '<table class="sortable">' if sortable else "<table>"
+    return f"{opening}<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
 
 
 def embedded_figure(png: Path, alt: str) -> str:
@@ -86,15 +87,13 @@ def embedded_figure(png: Path, alt: str) -> str:
 
 def thumbnail(path: Path, size: int = THUMBNAIL) -> str | None:
     """A JPEG thumbnail of an image file as a data URI; None if the file is gone or unreadable."""
-    from PIL import Image, ImageOps
+    from .dataset import decode_rgb
 
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at reduced size
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=80)
+        im = decode_rgb(path, size)  # as the images are read for codes: any format, transparency on white
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=80)
     except Exception:  # a missing, moved or broken image file gets a placeholder, not a failed report
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
