@@ -428,10 +428,15 @@ class _Codes:
 
     @property
     def data_root(self) -> Path | None:
-        """The image folder the codes were made from (``paths`` are relative to it); None for
-        codes written by other means than stage 1, which may not say."""
-        attrs = json.loads(self.attrs["members"])[0] if "members" in self.attrs else self.attrs
-        return Path(attrs["data_root"]) if attrs.get("data_root") else None
+        """The image folder the codes were made from (``paths`` are relative to it)."""
+        return data_root_of(self.attrs)
+
+
+def data_root_of(attrs: dict) -> Path | None:
+    """The image folder named by a code set's attributes (a joined set's: its first member's);
+    None for codes written by other means than stage 1, which may not say."""
+    attrs = json.loads(attrs["members"])[0] if "members" in attrs else attrs
+    return Path(attrs["data_root"]) if attrs.get("data_root") else None
 
 
 def _stamp(path: Path):

@@ -17,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .codeset import durable_replace, open_code_sets
 from .errors import UserError, one_line
 
 FORMATS = ("tflite", "tflite-int8", "onnx")
@@ -66,7 +66,7 @@ def convert(model, fmt: str, path: Path) -> Path:
                 tf2onnx.convert.from_keras(model, input_signature=spec, opset=ONNX_OPSET, output_path=str(tmp))
         else:
             raise UserError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     except UserError:
         raise
     except ImportError as exc:
@@ -142,7 +142,6 @@ def latency_ms(run: Callable, image: np.ndarray, repeats: int = 20) -> float:
 
 def test_images(record: dict, limit: int | None):
     """(data root, relative paths) of a run's test images (at most ``limit``, spread evenly)."""
-    from .codeset import open_code_sets
     from .dataset import TEST
 
     cs = open_code_sets(record["codes"])
@@ -217,8 +216,7 @@ def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None
     record = {"model": model_path.name, "image_size": size, "resize": resize, "input": "float32 (n, size, size, 3), 0..255",
               "keras_latency_ms": keras_ms, "onnx_opset": ONNX_OPSET,
               "exports": [dataclasses.asdict(r) for r in results]}
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as fh:
-        json.dump(record, fh, indent=2)
-    os.chmod(fh.name, 0o644)
-    os.replace(fh.name, folder / "exports.json")
+    tmp = folder / "exports.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    durable_replace(tmp, folder / "exports.json")
     return results

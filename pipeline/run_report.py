@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .codeset import data_root_of, durable_replace, open_code_sets
 from .errors import UserError
 from .pages import embedded_figure, esc, facts, page, section, shot, table
 
@@ -45,7 +46,6 @@ def read_predictions(run_dir: Path) -> list[dict] | None:
 def recompute_predictions(run_dir: Path, record: dict) -> bool:
     """predictions.csv of a head run made before runs wrote it, from its head and the test part
     of its code set (when both are still there); False if it cannot be made."""
-    from .codeset import open_code_sets
     from .dataset import TEST
     from .heads import load_head
 
@@ -115,7 +115,7 @@ def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
     predictions = read_predictions(run_dir)
     if predictions is None and recompute_predictions(run_dir, record):
         predictions = read_predictions(run_dir)
-    data_root = record.get("data_root") or _code_set_root(record)
+    data_root = record.get("data_root") or data_root_of(record.get("code_attrs", {}))
     body = (gallery(predictions, Path(data_root) if data_root else None, limit) if predictions is not None else
             "<p>This run has no per-image predictions (it was made before runs wrote predictions.csv, and they "
             "cannot be recomputed from its head and code set); train it again to see its mistakes.</p>")
@@ -132,12 +132,6 @@ def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
     options = {k: v for k, v in record.items() if k not in ("confusion", "metrics", "history", "test_paths", "class_names")}
     sections.append(section("Options", f"<pre>{esc(json.dumps(options, indent=2))}</pre>", "options"))
     return page(record.get("title", Path(run_dir).name), sections)
-
-
-def _code_set_root(record: dict) -> str | None:
-    members = record.get("code_attrs", {}).get("members")
-    attrs = json.loads(members)[0] if members else record.get("code_attrs", {})
-    return attrs.get("data_root")
 
 
 def sweep_page(run_dir: Path, summary: dict) -> str:
@@ -179,5 +173,5 @@ def build_report(run_dir, limit: int = GALLERY) -> Path:
     out = run_dir / REPORT
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    durable_replace(tmp, out)  # a rebuild leaves the old report or the new one, never half of one
     return out
