@@ -10,6 +10,8 @@ Keras model, which is what is saved, exported and predicted with.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}  # keras.optimizers.Adam's defaults
@@ -50,14 +52,9 @@ def loss_and_hits(model, X, y) -> tuple[float, int]:
     return float(-np.log(np.clip(picked, 1e-7, 1)).sum()), int((proba.argmax(1) == y).sum())
 
 
-_EPOCH = None
-
-
+@functools.cache
 def _epoch_function():
     """The compiled epoch (built once per process; traced once per number of layers and dropout rate)."""
-    global _EPOCH
-    if _EPOCH is not None:
-        return _EPOCH
     import tensorflow as tf
 
     def forward(weights, x, rate, seed):
@@ -106,7 +103,6 @@ def _epoch_function():
         val_hits = tf.reduce_sum(tf.cast(tf.argmax(val_logits, 1, output_type=tf.int32) == yv, tf.int32))
         return weights, m, v, step, loss_sum, hits, val_loss, val_hits
 
-    _EPOCH = epoch
     return epoch
 
 
