@@ -60,6 +60,20 @@ def user_error_lines(stderr: str) -> list[str]:
     return [l for l in stderr.splitlines() if l.startswith("error:")]
 
 
+def write_code_file(path, X, y, split, paths, class_names, **attrs):
+    """A code file written directly in the stage-1 layout (format 1: the codes inside the file)."""
+    import h5py
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f["codes"] = np.asarray(X, np.float32)
+        f["labels"], f["split"] = np.asarray(y), np.asarray(split, np.int8)
+        f.create_dataset("paths", data=list(paths), dtype=h5py.string_dtype())
+        f.create_dataset("class_names", data=list(class_names), dtype=h5py.string_dtype())
+        f.attrs.update(attrs)
+    return path
+
+
 def as_format1(path, drop=()):
     """Rewrite a code set as version 0.1.0 wrote it (format 1: the codes inside the file, no
     parts), leaving out the datasets ``drop``; its parts folder is removed."""

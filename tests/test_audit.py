@@ -4,11 +4,10 @@ import shutil
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 
-from conftest import CALTECH, CNN_CODES, needs_caltech, run_script, user_env, user_error_lines
+from conftest import CALTECH, CNN_CODES, needs_caltech, run_script, user_env, user_error_lines, write_code_file
 from pipeline.audit import audit_codes, duplicate_pairs, nearest_neighbours, top_k, unit_rows
 from pipeline.dataset import SPLIT_NAMES, TEST, TRAIN, VAL
 
@@ -20,17 +19,11 @@ def synthetic_codes(path, n, dim, n_classes, seed=0, data_root="/nowhere"):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, n_classes, n)
     centres = rng.normal(0, 1, (n_classes, dim)).astype(np.float32)
-    with h5py.File(path, "w") as f:
-        codes = f.create_dataset("codes", (n, dim), np.float32)
-        for s in range(0, n, 10000):  # written in blocks: the test measures the audit, not this
-            e = min(s + 10000, n)
-            codes[s:e] = centres[y[s:e]] + rng.normal(0, 1.5, (e - s, dim)).astype(np.float32)
-        f["labels"] = y
-        f["split"] = rng.choice([TRAIN, VAL, TEST], n, p=[0.7, 0.15, 0.15]).astype(np.int8)
-        f.create_dataset("paths", data=[f"c{c}/{i}.jpg" for i, c in enumerate(y)], dtype=h5py.string_dtype())
-        f.create_dataset("class_names", data=[f"c{c}" for c in range(n_classes)], dtype=h5py.string_dtype())
-        f.attrs.update(backbone="synthetic", layer="top", pooling="avg", image_size=32, data_root=data_root)
-    return path
+    X = centres[y] + rng.normal(0, 1.5, (n, dim)).astype(np.float32)
+    split = rng.choice([TRAIN, VAL, TEST], n, p=[0.7, 0.15, 0.15])
+    return write_code_file(path, X, y, split, [f"c{c}/{i}.jpg" for i, c in enumerate(y)],
+                           [f"c{c}" for c in range(n_classes)], backbone="synthetic", layer="top", pooling="avg",
+                           image_size=32, data_root=data_root)
 
 
 def test_chunked_neighbours_equal_the_brute_force_ones():

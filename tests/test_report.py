@@ -6,11 +6,10 @@ import json
 import shutil
 import subprocess
 
-import h5py
 import numpy as np
 import pytest
 
-from conftest import run_script, user_error_lines
+from conftest import run_script, user_error_lines, write_code_file
 from pipeline.dataset import TEST, TRAIN, VAL
 from pipeline.run_report import GALLERY, build_report
 from pipeline.train import train_on_codes
@@ -75,13 +74,8 @@ def noisy_run(tmp_path, n_classes=4, per_class=40, noise=2.5, seed=0):
         Image.fromarray(rng.integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(root / p)
     split = np.tile(np.array([TRAIN] * 6 + [VAL] * 2 + [TEST] * 2, np.int8), len(y) // 10)
     X = rng.normal(0, 1, (n_classes, 16))[y] + rng.normal(0, noise, (len(y), 16))
-    codes = tmp_path / "codes.h5"
-    with h5py.File(codes, "w") as f:
-        f["codes"] = X.astype(np.float32)
-        f["labels"], f["split"] = y, split
-        f.create_dataset("paths", data=paths, dtype=h5py.string_dtype())
-        f.create_dataset("class_names", data=[f"c{c}" for c in range(n_classes)], dtype=h5py.string_dtype())
-        f.attrs.update(backbone="fake", layer="top", pooling="avg", image_size=32, data_root=str(root))
+    codes = write_code_file(tmp_path / "codes.h5", X, y, split, paths, [f"c{c}" for c in range(n_classes)],
+                            backbone="fake", layer="top", pooling="avg", image_size=32, data_root=str(root))
     run_dir, _ = train_on_codes(codes, "logreg", {"Cs": (1.0,)}, tmp_path / "runs", log=lambda *a: None)
     return run_dir
 

@@ -3,7 +3,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FAST, make_images
+from conftest import FAST, make_images, write_code_file
 from pipeline.codes import generate_codes
 from pipeline.codeset import CodeSet, parts_dir
 from pipeline.dataset import TRAIN, scan
@@ -158,11 +158,8 @@ def synthetic_code_set(path, n=40000, dim=512, n_classes=4, seed=0):
     centres = rng.normal(0, 1, (n_classes, dim)).astype(np.float32)
     X = centres[y] + rng.normal(0, 2.0, (n, dim)).astype(np.float32)
     split = rng.choice(np.array([0, 1, 2], np.int8), n, p=[0.7, 0.1, 0.2])
-    with h5py.File(path, "w") as f:
-        f["codes"], f["labels"], f["split"] = X, y, split
-        f.create_dataset("paths", data=[f"c{c}/{i}.png" for i, c in enumerate(y)], dtype=h5py.string_dtype())
-        f.create_dataset("class_names", data=[f"c{c}" for c in range(n_classes)], dtype=h5py.string_dtype())
-        f.attrs.update(backbone="synthetic", layer="none", pooling="avg")
+    write_code_file(path, X, y, split, [f"c{c}/{i}.png" for i, c in enumerate(y)], [f"c{c}" for c in range(n_classes)],
+                    backbone="synthetic", layer="none", pooling="avg")
     return path, X, y, split
 
 

@@ -1,11 +1,10 @@
 import csv
 import json
 
-import h5py
 import numpy as np
 import pytest
 
-from conftest import run_script, user_error_lines
+from conftest import run_script, user_error_lines, write_code_file
 from pipeline.dataset import TEST, TRAIN, VAL
 from pipeline.errors import UserError
 from pipeline.sweep import draw_train, parse_ns, run_sweep
@@ -21,14 +20,8 @@ def fake_codes(path, n_classes=4, per_class=(30, 12, 8, 20), dim=16, seed=0):
         idx = np.flatnonzero(y == c)
         split[idx[: len(idx) // 4]] = TEST
         split[idx[len(idx) // 4: len(idx) // 4 + 2]] = VAL
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        f["codes"] = X.astype(np.float32)
-        f["labels"] = y
-        f["split"] = split
-        f.create_dataset("paths", data=[f"c{c}/{i}.jpg" for i, c in enumerate(y)], dtype=h5py.string_dtype())
-        f.create_dataset("class_names", data=[f"c{c}" for c in range(n_classes)], dtype=h5py.string_dtype())
-        f.attrs.update(backbone="fake", layer="top", pooling="avg", image_size=32)
+    write_code_file(path, X, y, split, [f"c{c}/{i}.jpg" for i, c in enumerate(y)], [f"c{c}" for c in range(n_classes)],
+                    backbone="fake", layer="top", pooling="avg", image_size=32)
     return path, y, split
 
 
