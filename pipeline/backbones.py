@@ -180,6 +180,8 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
                             f"without network access pass --weights PATH to a downloaded weights file, "
                             f"or use an offline backbone: "
                             f"{', '.join(b for b, v in REGISTRY.items() if v.offline_weights)}") from None
+    if weights == "none":
+        _calibrate_random(base)
     if weights not in ("imagenet", "none"):
         try:
             base.load_weights(weights)
@@ -187,6 +189,33 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
             raise UserError(f"--weights {weights} does not fit {backbone.name}: {str(exc).splitlines()[0]}") from None
     base.trainable = False
     return base
+
+
+def _calibrate_random(base) -> None:
+    """Give a randomly initialized base BatchNorm statistics that keep its activations of order 1.
+
+    With fresh statistics (mean 0, variance 1) activations shrink block after block: random
+    EfficientNet-Lite codes were about 1e-12, too small for any test comparing them to mean
+    anything. One training-mode pass on a seeded input, with momentum 0, sets every BatchNorm's
+    moving statistics to the batch statistics it saw; they are rounded to float16 precision so
+    that runs on other thread counts still build bit-identical weights.
+    """
+    import keras
+    import numpy as np
+
+    norms = [l for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]
+    if not norms:
+        return
+    momenta = [l.momentum for l in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    shape = tuple(d or 32 for d in base.input_shape[1:])
+    x = np.random.default_rng(0).uniform(-1, 1, (4,) + shape).astype(np.float32)
+    base(x, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+        layer.moving_mean.assign(np.float16(layer.moving_mean.numpy()).astype(np.float32))
+        layer.moving_variance.assign(np.float16(np.maximum(layer.moving_variance.numpy(), 1e-3)).astype(np.float32))
 
 
 def code_layer_name(layer: str, pooling: str) -> str:

@@ -1,93 +1,13 @@
+"""Fixtures; the helpers the tests import live in helpers.py."""
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-CALTECH = ROOT.parent / "shared" / "data" / "caltech101" / "101_ObjectCategories"
 
-needs_caltech = pytest.mark.skipif(not CALTECH.is_dir(), reason="../shared Caltech-101 not present")
-
-COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40)]
-
-
-def make_images(root: Path, n_classes=3, per_class=12, size=(40, 48), seed=0):
-    """Class c: noisy images of one colour, as JPEG/PNG mixes, some in a sub-folder."""
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    for c in range(n_classes):
-        d = root / f"class{c}"
-        for i in range(per_class):
-            sub = d / "sub" if i % 5 == 4 else d
-            sub.mkdir(parents=True, exist_ok=True)
-            arr = np.clip(rng.normal(COLOURS[c], 30, size + (3,)), 0, 255).astype(np.uint8)
-            ext = ".JPG" if i % 3 == 0 else (".png" if i % 3 == 1 else ".jpeg")
-            Image.fromarray(arr).save(sub / f"img{i:03d}{ext}")
-    return root
+from helpers import make_images  # noqa: E402  (after the environment is set)
 
 
 @pytest.fixture
 def images(tmp_path):
     return make_images(tmp_path / "data")
-
-
-# Small random-weight backbone settings used by the stage-1 tests.
-FAST = dict(backbone="efficientnet_lite0", weights="none", image_size=32, batch_size=8, progress=False,
-            log=lambda *a: None)
-
-
-# The installed console script (pip install -e .): the tests run what users run.
-CNN_CODES = str(Path(sys.executable).with_name("cnn-codes"))
-
-
-def user_env() -> dict:
-    env = dict(os.environ)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs it: TensorFlow's start-up lines held back
-    return env
-
-
-def run_script(command, *args, cwd=ROOT, timeout=300):
-    """Run ``cnn-codes <command> <args>``; returns CompletedProcess with text stdout/stderr."""
-    return subprocess.run([CNN_CODES, command, *map(str, args)], cwd=cwd, env=user_env(), capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def user_error_lines(stderr: str) -> list[str]:
-    return [l for l in stderr.splitlines() if l.startswith("error:")]
-
-
-def write_code_file(path, X, y, split, paths, class_names, **attrs):
-    """A code file written directly in the stage-1 layout (format 1: the codes inside the file)."""
-    import h5py
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        f["codes"] = np.asarray(X, np.float32)
-        f["labels"], f["split"] = np.asarray(y), np.asarray(split, np.int8)
-        f.create_dataset("paths", data=list(paths), dtype=h5py.string_dtype())
-        f.create_dataset("class_names", data=list(class_names), dtype=h5py.string_dtype())
-        f.attrs.update(attrs)
-    return path
-
-
-def as_format1(path, drop=()):
-    """Rewrite a code set as version 0.1.0 wrote it (format 1: the codes inside the file, no
-    parts), leaving out the datasets ``drop``; its parts folder is removed."""
-    import shutil
-
-    import h5py
-
-    path = Path(path)
-    with h5py.File(path, "r") as f:
-        data = {k: f[k][()] for k in f if k not in ("part_names", "row_part", "row_in_part", *drop)}
-        attrs = {k: v for k, v in f.attrs.items() if k not in ("format_version", "parts")}
-    path.unlink()
-    shutil.rmtree(path.with_name(path.stem + ".parts"))
-    with h5py.File(path, "w") as f:
-        for k, v in data.items():
-            f.create_dataset(k, data=v)
-        f.attrs.update(attrs)

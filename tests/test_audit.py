@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CALTECH, CNN_CODES, needs_caltech, run_script, user_env, user_error_lines, write_code_file
+from helpers import CALTECH, CNN_CODES, needs_caltech, run_script, user_env, user_error_lines, write_code_file
 from pipeline.audit import audit_codes, duplicate_pairs, nearest_neighbours, top_k, unit_rows
 from pipeline.dataset import SPLIT_NAMES, TEST, TRAIN, VAL
 
@@ -74,7 +74,7 @@ def test_audit_options_are_checked_by_name(tmp_path):
         with pytest.raises(Exception, match=name):
             audit_codes(path, runs_dir=tmp_path / "runs", **kw, **quiet)
     r = run_script("audit", "--codes", tmp_path / "missing.h5", "--runs-dir", tmp_path / "runs")
-    assert r.returncode != 0 and len(user_error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and len(user_error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
 
 
 def test_audit_of_100k_codes_stays_under_2_gb(tmp_path):

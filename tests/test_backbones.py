@@ -4,7 +4,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import CNN_CODES, user_env
+from helpers import CNN_CODES, user_env
 
 from pipeline.backbones import REGISTRY, Preprocess, build_base, build_feature_model, get_backbone
 from pipeline.errors import UserError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CNN_CODES, FAST, as_format1, make_images, user_env
+from helpers import CNN_CODES, FAST, as_format1, assert_codes_close, make_images, user_env
 from pipeline.backbones import REGISTRY
 from pipeline.cli.main import main
 from pipeline.codes import CodeSet, generate_codes
@@ -60,9 +60,10 @@ def test_codes_are_deterministic_and_float16_on_request(images, tmp_path):
     b = generate_codes(images, cache_dir=tmp_path / "b", dtype="float16", **FAST)[0]
     ca, cb = _read(a)[0]["codes"], _read(b)[0]["codes"]
     assert cb.dtype == np.float16
-    np.testing.assert_allclose(ca, cb.astype(np.float32), rtol=1e-2, atol=1e-2)
+    assert np.abs(ca).max() >= 0.01 and (cb != 0).mean() > 0.2  # random test weights give codes of order 1
+    assert_codes_close(cb, ca, rtol=1e-3)  # float16's precision, relative to the codes' scale
     c = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
-    np.testing.assert_array_equal(ca, _read(c)[0]["codes"])
+    assert_codes_close(_read(c)[0]["codes"], ca, rtol=0)
 
 
 def test_incremental_added_changed_removed_images(images, tmp_path):

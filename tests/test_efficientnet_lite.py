@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import CALTECH, needs_caltech
+from helpers import CALTECH, needs_caltech
 from pipeline import efficientnet_lite as el
 from pipeline.backbones import REGISTRY, build_feature_model
 from pipeline.dataset import load_image

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_script, user_env
+from helpers import ROOT, run_script, user_env
 from pipeline.codes import CodeSet
 from pipeline.dataset import TEST, VAL
 from pipeline.heads import make_head

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import CALTECH, FAST, make_images, needs_caltech
+from helpers import CALTECH, FAST, make_images, needs_caltech
 from pipeline.codes import CodeSet, generate_codes
 from pipeline.dataset import TEST
 from pipeline.finetune import finetune, train_scratch

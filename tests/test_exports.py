@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 from ai_edge_litert.interpreter import Interpreter
 
-from conftest import FAST, run_script, user_error_lines
+from helpers import FAST, run_script, user_error_lines
 from pipeline.codes import generate_codes
 from pipeline.codeset import CodeSet
 from pipeline.dataset import TEST, load_image

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import FAST, run_script
+from helpers import FAST, run_script
 from test_report import check_html
 from pipeline import finetune as ft
 from pipeline.backbones import REGISTRY, build_base

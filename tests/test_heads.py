@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FAST, run_script, user_error_lines
+from helpers import FAST, run_script, user_error_lines
 from pipeline.codes import CodeSet, generate_codes
 from pipeline.dataset import TEST
 from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead, load_head, make_head

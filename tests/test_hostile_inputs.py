@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_images
+from helpers import make_images
 from pipeline.cli.main import main
 from pipeline.errors import run_cli
 

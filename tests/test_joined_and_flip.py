@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import FAST
+from helpers import FAST
 from pipeline.codes import generate_codes
 from pipeline.codeset import CodeSet, JoinedCodeSet
 from pipeline.dataset import load_image

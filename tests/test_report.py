@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import run_script, user_error_lines, write_code_file
+from helpers import run_script, user_error_lines, write_code_file
 from pipeline.dataset import TEST, TRAIN, VAL
 from pipeline.run_report import GALLERY, build_report
 from pipeline.train import train_on_codes
@@ -140,7 +140,7 @@ def test_report_command_rebuilds_it_and_refuses_what_is_not_a_run(tmp_path):
     check_html(run / "report.html")
     for bad in (tmp_path, tmp_path / "nothing"):
         r = run_script("report", bad)
-        assert r.returncode != 0 and len(user_error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
+        assert r.returncode == 2 and len(user_error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
 
 
 def chromium():

@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FAST, ROOT
+from helpers import FAST, ROOT, assert_codes_close
 from pipeline.backbones import REGISTRY, build_feature_model
 from pipeline.codes import CodeSet, generate_codes
 from pipeline.errors import UserError
@@ -90,7 +90,7 @@ def test_the_converted_model_is_cached_and_keyed_by_what_defines_it(tmp_path):
     model, _ = build_feature_model(bb, [(bb.default_layer, "avg")], "none", 32)
     x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     expected = TensorFlowMapper(model, 4)(x)[0]
-    np.testing.assert_allclose(mapper()(x)[0], expected, atol=1e-4)  # the cached model, run
+    assert_codes_close(mapper()(x)[0], expected, rtol=1e-4)  # the cached model, run
 
 
 def test_several_outputs_come_out_in_order():
@@ -102,7 +102,7 @@ def test_several_outputs_come_out_in_order():
     got = [c for _, codes in OpenVINOMapper(model, 4, 64, "three outputs").map_batches([x[:4]]) for c in codes]
     assert [g.shape for g in got] == [e.shape for e in expected] == [(4, 2 * 2 * 192), (4, 1280), (4, 320)]
     for g, e in zip(got, expected):
-        np.testing.assert_allclose(g, e, atol=1e-4)
+        assert_codes_close(g, e, rtol=1e-4)
 
 
 def test_bf16_codes_are_a_code_set_of_their_own(images, tmp_path):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_script, user_error_lines, write_code_file
+from helpers import run_script, user_error_lines, write_code_file
 from pipeline.dataset import TEST, TRAIN, VAL
 from pipeline.errors import UserError
 from pipeline.sweep import draw_train, parse_ns, run_sweep

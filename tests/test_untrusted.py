@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import FAST
+from helpers import FAST
 from pipeline.codes import generate_codes
 from pipeline.cli.main import main
 from pipeline.errors import run_cli
@@ -63,10 +63,11 @@ def run_folder(images, tmp_path):
 
 
 def shared_run(run_folder, tmp_path, name):
-    """A copy of a real run folder, as someone would share it, its head files removed."""
+    """A copy of a real run folder, as someone would share it, its head files removed (and its
+    predictions, which the report then recomputes from the head)."""
     evil = tmp_path / name
     shutil.copytree(run_folder, evil)
-    for f in ("head.npz", "head.json", "head.keras"):
+    for f in ("head.npz", "head.json", "head.keras", "predictions.csv"):
         (evil / f).unlink(missing_ok=True)
     return evil
 
@@ -74,7 +75,8 @@ def shared_run(run_folder, tmp_path, name):
 def entry_points_on(run, images):
     return [("predict", [images / "class0" / "img000.JPG", "--model", run]),
             ("export", [run]),
-            ("finetune", [run, "--epochs", "1", "--no-progress"])]
+            ("finetune", [run, "--epochs", "1", "--no-progress"]),
+            ("report", [run])]
 
 
 def test_a_pickled_head_is_refused_everywhere(run_folder, images, tmp_path, capsys):
