@@ -39,7 +39,7 @@ def audited(codes: Path, runs: Path, *extra) -> tuple[float, float, Path]:
 def synthetic(path: Path, n: int, dim: int, n_classes: int = 100, seed: int = 0) -> Path:
     import h5py
 
-    from pipeline.dataset import TEST, TRAIN, VAL
+    from pipeline.data import TEST, TRAIN, VAL
     rng = np.random.default_rng(seed)
     y = rng.integers(0, n_classes, n)
     centres = rng.normal(0, 1, (n_classes, dim)).astype(np.float32)
@@ -58,8 +58,8 @@ def synthetic(path: Path, n: int, dim: int, n_classes: int = 100, seed: int = 0)
 
 def raw_products(path: Path) -> float:
     """Seconds of the similarity products alone, in the audit's chunks."""
-    from pipeline.audit import CHUNK_BYTES, unit_rows
-    from pipeline.codeset import CodeSet
+    from pipeline.audit._audit import CHUNK_BYTES, unit_rows
+    from pipeline.codes import CodeSet
 
     Z = unit_rows(CodeSet(path).X)
     n = len(Z)

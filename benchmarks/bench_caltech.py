@@ -28,10 +28,10 @@ def main():
     a = p.parse_args()
     if not Path(a.data).is_dir():
         sys.exit(f"error: no data at {a.data}")
+    from pipeline._tf import quiet_tensorflow
     from pipeline.codes import generate_codes
-    from pipeline.dataset import parse_split
-    from pipeline.errors import quiet_tensorflow
-    from pipeline.train import train_on_codes
+    from pipeline.data import parse_split
+    from pipeline.runs import train_on_codes
 
     quiet_tensorflow()
     results = []

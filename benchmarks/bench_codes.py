@@ -33,11 +33,12 @@ def subset(src: Path, dst: Path, per_class: int | None, exclude) -> Path:
 def child(a):
     """One stage-1 run in this process; prints JSON figures."""
     import numpy as np
+
+    from pipeline._tf import quiet_tensorflow
     from pipeline.backbones import build_feature_model, get_backbone
-    from pipeline.codes import generate_codes
-    from pipeline.dataset import parse_split, scan
-    from pipeline.errors import quiet_tensorflow
-    from pipeline.runtimes import choose_runtime, make_mapper
+    from pipeline.codes import choose_runtime, generate_codes
+    from pipeline.codes._runtimes import make_mapper
+    from pipeline.data import parse_split, scan
 
     quiet_tensorflow()
 
@@ -92,10 +93,11 @@ def compare_runtimes(a, data, tmp):
         print(f"{name} vs tensorflow: raw {rows[name]['raw_ips'] / tf['raw_ips']:.2f}x, "
               f"stage 1 {rows[name]['stream_ips'] / tf['stream_ips']:.2f}x", flush=True)
     import numpy as np
+
+    from pipeline._tf import quiet_tensorflow
     from pipeline.codes import CodeSet
-    from pipeline.errors import quiet_tensorflow
     quiet_tensorflow()
-    from pipeline.train import train_on_codes
+    from pipeline.runs import train_on_codes
     a32 = CodeSet.load(rows["openvino fp32"]["codes"])
     t32 = CodeSet.load(rows["tensorflow"]["codes"])
     print(f"codes, OpenVINO FP32 vs TensorFlow: max abs diff {np.abs(a32.X - t32.X).max():.2e}")
@@ -125,7 +127,7 @@ def main():
     p.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:  # ends without interpreter teardown (OpenVINO's threads can abort it)
-        from pipeline.errors import exit_without_teardown
+        from pipeline.cli.main import exit_without_teardown
         return exit_without_teardown(lambda: child(a))
     if not Path(a.data).is_dir():
         sys.exit(f"error: no data at {a.data}")
@@ -142,9 +144,9 @@ def main():
                   f"{r['stream_ips']:6.1f} img/s, raw forward {r['raw_ips']:6.1f} img/s, "
                   f"ratio {r['stream_ips'] / r['raw_ips']:.2f}; whole call incl. model build and HDF5 assembly "
                   f"{r['e2e_s']:.1f} s = {r['e2e_ips']:.1f} img/s; peak RSS {r['rss_mb']:.0f} MB", flush=True)
-        from pipeline.errors import quiet_tensorflow
+        from pipeline._tf import quiet_tensorflow
         quiet_tensorflow()
-        from pipeline.train import train_on_codes
+        from pipeline.runs import train_on_codes
         for head in ("softmax", "mlp", "logreg"):
             t0 = time.perf_counter()
             _, m = train_on_codes(rows[-1]["codes"], head=head, runs_dir=Path(tmp) / "runs", log=lambda *x: None)

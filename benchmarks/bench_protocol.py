@@ -57,8 +57,7 @@ def main():
     a = p.parse_args()
     if not a.data.is_dir():
         sys.exit(f"no data at {a.data}")
-    from pipeline.codes import generate_codes
-    from pipeline.codeset import CodeSet, JoinedCodeSet
+    from pipeline.codes import CodeSet, JoinedCodeSet, generate_codes
 
     ttas = ("none",) if a.no_flip else ("none", "flip")
     variants = [(resize, tta) for resize in a.resize for tta in ttas]

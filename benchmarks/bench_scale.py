@@ -83,7 +83,7 @@ def step_caltech(a) -> dict:
 
 
 def step_train(a) -> dict:
-    from pipeline.train import train_on_codes
+    from pipeline.runs import train_on_codes
     t0 = time.perf_counter()
     _, metrics = train_on_codes(a.codes, head=a.head, runs_dir=a.runs, memory_limit=a.memory_limit,
                                 head_params={"epochs": 3} if a.head in ("softmax", "mlp") else {},

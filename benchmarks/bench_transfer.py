@@ -27,10 +27,9 @@ def main():
     a = p.parse_args()
     if not Path(a.data).is_dir():
         sys.exit(f"error: no data at {a.data}")
+    from pipeline._tf import quiet_tensorflow
     from pipeline.codes import generate_codes
-    from pipeline.errors import quiet_tensorflow
-    from pipeline.finetune import finetune, train_scratch
-    from pipeline.train import train_on_codes
+    from pipeline.runs import finetune, train_on_codes, train_scratch
 
     quiet_tensorflow()
     quiet = dict(log=lambda *x: None)

@@ -6,10 +6,19 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import (
+    CALTECH,
+    CNN_CODES,
+    needs_caltech,
+    run_script,
+    user_env,
+    user_error_lines,
+    write_code_file,
+)
 
-from helpers import CALTECH, CNN_CODES, needs_caltech, run_script, user_env, user_error_lines, write_code_file
-from pipeline.audit import audit_codes, duplicate_pairs, nearest_neighbours, top_k, unit_rows
-from pipeline.dataset import SPLIT_NAMES, TEST, TRAIN, VAL
+from pipeline.audit import audit_codes
+from pipeline.audit._audit import duplicate_pairs, nearest_neighbours, top_k, unit_rows
+from pipeline.data import SPLIT_NAMES, TEST, TRAIN, VAL
 
 quiet = dict(progress=False, log=lambda *a: None)
 

@@ -3,7 +3,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from helpers import CNN_CODES, user_env
 
 from pipeline.backbones import REGISTRY, Preprocess, build_base, build_feature_model, get_backbone

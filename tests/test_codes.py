@@ -7,14 +7,21 @@ import time
 import h5py
 import numpy as np
 import pytest
+from helpers import (
+    CNN_CODES,
+    FAST,
+    as_format1,
+    assert_codes_close,
+    make_images,
+    user_env,
+)
 from PIL import Image
 
-from helpers import CNN_CODES, FAST, as_format1, assert_codes_close, make_images, user_env
 from pipeline.backbones import REGISTRY
-from pipeline.cli.main import main
+from pipeline.cli.main import main, run_cli
 from pipeline.codes import CodeSet, generate_codes
-from pipeline.dataset import TEST, TRAIN, VAL
-from pipeline.errors import UserError, run_cli
+from pipeline.data import TEST, TRAIN, VAL
+from pipeline.errors import UserError
 
 
 def computed(data, **kw) -> int:

@@ -3,8 +3,8 @@ comparison rejects corrupted codes."""
 import h5py
 import numpy as np
 import pytest
-
 from helpers import FAST, assert_codes_close
+
 from pipeline.codes import generate_codes
 
 

@@ -9,11 +9,9 @@ import time
 import h5py
 import numpy as np
 import pytest
-
 from helpers import FAST, ROOT, assert_codes_close, make_images
-from pipeline.codes import generate_codes
-from pipeline.faults import POINTS
-from pipeline.locks import writer_lock
+
+from pipeline.codes import POINTS, generate_codes, writer_lock
 
 OUTPUTS = dict(layers=["top_activation"], poolings=["avg", "max"])
 VOLATILE_ATTRS = {"created", "versions"}  # all other attributes must match an uninterrupted run

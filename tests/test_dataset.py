@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.dataset import (TEST, TRAIN, VAL, ImageError, load_image, parse_split, scan,
-                              stratified_split)
+from pipeline.data import TEST, TRAIN, VAL, ImageError, load_image, parse_split, scan, stratified_split
 from pipeline.errors import UserError
 
 

@@ -4,12 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import CALTECH, needs_caltech
-from pipeline import efficientnet_lite as el
-from pipeline.backbones import REGISTRY, build_feature_model
-from pipeline.dataset import load_image
-from pipeline.torch_pickle import load_legacy_state_dict
+
+from pipeline.backbones import REGISTRY, build_feature_model, load_legacy_state_dict
+from pipeline.backbones import _lite as el
+from pipeline.data import load_image
 
 LITES = list(el.VARIANTS)
 

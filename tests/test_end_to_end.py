@@ -5,12 +5,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import ROOT, run_script, user_env
+
 from pipeline.codes import CodeSet
-from pipeline.dataset import TEST, VAL
+from pipeline.data import TEST, VAL
 from pipeline.heads import make_head
-from pipeline.sweep import draw_train
+from pipeline.runs._sweep import draw_train
 
 
 def shim(script, *args):

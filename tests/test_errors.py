@@ -1,7 +1,9 @@
 """Errors a user can cause: one line on stderr, exit code 2, never a traceback."""
 import pytest
 
-from pipeline.errors import UserError, run_cli, writable_folder
+from pipeline._files import writable_folder
+from pipeline.cli.main import run_cli
+from pipeline.errors import UserError
 
 
 def _exit(main, capsys):

@@ -8,15 +8,12 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import CALTECH, FAST, make_images, needs_caltech
+
 from pipeline.codes import CodeSet, generate_codes
-from pipeline.dataset import TEST
-from pipeline.finetune import finetune, train_scratch
-from pipeline.models import export_head_run
-from pipeline.predict import predict
-from pipeline.sweep import run_sweep
-from pipeline.train import train_on_codes
+from pipeline.data import TEST
+from pipeline.deploy import export_head_run, predict
+from pipeline.runs import finetune, run_sweep, train_on_codes, train_scratch
 
 QUIET = dict(log=lambda *a: None)
 HEADS = ("softmax", "mlp", "logreg")

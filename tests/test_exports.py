@@ -5,14 +5,12 @@ import json
 import numpy as np
 import onnxruntime as ort
 from ai_edge_litert.interpreter import Interpreter
-
 from helpers import FAST, run_script, user_error_lines
-from pipeline.codes import generate_codes
-from pipeline.codeset import CodeSet
-from pipeline.dataset import TEST, load_image
-from pipeline.exports import export_formats
-from pipeline.models import export_head_run, load_model
-from pipeline.train import train_on_codes
+
+from pipeline.codes import CodeSet, generate_codes
+from pipeline.data import TEST, load_image
+from pipeline.deploy import export_formats, export_head_run, load_model
+from pipeline.runs import train_on_codes
 
 QUIET = dict(log=lambda *a: None)
 
@@ -69,7 +67,7 @@ def test_export_of_joined_flip_codes_and_of_a_scratch_run(images, tmp_path):
     assert [r.top1_agreement for r in results] == [1.0, 1.0]
     assert all(r.max_probability_difference < 1e-4 for r in results)
 
-    from pipeline.finetune import train_scratch
+    from pipeline.runs import train_scratch
     scratch, _ = train_scratch(a, image_size=16, epochs=1, runs_dir=tmp_path / "runs", progress=False, **QUIET)
     out = run_script("export", scratch, "--formats", "onnx", "--check-images", "5", "--no-progress")
     assert out.returncode == 0, out.stderr

@@ -5,20 +5,19 @@ import json
 import keras
 import numpy as np
 import pytest
-
 from helpers import FAST, run_script
 from test_report import check_html
-from pipeline import finetune as ft
+
 from pipeline.backbones import REGISTRY, build_base
 from pipeline.codes import CodeSet, generate_codes
-from pipeline.dataset import TEST, TRAIN, VAL, load_image
+from pipeline.data import TEST, TRAIN, VAL, augmentation, image_dataset, load_image
+from pipeline.deploy import export_head_run, load_model, predict
+from pipeline.deploy._models import head_as_keras
 from pipeline.errors import UserError
 from pipeline.heads import load_head
-from pipeline.images import augmentation, image_dataset
-from pipeline.models import export_head_run, head_as_keras, load_model
-from pipeline.predict import predict
-from pipeline.run_report import GALLERY
-from pipeline.train import train_on_codes
+from pipeline.reports import GALLERY
+from pipeline.runs import _finetune as ft
+from pipeline.runs import train_on_codes
 
 QUIET = dict(log=lambda *a: None)
 
@@ -125,7 +124,7 @@ def test_augmentation_only_touches_training_images(head_run, tmp_path, monkeypat
         calls.append((len(paths), augment is not None, resize))
         return real(root, paths, labels, size, batch_size, shuffle, augment, seed, resize)
 
-    monkeypatch.setattr("pipeline.images.image_dataset", spy)
+    monkeypatch.setattr("pipeline.data._decode.image_dataset", spy)
     run_dir, path = head_run
     ft.finetune(run_dir, unfreeze_blocks=1, epochs=1, augment=True, runs_dir=tmp_path / "ft", progress=False, **QUIET)
     cs = CodeSet.load(path)

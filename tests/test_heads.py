@@ -2,14 +2,14 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import FAST, run_script, user_error_lines
+
 from pipeline.codes import CodeSet, generate_codes
-from pipeline.dataset import TEST
-from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead, load_head, make_head
+from pipeline.data import TEST
 from pipeline.errors import UserError
-from pipeline.report import most_confused
-from pipeline.train import train_on_codes
+from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead, load_head, make_head
+from pipeline.reports._metrics import most_confused
+from pipeline.runs import train_on_codes
 
 
 def blobs(n_per_class=40, n_classes=5, dim=64, seed=0, sep=3.0):
@@ -174,7 +174,7 @@ def test_train_head_cli(images, tmp_path):
 
 
 def test_holdout_without_validation_set_is_stratified_and_disjoint():
-    from pipeline.heads import holdout
+    from pipeline.heads._estimators import holdout
     X, y = blobs(n_per_class=20)
     Xf, yf, Xv, yv = holdout(X, y, None, None, fraction=0.1)
     assert len(yv) == 10 and len(yf) == 90 and np.bincount(yv).tolist() == [2] * 5

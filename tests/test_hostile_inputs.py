@@ -12,11 +12,10 @@ import zlib
 import h5py
 import numpy as np
 import pytest
+from helpers import make_images
 from PIL import Image
 
-from helpers import make_images
-from pipeline.cli.main import main
-from pipeline.errors import run_cli
+from pipeline.cli.main import main, run_cli
 
 CODES = ["--weights", "none", "--image-size", "32", "--batch-size", "8", "--no-progress"]
 

@@ -6,17 +6,15 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from helpers import FAST
 from PIL import Image, ImageOps
 
-from helpers import FAST
-from pipeline.codes import generate_codes
-from pipeline.codeset import CodeSet, JoinedCodeSet
-from pipeline.dataset import load_image
+from pipeline.codes import CodeSet, JoinedCodeSet, generate_codes
+from pipeline.data import load_image
+from pipeline.deploy import export_head_run, load_model
 from pipeline.errors import UserError
 from pipeline.heads import SoftmaxHead, load_head
-from pipeline.models import export_head_run, load_model
-from pipeline.sweep import run_sweep
-from pipeline.train import train_on_codes
+from pipeline.runs import run_sweep, train_on_codes
 
 QUIET = dict(log=lambda *a: None)
 

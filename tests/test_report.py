@@ -8,11 +8,11 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from helpers import run_script, user_error_lines, write_code_file
-from pipeline.dataset import TEST, TRAIN, VAL
-from pipeline.run_report import GALLERY, build_report
-from pipeline.train import train_on_codes
+
+from pipeline.data import TEST, TRAIN, VAL
+from pipeline.reports import GALLERY, build_report
+from pipeline.runs import train_on_codes
 
 VOID = {"meta", "img", "br", "hr", "input", "link", "col", "area", "base", "wbr", "source"}
 
@@ -117,7 +117,7 @@ def test_every_run_writes_predictions_and_a_valid_report_with_its_mistakes(tmp_p
 def test_sweep_folder_gets_a_report_with_chart_and_table(tmp_path):
     from test_sweep import fake_codes
 
-    from pipeline.sweep import run_sweep
+    from pipeline.runs import run_sweep
 
     path, _, _ = fake_codes(tmp_path / "codes.h5")
     run = run_sweep([path], heads=("logreg",), ns=[1, "all"], repeats=2, runs_dir=tmp_path / "runs", n_jobs=1,

@@ -4,15 +4,14 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-
 from helpers import FAST, ROOT, assert_codes_close
+
 from pipeline.backbones import REGISTRY, build_feature_model
-from pipeline.codes import CodeSet, generate_codes
+from pipeline.codes import CodeSet, choose_runtime, generate_codes
+from pipeline.codes._runtimes import OpenVINOMapper, TensorFlowMapper
+from pipeline.deploy import export_head_run, predict
 from pipeline.errors import UserError
-from pipeline.models import export_head_run
-from pipeline.predict import predict
-from pipeline.runtimes import OpenVINOMapper, TensorFlowMapper, choose_runtime
-from pipeline.train import train_on_codes
+from pipeline.runs import train_on_codes
 
 pytest.importorskip("openvino")
 QUIET = dict(log=lambda *a: None)
@@ -140,7 +139,7 @@ def test_predict_gives_the_same_probabilities_on_both_runtimes(images, tmp_path)
 def test_a_failed_conversion_falls_back_to_tensorflow_with_a_note(images, tmp_path, monkeypatch):
     def cannot_convert(*a, **k):
         raise RuntimeError("unsupported operation")
-    monkeypatch.setattr("pipeline.runtimes.convert_to_openvino", cannot_convert)
+    monkeypatch.setattr("pipeline.codes._runtimes.convert_to_openvino", cannot_convert)
     logs = []
     path = generate_codes(images, cache_dir=tmp_path, runtime="openvino", **dict(FAST, log=logs.append))[0]
     assert any(l.startswith("note: OpenVINO could not convert") for l in logs), logs

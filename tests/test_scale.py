@@ -5,12 +5,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from helpers import FAST, assert_codes_close, make_images, write_code_file
-from pipeline.codes import generate_codes
-from pipeline.codeset import CodeSet, parts_dir
-from pipeline.dataset import TRAIN, scan
-from pipeline.plan import cut, make_plan
+
+from pipeline.codes import CodeSet, generate_codes, parts_dir
+from pipeline.codes._plan import cut, make_plan
+from pipeline.data import TRAIN, scan
 
 PUBLIC = ("paths", "labels", "split", "class_names", "fingerprints", "digests", "failed_paths")
 

@@ -3,11 +3,12 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import run_script, user_error_lines, write_code_file
-from pipeline.dataset import TEST, TRAIN, VAL
+
+from pipeline.data import TEST, TRAIN, VAL
 from pipeline.errors import UserError
-from pipeline.sweep import draw_train, parse_ns, run_sweep
+from pipeline.runs import parse_ns, run_sweep
+from pipeline.runs._sweep import draw_train
 
 
 def fake_codes(path, n_classes=4, per_class=(30, 12, 8, 20), dim=16, seed=0):

@@ -12,14 +12,14 @@ import shutil
 import keras
 import numpy as np
 import pytest
-
 from helpers import FAST
+
+from pipeline.backbones import load_legacy_state_dict
+from pipeline.backbones._torch_pickle import LEGACY_MAGIC
+from pipeline.cli.main import main, run_cli
 from pipeline.codes import generate_codes
-from pipeline.cli.main import main
-from pipeline.errors import run_cli
-from pipeline.models import META_NAME, save_model
-from pipeline.torch_pickle import LEGACY_MAGIC, load_legacy_state_dict
-from pipeline.train import train_on_codes
+from pipeline.deploy import META_NAME, save_model
+from pipeline.runs import train_on_codes
 
 
 class Payload:

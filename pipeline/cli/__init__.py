@@ -1,15 +1,20 @@
 """The ``cnn-codes`` command line: one module per subcommand, each a thin layer that parses
 arguments and calls the library by keyword. Defaults are read from the library's own signatures
 (:func:`default`), so they are stated once, where the work is done."""
+
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
+import re
 import sys
 from pathlib import Path
 
-from ..backbones import DEFAULT_BACKBONE, POOLINGS
-from ..errors import UserError
+from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS
+from pipeline.codes import code_spec, codes_command
+from pipeline.data import RESIZES
+from pipeline.errors import UserError
 
 
 def default(fn, name: str):
@@ -27,14 +32,26 @@ class Parser(argparse.ArgumentParser):
 
 FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
-_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1e3,
+    "KB": 1e3,
+    "M": 1e6,
+    "MB": 1e6,
+    "G": 1e9,
+    "GB": 1e9,
+    "T": 1e12,
+    "TB": 1e12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
     """'4G', '500MB', '2GiB', '1000000' (bytes) or '25%' (of this machine's RAM) -> bytes."""
-    import os
-    import re
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*|%)\s*", text)
     if not m or (m.group(2).upper() not in _UNITS and m.group(2) != "%"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (such as 4G, 500M or 25%)")
@@ -47,34 +64,65 @@ def parse_size(text: str) -> int:
 def add_code_options(p, many: bool = False, join: bool = False) -> None:
     """Options that name a cached code set (or, with ``many``, several: their product; with
     ``join``, several code files whose codes are joined side by side)."""
-    from ..codes import code_spec
-    from ..dataset import RESIZES
     n = "+" if many else None
-    p.add_argument("--codes", nargs="+" if many or join else None, default=None,
-                   help="path of cached code file(s) (.h5); overrides the options below" + (
-                       "; several: their codes side by side, rows matched by image path" if join else
-                       "; a+b.h5 joins code files side by side (one curve)" if many else ""))
+    p.add_argument(
+        "--codes",
+        nargs="+" if many or join else None,
+        default=None,
+        help="path of cached code file(s) (.h5); overrides the options below"
+        + (
+            "; several: their codes side by side, rows matched by image path"
+            if join
+            else "; a+b.h5 joins code files side by side (one curve)"
+            if many
+            else ""
+        ),
+    )
     p.add_argument("--data", default="examples/caltech5", help="image folder the codes were made from")
-    p.add_argument("--backbone", nargs=n, default=[DEFAULT_BACKBONE] if many else DEFAULT_BACKBONE,
-                   help="backbone the codes were made with")
-    p.add_argument("--layer", nargs=n, default=[None] if many else None,
-                   help="layer the codes were taken from (default: the final conv block)")
-    p.add_argument("--pooling", nargs=n, default=[default(code_spec, "pooling")] if many else default(code_spec, "pooling"),
-                   choices=POOLINGS, help="pooling of the codes")
+    p.add_argument(
+        "--backbone",
+        nargs=n,
+        default=[DEFAULT_BACKBONE] if many else DEFAULT_BACKBONE,
+        help="backbone the codes were made with",
+    )
+    p.add_argument(
+        "--layer",
+        nargs=n,
+        default=[None] if many else None,
+        help="layer the codes were taken from (default: the final conv block)",
+    )
+    p.add_argument(
+        "--pooling",
+        nargs=n,
+        default=[default(code_spec, "pooling")] if many else default(code_spec, "pooling"),
+        choices=POOLINGS,
+        help="pooling of the codes",
+    )
     p.add_argument("--weights", default=default(code_spec, "weights"), help="weights the codes were made with")
     p.add_argument("--image-size", type=int, default=None, help="input size the codes were made with")
-    p.add_argument("--precision", default=default(code_spec, "precision"), choices=("fp32", "bf16"),
-                   help="precision of the forward pass the codes were made with")
-    p.add_argument("--tta", default=default(code_spec, "tta"), choices=("none", "flip"),
-                   help="test-time augmentation the codes were made with")
-    p.add_argument("--resize", default=default(code_spec, "resize"), choices=RESIZES,
-                   help="how the images were made square for the codes")
+    p.add_argument(
+        "--precision",
+        default=default(code_spec, "precision"),
+        choices=("fp32", "bf16"),
+        help="precision of the forward pass the codes were made with",
+    )
+    p.add_argument(
+        "--tta",
+        default=default(code_spec, "tta"),
+        choices=("none", "flip"),
+        help="test-time augmentation the codes were made with",
+    )
+    p.add_argument(
+        "--resize",
+        default=default(code_spec, "resize"),
+        choices=RESIZES,
+        help="how the images were made square for the codes",
+    )
     p.add_argument("--cache-dir", default="cache", help="where code files are")
 
 
 def code_paths(a) -> list[Path]:
     """The code files named by :func:`add_code_options`; a clear error for any not yet made."""
-    from ..codes import code_spec, codes_command
 
     if a.codes:
         return [Path(c) for c in ([a.codes] if isinstance(a.codes, str) else a.codes)]
@@ -86,7 +134,9 @@ def code_paths(a) -> list[Path]:
                 spec = code_spec(a.data, bb, layer, pooling, a.weights, a.image_size, a.precision, a.tta, a.resize)
                 path = spec.path(a.cache_dir)
                 if not path.exists():
-                    raise UserError(f"no cached codes for {bb} {spec.layer}/{pooling} at {path}; "
-                                    f"make them with: {codes_command(spec, a.data)}")
+                    raise UserError(
+                        f"no cached codes for {bb} {spec.layer}/{pooling} at {path}; "
+                        f"make them with: {codes_command(spec, a.data)}"
+                    )
                 paths.append(path)
     return paths

@@ -4,8 +4,8 @@ neighbours, computed in chunks); likely label errors (out-of-fold probabilities 
 learning); outliers. Writes duplicates.csv, label_issues.csv, outliers.csv, audit.json and a
 report.html gallery of each finding in a new run folder. The code set is named by --codes or found
 from the options that made it with `cnn-codes codes`."""
-from .. import audit
-from . import add_code_options, code_paths, default
+from pipeline.audit import _audit as audit
+from pipeline.cli import add_code_options, code_paths, default
 
 HELP = "find near-duplicates, leakage, likely label errors and outliers in a data set from its codes"
 

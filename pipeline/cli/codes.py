@@ -1,13 +1,11 @@
 """Stage 1: cache CNN codes of every image under DATA (one sub-folder per class) in HDF5.
 Run it again to resume an interrupted run or to take in added, changed or removed images; only
 what is missing is computed."""
-from ..backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY
-from ..codes import generate_codes
-from ..dataset import RESIZES
-from ..engines import ENGINES
-from ..runtimes import PRECISIONS, RUNTIMES
-from ..worker import TTAS
-from . import default
+from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY, list_layers
+from pipeline.cli import default
+from pipeline.codes import PRECISIONS, RUNTIMES, TTAS, generate_codes
+from pipeline.codes._engines import ENGINES
+from pipeline.data import RESIZES, parse_split
 
 HELP = "stage 1: cache the CNN codes of every image of a folder"
 
@@ -71,8 +69,6 @@ def add_arguments(p):
 
 
 def run(a):
-    from ..backbones import list_layers
-    from ..dataset import parse_split
 
     if a.list_layers:
         for name, shape, suggested in list_layers(a.backbone, a.image_size):

@@ -1,5 +1,5 @@
 """One table comparing runs: heads on codes, fine-tuned models and from-scratch baselines."""
-from ..runs import compare_table
+from pipeline.runs import compare_table
 
 HELP = "one table comparing runs"
 

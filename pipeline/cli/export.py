@@ -2,7 +2,11 @@
 keras.saving.load_model, class names inside as cnn_codes.json), and beside it TensorFlow Lite (float
 and int8 dynamic-range) and ONNX files, each checked against the Keras model on the run's test
 images (see pipeline.exports)."""
-from ..exports import FORMATS
+from pathlib import Path
+
+from pipeline._records import load_record
+from pipeline.deploy import FORMATS, export_formats, export_head_run
+from pipeline.errors import UserError
 
 HELP = "export a run as a deployable .keras model, TensorFlow Lite and ONNX files"
 
@@ -19,12 +23,7 @@ def add_arguments(p):
 
 
 def run(a):
-    from pathlib import Path
 
-    from ..errors import UserError
-    from ..exports import export_formats
-    from ..models import export_head_run
-    from ..runs import load_record
 
     if a.check_images is not None and a.check_images < 0:
         raise UserError("--check-images must be 0 or more")

@@ -2,9 +2,9 @@
 Without augmentation the activations at the cut point are cached once (stage 1 at that layer)
 and only the unfrozen top is trained on them: minutes on a CPU. Writes a run folder with
 model.keras (preprocessing + base + head, class names inside) and the report."""
-from ..finetune import finetune
-from . import default
-from .train import add_positive_class
+from pipeline.cli import default
+from pipeline.cli.train import add_positive_class
+from pipeline.runs import finetune
 
 HELP = "fine-tune the top of the conv base under a trained head"
 

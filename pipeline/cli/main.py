@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import importlib
+import os
+import signal
+import sys
 
-from ..errors import exit_without_teardown, quiet_tensorflow, run_cli
-from . import FORMATTER, Parser
+from pipeline._tf import quiet_tensorflow
+from pipeline.cli import FORMATTER, Parser
+from pipeline.errors import USER_ERRNOS, Interrupted, UserError, one_line, os_error_text
 
 SUBCOMMANDS = ("codes", "train", "sweep", "finetune", "scratch", "export", "predict", "compare", "report", "audit")
 
@@ -39,5 +43,51 @@ def console() -> None:
 def shim(command: str) -> None:
     """Entry point of the top-level scripts kept for those who know them (generate_codes.py,
     train_head.py): ``cnn-codes <command>`` with the script's arguments."""
-    import sys
     exit_without_teardown(lambda: run_cli(lambda argv: main([command, *(sys.argv[1:] if argv is None else argv)])))
+
+
+def run_cli(main, argv=None) -> None:
+    """Run an entry point's ``main(argv)`` and turn user errors into one line + exit code."""
+    try:
+        code = main(argv)
+    except UserError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        _interrupted(one_line(exc) if isinstance(exc, Interrupted) else "")
+    except OSError as exc:
+        if exc.errno not in USER_ERRNOS:
+            raise
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
+
+
+def exit_without_teardown(run) -> None:
+    """Run a command-line entry point, then end the process at once with its exit code.
+
+    Everything the commands write is closed (and fsynced where it matters) before they return;
+    what is skipped is the interpreter's teardown, where the C++ thread pools of TensorFlow and
+    OpenVINO, torn down in no fixed order, now and then abort the process ("terminate called
+    without an active exception") after its work is done.
+    """
+    try:
+        run()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _interrupted(message: str) -> None:
+    """One line and exit 130, at once: destructors and exit handlers that a Ctrl-C caught
+    half-way would print tracebacks of their own (what must be kept is on disk already)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("interrupted" + (f": {message}" if message else ""), file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)

@@ -2,9 +2,10 @@
 (a folder's predictions also go to a CSV file)."""
 from pathlib import Path
 
-from ..predict import format_rows, predict, write_csv
-from ..runtimes import RUNTIMES
-from . import default
+from pipeline.cli import default
+from pipeline.codes import RUNTIMES
+from pipeline.deploy import predict
+from pipeline.deploy._predict import format_rows, write_csv
 
 HELP = "top-k classes of an image or a folder with an exported model"
 

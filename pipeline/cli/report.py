@@ -3,7 +3,9 @@ from-scratch run the summary, the misclassified test images (most confident mist
 true and predicted class and confidence), a sortable per-class table, the confusion matrix and the
 curves; for a sweep its chart and table. One self-contained HTML file. Runs write it themselves;
 this rebuilds it (e.g. after moving the images) and with --open shows it in the browser."""
-from ..run_report import GALLERY, build_report
+import webbrowser
+
+from pipeline.reports import GALLERY, build_report
 
 HELP = "write a run's report.html (figures, per-class table, gallery of mistakes) and open it"
 
@@ -17,7 +19,6 @@ def add_arguments(p):
 
 
 def run(a):
-    import webbrowser
 
     out = build_report(a.run, limit=a.gallery)
     print(f"report -> {out}")

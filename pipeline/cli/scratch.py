@@ -1,9 +1,9 @@
 """Baseline: a small CNN trained from scratch on the same split as the cached codes: 4 x (conv
 32 3x3 + max-pool), dropout, Dense 256, dropout, softmax; Adam, early stopping on validation.
 Writes a run folder with model.keras and the report."""
-from ..finetune import train_scratch
-from . import add_code_options, code_paths, default
-from .train import add_positive_class
+from pipeline.cli import add_code_options, code_paths, default
+from pipeline.cli.train import add_positive_class
+from pipeline.runs import train_scratch
 
 HELP = "baseline: a small CNN trained from scratch on the same split"
 

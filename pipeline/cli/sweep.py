@@ -2,9 +2,9 @@
 code set (--codes, or the product of --backbone/--layer/--pooling) gives one curve per head.
 Writes sweep.csv (one row per run), summary.json (mean, std and per-repeat figures) and
 sweep.png in a run folder, and prints a table of the means."""
-from ..heads import HEADS
-from ..sweep import DEFAULT_NS, run_sweep
-from . import add_code_options, code_paths, default
+from pipeline.cli import add_code_options, code_paths, default
+from pipeline.heads import HEADS
+from pipeline.runs import DEFAULT_NS, run_sweep
 
 HELP = "accuracy vs. training images per class, charted"
 

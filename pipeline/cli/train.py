@@ -2,9 +2,9 @@
 The code file is named by --codes, or found from the same options that made it with
 `cnn-codes codes`. Writes a run folder with the head, record.json, report.txt, confusion.png
 and history.png (roc_pr.png for two classes)."""
-from ..heads import HEADS, LogRegHead, MLPHead, SoftmaxHead
-from ..train import train_on_codes
-from . import add_code_options, code_paths, default, parse_size
+from pipeline.cli import add_code_options, code_paths, default, parse_size
+from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead
+from pipeline.runs import train_on_codes
 
 HELP = "stage 2: train a head on cached codes and evaluate it"
 

@@ -1,0 +1,32 @@
+"""Backbones: one registry of frozen ImageNet conv bases (EfficientNet-Lite offline, Keras
+applications), their preprocessing, and feature models that turn images into codes."""
+
+from pipeline.backbones._registry import (
+    DEFAULT_BACKBONE,
+    POOLINGS,
+    PREPROCESSING,
+    REGISTRY,
+    Backbone,
+    Preprocess,
+    build_base,
+    build_feature_model,
+    get_backbone,
+    list_layers,
+    weights_identity,
+)
+from pipeline.backbones._torch_pickle import load_legacy_state_dict
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "POOLINGS",
+    "PREPROCESSING",
+    "REGISTRY",
+    "Backbone",
+    "Preprocess",
+    "build_base",
+    "build_feature_model",
+    "get_backbone",
+    "list_layers",
+    "weights_identity",
+    "load_legacy_state_dict",
+]

@@ -1,0 +1,190 @@
+"""Stage 1, who computes the partitions: this process (``local``) or a Ray actor pool (``ray``).
+
+The only module that knows an engine. Either way each worker is built from the same
+:class:`~pipeline.worker.WorkSpec` and writes the same part files, so the code set does not
+depend on the engine or on the number of workers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from typing import Callable
+
+from tqdm import tqdm
+
+from pipeline.codes._plan import Partition
+from pipeline.codes._worker import PartitionResult, Worker, WorkSpec
+from pipeline.errors import UserError
+
+# Deferred on purpose: Ray is imported inside the functions that use it, so that commands and workers
+# that never need it start without loading it.
+
+ENGINES = ("local", "ray")
+
+
+@dataclasses.dataclass
+class ComputeStats:
+    images: int
+    seconds: float                 # from the first batch to the last part written (models already built)
+    results: list[PartitionResult]
+
+
+def compute(spec: WorkSpec, partitions: list[Partition], *, engine: str = "local", workers: int = 1,
+            ray_address: str | None = None, progress: bool = True, on_ready: Callable[[str], None] = lambda d: None,
+            log: Callable = print) -> ComputeStats:
+    """Compute ``partitions`` on ``workers`` model workers of ``engine``. ``on_ready`` is told
+    where the forward pass runs once the models are built, before the clock starts."""
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if workers < 1:
+        raise UserError("--workers must be at least 1")
+    bar = _Progress(sum(len(p) for p in partitions), progress, f"codes {spec.backbone}")
+
+    def ready(description):  # the bar starts once the models are built
+        on_ready(description)
+        bar.start()
+
+    try:
+        run = _local if engine == "local" else _ray
+        return run(spec, partitions, workers=workers, ray_address=ray_address, bar=bar, on_ready=ready, log=log)
+    finally:
+        bar.close()
+
+
+class _Progress:
+    """A progress bar over images, shown from :meth:`start` on, with the unreadable ones counted."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        self.total, self.enabled, self.desc, self.bar, self.failed = total, enabled, desc, None, 0
+
+    def start(self):
+        self.bar = tqdm(total=self.total, unit="img", disable=not self.enabled, smoothing=0.1, desc=self.desc)
+
+    def update(self, n: int):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def done(self, result: PartitionResult):
+        self.failed += len(result.failed)
+        if self.failed and self.bar is not None:
+            self.bar.set_postfix(unreadable=self.failed)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _local(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> ComputeStats:
+    pool = [Worker(spec, log=log) for _ in range(min(workers, len(partitions)))]
+    on_ready(pool[0].description + (f", {len(pool)} workers" if len(pool) > 1 else ""))
+    results: list[PartitionResult] = []
+    t0 = time.perf_counter()
+    if len(pool) == 1:  # one stream of batches over every partition: no pause between them
+        for r in pool[0].run(partitions, on_batch=bar.update):
+            results.append(r)
+            bar.done(r)
+        return ComputeStats(sum(r.images for r in results), time.perf_counter() - t0, results)
+
+    todo: queue.Queue = queue.Queue()
+    for p in partitions:
+        todo.put(p)
+    stop, lock, errors = threading.Event(), threading.Lock(), []
+
+    def tick(n):
+        if stop.is_set():
+            raise KeyboardInterrupt  # unwinds this worker's writers
+        with lock:
+            bar.update(n)
+
+    def serve(worker):
+        try:
+            while not stop.is_set():
+                try:
+                    p = todo.get_nowait()
+                except queue.Empty:
+                    return
+                for r in worker.run([p], on_batch=tick):
+                    with lock:
+                        results.append(r)
+                        bar.done(r)
+        except KeyboardInterrupt:
+            pass
+        except BaseException as exc:  # the first error ends the others, then is raised in the driver
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in pool]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
+    if errors:
+        raise errors[0]
+    return ComputeStats(sum(r.images for r in results), time.perf_counter() - t0, results)
+
+
+class _RayWorker:
+    """A Ray actor holding one :class:`Worker` (its model stays loaded between partitions)."""
+
+    def __init__(self, spec: WorkSpec):
+        self.worker = Worker(spec, log=lambda m: None)
+
+    def description(self) -> str:
+        return self.worker.description
+
+    def run(self, partition: Partition) -> PartitionResult:
+        return next(iter(self.worker.run([partition])))
+
+
+def _ray(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> ComputeStats:
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError:
+        raise UserError("--engine ray needs Ray: pip install 'cnn-codes[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise UserError(f"could not start or join Ray (--ray-address {ray_address or 'none: a local instance'})"
+                            f": {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    actors = []
+    try:
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        if gpus and workers > gpus:
+            log(f"note: {workers} workers asked for, {gpus} GPU(s) in the cluster: one worker per GPU")
+            workers = gpus
+        options = {"num_gpus": 1} if gpus else {"num_cpus": min(1.0, resources.get("CPU", 1) / workers)}
+        actor = ray.remote(**options)(_RayWorker)
+        actors = [actor.remote(spec) for _ in range(min(workers, len(partitions)))]
+        try:
+            descriptions = ray.get([a.description.remote() for a in actors])
+            on_ready(f"{descriptions[0]} in each of {len(actors)} Ray worker(s)")
+            results: list[PartitionResult] = []
+            t0 = time.perf_counter()
+            for r in ActorPool(actors).map_unordered(lambda a, p: a.run.remote(p), partitions):
+                results.append(r)
+                bar.update(r.images)
+                bar.done(r)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, (UserError, OSError)):
+                raise cause from None
+            raise
+        return ComputeStats(sum(r.images for r in results), time.perf_counter() - t0, results)
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()

@@ -1,0 +1,294 @@
+"""Stage 1: run every image once through a frozen conv base and cache its CNN codes in HDF5.
+
+plan -> compute -> commit, under one writer lock per code set:
+- plan (:mod:`pipeline.plan`): scan the folder, decide each image's state once (cached, new,
+  changed, removed, failed) and cut the new and changed ones into partitions with stable ids;
+- compute (:mod:`pipeline.engines`, :mod:`pipeline.worker`): workers built from a picklable
+  spec, here or on a Ray cluster, write one part file per partition and code set;
+- commit (:mod:`pipeline.codeset`): a new index makes the kept rows and the new parts one code
+  set, moved into place atomically; what it no longer refers to is deleted; many small parts
+  are merged.
+An interrupted run (Ctrl-C, kill -9) never damages a finished code set, and the next run takes
+every part already written.
+
+A code set: ``cache/<data>/<backbone>-<size>-<weights>/<layer>-<pooling>.h5`` with datasets
+``codes`` (N, D), ``paths``, ``labels``, ``split``, ``fingerprints``, ``class_names``,
+``failed_paths``/``failed_reasons`` and attributes that say how it was made; its parts in the
+folder ``<layer>-<pooling>.parts/`` beside it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline import __version__
+from pipeline._files import writable_folder
+from pipeline.backbones import DEFAULT_BACKBONE, get_backbone, weights_identity
+from pipeline.codes._codeset import (
+    MAX_PARTS,
+    CodeSet,
+    Index,
+    IndexContent,
+    Row,
+    adopt_legacy,
+    collect_garbage,
+    compact,
+    load_codes,
+    needs_compaction,
+    parts_dir,
+    read_part,
+    write_index,
+)
+from pipeline.codes._engines import compute
+from pipeline.codes._faults import fault_point
+from pipeline.codes._locks import writer_lock
+from pipeline.codes._plan import IDENTITY_ATTRS, OutputPlan, Plan, labels_of, make_plan
+from pipeline.codes._runtimes import choose_runtime
+from pipeline.codes._worker import TTAS, WorkSpec, default_decode_threads
+from pipeline.data import RESIZES, content_digest, scan, stratified_split
+from pipeline.errors import USER_ERRNOS, Interrupted, UserError, os_error_text
+
+# Deferred on purpose: Pillow is imported inside the functions that use it, so that commands and
+# workers that never need it start without loading it.
+
+__all__ = ["CodeSet", "CodeSpec", "code_spec", "codes_command", "generate_codes", "load_codes"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeSpec:
+    """Where one code set lives: data set name, backbone, input size, weights, layer, pooling."""
+
+    data_name: str
+    backbone: str
+    image_size: int
+    weights_id: str
+    layer: str
+    pooling: str
+    precision: str = "fp32"  # of the forward pass; other than fp32, another code set
+    tta: str = "none"        # test-time augmentation: flip averages the codes of image and mirror
+    resize: str = "squash"   # how images become squares: squash or crop (centre crop)
+
+    def path(self, cache_dir) -> Path:
+        model = f"{self.backbone}-{self.image_size}-{self.weights_id}" + "".join(
+            f"-{v}" for v, d in ((self.precision, "fp32"), (self.resize, "squash"), (self.tta, "none")) if v != d)
+        return Path(cache_dir) / self.data_name / model / f"{self.layer}-{self.pooling}.h5"
+
+
+def code_spec(data, backbone=DEFAULT_BACKBONE, layer=None, pooling="avg", weights="imagenet",
+              image_size=None, precision="fp32", tta="none", resize="squash") -> CodeSpec:
+    bb = get_backbone(backbone)
+    return CodeSpec(Path(data).resolve().name, bb.name, image_size or bb.input_size,
+                    weights_identity(weights), layer or bb.default_layer, pooling, precision, tta, resize)
+
+
+def codes_command(spec: CodeSpec, data) -> str:
+    """The make command that creates a code set (for error messages)."""
+    return (f"make codes DATA={data} BACKBONE={spec.backbone} LAYER={spec.layer} POOLING={spec.pooling}"
+            + (f" IMAGE_SIZE={spec.image_size}" if spec.image_size != get_backbone(spec.backbone).input_size else "")
+            + (f" ARGS='{' '.join(extra)}'" if (extra := [f"--{k} {v}" for k, v, d in (
+                ("precision", spec.precision, "fp32"), ("resize", spec.resize, "squash"), ("tta", spec.tta, "none"))
+                if v != d]) else ""))
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg",), weights="imagenet",
+                   image_size=None, cache_dir="cache", batch_size=32, exclude=(),
+                   split=(0.7, 0.15, 0.15), seed=0, dtype="float32", engine="local", workers=1,
+                   decode_threads=None, ray_address=None, overwrite=False, verify=False, wait=True,
+                   runtime="auto", precision="fp32", tta="none", resize="squash", max_parts=MAX_PARTS, partition_size=None, progress=True,
+                   log=print, warn=_to_stderr, stats=None) -> list[Path]:
+    """Compute (or complete) one cached code set per (layer, pooling); return their paths.
+
+    Images already cached and unchanged (see :mod:`pipeline.plan`) are not recomputed; new or
+    changed images are computed; removed ones are dropped; an update writes only the parts of
+    what it computes and a new index. Unreadable images are skipped, counted and listed in the
+    file (``failed_paths``) and tried again only once they change. One run at a time writes a
+    code set: a second one waits for the first (``wait=False``: refuses) and then finds its work
+    done. ``engine`` local or ray runs ``workers`` model workers (each decoding with
+    ``decode_threads`` threads); ``runtime`` runs the forward pass (auto: OpenVINO on a CPU where
+    it is installed, see :mod:`pipeline.runtimes`); ``precision`` bf16 makes a code set of its
+    own. ``tta`` flip stores the mean of the codes of each image and its mirror image (a code set
+    of its own, twice the computing). ``resize`` crop centre-crops images instead of squashing them
+    to a square (a code set of its own). ``stats``, if a dict, receives the streaming figures: images
+    computed and loop seconds.
+    """
+    if dtype not in ("float32", "float16"):
+        raise UserError(f"--dtype {dtype}: choose float32 or float16")
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if workers < 1:
+        raise UserError("--workers must be at least 1")
+    if tta not in TTAS:
+        raise UserError(f"--tta {tta}: choose one of {', '.join(TTAS)}")
+    if resize not in RESIZES:
+        raise UserError(f"--resize {resize}: choose one of {', '.join(RESIZES)}")
+    if max_parts < 2:
+        raise UserError("--max-parts must be at least 2")
+    if partition_size is not None and partition_size < 1:
+        raise UserError("--partition-size must be at least 1")
+    if decode_threads is not None and decode_threads < 1:
+        raise UserError("--decode-threads must be at least 1")
+    bb = get_backbone(backbone)
+    choose_runtime(runtime, precision, gpus=0)  # checked now; "auto" is resolved by each worker, where it runs
+    ds = scan(data, exclude)
+    writable_folder(cache_dir, "--cache-dir")
+    outputs = [(l, p) for l in (layers or [bb.default_layer]) for p in poolings]
+    size = image_size or bb.input_size
+    files = [code_spec(data, bb.name, l, p, weights, size, precision, tta, resize).path(cache_dir) for l, p in outputs]
+    base_attrs = dict(backbone=bb.name, image_size=size, preprocessing=bb.preprocessing,
+                      weights=str(weights), weights_id=weights_identity(weights), dtype=dtype, precision=precision,
+                      tta=tta, resize=resize)
+    out_attrs = [dict(base_attrs, layer=l, pooling=p) for l, p in outputs]
+    spec = WorkSpec(str(ds.root), bb.name, tuple(outputs), str(weights), size, dtype, precision, runtime, batch_size,
+                    decode_threads or default_decode_threads(), tuple(str(parts_dir(f)) for f in files),
+                    tuple(json.dumps(a) for a in out_attrs), tta, resize)
+    if ds.empty_classes:
+        log(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
+    plan = None
+    try:
+        with writer_lock(files, wait=wait, note=warn):
+            fault_point("locked")
+            plan = make_plan(ds, files, out_attrs, overwrite=overwrite, verify=verify, target=partition_size)
+            large = _compute(plan, spec, engine=engine, workers=workers, ray_address=ray_address,
+                             progress=progress, log=log, stats=stats)
+            fault_point("all-staged")
+            failed = _commit_all(plan, split, seed, max_parts, log)
+    except KeyboardInterrupt:
+        staged = sum(all(o.staged(p) for o in plan.outputs) for p in plan.pending) if plan else 0
+        raise Interrupted(f"{staged} finished partition(s) are kept; run the same command again to resume"
+                          if staged else "") from None
+    except OSError as exc:
+        if exc.errno not in USER_ERRNOS:
+            raise
+        staged = any(parts_dir(f).exists() for f in files)
+        raise UserError(os_error_text(exc)
+                        + ("; the parts computed so far are kept: run the same command again once this is "
+                           "fixed" if staged else "")) from None
+    skipped = sorted((f.path, f.reason) for f in failed) + list(ds.unnamable)
+    if skipped:
+        warn(f"warning: {len(skipped)} image(s) skipped, listed in failed_paths: "
+             + "; ".join(f"{p} ({r})" for p, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
+    if large:
+        warn(f"note: {len(large)} image(s) over Pillow's decompression-bomb warning limit "
+             f"({_pil_limit()} megapixels) were decoded, e.g. {large[0]}; larger than twice that are skipped")
+    return files
+
+
+def _compute(plan: Plan, spec: WorkSpec, *, engine, workers, ray_address, progress, log, stats) -> list[str]:
+    """Compute the partitions whose parts are missing; returns the paths of images over Pillow's
+    warning limit."""
+    if not plan.pending:
+        return []
+    todo = plan.n_todo
+    detail = plan.describe()
+
+    def ready(description):
+        log(f"{spec.backbone} {spec.image_size}px -> {', '.join(f'{l}/{p}' for l, p in spec.outputs)}: "
+            f"{todo} of {len(plan.ds)} images to compute ({detail}) on {description}")
+
+    done = compute(spec, plan.pending, engine=engine, workers=workers, ray_address=ray_address, progress=progress,
+                   on_ready=ready, log=log)
+    log(f"computed {done.images} images in {done.seconds:.1f} s ({done.images / max(done.seconds, 1e-9):.1f} img/s)")
+    if stats is not None:
+        stats.update(images=done.images, seconds=done.seconds)
+    return [p for r in done.results for p in r.large]
+
+
+def _commit_all(plan: Plan, split, seed, max_parts, log) -> list:
+    """Commit every code set of the plan; returns the unreadable images of the first."""
+    split_codes = dict(zip(plan.ds.paths, stratified_split(plan.ds.paths, plan.ds.labels, split, seed).tolist()))
+    split_attrs = dict(split_fractions=json.dumps([round(x, 6) for x in split]), split_seed=seed)
+    labels = labels_of(plan.ds)
+    failed = []
+    for out in plan.outputs:
+        content, attrs = _new_index(out, plan, labels, split_codes, split_attrs)
+        if not _same_index(out.index, content, dict(split_attrs, **out.attrs)):
+            write_index(out.path, content, attrs)
+        if needs_compaction(content.rows, max_parts):  # also when a run was killed before it compacted
+            part_attrs = dict({k: out.attrs[k] for k in IDENTITY_ATTRS}, code_shape=attrs["code_shape"])
+            content = compact(out.path, content, attrs, max_parts, part_attrs)
+            log(f"note: merged small parts of {out.path.name}: {len({r.part for r in content.rows})} parts now")
+        collect_garbage(out.path)
+        fault_point("output-done")
+        log(f"{out.path}: {len(content.rows)} images x {content.dim} values"
+            + (f"; {len(content.failed)} unreadable image(s) skipped" if content.failed else ""))
+        failed = failed or content.failed
+    return failed
+
+
+def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, split_attrs: dict):
+    """The rows of one code set after this run: kept rows (in their order), then the rows of
+    this run's partitions (in plan order); unreadable images kept or newly found."""
+    folder = parts_dir(out.path)
+    parts = [read_part(folder / f"part-{p.id}.h5") for p in plan.partitions]
+    # An image this code set already holds unchanged keeps its row (computed again only for
+    # another code set of the run, or before an interruption).
+    fresh = {p for part in parts for p in part.paths if p not in out.usable} | {
+        f.path for part in parts for f in part.failed}
+    kept = [r for r in (out.index.rows if out.index else []) if r.path in out.usable and r.path not in fresh]
+    if kept and out.index.format_version < 2:  # the old file becomes the first part, as it is
+        legacy = adopt_legacy(out.path)
+        kept = [dataclasses.replace(r, part=legacy) for r in kept]
+    rows = [Row(r.path, r.part, r.row, plan.fingerprints[r.path], r.digest or content_digest(plan.ds.root / r.path))
+            for r in kept]
+    for part in parts:
+        rows += [Row(p, part.name, i, tuple(int(v) for v in fp), int(d))
+                 for i, (p, fp, d) in enumerate(zip(part.paths, part.fingerprints, part.digests)) if p in fresh]
+    failed = [f for p, f in out.failed.items() if p not in fresh] + [f for part in parts for f in part.failed]
+    if not rows:
+        if out.index is None:  # nothing to keep: no code set, no parts
+            collect_garbage(out.path)
+        raise UserError(f"none of the {len(plan.ds)} images under {plan.ds.root} could be read"
+                        + (f" (e.g. {failed[0].path}: {failed[0].reason})" if failed else ""))
+    old = out.index.attrs if out.index else {}
+    with_codes = [p for p in parts if p.n_rows]
+    dim = with_codes[0].dim if with_codes else out.index.dim
+    code_shape = (with_codes[0].code_shape if with_codes and with_codes[0].code_shape is not None
+                  else json.loads(old["code_shape"]))
+    runtimes = set(str(old["runtime"]).split("; ")) if kept and "runtime" in old else set()
+    runtimes |= {p.runtime for p in with_codes}
+    content = IndexContent(rows, np.asarray([labels[r.path] for r in rows], np.int32),
+                           np.asarray([split_codes[r.path] for r in rows], np.int8), list(plan.ds.class_names),
+                           failed, dim, out.attrs["dtype"])
+    attrs = dict(out.attrs, **split_attrs, code_shape=json.dumps(list(code_shape)), versions=_versions(),
+                 runtime="; ".join(sorted(runtimes)) or "unknown", data_root=str(plan.ds.root.resolve()),
+                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    return content, attrs
+
+
+def _same_index(index: Index | None, content: IndexContent, attrs: dict) -> bool:
+    """True when the committed index (as the plan read it) already says exactly this: then it
+    is not rewritten."""
+    return (index is not None and index.format_version >= 2
+            and [(r.path, r.part, r.row, r.fingerprint) for r in index.rows]
+            == [(r.path, r.part, r.row, r.fingerprint) for r in content.rows]
+            and np.array_equal(index.labels, content.labels) and np.array_equal(index.split, content.split)
+            and index.class_names == content.class_names
+            and sorted(index.failed) == sorted(x.path for x in content.failed)
+            and all(str(index.attrs.get(k)) == str(v) for k, v in attrs.items()))
+
+
+def _versions() -> str:
+
+    def of(package):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "unknown"
+    return json.dumps({"pipeline": __version__, "tensorflow": of("tensorflow"), "keras": of("keras"),
+                       "numpy": np.__version__, "h5py": h5py.__version__, "pillow": of("pillow")})
+
+
+def _pil_limit() -> int:
+    from PIL import Image
+    return int((Image.MAX_IMAGE_PIXELS or 0) / 1e6)

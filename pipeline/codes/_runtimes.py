@@ -1,0 +1,239 @@
+"""Where the forward pass runs: TensorFlow, or OpenVINO on a CPU (1.4-2.8x faster there).
+
+Both mappers take batches of raw RGB images, (n, size, size, 3) uint8, and give one (n, D)
+float32 array per output of the Keras feature model they were made from, in order. The
+OpenVINO model is converted from that same Keras model (preprocessing included), cached on disk
+under a key of everything that defines it, and run with several inference requests in flight
+so that decoding the next batches overlaps with it. By default it runs in FP32 (OpenVINO would
+pick BF16 by itself on CPUs that have it): its codes equal TensorFlow's within 1e-4, so one
+cache may hold rows of both. BF16 is a different code set (``precision``), never mixed in.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from pipeline.backbones._lite import weights_cache_dir
+from pipeline.errors import UserError
+
+# Deferred on purpose: OpenVINO, TensorFlow are imported inside the functions that use them, so that
+# commands and workers that never need them start without loading them.
+
+RUNTIMES = ("auto", "tensorflow", "openvino")
+PRECISIONS = ("fp32", "bf16")
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
+
+
+@functools.cache
+def openvino_core():
+    """One OpenVINO Core per process: compiled models outliving the temporary Core they came
+    from made the process abort at exit (std::system_error from a plug-in thread). It is
+    released by an exit handler, before the interpreter tears modules down."""
+
+    import openvino as ov
+    atexit.register(openvino_core.cache_clear)
+    return ov.Core()
+
+
+def tensorflow_gpus() -> int:
+    import tensorflow as tf
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def choose_runtime(runtime: str, precision: str = "fp32", *, gpus: int | None = None,
+                   openvino: str | None = "unknown") -> str:
+    """The runtime to use: ``auto`` is OpenVINO where TensorFlow sees no GPU and OpenVINO is
+    installed, else TensorFlow. BF16 needs OpenVINO."""
+    if runtime not in RUNTIMES:
+        raise UserError(f"--runtime {runtime}: choose one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    openvino = openvino_version() if openvino == "unknown" else openvino
+    if runtime == "openvino" or (precision != "fp32" and runtime == "auto"):
+        if openvino is None:
+            raise UserError("the OpenVINO runtime is not installed: pip install openvino"
+                            + (f" (--precision {precision} needs it)" if precision != "fp32" else ""))
+        return "openvino"
+    if runtime == "tensorflow":
+        if precision != "fp32":
+            raise UserError(f"--precision {precision} runs on OpenVINO only; use --runtime openvino or auto")
+        return "tensorflow"
+    gpus = tensorflow_gpus() if gpus is None else gpus
+    return "openvino" if openvino is not None and gpus == 0 else "tensorflow"
+
+
+class TensorFlowMapper:
+    """Compiled Keras forward pass. Batches smaller than ``batch_size`` are zero-padded so the
+    graph is traced only once."""
+
+    name = "tensorflow"
+
+    def __init__(self, model, batch_size: int):
+        import tensorflow as tf
+        self.batch_size = batch_size
+        self._fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), autograph=False)
+        self.description = f"TensorFlow {tf.__version__} on {_tf_device()}"
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        n = len(images)
+        out = self._fn(_pad(images, self.batch_size))
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return [np.asarray(o, dtype=np.float32)[:n] for o in out]
+
+    def map_batches(self, batches: Iterable, images=lambda b: b) -> Iterator[tuple]:
+        """(batch, codes) for each batch, in order; ``images(batch)`` gives its uint8 images."""
+        for batch in batches:
+            yield batch, self(images(batch))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionKey:
+    """Everything that defines a converted model: one folder of the conversion cache each."""
+
+    model: str         # backbone and outputs, or "classifier"
+    image_size: int
+    batch_size: int
+    weights_sha256: str
+    precision: str
+    openvino: str
+
+    def folder(self, root: Path) -> Path:
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return Path(root) / f"{self.model.split()[0]}-{digest}"
+
+
+def weights_sha256(model) -> str:
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def conversion_cache() -> Path:
+    return weights_cache_dir() / "openvino"
+
+
+def convert_to_openvino(model, key: ConversionKey, cache_root: Path | None = None):
+    """The OpenVINO model of Keras ``model`` (uint8 images in, float32 codes out), converted
+    once per key and read from the cache after that; returns (ov model, reused?)."""
+    import openvino as ov
+
+    folder = key.folder(cache_root or conversion_cache())
+    xml = folder / "model.xml"
+    if xml.is_file() and (folder / "key.json").is_file():
+        return openvino_core().read_model(xml), True
+    import tensorflow as tf
+
+    # A traced function converts in a third of the time of an exported SavedModel.
+    forward = tf.function(lambda x: model(x, training=False), autograph=False,
+                          input_signature=[tf.TensorSpec([None, key.image_size, key.image_size, 3], tf.float32)])
+    ov_model = ov.convert_model(forward)
+    ov_model.reshape({0: [key.batch_size, key.image_size, key.image_size, 3]})  # static shapes run faster
+    ppp = ov.preprocess.PrePostProcessor(ov_model)
+    ppp.input().tensor().set_element_type(ov.Type.u8)  # uint8 in, cast inside: 4x less to copy
+    ov_model = ppp.build()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    ov.save_model(ov_model, staging / "model.xml", compress_to_fp16=False)
+    (staging / "key.json").write_text(json.dumps(dataclasses.asdict(key), indent=2))
+    try:
+        staging.rename(folder)  # whole or absent
+    except OSError:  # another process converted the same model meanwhile: keep its copy
+        shutil.rmtree(staging, ignore_errors=True)
+    return ov_model, False
+
+
+class OpenVINOMapper:
+    """The same forward pass on OpenVINO's CPU plug-in, ``requests`` batches in flight."""
+
+    name = "openvino"
+
+    def __init__(self, model, batch_size: int, image_size: int, model_name: str, precision: str = "fp32",
+                 requests: int = 2, cache_root: Path | None = None):
+        import openvino as ov
+
+        self.batch_size = batch_size
+        key = ConversionKey(model_name, image_size, batch_size, weights_sha256(model), precision, ov.__version__)
+        ov_model, self.reused = convert_to_openvino(model, key, cache_root)
+        self.compiled = openvino_core().compile_model(ov_model, "CPU", {
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],  # else BF16 wherever the CPU has it
+            "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(requests)})
+        self.requests = requests
+        self.n_outputs = len(self.compiled.outputs)
+        self.description = f"OpenVINO {ov.__version__} on CPU ({precision}, {requests} requests in flight)"
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        n = len(images)
+        out = self.compiled(_pad(images, self.batch_size))
+        return [np.array(out[i], dtype=np.float32)[:n] for i in range(self.n_outputs)]
+
+    def map_batches(self, batches: Iterable, images=lambda b: b) -> Iterator[tuple]:
+        """(batch, codes) for each batch, in order, with up to ``requests`` batches computing
+        while the next ones are decoded."""
+        import openvino as ov
+
+        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        done: dict = {}
+        queue.set_callback(lambda request, i: done.__setitem__(
+            i, [np.array(request.get_output_tensor(k).data, dtype=np.float32) for k in range(self.n_outputs)]))
+        pending: deque = deque()  # (sequence number, batch, n images), oldest first
+
+        def ready():
+            while pending and pending[0][0] in done:
+                i, batch, n = pending.popleft()
+                yield batch, [c[:n] for c in done.pop(i)]
+
+        for i, batch in enumerate(batches):
+            imgs = images(batch)
+            queue.start_async({0: _pad(imgs, self.batch_size)}, i)  # waits while every request is busy
+            pending.append((i, batch, len(imgs)))
+            yield from ready()
+        queue.wait_all()
+        yield from ready()
+
+
+def make_mapper(model, *, runtime: str, batch_size: int, image_size: int, model_name: str, precision: str = "fp32",
+                log=print):
+    """A mapper for ``runtime`` (already chosen); a failed OpenVINO conversion falls back to
+    TensorFlow (FP32 only) with a note."""
+    if runtime == "openvino":
+        try:
+            return OpenVINOMapper(model, batch_size, image_size, model_name, precision)
+        except Exception as exc:  # conversion of an unusual model: TensorFlow still runs it
+            if precision != "fp32":
+                raise UserError(f"OpenVINO could not convert {model_name} ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}); --precision {precision} "
+                                f"needs it") from None
+            log(f"note: OpenVINO could not convert {model_name} ({type(exc).__name__}); running on TensorFlow")
+    return TensorFlowMapper(model, batch_size)
+
+
+def _pad(images: np.ndarray, batch_size: int) -> np.ndarray:
+    n = len(images)
+    if n >= batch_size:
+        return images
+    return np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
+
+
+def _tf_device() -> str:
+    gpus = tensorflow_gpus()
+    return f"{gpus} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"

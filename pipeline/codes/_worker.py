@@ -1,0 +1,196 @@
+"""Stage 1, step two: what one worker does. A :class:`Worker` is built from a small picklable
+:class:`WorkSpec` inside whatever process runs it (this one, a thread, a Ray actor on another
+machine) and turns partitions into part files: reader (decoding in threads) -> mapper
+(TensorFlow or OpenVINO forward pass) -> writer (one part file per partition and output,
+moved into place whole)."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from pipeline.backbones import build_feature_model, get_backbone
+from pipeline.codes._codeset import FailedImage, PartWriter
+from pipeline.codes._plan import Partition
+from pipeline.codes._runtimes import choose_runtime, make_mapper
+from pipeline.data import ImageError, content_digest, load_image
+
+
+@dataclasses.dataclass
+class Batch:
+    """One batch from :func:`read_batches`."""
+
+    indices: np.ndarray               # positions in the image list, in order
+    images: np.ndarray                # (n readable, size, size, 3) uint8
+    ok: np.ndarray                    # per index: decoded?
+    failures: list[tuple[str, str]]   # (relative path, reason) of those that were not
+    digests: list[int]                # content digests of the readable ones
+    large: list[str]                  # readable ones over Pillow's decompression-bomb warning limit
+
+
+def batches_of(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:
+    return [np.arange(s, min(s + batch_size, n)) + start for s in range(0, n, batch_size)]
+
+
+def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, threads: int, resize: str = "squash"
+                 ) -> Iterator[Batch]:
+    """Decoded batches of ``paths[b]`` for each index array ``b`` of ``batches``, in order
+    (``resize``: see :func:`~pipeline.dataset.load_image`).
+
+    Decoding runs in a thread pool (PIL releases the GIL) at most two batches ahead, so memory
+    stays bounded whatever the data set size.
+    """
+    def load(i):
+        large: list = []
+        try:
+            return load_image(Path(root) / paths[i], size, large, resize), content_digest(Path(root) / paths[i]), large
+        except ImageError as exc:
+            return None, str(exc), large
+        except OSError as exc:  # gone between decoding and hashing
+            return None, f"{type(exc).__name__}: {exc.strerror}", large
+
+    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = [(b, [pool.submit(load, i) for i in b]) for b in batches[:2]]
+        nxt = 2
+        while pending:
+            b, futs = pending.pop(0)
+            if nxt < len(batches):
+                pending.append((batches[nxt], [pool.submit(load, i) for i in batches[nxt]]))
+                nxt += 1
+            results = [f.result() for f in futs]
+            ok = np.array([img is not None for img, _, _ in results], bool)
+            imgs = (np.stack([img for img, _, _ in results if img is not None]) if ok.any()
+                    else np.zeros((0, size, size, 3), np.uint8))
+            yield Batch(np.asarray(b), imgs, ok,
+                        failures=[(paths[i], err) for i, (img, err, _) in zip(b, results) if img is None],
+                        digests=[d for img, d, _ in results if img is not None],
+                        large=[p for _, _, large in results for p in large])
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkSpec:
+    """Everything that defines the codes a worker computes, and where it writes them."""
+
+    root: str
+    backbone: str
+    outputs: tuple[tuple[str, str], ...]   # (layer, pooling)
+    weights: str
+    image_size: int
+    dtype: str
+    precision: str
+    runtime: str                          # as asked for: "auto" is resolved where the worker runs
+    batch_size: int
+    decode_threads: int
+    part_dirs: tuple[str, ...]            # one per output
+    part_attrs: tuple[str, ...]           # JSON attributes of each output's part files
+    tta: str = "none"                     # flip: the mean of the codes of each image and its mirror
+    resize: str = "squash"                # how images become squares (see load_image)
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.backbone} {' '.join(f'{l}/{p}' for l, p in self.outputs)}"
+
+
+@dataclasses.dataclass
+class PartitionResult:
+    """What a worker reports of one partition (small: it travels back to the driver)."""
+
+    id: str
+    images: int
+    failed: list[FailedImage]
+    large: list[str]
+
+
+class Worker:
+    """Builds the model once, then computes any number of partitions."""
+
+    def __init__(self, spec: WorkSpec, log: Callable = print):
+
+        self.spec = spec
+        bb = get_backbone(spec.backbone)
+        model, self.shapes = build_feature_model(bb, list(spec.outputs), spec.weights, spec.image_size)
+        self.mapper = make_mapper(model, runtime=choose_runtime(spec.runtime, spec.precision), batch_size=spec.batch_size,
+                                  image_size=spec.image_size, model_name=spec.model_name,
+                                  precision=spec.precision, log=log)
+        self.mapper(np.zeros((1, spec.image_size, spec.image_size, 3), np.uint8))  # trace / warm up
+        self.description = self.mapper.description
+
+    def _codes(self, stream):
+        """(batch, codes per output) for each batch; with flip, the mean of the codes of the images
+        and of their mirror images (computed as batches of their own: the batch size is fixed)."""
+        if self.spec.tta == "none":
+            yield from self.mapper.map_batches(stream, images=lambda b: b.images)
+            return
+        pending = None
+        for (batch, mirrored), codes in self.mapper.map_batches(
+                _with_mirrors(stream), images=lambda item: item[0].images[:, :, ::-1] if item[1] else item[0].images):
+            if not mirrored:
+                pending = codes
+            else:
+                yield batch, [(a + b) / 2 for a, b in zip(pending, codes)]
+
+    def run(self, partitions: list[Partition], on_batch: Callable[[int], None] = lambda n: None
+            ) -> Iterator[PartitionResult]:
+        """Compute ``partitions`` one after the other as one stream of full batches (a batch may
+        end one partition and start the next: no padded batch at each boundary), yielding each
+        partition's result once its part files are in place."""
+        s = self.spec
+        paths = [p for part in partitions for p in part.paths]
+        fingerprints = [fp for part in partitions for fp in part.fingerprints]
+        owner = np.repeat(np.arange(len(partitions)), [len(p) for p in partitions])
+        left = np.array([len(p) for p in partitions])
+        writers: dict[int, list[PartWriter]] = {}
+        failed: dict[int, list[FailedImage]] = {}
+        large: dict[int, list[str]] = {}
+        try:
+            stream = read_batches(s.root, paths, batches_of(len(paths), s.batch_size), s.image_size, s.decode_threads,
+                                  s.resize)
+            for batch, codes in self._codes(stream):
+                rows = np.cumsum(batch.ok) - 1  # row of each readable image in ``codes``
+                failures = dict(batch.failures)
+                ks = np.unique(owner[batch.indices])
+                for k in ks:
+                    mine = owner[batch.indices] == k
+                    if k not in writers:
+                        writers[k] = [PartWriter(Path(d), partitions[k].id, c.shape[1], s.dtype, len(partitions[k]),
+                                                 dict(json.loads(a), code_shape=json.dumps(list(shape))))
+                                      for d, a, c, shape in zip(s.part_dirs, s.part_attrs, codes, self.shapes)]
+                    ok = mine & batch.ok
+                    good = batch.indices[ok]
+                    bad = [FailedImage(paths[i], failures[paths[i]], fingerprints[i])
+                           for i in batch.indices[mine & ~batch.ok]]
+                    digests = [d for d, m in zip(batch.digests, mine[batch.ok]) if m]
+                    for w, c in zip(writers[k], codes):
+                        w.append(c[rows[ok]].astype(s.dtype), [paths[i] for i in good],
+                                 [fingerprints[i] for i in good], digests, bad)
+                    failed.setdefault(k, []).extend(bad)
+                    large.setdefault(k, []).extend(batch.large if k == ks[0] else [])  # (for one note only)
+                    left[k] -= int(mine.sum())
+                    if left[k] == 0:
+                        for w in writers.pop(k):
+                            w.close(self.description)
+                        yield PartitionResult(partitions[k].id, len(partitions[k]), failed.pop(k), large.pop(k))
+                on_batch(len(batch.indices))
+        finally:
+            for ws in writers.values():  # interrupted: nothing half-written stays behind
+                for w in ws:
+                    w.abort()
+
+
+TTAS = ("none", "flip")
+
+
+def _with_mirrors(stream):
+    for batch in stream:
+        yield batch, False
+        yield batch, True
+
+
+def default_decode_threads() -> int:
+    return min(8, os.cpu_count() or 1)
+

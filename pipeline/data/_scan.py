@@ -1,0 +1,218 @@
+"""Image folders (one sub-folder per class), stratified splits and robust image decoding."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+# Deferred on purpose: Pillow is imported inside the functions that use it, so that commands and
+# workers that never need it start without loading it.
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+TRAIN, VAL, TEST = 0, 1, 2
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    """A scanned data set. ``paths`` are relative to ``root`` (posix), sorted; ``labels[i]``
+    indexes ``class_names``; ``fingerprints[i]`` is (size in bytes, mtime in ns)."""
+
+    root: Path
+    paths: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    fingerprints: np.ndarray
+    ignored_files: int = 0
+    empty_classes: tuple[str, ...] = ()
+    # Files that cannot even be named in a code set (not valid UTF-8): (printable name, reason).
+    unnamable: tuple[tuple[str, str], ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.class_names))
+
+
+def content_digest(path) -> int:
+    """64-bit BLAKE2 digest of a file's bytes (never 0, which marks "unknown"). Lets the cache
+    recognize images whose modification time changed but whose content did not (a copied or
+    re-extracted data set)."""
+    return int.from_bytes(hashlib.blake2b(Path(path).read_bytes(), digest_size=8).digest(), "little") or 1
+
+
+def scan(root, exclude=()) -> ImageFolder:
+    """Find images recursively under ``root/<class>/``; drop classes named in ``exclude``."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"data path {root} is not a folder (expected one sub-folder per class)")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = sorted(set(exclude) - {p.name for p in class_dirs})
+    if unknown:
+        raise UserError(f"--exclude names classes not in {root}: {', '.join(unknown)}")
+    class_dirs = [p for p in class_dirs if p.name not in set(exclude)]
+    if not class_dirs:
+        raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    paths, labels, prints, names, empty, ignored, unnamable = [], [], [], [], [], 0, []
+    for cdir in class_dirs:
+        found = []  # relative paths as strings: a million Path objects take seconds to sort
+        for dirpath, dirnames, filenames in os.walk(cdir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            for fn in filenames:
+                if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith("."):
+                    found.append(f"{rel_dir}/{fn}")
+                else:
+                    ignored += 1
+        if not found:
+            empty.append(cdir.name)
+            continue
+        label = len(names)
+        names.append(cdir.name)
+        for rel in sorted(found, key=lambda r: r.split("/")):  # the order of sorted Paths
+            f = os.path.join(root, rel)
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                unnamable.append((rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                                  "file name is not valid UTF-8"))
+                continue
+            paths.append(rel)
+            labels.append(label)
+            prints.append(fingerprint(f))
+    if len(names) < 2:
+        which = f"only one class ({names[0]})" if names else "no images"
+        raise UserError(f"data folder {root} has {which}; a classifier needs at least two classes "
+                        f"with images ({', '.join(IMAGE_EXTENSIONS)})")
+    return ImageFolder(root, paths, np.asarray(labels, np.int32), names,
+                       np.asarray(prints, np.int64).reshape(-1, 2), ignored, tuple(empty), tuple(unnamable))
+
+
+def fingerprint(path) -> tuple[int, int]:
+    """(size in bytes, mtime in ns); (-1, -1) for a link that leads nowhere (dangling, or a
+    loop): such a file is listed as unreadable and tried again once it changes."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'70/15/15' or '70/30' (train/val/test, percent or fractions of 1) -> fractions summing to 1."""
+    try:
+        parts = [float(p) for p in text.replace(",", "/").split("/")]
+    except ValueError:
+        raise UserError(f"--split {text!r}: expected TRAIN/VAL/TEST such as 70/15/15, or TRAIN/TEST such as 70/30")
+    if len(parts) == 2:
+        parts = [parts[0], 0.0, parts[1]]
+    if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0 or parts[2] <= 0:
+        raise UserError(f"--split {text!r}: expected TRAIN/VAL/TEST with positive train and test parts")
+    total = sum(parts)
+    if not (abs(total - 100) < 1e-6 or abs(total - 1) < 1e-9):
+        raise UserError(f"--split {text!r}: the parts add up to {total:g}; they must add up to 100 (or 1)")
+    return tuple(p / total for p in parts)
+
+
+def stratified_split(paths, labels, fractions=(0.7, 0.15, 0.15), seed=0) -> np.ndarray:
+    """Per-class split: ``out[i]`` is TRAIN, VAL or TEST for image ``i``.
+
+    Within each class the images are shuffled by a generator seeded from ``seed`` and the class
+    name, then cut by ``fractions``, rounding so that each class keeps at least one training
+    image and (with two or more images) at least one test image. The result depends only on
+    ``seed``, the fractions and each class's own image list.
+    """
+    labels = np.asarray(labels)
+    out = np.full(len(labels), TRAIN, np.int8)
+    _, f_val, f_test = fractions
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        key = paths[idx[0]].split("/")[0]
+        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+        idx = idx[rng.permutation(len(idx))]
+        n = len(idx)
+        n_test = min(max(int(round(n * f_test)), 1 if n >= 2 else 0), n - 1)
+        n_val = min(int(round(n * f_val)), n - 1 - n_test)
+        out[idx[:n_test]] = TEST
+        out[idx[n_test:n_test + n_val]] = VAL
+    return out
+
+
+class ImageError(Exception):
+    """An image file that cannot be decoded."""
+
+
+@functools.cache
+def _quiet_pillow() -> None:
+    # Pillow warns (twice per image, on stderr) about images between 89 and 179 megapixels;
+    # the readers count them and say so once per run instead.
+    from PIL import Image
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+RESIZES = ("squash", "crop")
+CROP_FRACTION = 0.875  # crop: the shorter side resized to size / 0.875, the centre kept (ImageNet evaluation)
+
+
+def decode_rgb(path, side: int, large: list | None = None):
+    """Decode any common image file to an RGB Pillow image (a JPEG at reduced scale when it is
+    much larger than ``side``). Grayscale, palette, CMYK and 16-bit images are converted;
+    transparency is composited on white; animated files give their first frame. Images over
+    Pillow's decompression-bomb limit (179 megapixels) raise; those over its warning limit (89
+    megapixels) are decoded and, when ``large`` is a list, appended to it. A hostile file can make
+    the decoder raise anything: callers catch it."""
+    from PIL import Image, ImageOps
+
+    _quiet_pillow()
+    with Image.open(path) as img:
+        if large is not None and img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+            large.append(str(path))
+        img.draft("RGB", (side, side))  # JPEG: decode at reduced scale when much larger
+        img.load()
+        if "exif" in img.info:  # parsing EXIF costs time: only when there is some
+            img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            arr = np.asarray(img, dtype=np.float32)
+            top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+            img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.new("RGB", rgba.size, (255, 255, 255))
+            img.paste(rgba, mask=rgba.getchannel("A"))
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(path, size: int, large: list | None = None, resize: str = "squash") -> np.ndarray:
+    """Decode any common image file (see :func:`decode_rgb`) to RGB uint8 (size, size, 3).
+
+    ``resize`` squash resizes the image to a square, ignoring aspect ratio, as the pretrained conv
+    bases were used in the published recipes; crop resizes its shorter side to ``size / 0.875``
+    and keeps the centre square (the evaluation of ImageNet models and of the linear-probe
+    protocol). Unreadable files, and images over Pillow's decompression-bomb limit, raise
+    :class:`ImageError`.
+    """
+    from PIL import Image
+
+    try:
+        side = round(size / CROP_FRACTION) if resize == "crop" else size
+        img = decode_rgb(path, side, large)
+        if resize == "crop":
+            scale = side / min(img.size)
+            w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.resize((w, h), Image.BILINEAR, reducing_gap=3.0).crop((left, top, left + size, top + size))
+            return np.asarray(img, dtype=np.uint8)
+        return np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
+    except Exception as exc:  # a hostile file can make a decoder raise anything: it is one bad image
+        raise ImageError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None

@@ -1,0 +1,90 @@
+"""Top-k predictions of an exported model for one image or a folder of images."""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.codes import choose_runtime
+from pipeline.codes._runtimes import make_mapper
+from pipeline.codes._worker import batches_of, read_batches
+from pipeline.data import IMAGE_EXTENSIONS
+from pipeline.deploy._models import export_head_run, load_model
+from pipeline.errors import UserError
+
+
+def find_images(target: Path) -> tuple[Path, list[str]]:
+    """(root, relative paths) of the image file or of all images under the folder."""
+    if target.is_file():
+        return target.parent, [target.name]
+    if not target.is_dir():
+        raise UserError(f"{target}: no such image or folder")
+    paths = sorted(p.relative_to(target).as_posix() for p in target.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise UserError(f"{target}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+    return target, paths
+
+
+def model_file(path, log=print) -> Path:
+    """A .keras file as given, or a run folder's ``model.keras``; a head-on-codes run that has
+    not been exported yet is exported first."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    out = path / "model.keras"
+    if not out.exists() and (path / "record.json").exists():  # fine-tuned and scratch runs always have one
+        log(f"exporting {path} first")
+        export_head_run(path)
+    if not out.exists():
+        raise UserError(f"no model.keras in {path}: pass a .keras file or a run folder of "
+                        f"train_head.py, finetune.py or scratch.py")
+    return out
+
+
+def predict(model_path, target, top_k=5, batch_size=32, runtime="auto", warn=lambda m: print(m, file=sys.stderr),
+            log=print):
+    """Rows of (path, [(class name, probability), ...] top-k) for every readable image.
+
+    Unreadable images get a warning each and are left out; the others are still predicted.
+    """
+    if top_k < 1 or batch_size < 1:
+        raise UserError("--top-k and --batch-size must be at least 1")
+    runtime = choose_runtime(runtime)
+    model, class_names, info = load_model(model_file(model_path, log))
+    size = int(info["image_size"])
+    root, paths = find_images(Path(target))
+    k = min(top_k, len(class_names))
+    mapper = make_mapper(model, runtime=runtime, batch_size=batch_size, image_size=size,
+                         model_name=f"classifier {info.get('kind')}", log=warn)
+    rows = []
+    batches = read_batches(root, paths, batches_of(len(paths), batch_size), size, 4,
+                           info.get("resize", "squash"))
+    for batch, (proba,) in mapper.map_batches(batches, images=lambda b: b.images):
+        for p, reason in batch.failures:
+            warn(f"warning: skipped {root / p}: {reason}")
+        if len(batch.images):
+            for i, pr in zip(batch.indices[batch.ok], proba):
+                top = np.argsort(-pr)[:k]
+                rows.append((str(root / paths[i]), [(class_names[j], float(pr[j])) for j in top]))
+    return rows
+
+
+def format_rows(rows, limit: int = 20, more_in=None) -> str:
+    """``<path>: <class> P%, ...`` per image, the first ``limit`` of them."""
+    lines = [path + ": " + ", ".join(f"{name} {100 * prob:.1f}%" for name, prob in top) for path, top in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"... ({len(rows) - limit} more" + (f" in {more_in})" if more_in else ")"))
+    return "\n".join(lines)
+
+
+def write_csv(rows, out: Path) -> None:
+    """One row per image: path, then class and probability of each of its top k."""
+    top_k = max((len(top) for _, top in rows), default=0)
+    with open(out, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path"] + [f"{kind}{i + 1}" for i in range(top_k) for kind in ("class", "prob")])
+        for path, top in rows:
+            w.writerow([path] + [v for name, p in top for v in (name, f"{p:.6f}")])

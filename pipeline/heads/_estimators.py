@@ -1,0 +1,526 @@
+"""Stage 2: classifier heads trained on cached codes, scikit-learn style (fit / predict_proba).
+
+Every head is a scikit-learn estimator (``clone``, ``GridSearchCV`` and ``cross_val_score`` work)
+on codes ``X`` of shape (n_images, n_values). ``validation_data``, when given, drives early
+stopping (Keras heads) or the choice of the regularization strength (logistic regression).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from pipeline.codes._codeset import CodeStream
+from pipeline.errors import UserError, one_line
+from pipeline.heads._scaling import (
+    ShrunkScaler,
+    standardization,
+    streaming_standardization,
+)
+from pipeline.heads._trainloop import class_weights, train_in_memory, train_streamed
+
+# Deferred on purpose: scikit-learn, Keras are imported inside the functions that use them, so that
+# commands and workers that never need them start without loading them.
+
+
+def holdout(X, y, X_val, y_val, fraction=0.1, seed=0):
+    """(X, y, X_val, y_val) with a validation set: the given one, else a stratified ``fraction``
+    of the training codes held out (when every class has two or more), else none (None, None)."""
+    if X_val is not None and len(X_val):
+        return X, y, X_val, y_val
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    n_val = int(round(fraction * len(y)))
+    if len(counts) == 0 or counts.min() < 2 or n_val < len(counts):
+        return X, y, None, None
+    from sklearn.model_selection import train_test_split
+    fit_idx, val_idx = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y, random_state=seed)
+    return X[fit_idx], y[fit_idx], X[val_idx], y[val_idx]
+
+
+def _is_stream(X) -> bool:
+    return isinstance(X, CodeStream)
+
+
+def _keras_seed(seed: int) -> None:
+    import keras
+    keras.utils.set_random_seed(seed)
+
+
+class HeadParameterError(UserError, ValueError):
+    """A head parameter out of range: a ValueError for scikit-learn, one line for the CLI."""
+
+
+def _require(ok: bool, name: str, rule: str, value) -> None:
+    if not ok:
+        raise HeadParameterError(f"{name} must be {rule} (got {value!r})")
+
+
+class _Head(ClassifierMixin, BaseEstimator):
+    """What every head shares, scikit-learn style: ``__init__`` stores the parameters; ``fit``
+    checks them and learns ``classes_``, ``n_features_in_`` and the model; ``predict_proba``
+    columns follow ``classes_``. ``fit(..., classes=...)`` names classes beyond those in ``y``
+    (a draw of a few images per class may miss some); they get probability 0."""
+
+    name = ""
+
+    def fit(self, X, y, *, validation_data=None, classes=None):
+        from sklearn.utils.validation import check_array, check_X_y
+
+        self._check_params()
+        streamed = _is_stream(X)  # more codes than memory allows: read from the file as needed
+        if streamed:
+            y = X.y
+        else:
+            X, y = check_X_y(X, y, dtype=np.float32)
+        self.classes_ = np.unique(y) if classes is None else np.asarray(classes)
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if len(unknown):
+            raise HeadParameterError(f"classes: y has labels {unknown.tolist()} that classes does not name")
+        self.n_features_in_ = X.shape[1]
+        self.history_ = {}
+        if streamed:
+            has_val = validation_data is not None and len(validation_data[0])
+            self._fit_stream(X, validation_data[0] if has_val else None)
+            return self
+        X_val = y_val = None
+        if validation_data is not None and len(validation_data[0]):
+            X_val = check_array(validation_data[0], dtype=np.float32)
+            y_val = np.searchsorted(self.classes_, np.asarray(validation_data[1]))
+        self._fit(X, np.searchsorted(self.classes_, y), X_val, y_val)
+        return self
+
+    def _fit_stream(self, stream, val):
+        raise HeadParameterError(f"the {self.name} head cannot be trained out of core")
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(n_images, len(classes_)) class probabilities (``X`` may be a streamed code set)."""
+        from sklearn.utils.validation import check_array, check_is_fitted
+        check_is_fitted(self)
+        if _is_stream(X):
+            parts = [self._proba(b) for b in X.blocks()]
+            return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)), np.float32)
+        return self._proba(check_array(X, dtype=np.float32))
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+    def save(self, folder: Path) -> Path:
+        """The head's arrays and ``head.json`` (its class, parameters, classes): no pickle, so that
+        loading a run folder someone shares cannot run code."""
+        path = self._save_model(Path(folder))
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.get_params().items()}
+        (Path(folder) / "head.json").write_text(json.dumps(
+            {"head": self.name, "params": params, "classes": self.classes_.tolist(),
+             "n_features_in": int(self.n_features_in_), "state": self._state(), "history": self.history_},
+            indent=2))
+        return path
+
+    def _state(self) -> dict:
+        return {}
+
+
+class KerasHead(_Head):
+    """Shared machinery of the Keras heads: a standardization layer set from the training
+    codes, optional hidden layers, a softmax output; Adam; early stopping on validation loss,
+    best weights restored. Without a validation set, 10% of the training codes are held out for
+    it (stratified; on training loss where a class has a single image). An epoch counts
+    as better only if the loss drops by ``min_delta``: without it, small training sets creep on
+    for a hundred epochs for a few hundredths of a point."""
+
+    def _hidden(self) -> tuple:
+        return ()
+
+    def _check_params(self):
+        for name in ("epochs", "batch_size"):
+            _require(int(getattr(self, name)) == getattr(self, name) and getattr(self, name) >= 1, name,
+                     "a whole number >= 1", getattr(self, name))
+        _require(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
+        _require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
+        _require(self.patience >= 0, "patience", ">= 0", self.patience)
+        _require(self.min_delta >= 0, "min_delta", ">= 0", self.min_delta)
+        _require(all(int(h) == h and h >= 1 for h in self._hidden()), "hidden", "whole numbers >= 1",
+                 getattr(self, "hidden", None))
+
+    def _build(self, X, n_classes, stats=None, l2=0.0):
+        import keras
+
+        mean, var = stats if stats is not None else standardization(X)
+        # Codes of any scale (a random-weight base gives values near 1e-13): scaled to about 1
+        # first, or Normalization's floor on the standard deviation (1e-7) would flatten them.
+        scale = float(1.0 / np.sqrt(max(float(np.mean(var)), 1e-300)))
+        scale = scale if abs(np.log10(scale)) > 2 else 1.0
+        norm = keras.layers.Normalization(name="standardize")
+        norm.build((None, len(mean)))
+        norm.set_weights([mean * scale, var * scale ** 2, np.asarray(len(X))])
+        norm.finalize_state()
+        inputs = keras.Input((len(mean),), name="codes")
+        x = norm(keras.layers.Rescaling(scale, name="scale")(inputs) if scale != 1.0 else inputs)
+        for i, units in enumerate(self._hidden()):
+            x = keras.layers.Dense(int(units), activation="relu", name=f"hidden{i + 1}")(x)
+            if self.dropout:
+                x = keras.layers.Dropout(self.dropout, name=f"dropout{i + 1}")(x)
+        if not self._hidden() and self.dropout:
+            x = keras.layers.Dropout(self.dropout, name="dropout")(x)
+        outputs = keras.layers.Dense(n_classes, activation="softmax", name="softmax",
+                                     kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)(x)
+        model = keras.Model(inputs, outputs, name="head")
+        model.compile(keras.optimizers.Adam(self.learning_rate), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    def _fit(self, X, y, X_val, y_val):
+        import keras
+
+        _keras_seed(self.seed)
+        n_classes = len(self.classes_)
+        X, y, X_val, y_val = holdout(X, y, X_val, y_val, seed=self.seed)
+        self.model_ = self._build(X, n_classes)
+        has_val = X_val is not None and len(X_val)
+        dense = [layer for layer in self.model_.layers if isinstance(layer, keras.layers.Dense)]
+        self.history_ = train_in_memory(
+            dense, self._standardize(X), y, self._standardize(X_val) if has_val else None, y_val,
+            epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.batch_size, patience=self.patience,
+            min_delta=self.min_delta, dropout=self.dropout, seed=self.seed, verbose=self.verbose,
+            sample_weight=class_weights(y, n_classes)[y] if self.class_weight else None)
+
+    def _standardize(self, X) -> np.ndarray:
+        """What the model's scaling and standardization layers make of codes ``X``."""
+        if any(layer.name == "scale" for layer in self.model_.layers):
+            X = self.model_.get_layer("scale")(X)
+        return np.asarray(self.model_.get_layer("standardize")(X))
+
+    def _fit_stream(self, stream, val):
+        _keras_seed(self.seed)
+        self.model_ = self._build(stream, len(self.classes_), stats=streaming_standardization(stream.blocks()))
+        self.history_ = train_streamed(
+            self.model_, stream, val, classes=self.classes_, epochs=self.epochs, batch_size=self.batch_size,
+            patience=self.patience, min_delta=self.min_delta, seed=self.seed, class_weight=self.class_weight,
+            verbose=self.verbose)
+
+    def _proba(self, X) -> np.ndarray:
+        if not len(X):
+            return np.zeros((0, len(self.classes_)), np.float32)
+        return np.concatenate([np.asarray(self.model_(X[s:s + 4096], training=False))
+                               for s in range(0, len(X), 4096)])
+
+    def to_keras(self):
+        """This head as a Keras model, codes -> probabilities."""
+        return self.model_
+
+    def _save_model(self, folder: Path) -> Path:
+        path = folder / "head.keras"
+        self.model_.save(path)
+        return path
+
+    def _restore(self, folder: Path, state: dict) -> None:
+        import keras
+        try:  # safe mode: a Lambda layer (Python bytecode) in a shared file is refused, not run
+            self.model_ = keras.saving.load_model(Path(folder) / "head.keras", compile=False, safe_mode=True)
+        except Exception as exc:
+            raise UserError(f"{folder}/head.keras was not loaded: {one_line(exc)}") from None
+
+
+class SoftmaxHead(KerasHead):
+    """One Dense softmax layer on standardized codes (the classic recipe on CNN codes)."""
+
+    name = "softmax"
+
+    def __init__(self, epochs=200, learning_rate=3e-3, batch_size=256, patience=5, min_delta=0.002, dropout=0.0,
+                 class_weight=False, seed=0, verbose=0):
+        self.epochs, self.learning_rate, self.batch_size = epochs, learning_rate, batch_size
+        self.patience, self.min_delta, self.dropout = patience, min_delta, dropout
+        self.class_weight, self.seed, self.verbose = class_weight, seed, verbose
+
+
+class MLPHead(KerasHead):
+    """Dense 256 + ReLU + Dropout 0.5 + softmax by default; ``hidden`` sets the layer sizes."""
+
+    name = "mlp"
+
+    def __init__(self, hidden=(256,), dropout=0.5, epochs=200, learning_rate=3e-3, batch_size=256, patience=5,
+                 min_delta=0.002, class_weight=False, seed=0, verbose=0):
+        self.hidden, self.dropout = hidden, dropout
+        self.epochs, self.learning_rate, self.batch_size = epochs, learning_rate, batch_size
+        self.patience, self.min_delta = patience, min_delta
+        self.class_weight, self.seed, self.verbose = class_weight, seed, verbose
+
+    def _hidden(self) -> tuple:
+        return tuple(self.hidden)
+
+
+class LogRegHead(_Head):
+    """scikit-learn multinomial logistic regression (L-BFGS) on standardized codes.
+
+    The inverse regularization strength C is chosen from ``Cs`` by accuracy on the validation
+    set (fits along increasing C warm-start from the previous one). Without a validation set,
+    10% of the training codes are held out to choose C, then the model is refit on all of them;
+    where a class has a single image, or only one C is given, the largest C is used.
+    """
+
+    name = "logreg"
+
+    def __init__(self, Cs=(0.001, 0.01, 0.1, 1.0), max_iter=300, class_weight=False, seed=0, verbose=0):
+        self.Cs, self.max_iter, self.class_weight, self.seed, self.verbose = Cs, max_iter, class_weight, seed, verbose
+
+    def _check_params(self):
+        _require(len(self.Cs) > 0 and min(self.Cs) > 0, "Cs", "one or more positive numbers", self.Cs)
+        _require(self.max_iter >= 1, "max_iter", ">= 1", self.max_iter)
+
+    def _pipe(self, C):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        return make_pipeline(ShrunkScaler(), LogisticRegression(
+            C=C, max_iter=self.max_iter, class_weight="balanced" if self.class_weight else None,
+            random_state=self.seed))
+
+    def _fit(self, X, y, X_val, y_val):
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.filterwarnings("ignore", "The number of unique classes is greater than 50%")
+            X_fit, y_fit, X_val, y_val = holdout(X, y, X_val, y_val, seed=self.seed)
+            best, scores, best_model = max(self.Cs), {}, None
+            if X_val is not None and len(self.Cs) > 1:
+                # Along increasing C, each fit starts from the previous solution (warm start).
+                pipe = self._pipe(min(self.Cs))
+                pipe.named_steps["logisticregression"].warm_start = True
+                for C in sorted(self.Cs):
+                    pipe.set_params(logisticregression__C=C).fit(X_fit, y_fit)
+                    scores[C] = float((pipe.predict(X_val) == y_val).mean())
+                    if best_model is None or scores[C] > scores[best]:  # ties: stronger regularization
+                        best, best_model = C, copy.deepcopy(pipe)
+                self.history_ = {"val_accuracy_by_C": {str(c): v for c, v in scores.items()}}
+            if X_fit is X and best_model is not None:  # the given validation set: keep the model fitted with the best C
+                best_model.named_steps["logisticregression"].warm_start = False
+                self.model_ = best_model
+            else:  # held-out part of the training codes (or no choice at all): refit on everything
+                self.model_ = self._pipe(best).fit(X, y)
+            self.C_ = best
+
+    def _fit_stream(self, stream, val):
+        """Out of core: the same multinomial model (softmax of a linear function of standardized
+        codes, L2 penalty 1 / (C n)) fitted by minibatch gradient descent on the streamed codes,
+        with C the largest of ``Cs`` (no search: each C would be another pass over the data).
+        It is then held as the scikit-learn pipeline the in-memory fit gives, so saving,
+        exporting and predicting are the same."""
+        _keras_seed(self.seed)
+        n_classes, C = len(self.classes_), max(self.Cs)
+        stats = streaming_standardization(stream.blocks())
+        linear = SoftmaxHead(learning_rate=1e-3, batch_size=256, epochs=min(self.max_iter, 30), patience=3,
+                             min_delta=1e-4, seed=self.seed)
+        model = linear._build(stream, n_classes, stats=stats, l2=1.0 / (2 * C * len(stream)))
+        self.history_ = train_streamed(
+            model, stream, val, classes=self.classes_, epochs=linear.epochs, batch_size=linear.batch_size,
+            patience=linear.patience, min_delta=linear.min_delta, seed=self.seed, class_weight=self.class_weight,
+            verbose=self.verbose)
+        W, b = model.get_layer("softmax").get_weights()
+        present = np.searchsorted(self.classes_, np.unique(stream.y))  # positions, as the in-memory fit has
+        coef, intercept = W.T[present].astype(np.float64), b[present].astype(np.float64)
+        if len(present) == 2:  # scikit-learn's binary form: sigmoid(z1 - z0) == softmax([z0, z1])[1]
+            coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+        self.C_ = C
+        self.model_ = self._pipe(C)
+        scaler, clf = self.model_[0], self.model_[-1]
+        scaler.mean_, scaler.var_ = stats
+        scaler.scale_ = np.sqrt(stats[1])
+        scaler.n_features_in_ = clf.n_features_in_ = stream.shape[1]
+        scaler.n_samples_seen_ = len(stream)
+        clf.coef_, clf.intercept_, clf.classes_ = coef, intercept, present
+        clf.n_iter_ = np.asarray([len(self.history_["loss"])])
+
+    def _proba(self, X) -> np.ndarray:
+        out = np.zeros((len(X), len(self.classes_)), np.float32)
+        if len(X):
+            out[:, self.model_.classes_] = self.model_.predict_proba(X)  # classes absent from training: 0
+        return out
+
+    def to_keras(self):
+        """One Dense softmax layer with the standardization folded into its weights."""
+        import keras
+
+        scaler, clf = self.model_[0], self.model_[-1]
+        coef, intercept = clf.coef_, clf.intercept_
+        if coef.shape[0] == 1:  # binary: sigmoid(z) == softmax([0, z])
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+        scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
+        n_classes = len(self.classes_)
+        W = np.zeros((self.n_features_in_, n_classes), np.float32)
+        b = np.full(n_classes, -1e4, np.float32)  # classes never seen in training: probability 0
+        W[:, clf.classes_] = (coef / scale).T
+        b[clf.classes_] = intercept - (coef / scale) @ scaler.mean_
+        inputs = keras.Input((self.n_features_in_,), name="codes")
+        dense = keras.layers.Dense(n_classes, activation="softmax", name="softmax")
+        model = keras.Model(inputs, dense(inputs), name="head")
+        dense.set_weights([W, b])
+        return model
+
+    def _state(self) -> dict:
+        return {"C_": self.C_}
+
+    def _save_model(self, folder: Path) -> Path:
+        scaler, clf = self.model_[0], self.model_[-1]
+        path = folder / "head.npz"
+        np.savez(path, mean=scaler.mean_, var=scaler.var_, scale=scaler.scale_, coef=clf.coef_,
+                 intercept=clf.intercept_, classes=clf.classes_, n_iter=np.asarray(clf.n_iter_))
+        return path
+
+    def _restore(self, folder: Path, state: dict) -> None:
+        arrays = _load_arrays(folder)
+        self.C_ = float(state["C_"])
+        self.model_ = self._pipe(self.C_)
+        scaler, clf = self.model_[0], self.model_[-1]
+        scaler.mean_, scaler.var_, scaler.scale_ = arrays["mean"], arrays["var"], arrays["scale"]
+        scaler.n_features_in_ = clf.n_features_in_ = arrays["coef"].shape[1]
+        scaler.n_samples_seen_ = 0
+        clf.coef_, clf.intercept_, clf.classes_ = arrays["coef"], arrays["intercept"], arrays["classes"]
+        clf.n_iter_ = arrays["n_iter"]
+
+
+class PrototypeHead(_Head):
+    """Nearest class mean on centred, L2-normalized codes (a prototype head, as SimpleShot):
+    each class is the mean of its training codes, an image goes to the most similar one by
+    cosine; probabilities are a softmax of ``scale`` times the similarities. Nothing to tune,
+    nothing to overfit: for one or two images per class, where linear heads collapse."""
+
+    name = "prototype"
+
+    def __init__(self, center=True, scale=10.0):
+        self.center, self.scale = center, scale
+
+    def _check_params(self):
+        _require(self.scale > 0, "scale", "> 0", self.scale)
+
+    def _normalize(self, X):
+        X = X - self.mean_ if self.center else X
+        return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+    def _fit(self, X, y, X_val, y_val):
+        self.mean_ = X.mean(0) if self.center else np.zeros(X.shape[1], np.float32)
+        Z = self._normalize(X)
+        protos = np.zeros((len(self.classes_), X.shape[1]), np.float32)
+        present = np.unique(y)
+        for c in present:
+            protos[c] = Z[y == c].mean(0)
+        norms = np.linalg.norm(protos, axis=1, keepdims=True)
+        self.prototypes_ = np.where(norms > 0, protos / np.maximum(norms, 1e-12), 0).astype(np.float32)
+        self.present_ = np.isin(np.arange(len(self.classes_)), present)
+
+    def _fit_stream(self, stream, val):
+        self.mean_ = (streaming_standardization(stream.blocks())[0] if self.center
+                      else np.zeros(stream.shape[1])).astype(np.float32)
+        sums = np.zeros((len(self.classes_), stream.shape[1]), np.float64)
+        at = 0
+        for X in stream.blocks():
+            y = np.searchsorted(self.classes_, stream.y[at:at + len(X)])
+            at += len(X)
+            np.add.at(sums, y, self._normalize(X))
+        present = np.isin(np.arange(len(self.classes_)), np.searchsorted(self.classes_, np.unique(stream.y)))
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        self.prototypes_ = np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0).astype(np.float32)
+        self.present_ = present
+
+    def _logits(self, X):
+        logits = self.scale * self._normalize(X) @ self.prototypes_.T
+        logits[:, ~self.present_] = -np.inf  # classes absent from training: probability 0
+        return logits
+
+    def _proba(self, X) -> np.ndarray:
+        logits = self._logits(X)
+        logits -= logits.max(1, keepdims=True)
+        e = np.exp(logits)
+        return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+    def to_keras(self):
+        """Centre, UnitNormalization, Dense (scale x prototypes), softmax: built-in layers only."""
+        import keras
+
+        inputs = keras.Input((self.n_features_in_,), name="codes")
+        centre = keras.layers.Dense(self.n_features_in_, name="centre")
+        unit = keras.layers.UnitNormalization(name="unit")
+        dense = keras.layers.Dense(len(self.classes_), activation="softmax", name="softmax")
+        model = keras.Model(inputs, dense(unit(centre(inputs))), name="head")
+        centre.set_weights([np.eye(self.n_features_in_, dtype=np.float32), -self.mean_.astype(np.float32)])
+        bias = np.where(self.present_, 0.0, -1e4).astype(np.float32)
+        dense.set_weights([(self.scale * self.prototypes_.T).astype(np.float32), bias])
+        return model
+
+    def _save_model(self, folder: Path) -> Path:
+        path = folder / "head.npz"
+        np.savez(path, mean=self.mean_, prototypes=self.prototypes_, present=self.present_)
+        return path
+
+    def _restore(self, folder: Path, state: dict) -> None:
+        arrays = _load_arrays(folder)
+        self.mean_, self.prototypes_, self.present_ = arrays["mean"], arrays["prototypes"], arrays["present"]
+
+
+def _load_arrays(folder) -> dict:
+    try:
+        with np.load(Path(folder) / "head.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{folder}/head.npz is not a saved head ({one_line(exc)})") from None
+
+
+def _read_description(folder) -> dict:
+    try:
+        return json.loads((Path(folder) / "head.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder}/head.json is not a head description ({one_line(exc)})") from None
+
+
+HEADS = {"softmax": SoftmaxHead, "mlp": MLPHead, "logreg": LogRegHead, "prototype": PrototypeHead}
+
+
+def make_head(name: str, **params):
+    if name not in HEADS:
+        raise UserError(f"unknown head {name!r}; choose one of: {', '.join(HEADS)}")
+    try:
+        return HEADS[name](**params)
+    except TypeError as exc:
+        raise UserError(f"{name} head: {exc}") from None
+
+
+def load_head(folder):
+    """Load a head saved by ``save`` from a run folder: the same class with the same parameters.
+
+    Nothing in the folder is executed: arrays and JSON only, Keras files in safe mode. A
+    ``head.joblib`` (a pickle, written by version 0.1.0 before this) is refused, not loaded.
+    """
+    folder = Path(folder)
+    if (folder / "head.json").exists():
+        desc = _read_description(folder)
+        if desc.get("head") not in HEADS:
+            raise UserError(f"{folder}/head.json names an unknown head {desc.get('head')!r}")
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in desc.get("params", {}).items()}
+        try:
+            head = HEADS[desc["head"]](**params)
+        except TypeError as exc:
+            raise UserError(f"{folder}/head.json: parameters do not fit the {desc['head']} head ({exc})") from None
+        head.history_ = desc.get("history", {})
+        state = desc.get("state", {})
+    elif (folder / "head.keras").exists():  # written before head.json: a Keras head, parameters unknown
+        head, desc, state = SoftmaxHead(), {}, {}
+        head.history_ = {}
+    elif (folder / "head.joblib").exists():
+        raise UserError(f"{folder}/head.joblib is a pickle written by an older version; loading it could run any "
+                        f"code it holds, so it is not loaded: train the head again (make train)")
+    else:
+        raise UserError(f"{folder} holds no saved head (head.json with head.keras or head.npz)")
+    head._restore(folder, state)
+    if "classes" in desc:
+        head.classes_, head.n_features_in_ = np.asarray(desc["classes"]), int(desc["n_features_in"])
+    elif isinstance(head, KerasHead):  # a Keras head written before head.json: its layers say
+        head.classes_ = np.arange(head.model_.output_shape[-1])
+        head.n_features_in_ = int(head.model_.input_shape[-1])
+    else:
+        raise UserError(f"{folder}/head.json was written by an older version: train the head again")
+    return head

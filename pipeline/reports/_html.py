@@ -1,0 +1,187 @@
+"""report.html of a run folder: what the model learned and which images it gets wrong.
+
+A run of a head, a fine-tuned or a from-scratch model gets its figures (confusion matrix,
+training curves, ROC / precision-recall for two classes), a sortable per-class table and a gallery
+of the misclassified test images, most confident mistakes first (read from ``predictions.csv``,
+which every run writes). A sweep gets its chart and table. One self-contained file
+(:mod:`pipeline.pages`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline._files import durable_replace
+from pipeline._records import load_record
+from pipeline.codes import open_code_sets
+from pipeline.codes._codeset import data_root_of
+from pipeline.data import TEST
+from pipeline.errors import UserError
+from pipeline.heads import load_head
+from pipeline.reports._pages import (
+    embedded_figure,
+    esc,
+    facts,
+    page,
+    section,
+    shot,
+    table,
+)
+
+REPORT = "report.html"
+PREDICTIONS = "predictions.csv"
+PREDICTION_FIELDS = ("path", "split", "true", "predicted", "confidence", "true_probability")
+GALLERY = 60  # misclassified test images shown, most confident first
+
+
+def write_predictions(run_dir: Path, paths, y_true, proba, class_names) -> None:
+    """predictions.csv: one row per test image (path relative to the data folder, true and
+    predicted class, the predicted class's probability, the true class's probability)."""
+    pred = proba.argmax(1)
+    with open(Path(run_dir) / PREDICTIONS, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(PREDICTION_FIELDS)
+        for p, t, k, row in zip(paths, y_true, pred, proba):
+            w.writerow([p, "test", class_names[t], class_names[k], f"{row[k]:.6f}", f"{row[t]:.6f}"])
+
+
+def read_predictions(run_dir: Path) -> list[dict] | None:
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        return None
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def recompute_predictions(run_dir: Path, record: dict) -> bool:
+    """predictions.csv of a head run made before runs wrote it, from its head and the test part
+    of its code set (when both are still there); False if it cannot be made."""
+
+    if record.get("kind") != "head-on-codes":
+        return False
+    try:
+        cs = open_code_sets(record["codes"])
+        head = load_head(run_dir)
+    except (UserError, OSError, KeyError):
+        return False
+    test = cs.split == TEST
+    paths = [p for p, t in zip(cs.paths, test) if t]
+    if paths != record.get("test_paths", paths) or list(cs.class_names) != record["class_names"]:
+        return False  # the code set changed since the run: its test images are not the run's
+    write_predictions(run_dir, paths, cs.y[test], head.predict_proba(cs.rows(test)), record["class_names"])
+    return True
+
+
+def per_class_rows(confusion, class_names) -> list[list]:
+    """Class, test images, correct, recall, precision, F1, most often predicted instead."""
+    cm = np.asarray(confusion)
+    rows = []
+    for i, name in enumerate(class_names):
+        n, hit, called = cm[i].sum(), cm[i, i], cm[:, i].sum()
+        recall = hit / n if n else float("nan")
+        precision = hit / called if called else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        off = cm[i].copy()
+        off[i] = 0
+        j = int(off.argmax())
+        confused = f"{class_names[j]} ({off[j]})" if off[j] else ""
+        rows.append([name, int(n), int(hit), (f"{100 * recall:.1f}%", recall), (f"{100 * precision:.1f}%", precision),
+                     (f"{f1:.3f}", f1), (confused, int(off[j]))])
+    return rows
+
+
+def gallery(predictions: list[dict], data_root: Path | None, limit: int = GALLERY) -> str:
+    wrong = [p for p in predictions if p["true"] != p["predicted"]]
+    wrong.sort(key=lambda p: -float(p["confidence"]))
+    if not wrong:
+        return "<p>Every test image is classified correctly.</p>"
+    tiles = []
+    for p in wrong[:limit]:
+        caption = (f"<span class=\"good\">true: {esc(p['true'])}</span><br>"
+                   f"<span class=\"bad\">predicted: {esc(p['predicted'])} ({100 * float(p['confidence']):.1f}%)</span><br>"
+                   f"true class: {100 * float(p['true_probability']):.1f}%<br><span class=\"path\">{esc(p['path'])}</span>")
+        tiles.append(shot(Path(data_root or ".") / p["path"], caption, f"{p['path']}: {p['true']} taken for {p['predicted']}"))
+    more = f"<p>{len(wrong)} misclassified test images; the {len(tiles)} most confident mistakes are shown.</p>"
+    return more + "<div class=\"gallery\">\n" + "\n".join(tiles) + "\n</div>"
+
+
+def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
+    m = record.get("metrics", {})
+    class_names = record["class_names"]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"
+    items = [("kind", record["kind"]), ("test accuracy", pct(m.get("accuracy"))),
+             ("mean per-class accuracy", pct(m.get("mean_per_class_accuracy")))]
+    if m.get("top5_accuracy") is not None:
+        items.append(("top-5 accuracy", pct(m["top5_accuracy"])))
+    if m.get("roc_auc") is not None:
+        items += [("ROC AUC", f"{m['roc_auc']:.4f} (positive class {m['positive_class']})"),
+                  ("average precision", f"{m['average_precision']:.4f}")]
+    items += [("images (train / validation / test)", f"{record.get('n_train')} / {record.get('n_val')} / {record.get('n_test')}"),
+              ("classes", len(class_names)), ("training seconds", record.get("train_seconds")),
+              ("codes", record.get("codes", "")), ("run folder", Path(run_dir).name)]
+    sections = [section("Summary", facts(items), "summary")]
+    predictions = read_predictions(run_dir)
+    if predictions is None and recompute_predictions(run_dir, record):
+        predictions = read_predictions(run_dir)
+    data_root = record.get("data_root") or data_root_of(record.get("code_attrs", {}))
+    body = (gallery(predictions, Path(data_root) if data_root else None, limit) if predictions is not None else
+            "<p>This run has no per-image predictions (it was made before runs wrote predictions.csv, and they "
+            "cannot be recomputed from its head and code set); train it again to see its mistakes.</p>")
+    sections.append(section("Most confident mistakes", body, "gallery"))
+    sections.append(section("Per class (click a column to sort)", table(
+        ["class", "test images", "correct", "recall", "precision", "F1", "most often predicted instead"],
+        per_class_rows(record["confusion"], class_names)), "classes"))
+    sections.append(section("Confusion matrix", embedded_figure(Path(run_dir) / "confusion.png", "confusion matrix"),
+                            "confusion"))
+    curves = "".join(embedded_figure(Path(run_dir) / f, alt) for f, alt in
+                     (("history.png", "training curves"), ("roc_pr.png", "ROC and precision-recall curves")))
+    if curves:
+        sections.append(section("Curves", curves, "curves"))
+    options = {k: v for k, v in record.items() if k not in ("confusion", "metrics", "history", "test_paths", "class_names")}
+    sections.append(section("Options", f"<pre>{esc(json.dumps(options, indent=2))}</pre>", "options"))
+    return page(record.get("title", Path(run_dir).name), sections)
+
+
+def sweep_page(run_dir: Path, summary: dict) -> str:
+    ns = summary["ns"]
+    labels = sorted({(s["label"], s["head"]) for s in summary["summary"]})
+    rows = []
+    for label, head in labels:
+        row = [label, head]
+        for n in ns:
+            s = next(x for x in summary["summary"] if x["label"] == label and x["head"] == head and x["n"] == n)
+            row.append((f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}", s["accuracy_mean"]))
+        rows.append(row)
+    items = [("heads", ", ".join(summary["heads"])), ("training images per class", ", ".join(map(str, ns))),
+             ("repeats", summary["repeats"]), ("wall seconds", summary.get("wall_seconds")),
+             ("run folder", Path(run_dir).name)]
+    return page("training-size sweep", [
+        section("Summary", facts(items), "summary"),
+        section("Accuracy vs. training images per class", embedded_figure(Path(run_dir) / "sweep.png", "sweep chart"),
+                "chart"),
+        section("Test accuracy (%), mean ± std over repeats (click a column to sort)",
+                table(["code set", "head", *[f"N={n}" for n in ns]], rows), "table"),
+    ])
+
+
+def build_report(run_dir, limit: int = GALLERY) -> Path:
+    """Write (or rewrite) ``report.html`` in a run or sweep folder; returns its path."""
+
+    run_dir = Path(run_dir)
+    if limit < 0:
+        raise UserError("--gallery must be 0 or more")
+    if (run_dir / "summary.json").is_file() and not (run_dir / "record.json").is_file():
+        try:
+            html = sweep_page(run_dir, json.loads((run_dir / "summary.json").read_text()))
+        except (ValueError, KeyError, TypeError, StopIteration):
+            raise UserError(f"{run_dir / 'summary.json'} is not a readable sweep summary") from None
+    else:
+        html = run_page(run_dir, load_record(run_dir), limit)
+    out = run_dir / REPORT
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    durable_replace(tmp, out)  # a rebuild leaves the old report or the new one, never half of one
+    return out

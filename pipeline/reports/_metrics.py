@@ -1,0 +1,169 @@
+"""Evaluation reports shared by every way of training: metrics, per-class report, plots, run folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+# Deferred on purpose: scikit-learn, matplotlib are imported inside the functions that use them, so
+# that commands and workers that never need them start without loading them.
+
+TOP_K = 5  # top-5 accuracy is reported where it means something: with more than 5 classes
+
+
+def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names, positive: str | None = None) -> dict:
+    """Accuracy, mean per-class accuracy (what judges unbalanced data), the per-class P/R/F1
+    report and the confusion matrix; top-5 accuracy with 6 or more classes; with two classes,
+    ROC AUC and average precision of ``positive`` (default: the second class name in sorted
+    order), and the ROC and precision-recall curves (``curves``, not stored in records)."""
+    from sklearn.metrics import (
+        average_precision_score,
+        balanced_accuracy_score,
+        classification_report,
+        confusion_matrix,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+        top_k_accuracy_score,
+    )
+    class_names = list(class_names)
+    labels = np.arange(len(class_names))
+    pred = proba.argmax(1)
+    out = {
+        "n": int(len(y_true)),
+        "accuracy": float((pred == y_true).mean()),
+        "top5_accuracy": (float(top_k_accuracy_score(y_true, proba, k=TOP_K, labels=labels))
+                          if len(class_names) > TOP_K else None),
+        "mean_per_class_accuracy": float(balanced_accuracy_score(y_true, pred)),
+        "report": classification_report(y_true, pred, labels=labels, target_names=class_names,
+                                        zero_division=0, digits=3),
+        "confusion": confusion_matrix(y_true, pred, labels=labels).tolist(),
+    }
+    pos = positive_index(class_names, positive)
+    if pos is not None:
+        truth, score = (np.asarray(y_true) == pos), proba[:, pos]
+        out["positive_class"] = class_names[pos]
+        if 0 < truth.sum() < len(truth):  # both classes among the test images
+            out["roc_auc"] = float(roc_auc_score(truth, score))
+            out["average_precision"] = float(average_precision_score(truth, score))
+            fpr, tpr, _ = roc_curve(truth, score)
+            precision, recall, _ = precision_recall_curve(truth, score)
+            out["curves"] = {"fpr": fpr, "tpr": tpr, "precision": precision, "recall": recall}
+    return out
+
+
+def positive_index(class_names, positive: str | None = None) -> int | None:
+    """Index of the positive class of a two-class problem (None with more classes)."""
+    class_names = list(class_names)
+    if positive is not None and positive not in class_names:
+        raise UserError(f"--positive-class {positive!r} is not a class of these codes ({', '.join(class_names)})")
+    if len(class_names) != 2:
+        if positive is not None:
+            raise UserError(f"--positive-class applies to two-class problems; these codes have "
+                            f"{len(class_names)} classes")
+        return None
+    return class_names.index(positive) if positive is not None else 1
+
+
+def summary(metrics: dict) -> str:
+    """'test accuracy A, top-5 T, mean per-class M' (ROC AUC instead of top-5 for two classes)."""
+    parts = [f"test accuracy {metrics['accuracy']:.4f}"]
+    if metrics.get("top5_accuracy") is not None:
+        parts.append(f"top-5 {metrics['top5_accuracy']:.4f}")
+    parts.append(f"mean per-class {metrics['mean_per_class_accuracy']:.4f}")
+    if metrics.get("roc_auc") is not None:
+        parts.append(f"ROC AUC {metrics['roc_auc']:.4f} (positive: {metrics['positive_class']})")
+    return ", ".join(parts) + f" (n={metrics['n']})"
+
+
+def most_confused(confusion, class_names, k: int = 10) -> list[tuple[str, str, int]]:
+    """The ``k`` largest off-diagonal counts: (true class, predicted class, test images)."""
+    cm = np.array(confusion)
+    np.fill_diagonal(cm, 0)
+    order = np.argsort(cm, axis=None, kind="stable")[::-1][:k]
+    return [(class_names[i], class_names[j], int(cm[i, j])) for i, j in zip(*np.unravel_index(order, cm.shape))
+            if cm[i, j] > 0]
+
+
+def plot_confusion(confusion, class_names, path: Path, title="") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = np.asarray(confusion, float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    side = min(max(6.0, 0.18 * n + 3), 24)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ConfusionMatrixDisplay(norm, display_labels=class_names).plot(
+        ax=ax, include_values=n <= 20, cmap="Blues", colorbar=True, values_format=".2f",
+        xticks_rotation="vertical")
+    if n > 40:
+        ax.tick_params(labelsize=5)
+    ax.set_title(title or "confusion matrix (rows normalized)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_history(history: dict, path: Path, title="") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for key, label in ((metric, "train"), ("val_" + metric, "validation")):
+            if key in history:
+                ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_binary_curves(curves: dict, metrics: dict, path: Path, title="") -> None:
+    """ROC and precision-recall curves of the positive class, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.5))
+    roc.plot(curves["fpr"], curves["tpr"], label=f"AUC {metrics['roc_auc']:.3f}")
+    roc.plot([0, 1], [0, 1], color="grey", linestyle="--", label="chance")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    pr.plot(curves["recall"], curves["precision"], label=f"average precision {metrics['average_precision']:.3f}")
+    pr.set(xlabel="recall", ylabel="precision", title="precision-recall", ylim=(0, 1.02))
+    for ax in (roc, pr):
+        ax.legend(loc="lower left" if ax is pr else "lower right")
+        ax.grid(alpha=0.3)
+    fig.suptitle((title + " · " if title else "") + f"positive class: {metrics['positive_class']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path, record: dict, metrics: dict, class_names, history=None) -> None:
+    """record.json (options, split, metrics, seconds), report.txt, confusion.png, history.png,
+    and for two classes roc_pr.png."""
+    run_dir = Path(run_dir)
+    summary_ = {k: v for k, v in metrics.items() if k not in ("report", "confusion", "curves")}
+    (run_dir / "record.json").write_text(json.dumps({**record, "metrics": summary_,
+                                                     "confusion": metrics["confusion"]}, indent=2))
+    (run_dir / "report.txt").write_text(
+        summary(metrics) + "\n\n" + metrics["report"]
+        + "\nmost confused (true -> predicted: test images)\n"
+        + "".join(f"  {t} -> {p}: {n}\n" for t, p, n in most_confused(metrics["confusion"], class_names)))
+    plot_confusion(metrics["confusion"], class_names, run_dir / "confusion.png", record.get("title", ""))
+    if metrics.get("curves"):
+        plot_binary_curves(metrics["curves"], metrics, run_dir / "roc_pr.png", record.get("title", ""))
+    if history and any(k in history for k in ("loss", "accuracy")):
+        plot_history(history, run_dir / "history.png", record.get("title", ""))

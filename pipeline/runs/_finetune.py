@@ -1,0 +1,253 @@
+"""Fine-tuning after warm-up, and the from-scratch baseline, on the split stored with the codes.
+
+Warm-up comes for free: the head already trained on cached codes (a stage-2 run) is loaded on
+top of the frozen base. Then the top of the base is unfrozen (BatchNorm layers stay frozen and
+in inference mode) and trained on with a low learning rate and early stopping on validation.
+
+Fast path (no augmentation): the activations at the cut point are cached once with stage 1
+(``flatten`` codes of the cut layer, resumable like any code set) and only the unfrozen top is
+trained on them. With augmentation, images go through the whole network every epoch.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.backbones._registry import code_layer_name
+from pipeline.backbones import get_backbone
+from pipeline.codes import generate_codes
+from pipeline.codes import CodeSet
+from pipeline.data import TEST, TRAIN, VAL
+from pipeline.errors import UserError
+from pipeline._files import writable_folder
+from pipeline.heads._estimators import holdout
+from pipeline.deploy._models import classifier_from_head_run, model_info
+from pipeline.deploy import save_model
+from pipeline.reports import positive_index
+from pipeline.runs._folders import finish_run
+from pipeline._records import load_record
+from pipeline.data import augmentation, image_dataset
+
+# Deferred on purpose: Keras is imported inside the functions that use it, so that commands and
+# workers that never need it start without loading it.
+
+
+def valid_cuts(trunk) -> list[str]:
+    """Layers whose output is the only tensor that the rest of the network needs, in order."""
+    layers = trunk.layers
+    index = {l.name: i for i, l in enumerate(layers)}
+    last_use = [i for i in range(len(layers))]
+    for i, layer in enumerate(layers):
+        for node in layer._inbound_nodes:
+            for t in node.input_tensors:
+                j = index.get(t._keras_history[0].name)
+                if j is not None:
+                    last_use[j] = max(last_use[j], i)
+    cuts, reach = [], -1  # reach: the latest layer that uses a tensor made before layer i
+    for i in range(len(layers) - 1):
+        if reach <= i:
+            cuts.append(layers[i].name)
+        reach = max(reach, last_use[i])
+    return cuts
+
+
+def cut_layer(trunk, backbone: str, unfreeze_blocks: int | None, unfreeze_from: str | None) -> str:
+    """Name of the layer whose output feeds the first unfrozen layer.
+
+    ``unfreeze_from`` names the first layer to train (it must start a section that depends on
+    one tensor only, e.g. a block's first layer); else the last ``unfreeze_blocks`` blocks (as
+    the backbone's registry entry groups its layers) and all layers after them are trained.
+    """
+    block_of = get_backbone(backbone).block_of
+    names = [l.name for l in trunk.layers]
+    cuts = valid_cuts(trunk)
+    if unfreeze_from:
+        if unfreeze_from not in names:
+            raise UserError(f"--unfreeze-from {unfreeze_from}: no layer of that name in {backbone}")
+        before = names[names.index(unfreeze_from) - 1]
+        if before not in cuts:
+            starts = [names[names.index(c) + 1] for c in cuts[-6:]]
+            raise UserError(f"--unfreeze-from {unfreeze_from}: the layers after it also need earlier tensors; "
+                            f"choose the start of a block, e.g. {', '.join(starts)}")
+        return before
+    if unfreeze_blocks is None or unfreeze_blocks < 1:
+        raise UserError("--unfreeze-blocks must be at least 1 (or name a layer with --unfreeze-from)")
+    for cut in reversed(cuts):
+        after = {block_of(n) for n in names[names.index(cut) + 1:]} - {None}
+        if len(after) >= unfreeze_blocks and block_of(cut) not in after:
+            return cut
+    raise UserError(f"--unfreeze-blocks {unfreeze_blocks}: {backbone} has fewer blocks than that before this layer")
+
+
+def _check_options(epochs, patience, batch_size, learning_rate, strength):
+    if epochs < 1 or patience < 0 or batch_size < 1 or learning_rate <= 0 or not 0 <= strength < 1:
+        raise UserError("training options: epochs and batch size must be >= 1, patience >= 0, learning rate > 0, "
+                        "0 <= strength < 1")
+
+
+def _set_trainable(trunk, tail_layers, head_model):
+    import keras
+    trunk.trainable = True
+    tail = {id(l) for l in tail_layers}
+    for layer in trunk.layers:
+        layer.trainable = id(layer) in tail and not isinstance(layer, keras.layers.BatchNormalization)
+    head_model.trainable = True
+
+
+def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | None = None, learning_rate=1e-5,
+             optimizer="adam", epochs=30, patience=3, batch_size=32, augment=False, strength=0.1,
+             cache_dir="cache", runs_dir="runs", seed=0, positive_class=None, progress=True, log=print):
+    """Fine-tune the top of the base under a head trained on codes; returns (run_dir, metrics).
+    ``positive_class`` (two classes): default that of the warm-up head's report."""
+    import keras
+
+
+    _check_options(epochs, patience, batch_size, learning_rate, strength)
+    if optimizer not in ("adam", "rmsprop"):
+        raise UserError(f"optimizer {optimizer!r}: choose adam or rmsprop")
+    writable_folder(runs_dir, "--runs-dir")
+    writable_folder(cache_dir, "--cache-dir")
+    record = load_record(head_run, kind="head-on-codes")
+    if "members" in record.get("code_attrs", {}):
+        raise UserError(f"{head_run} is a head on joined code sets; fine-tuning takes a head on one code set")
+    model, trunk, head_model, record = classifier_from_head_run(head_run)
+    attrs = record["code_attrs"]
+    cs = CodeSet.load(record["codes"])
+    positive_class = positive_class or record.get("metrics", {}).get("positive_class")
+    positive_index(cs.class_names, positive_class)
+    size, resize = int(attrs["image_size"]), attrs.get("resize", "squash")
+    cut = cut_layer(trunk, attrs["backbone"], unfreeze_blocks, unfreeze_from)
+    tail = keras.Model(trunk.get_layer(cut).output, trunk.output, name="tail")
+    _set_trainable(trunk, tail.layers, head_model)
+    n_trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    log(f"fine-tuning {attrs['backbone']} after {cut} ({len([l for l in tail.layers if l.trainable])} layers, "
+        f"{n_trainable:,} weights trainable) with {optimizer} lr {learning_rate:g}"
+        + (f", augmentation strength {strength}" if augment else ", fast path on cached activations"))
+    opt = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[optimizer](learning_rate)
+    stop = keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)
+    tr, va, te = (np.flatnonzero(cs.split == s) for s in (TRAIN, VAL, TEST))
+    keras.utils.set_random_seed(seed)
+    t0 = time.perf_counter()
+    if not augment:
+        X, keep = _cut_activations(cs, attrs, cut, cache_dir, progress, log)
+        pos = {p: i for i, p in enumerate(keep)}
+        rows = lambda idx: np.array([pos[cs.paths[i]] for i in idx])
+        X_tr, y_tr, X_va, y_va = holdout(X[rows(tr)], cs.y[tr], X[rows(va)] if len(va) else None,
+                                         cs.y[va] if len(va) else None, seed=seed)
+        inp = keras.Input(X.shape[1:], name="activations")
+        pool = model.get_layer(code_layer_name(attrs["layer"], attrs["pooling"]))
+        top = keras.Model(inp, head_model(pool(tail(inp, training=False))), name="top")
+        top.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
+        hist = top.fit(X_tr, y_tr, batch_size=batch_size, epochs=epochs, validation_data=(X_va, y_va),
+                       callbacks=[stop], verbose=2 if progress else 0, shuffle=True)
+        seconds = time.perf_counter() - t0
+        proba = np.asarray(top.predict(X[rows(te)], batch_size=256, verbose=0))
+    else:
+        if len(va) == 0:
+            raise UserError("augmented fine-tuning needs a validation split (make codes with --split 70/15/15)")
+        root = Path(attrs["data_root"])
+        train_ds = image_dataset(root, [cs.paths[i] for i in tr], cs.y[tr], size, batch_size, shuffle=True, resize=resize,
+                                 augment=augmentation(strength, seed), seed=seed)
+        val_ds = image_dataset(root, [cs.paths[i] for i in va], cs.y[va], size, batch_size, resize=resize)
+        model.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
+        hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stop], shuffle=False,
+                         verbose=2 if progress else 0)
+        seconds = time.perf_counter() - t0
+        test_ds = image_dataset(root, [cs.paths[i] for i in te], cs.y[te], size, batch_size, resize=resize)
+        proba = np.asarray(model.predict(test_ds, verbose=0))
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    warmup = record.get("metrics", {})
+    rec = {"title": f"fine-tuned {attrs['backbone']} from {cut} (head {record['head']})", "kind": "finetune",
+           "head": record["head"], "warmup_run": str(head_run), "codes": record["codes"], "code_attrs": attrs,
+           "cut_layer": cut, "trainable_weights": n_trainable, "optimizer": optimizer,
+           "learning_rate": learning_rate, "augment": augment, "strength": strength if augment else None,
+           "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
+           "train_seconds": round(seconds, 2), "warmup_metrics": warmup}
+    save = lambda run_dir: save_model(model, run_dir / "model.keras", cs.class_names,
+                                      model_info(attrs, "finetune", str(head_run)))
+    return finish_run(runs_dir, f"{attrs['backbone']}-finetune", record=rec, y_true=cs.y[te], proba=proba,
+                      class_names=cs.class_names, save=save, test_paths=[cs.paths[i] for i in te],
+                      data_root=cs.data_root, positive_class=positive_class, history=history,
+                      detail=f"warm-up head: test accuracy {warmup.get('accuracy', float('nan')):.4f}; "
+                             f"trained in {seconds:.0f} s", log=log)
+
+
+def _cut_activations(cs: CodeSet, attrs, cut, cache_dir, progress, log):
+    """Activations at the cut layer for every image of the code set, via the stage-1 cache."""
+    root = Path(attrs["data_root"])
+    present = {p.name for p in root.iterdir() if p.is_dir()}
+    exclude = sorted(present - set(cs.class_names))
+    split = tuple(json.loads(attrs["split_fractions"]))
+    path = generate_codes(root, attrs["backbone"], [cut], ["flatten"], attrs["weights"], int(attrs["image_size"]),
+                          cache_dir, exclude=exclude, split=split, seed=int(attrs["split_seed"]),
+                          resize=attrs.get("resize", "squash"), progress=progress, log=log)[0]
+    act = CodeSet.load(path)
+    missing = set(cs.paths) - set(act.paths)
+    if missing:
+        raise UserError(f"{len(missing)} images of the code set have no activations at {cut} "
+                        f"(changed or unreadable since the codes were made), e.g. {sorted(missing)[0]}")
+    shape = json.loads(act.attrs["code_shape"])
+    return act.X.reshape((-1, *shape)), act.paths
+
+
+def scratch_cnn(n_classes: int, size: int, filters: int = 32):
+    """The small from-scratch baseline: 4 x (conv 3x3 + ReLU + max-pool), dropout 0.25 after every
+    second, Dense 256 + ReLU + dropout 0.5, softmax. Input raw RGB 0..255."""
+    import keras
+    from keras import layers
+    inputs = keras.Input((size, size, 3), name="image")
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+    for i in range(4):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+        if i % 2 == 1:
+            x = layers.Dropout(0.25, name=f"dropout{i + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(256, activation="relu", name="dense")(x)
+    x = layers.Dropout(0.5, name="dropout_top")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="softmax")(x)
+    return keras.Model(inputs, outputs, name="scratch_cnn")
+
+
+def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=32, learning_rate=1e-3,
+                  augment=False, strength=0.1, runs_dir="runs", seed=0, positive_class=None, progress=True,
+                  log=print):
+    """Train :func:`scratch_cnn` on the images of a code set's stored split; returns (run_dir, metrics)."""
+    import keras
+
+
+    _check_options(epochs, patience, batch_size, learning_rate, strength)
+    if image_size < 16:  # four 2x2 poolings
+        raise UserError(f"--train-size {image_size}: the from-scratch CNN needs at least 16 pixels")
+    writable_folder(runs_dir, "--runs-dir")
+    cs = CodeSet.load(codes_path)
+    positive_index(cs.class_names, positive_class)
+    attrs = cs.attrs
+    tr, va, te = (np.flatnonzero(cs.split == s) for s in (TRAIN, VAL, TEST))
+    if len(va) == 0:
+        raise UserError("the from-scratch baseline needs a validation split (make codes with --split 70/15/15)")
+    root = Path(attrs["data_root"])
+    keras.utils.set_random_seed(seed)
+    model = scratch_cnn(len(cs.class_names), image_size)
+    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    ds = lambda idx, **kw: image_dataset(root, [cs.paths[i] for i in idx], cs.y[idx], image_size, batch_size, **kw)
+    t0 = time.perf_counter()
+    hist = model.fit(ds(tr, shuffle=True, seed=seed, augment=augmentation(strength, seed) if augment else None),
+                     validation_data=ds(va), epochs=epochs, verbose=2 if progress else 0, shuffle=False,
+                     callbacks=[keras.callbacks.EarlyStopping("val_loss", patience=patience,
+                                                              restore_best_weights=True)])
+    seconds = time.perf_counter() - t0
+    proba = np.asarray(model.predict(ds(te), verbose=0))
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    rec = {"title": f"from-scratch CNN at {image_size} px", "kind": "scratch", "codes": str(codes_path),
+           "image_size": image_size, "augment": augment, "n_train": int(len(tr)), "n_val": int(len(va)),
+           "n_test": int(len(te)), "train_seconds": round(seconds, 2)}
+    save = lambda run_dir: save_model(model, run_dir / "model.keras", cs.class_names,
+                                      {"kind": "scratch", "source": str(codes_path), "image_size": image_size,
+                                       "backbone": None})
+    return finish_run(runs_dir, "scratch", record=rec, y_true=cs.y[te], proba=proba, class_names=cs.class_names,
+                      save=save, test_paths=[cs.paths[i] for i in te], data_root=cs.data_root,
+                      positive_class=positive_class, history=history, detail=f"trained in {seconds:.0f} s", log=log)

@@ -1,0 +1,49 @@
+"""Run folders: ``runs/<time>-<name>/`` with a versioned ``record.json``, written and read here only.
+
+Every kind of run (a head on codes, a fine-tuned model, the from-scratch baseline) ends in
+:func:`finish_run`, which evaluates on the test images, saves the model, writes the report and
+prints the summary line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline._records import RECORD_VERSION, load_record, new_run_dir
+from pipeline.errors import UserError
+from pipeline.reports import evaluate, summary, write_report
+from pipeline.reports import build_report, write_predictions
+
+
+def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names, save, test_paths, data_root,
+               positive_class=None, history=None, detail: str = "", log=print):
+    """Evaluate ``proba`` against ``y_true`` (the test images ``test_paths``, relative to
+    ``data_root``), make the run folder, ``save(run_dir)`` the model, write record.json, the
+    report, predictions.csv and report.html, print the summary line; returns (run_dir, metrics)."""
+
+    metrics = evaluate(y_true, proba, class_names, positive_class)
+    run_dir = new_run_dir(runs_dir, name)
+    save(run_dir)
+    record = {"record_version": RECORD_VERSION, **record, "class_names": list(class_names),
+              "history": history or {}, "data_root": str(data_root) if data_root else None}
+    write_report(run_dir, record, metrics, class_names, history)
+    write_predictions(run_dir, test_paths, y_true, proba, list(class_names))
+    build_report(run_dir)
+    log(f"{record['title']}: {summary(metrics)}" + (f"; {detail}" if detail else "") + f" -> {run_dir}")
+    return run_dir, metrics
+
+
+def compare_table(run_dirs=None, runs_dir="runs") -> str:
+    """A Markdown table of runs (default: every run under ``runs_dir``): kind, title, test
+    accuracy, top-5, mean per-class accuracy, training seconds."""
+    folders = [Path(r) for r in run_dirs] if run_dirs else sorted(p.parent for p in Path(runs_dir).glob("*/record.json"))
+    lines = ["| kind | model | test accuracy | top-5 | mean per-class | training s | run |", "|---|---|---|---|---|---|---|"]
+    for folder in folders:
+        r = load_record(folder)
+        m = r["metrics"]
+        top5 = "n/a" if m.get("top5_accuracy") is None else f"{100 * m['top5_accuracy']:.2f}%"
+        lines.append(f"| {r['kind']} | {r.get('title', folder.name)} | {100 * m['accuracy']:.2f}% | {top5} | "
+                     f"{100 * m['mean_per_class_accuracy']:.2f}% | {r.get('train_seconds', float('nan')):.1f} | "
+                     f"{folder.name} |")
+    if len(lines) == 2:
+        raise UserError(f"no finished runs to compare under {runs_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""Training-size sweep: accuracy vs. training images per class, on cached codes.
+
+For each code set, head, N and repeat: draw N training images per class from the stored
+training split (classes with fewer keep all of theirs), fit the head (validation split for
+early stopping / choosing C), evaluate on the stored test split. Runs are spread over worker
+processes with joblib's loky executor; each worker uses one thread, so the figures are identical
+whatever the number of workers.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.codes import open_code_sets
+from pipeline.data import TEST, TRAIN, VAL
+from pipeline.errors import UserError
+from pipeline._files import writable_folder
+from pipeline._tf import quiet_tensorflow
+from threadpoolctl import threadpool_limits
+from pipeline.heads import HEADS, make_head
+from joblib import cpu_count
+from joblib.externals.loky import get_reusable_executor
+from tqdm import tqdm
+from pipeline.heads import HEADS
+from pipeline.reports import build_report
+from pipeline._records import new_run_dir
+from concurrent.futures import as_completed
+
+# Deferred on purpose: scikit-learn, matplotlib are imported inside the functions that use them, so
+# that commands and workers that never need them start without loading them.
+
+DEFAULT_NS = ("1", "2", "5", "10", "15", "20", "30", "all")
+
+
+def parse_ns(values) -> list:
+    """['1', '5', 'all'] -> [1, 5, 'all'] (sorted, unique); errors for anything else."""
+    if not values:
+        raise UserError("the list of images per class (--n) is empty")
+    out = set()
+    for v in values:
+        if str(v).lower() == "all":
+            out.add("all")
+            continue
+        try:
+            n = int(v)
+        except ValueError:
+            raise UserError(f"--n {v!r}: expected positive whole numbers or 'all'") from None
+        if n < 1:
+            raise UserError(f"--n {v!r}: expected positive whole numbers or 'all'")
+        out.add(n)
+    return sorted((n for n in out if n != "all")) + (["all"] if "all" in out else [])
+
+
+def draw_train(labels: np.ndarray, split: np.ndarray, n, seed: int, repeat: int) -> np.ndarray:
+    """Indices of min(n, class size) training images of each class (all if n == 'all').
+
+    One permutation per (seed, repeat, class), so the draws for growing N are nested.
+    """
+    chosen = []
+    for c in np.unique(labels[split == TRAIN]):
+        idx = np.flatnonzero((labels == c) & (split == TRAIN))
+        perm = np.random.default_rng([seed, repeat, int(c)]).permutation(idx)
+        chosen.append(perm if n == "all" else perm[:n])
+    return np.sort(np.concatenate(chosen))
+
+
+_CODES: dict = {}
+
+
+def _codes(path):
+    if path not in _CODES:  # each worker reads a code file once
+        _CODES.clear()
+        _CODES[path] = open_code_sets(path)
+    return _CODES[path]
+
+
+def _single_thread():
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                "TF_NUM_INTEROP_THREADS"):
+        os.environ[var] = "1"
+    quiet_tensorflow()
+
+
+def run_one(path: str, head: str, n, repeat: int, seed: int, head_params: dict) -> dict:
+    """One (code set, head, N, repeat) run; returns its row of figures."""
+    from sklearn.metrics import balanced_accuracy_score
+
+
+    cs = _codes(path)
+    tr = draw_train(cs.y, cs.split, n, seed, repeat)
+    va, te = cs.split == VAL, cs.split == TEST
+    with threadpool_limits(1):
+        t0 = time.perf_counter()
+        params = dict(head_params.get(head, {}))
+        if "seed" in HEADS[head]().get_params():
+            params["seed"] = seed + repeat
+        model = make_head(head, **params)
+        model.fit(cs.X[tr], cs.y[tr], validation_data=(cs.X[va], cs.y[va]) if va.any() else None,
+                  classes=np.arange(len(cs.class_names)))
+        pred = model.predict(cs.X[te])
+        seconds = time.perf_counter() - t0
+    return {"n": n, "repeat": repeat, "head": head, "n_train": int(len(tr)),
+            "accuracy": float((pred == cs.y[te]).mean()),
+            "mean_per_class_accuracy": float(balanced_accuracy_score(cs.y[te], pred)),
+            "seconds": round(seconds, 3)}
+
+
+def _code_label(cs_attrs: dict) -> str:
+    return f"{cs_attrs.get('backbone')} {cs_attrs.get('layer')}/{cs_attrs.get('pooling')}"
+
+
+def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, seed=0, n_jobs=-1,
+              runs_dir="runs", head_params=None, progress=True, log=print) -> Path:
+    """Run the sweep; write sweep.csv, summary.json and sweep.png in a new run folder; return it.
+
+    ``ns`` None means :data:`DEFAULT_NS` without the values that no class reaches (small data
+    sets); N values given explicitly must each fit some class.
+    """
+
+
+    default_ns = ns is None
+    ns = parse_ns(DEFAULT_NS if default_ns else ns)
+    if n_jobs is not None and n_jobs != -1 and n_jobs < 1:
+        raise UserError(f"--jobs {n_jobs}: give a number of worker processes, or -1 for one per CPU core")
+    if repeats < 1:
+        raise UserError("--repeats must be at least 1")
+    unknown = [h for h in heads if h not in HEADS]
+    if unknown or not heads:
+        raise UserError(f"unknown head(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(HEADS)}")
+    head_params = head_params or {}
+    sets = []
+    for path in map(str, code_paths):  # a+b: joined code sets, one curve
+        cs = open_code_sets(path)
+        train_counts = np.bincount(cs.y[cs.split == TRAIN], minlength=len(cs.class_names))
+        if (cs.split == TEST).sum() == 0:
+            raise UserError(f"{path}: the stored split has no test images")
+        sets.append({"path": path, "label": _code_label(cs.attrs), "attrs": cs.attrs, "class_names": cs.class_names,
+                     "n_classes": len(cs.class_names), "train_counts": train_counts.tolist(),
+                     "mean_train_per_class": float(train_counts.mean())})
+        del cs
+    for s in sets:
+        largest = max(s["train_counts"])
+        too_big = [n for n in ns if n != "all" and n > largest]
+        if too_big and default_ns:
+            log(f"note: N={', '.join(map(str, too_big))} left out: no class of {s['path']} has more than "
+                f"{largest} training images")
+            ns = [n for n in ns if n not in too_big]
+        elif too_big:
+            raise UserError(f"N={too_big[0]} is larger than any class of {s['path']} (the largest has {largest} "
+                            f"training images); use N <= {largest} or 'all'")
+    for s in sets:
+        counts, names = np.array(s["train_counts"]), s.pop("class_names")
+        s["capped"] = {str(n): [names[c] for c in np.flatnonzero(counts < n)] for n in ns if n != "all"}
+    writable_folder(runs_dir, "--runs-dir")
+
+    tasks = [(s["path"], h, n, r) for s in sets for h in heads for n in ns for r in range(repeats)]
+    workers = max(1, min(len(tasks), cpu_count() if n_jobs in (None, -1) else int(n_jobs)))
+    _single_thread()  # also for this process's environment, inherited by the workers
+    executor = get_reusable_executor(max_workers=workers, initializer=_single_thread, reuse=False)
+    t0 = time.perf_counter()
+    rows = [None] * len(tasks)
+    # Biggest runs first, so no worker is left with a long one at the end (results do not depend
+    # on the order: each run has its own seed).
+    order = sorted(range(len(tasks)), key=lambda i: (tasks[i][2] != "all", -(tasks[i][2] if tasks[i][2] != "all" else 0),
+                                                      tasks[i][1] != "logreg"))
+    futures = {executor.submit(run_one, *tasks[i], seed, head_params): i for i in order}
+    with tqdm(total=len(tasks), unit="run", disable=not progress, desc="sweep") as bar:
+        for fut in as_completed(futures):
+            i = futures[fut]
+            rows[i] = dict(fut.result(), code_set=tasks[i][0])
+            bar.update()
+    wall = time.perf_counter() - t0
+    executor.shutdown(wait=True)
+
+    run_dir = new_run_dir(runs_dir, "sweep")
+    by_path = {s["path"]: s for s in sets}
+    fields = ["backbone", "layer", "pooling", "image_size", "head", "n", "repeat", "n_train", "accuracy",
+              "mean_per_class_accuracy", "seconds", "code_set"]
+    with open(run_dir / "sweep.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for row in rows:
+            a = by_path[row["code_set"]]["attrs"]
+            w.writerow({**{k: a.get(k) for k in ("backbone", "layer", "pooling", "image_size")},
+                        **{k: row[k] for k in fields if k in row}})
+    summary = []
+    for s in sets:
+        for h in heads:
+            for n in ns:
+                rs = [r for r in rows if r["code_set"] == s["path"] and r["head"] == h and r["n"] == n]
+                acc = np.array([r["accuracy"] for r in rs])
+                mpc = np.array([r["mean_per_class_accuracy"] for r in rs])
+                summary.append({"code_set": s["path"], "label": s["label"], "head": h, "n": n,
+                                "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+                                "mean_per_class_accuracy_mean": float(mpc.mean()),
+                                "mean_per_class_accuracy_std": float(mpc.std()),
+                                "accuracy_per_repeat": acc.tolist(), "mean_per_class_accuracy_per_repeat": mpc.tolist(),
+                                "classes_with_fewer_than_n": s["capped"].get(str(n), []),
+                                "seconds_mean": float(np.mean([r["seconds"] for r in rs]))})
+    record = {"heads": list(heads), "ns": ns, "repeats": repeats, "seed": seed, "workers": workers,
+              "wall_seconds": round(wall, 2), "head_params": head_params,
+              "code_sets": [{k: (v if k != "attrs" else {a: str(b) for a, b in v.items()}) for k, v in s.items()}
+                            for s in sets],
+              "summary": summary}
+    (run_dir / "summary.json").write_text(json.dumps(record, indent=2))
+    plot_sweep(summary, sets, run_dir / "sweep.png")
+    build_report(run_dir)
+    log(format_table(summary, ns))
+    log(f"{len(tasks)} runs on {workers} worker(s) in {wall:.1f} s -> {run_dir}")
+    return run_dir
+
+
+def format_table(summary, ns) -> str:
+    """Plain-text table: one row per code set and head, mean accuracy (and std) per N."""
+    labels = sorted({(s["label"], s["head"]) for s in summary}, key=lambda x: (x[0], x[1]))
+    width = max(len(f"{l} {h}") for l, h in labels)
+    lines = [f"{'code set / head':{width}s} " + " ".join(f"{'N=' + str(n):>12s}" for n in ns)]
+    for l, h in labels:
+        cells = []
+        for n in ns:
+            s = next(x for x in summary if x["label"] == l and x["head"] == h and x["n"] == n)
+            cells.append(f"{100 * s['accuracy_mean']:6.2f}±{100 * s['accuracy_std']:4.2f}")
+        lines.append(f"{l + ' ' + h:{width}s} " + " ".join(f"{c:>12s}" for c in cells))
+    return "\n".join(lines)
+
+
+def plot_sweep(summary, sets, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    all_x = max(s["mean_train_per_class"] for s in sets)
+    for (label, head) in sorted({(s["label"], s["head"]) for s in summary}):
+        pts = [s for s in summary if s["label"] == label and s["head"] == head]
+        x = np.array([all_x if s["n"] == "all" else s["n"] for s in pts], float)
+        m = np.array([s["accuracy_mean"] for s in pts]) * 100
+        sd = np.array([s["accuracy_std"] for s in pts]) * 100
+        (line,) = ax.plot(x, m, marker="o", label=f"{label} · {head}")
+        ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.2)
+    chance = 100 / min(s["n_classes"] for s in sets)
+    ax.axhline(chance, color="grey", linestyle="--", label=f"chance ({chance:.1f}%)")
+    ax.set_xscale("log")
+    ns = sorted({s["n"] for s in summary if s["n"] != "all"})
+    ticks = ns + ([all_x] if any(s["n"] == "all" for s in summary) else [])
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(n) for n in ns] + ([f"all\n(~{all_x:.0f})"] if len(ticks) > len(ns) else []))
+    ax.minorticks_off()
+    ax.set_xlabel("training images per class (log scale)")
+    ax.set_ylabel("test accuracy (%), mean ± 1 std over repeats")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("accuracy vs. training images per class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
