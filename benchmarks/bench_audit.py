@@ -58,8 +58,8 @@ def synthetic(path: Path, n: int, dim: int, n_classes: int = 100, seed: int = 0)
 
 def raw_products(path: Path) -> float:
     """Seconds of the similarity products alone, in the audit's chunks."""
-    from pipeline.audit._audit import CHUNK_BYTES, unit_rows
     from pipeline.codes import CodeSet
+    from pipeline.quality._audit import CHUNK_BYTES, unit_rows
 
     Z = unit_rows(CodeSet(path).X)
     n = len(Z)

@@ -31,7 +31,7 @@ def main():
     from pipeline._tf import quiet_tensorflow
     from pipeline.codes import generate_codes
     from pipeline.data import parse_split
-    from pipeline.runs import train_on_codes
+    from pipeline.runs import train
 
     quiet_tensorflow()
     results = []
@@ -39,14 +39,15 @@ def main():
         stats = {}
         t0 = time.perf_counter()
         files = generate_codes(a.data, backbone=bb, poolings=a.poolings, cache_dir=a.cache_dir, exclude=["BACKGROUND_Google"],
-                               split=parse_split(a.split), progress=False, log=lambda *x: None, stats=stats)
+                               split=parse_split(a.split), progress=False, stats=stats)
         wall = time.perf_counter() - t0
         ips = stats["images"] / stats["seconds"] if stats else float("nan")
         print(f"{bb}: stage 1 {stats.get('images', 0)} images at {ips:.1f} img/s ({wall:.0f} s incl. start-up)",
               flush=True)
         for pooling, path in zip(a.poolings, files):
             for head in (a.flatten_heads if pooling == "flatten" else a.heads):
-                run_dir, m = train_on_codes(path, head=head, runs_dir=a.runs_dir, log=lambda *x: None)
+                run = train(path, head, runs_dir=a.runs_dir)
+                run_dir, m = run.path, run.metrics
                 rec = json.loads((run_dir / "record.json").read_text())
                 dim = json.loads(rec["code_attrs"]["code_shape"])
                 results.append(dict(backbone=bb, pooling=pooling, values=int(__import__("numpy").prod(dim) if pooling == "flatten" else dim[-1]),

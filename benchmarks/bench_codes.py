@@ -47,7 +47,7 @@ def child(a):
     t0 = time.perf_counter()
     files = generate_codes(a.data, backbone=a.backbone, poolings=["avg"], cache_dir=a.cache_dir,
                            batch_size=a.batch_size, split=parse_split(a.split), runtime=a.runtime,
-                           precision=a.precision, progress=False, log=lambda *x: None, stats=stats)
+                           precision=a.precision, progress=False, stats=stats)
     e2e = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # The raw figure: the same kind of mapper on in-memory tensors, batches in flight as in stage 1.
@@ -97,7 +97,7 @@ def compare_runtimes(a, data, tmp):
     from pipeline._tf import quiet_tensorflow
     from pipeline.codes import CodeSet
     quiet_tensorflow()
-    from pipeline.runs import train_on_codes
+    from pipeline.runs import train
     a32 = CodeSet.load(rows["openvino fp32"]["codes"])
     t32 = CodeSet.load(rows["tensorflow"]["codes"])
     print(f"codes, OpenVINO FP32 vs TensorFlow: max abs diff {np.abs(a32.X - t32.X).max():.2e}")
@@ -105,7 +105,7 @@ def compare_runtimes(a, data, tmp):
     print(f"codes, OpenVINO BF16 vs TensorFlow: max abs diff {np.abs(b16.X - t32.X).max():.2e} "
           f"(largest code value {np.abs(t32.X).max():.2f})")
     for name in ("tensorflow", "openvino fp32", "openvino bf16"):
-        _, m = train_on_codes(rows[name]["codes"], head="logreg", runs_dir=Path(tmp) / "runs", log=lambda *x: None)
+        m = train(rows[name]['codes'], 'logreg', runs_dir=Path(tmp) / 'runs').metrics
         print(f"logreg on {name} codes (70/30): test accuracy {m['accuracy']:.4f}, mean per-class "
               f"{m['mean_per_class_accuracy']:.4f}", flush=True)
 
@@ -146,10 +146,10 @@ def main():
                   f"{r['e2e_s']:.1f} s = {r['e2e_ips']:.1f} img/s; peak RSS {r['rss_mb']:.0f} MB", flush=True)
         from pipeline._tf import quiet_tensorflow
         quiet_tensorflow()
-        from pipeline.runs import train_on_codes
+        from pipeline.runs import train
         for head in ("softmax", "mlp", "logreg"):
             t0 = time.perf_counter()
-            _, m = train_on_codes(rows[-1]["codes"], head=head, runs_dir=Path(tmp) / "runs", log=lambda *x: None)
+            m = train(rows[-1]['codes'], head, runs_dir=Path(tmp) / 'runs').metrics
             print(f"stage 2 {head:8s} on {rows[-1]['n']} pooled codes: {time.perf_counter() - t0:5.1f} s "
                   f"(incl. evaluation and report), test accuracy {m['accuracy']:.4f}", flush=True)
 

@@ -66,7 +66,7 @@ def main():
         for bb in BACKBONES:
             stats = {}
             paths[bb, resize, tta] = generate_codes(a.data, backbone=bb, cache_dir=a.cache_dir, tta=tta, resize=resize,
-                                                    progress=False, stats=stats, log=lambda m: None)[0]
+                                                    progress=False, stats=stats)[0]
             if stats:
                 print(f"stage 1 {bb} resize={resize} tta={tta}: {stats['images']} images in {stats['seconds']:.0f} s",
                       flush=True)

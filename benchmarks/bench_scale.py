@@ -60,7 +60,7 @@ def step_codes(a) -> dict:
     stats: dict = {}
     t0 = time.perf_counter()
     generate_codes(a.data, weights="none", image_size=32, batch_size=128, cache_dir=a.cache, progress=False,
-                   engine=a.engine, workers=a.workers, stats=stats, log=lambda m: print(m, file=sys.stderr))
+                   engine=a.engine, workers=a.workers, stats=stats)
     seconds = time.perf_counter() - t0
     status = proc_status()
     return {"seconds": seconds, "images": stats.get("images", 0), "loop_seconds": stats.get("seconds", 0.0),
@@ -74,8 +74,7 @@ def step_caltech(a) -> dict:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     stats: dict = {}
     try:
-        generate_codes(a.data, cache_dir=a.cache, progress=False, engine=a.engine, workers=a.workers, stats=stats,
-                       log=lambda m: print(m, file=sys.stderr))
+        generate_codes(a.data, cache_dir=a.cache, progress=False, engine=a.engine, workers=a.workers, stats=stats)
     finally:
         if a.engine == "ray":
             ray.shutdown()
@@ -83,11 +82,9 @@ def step_caltech(a) -> dict:
 
 
 def step_train(a) -> dict:
-    from pipeline.runs import train_on_codes
+    from pipeline.runs import train
     t0 = time.perf_counter()
-    _, metrics = train_on_codes(a.codes, head=a.head, runs_dir=a.runs, memory_limit=a.memory_limit,
-                                head_params={"epochs": 3} if a.head in ("softmax", "mlp") else {},
-                                log=lambda m: print(m, file=sys.stderr))
+    metrics = train(a.codes, a.head, runs_dir=a.runs, memory_limit=a.memory_limit, **{'epochs': 3} if a.head in ('softmax', 'mlp') else {}).metrics
     return {"seconds": time.perf_counter() - t0, "accuracy": metrics["accuracy"], **proc_status()}
 
 

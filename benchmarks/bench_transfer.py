@@ -29,28 +29,29 @@ def main():
         sys.exit(f"error: no data at {a.data}")
     from pipeline._tf import quiet_tensorflow
     from pipeline.codes import generate_codes
-    from pipeline.runs import finetune, train_on_codes, train_scratch
+    from pipeline.runs import finetune, scratch, train
 
     quiet_tensorflow()
-    quiet = dict(log=lambda *x: None)
     rows = []
     t0 = time.perf_counter()
-    codes = generate_codes(a.data, backbone=a.backbone, cache_dir=a.cache_dir, exclude=["BACKGROUND_Google"], progress=False,
-                           **quiet)[0]
+    codes = generate_codes(a.data, backbone=a.backbone, cache_dir=a.cache_dir, exclude=["BACKGROUND_Google"], progress=False)[0]
     stage1 = time.perf_counter() - t0
     t0 = time.perf_counter()
-    head_run, m = train_on_codes(codes, head=a.head, runs_dir=a.runs_dir, **quiet)
+    run = train(codes, a.head, runs_dir=a.runs_dir)
+    head_run, m = run.path, run.metrics
     rows.append(("head on cached codes", m, time.perf_counter() - t0, head_run))
     t0 = time.perf_counter()
-    run, m = finetune(head_run, unfreeze_blocks=a.unfreeze_blocks, cache_dir=a.cache_dir, runs_dir=a.runs_dir, progress=False, **quiet)
+    run = finetune(head_run, unfreeze_blocks=a.unfreeze_blocks, cache_dir=a.cache_dir, runs_dir=a.runs_dir, progress=False)
+    run, m = run.path, run.metrics
     rows.append((f"fine-tuned, last {a.unfreeze_blocks} blocks + top, fast path", m, time.perf_counter() - t0, run))
     if a.augment_epochs:
         t0 = time.perf_counter()
-        run, m = finetune(head_run, unfreeze_blocks=a.unfreeze_blocks, epochs=a.augment_epochs, augment=True, cache_dir=a.cache_dir,
-                          runs_dir=a.runs_dir, progress=False, **quiet)
+        run = finetune(head_run, unfreeze_blocks=a.unfreeze_blocks, epochs=a.augment_epochs, augment=True, cache_dir=a.cache_dir, runs_dir=a.runs_dir, progress=False)
+        run, m = run.path, run.metrics
         rows.append((f"fine-tuned with augmentation ({a.augment_epochs} epochs max)", m, time.perf_counter() - t0, run))
     t0 = time.perf_counter()
-    run, m = train_scratch(codes, image_size=a.scratch_size, runs_dir=a.runs_dir, progress=False, **quiet)
+    run = scratch(codes, image_size=a.scratch_size, runs_dir=a.runs_dir, progress=False)
+    run, m = run.path, run.metrics
     rows.append((f"from scratch, {a.scratch_size} px", m, time.perf_counter() - t0, run))
     print(f"stage 1 ({a.backbone} codes, cached; 0 if already there): {stage1 / 60:.1f} min")
     print("| model | test accuracy | top-5 | mean per-class | minutes (this step) |")

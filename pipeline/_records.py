@@ -2,6 +2,7 @@
 that every stage (runs, reports, exports, the audit) reads a record the same way."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from pathlib import Path
@@ -39,3 +40,32 @@ def load_record(run_dir, kind: str | None = None) -> dict:
     if kind and record["kind"] != kind:
         raise UserError(f"{run_dir} is a {record['kind']} run, not a {kind} run")
     return record
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A finished run: its folder, its kind and what it measured.
+
+    ``kind`` is one of :data:`KINDS` (a run folder with ``record.json``), ``"sweep"`` (its
+    ``metrics`` are the sweep's summary rows) or ``"audit"`` (its ``metrics`` the audit's
+    summary). Head, fine-tuned and from-scratch runs' ``metrics`` hold at least ``accuracy`` and
+    ``mean_per_class_accuracy``.
+    """
+
+    path: Path
+    kind: str
+    metrics: dict
+
+    @classmethod
+    def load(cls, run_dir) -> "Run":
+        """The run of a head, fine-tuned or from-scratch run folder (its record checked)."""
+        record = load_record(run_dir)
+        return cls(Path(run_dir), record["kind"], dict(record.get("metrics") or {}))
+
+    def __fspath__(self) -> str:  # a Run goes wherever a run folder's path does
+        return str(self.path)
+
+    @property
+    def record(self) -> dict:
+        """The run's ``record.json`` (read anew)."""
+        return load_record(self.path)

@@ -8,6 +8,15 @@ class UserError(Exception):
     """An error the user can fix; its message is printed as one line."""
 
 
+class ParameterError(UserError, ValueError):
+    """A parameter the caller got wrong, named as the library calls it (``batch_size must be at
+    least 1``); the command line names the flag instead (``--batch-size must be at least 1``)."""
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(f"{parameter} {message}")
+        self.parameter, self.message = parameter, message
+
+
 class Interrupted(Exception):
     """Ctrl-C, with a message saying what was kept (stage 1 knows; elsewhere nothing is)."""
 
@@ -25,3 +34,6 @@ def os_error_text(exc: OSError) -> str:
 # File-system errors a user causes (a file where a folder belongs, permissions, a full disk).
 USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
                 errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.EFBIG, errno.ELOOP}
+
+
+__all__ = ["USER_ERRNOS", "Interrupted", "ParameterError", "UserError", "one_line", "os_error_text"]

@@ -32,8 +32,7 @@ def make_images(root: Path, n_classes=3, per_class=12, size=(40, 48), seed=0):
 
 
 # Small random-weight backbone settings used by the stage-1 tests.
-FAST = dict(backbone="efficientnet_lite0", weights="none", image_size=32, batch_size=8, progress=False,
-            log=lambda *a: None)
+FAST = dict(backbone="efficientnet_lite0", weights="none", image_size=32, batch_size=8, progress=False)
 
 
 # The installed console script (pip install -e .): the tests run what users run.

@@ -16,11 +16,11 @@ from helpers import (
     write_code_file,
 )
 
-from pipeline.audit import audit_codes
-from pipeline.audit._audit import duplicate_pairs, nearest_neighbours, top_k, unit_rows
 from pipeline.data import SPLIT_NAMES, TEST, TRAIN, VAL
+from pipeline.quality import audit
+from pipeline.quality._audit import duplicate_pairs, nearest_neighbours, top_k, unit_rows
 
-quiet = dict(progress=False, log=lambda *a: None)
+quiet = dict(progress=False)
 
 
 def synthetic_codes(path, n, dim, n_classes, seed=0, data_root="/nowhere"):
@@ -81,7 +81,7 @@ def test_audit_options_are_checked_by_name(tmp_path):
     for kw, name in ((dict(threshold=1.5), "--threshold"), (dict(neighbours=0), "--neighbours"),
                      (dict(folds=1), "--folds"), (dict(outlier_fraction=2), "--outlier-fraction")):
         with pytest.raises(Exception, match=name):
-            audit_codes(path, runs_dir=tmp_path / "runs", **kw, **quiet)
+            audit(path, runs_dir=tmp_path / 'runs', **kw)
     r = run_script("audit", "--codes", tmp_path / "missing.h5", "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and len(user_error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
 
@@ -141,7 +141,7 @@ def test_audit_finds_planted_duplicates_and_flipped_labels(tmp_path):
         shutil.copyfile(data / src, data / dst)
         planted_pairs.add(frozenset((src, dst)))
     codes = generate_codes(data, "efficientnet_lite0", cache_dir=tmp_path / "cache", **quiet)[0]
-    run = audit_codes(codes, runs_dir=tmp_path / "runs", **quiet)
+    run = audit(codes, runs_dir=tmp_path / 'runs').path
 
     with open(run / "duplicates.csv") as fh:
         pairs = list(csv.DictReader(fh))

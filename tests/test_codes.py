@@ -73,9 +73,8 @@ def test_codes_are_deterministic_and_float16_on_request(images, tmp_path):
     assert_codes_close(_read(c)[0]["codes"], ca, rtol=0)
 
 
-def test_incremental_added_changed_removed_images(images, tmp_path):
-    logs = []
-    kw = dict(FAST, log=logs.append, cache_dir=tmp_path / "cache")
+def test_incremental_added_changed_removed_images(logs, images, tmp_path):
+    kw = dict(FAST, cache_dir=tmp_path / "cache")
     path = generate_codes(images, **kw)[0]
     first, _ = _read(path)
     assert computed(images, **kw) == 0  # nothing to do
@@ -101,8 +100,7 @@ def test_incremental_added_changed_removed_images(images, tmp_path):
 
 def test_touched_images_are_recognized_by_content(images, tmp_path):
     """A copied or re-extracted data set: new modification times, same bytes."""
-    logs = []
-    kw = dict(FAST, log=logs.append, cache_dir=tmp_path / "cache")
+    kw = dict(FAST, cache_dir=tmp_path / "cache")
     path = generate_codes(images, **kw)[0]
     first, _ = _read(path)
     assert first["digests"].dtype == np.uint64 and (first["digests"] != 0).all()
@@ -124,17 +122,16 @@ def test_touched_images_are_recognized_by_content(images, tmp_path):
     assert computed(images, **kw) == 0 and path.stat().st_mtime_ns == before
 
 
-def test_unreadable_images_are_skipped_counted_and_listed(images, tmp_path):
+def test_unreadable_images_are_skipped_counted_and_listed(logs, images, tmp_path):
     (images / "class0" / "broken.jpg").write_bytes(b"garbage")
     (images / "class1" / "empty.png").write_bytes(b"")
-    logs = []
-    path = generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append))[0]
+    path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
     data, _ = _read(path)
     assert data["codes"].shape[0] == 36
     assert sorted(p.decode() for p in data["failed_paths"]) == ["class0/broken.jpg", "class1/empty.png"]
     assert any("2 unreadable image(s) skipped" in l for l in logs)
     logs.clear()
-    assert computed(images, cache_dir=tmp_path / "c", **dict(FAST, log=logs.append)) == 0, \
+    assert computed(images, cache_dir=tmp_path / "c", **FAST) == 0, \
         "known-bad images are not retried until they change"
     assert any("2 unreadable image(s) skipped" in l for l in logs)
     Image.fromarray(np.full((20, 20, 3), 99, np.uint8)).save(images / "class0" / "broken.jpg")

@@ -13,9 +13,8 @@ from helpers import CALTECH, FAST, make_images, needs_caltech
 from pipeline.codes import CodeSet, generate_codes
 from pipeline.data import TEST
 from pipeline.deploy import export_head_run, predict
-from pipeline.runs import finetune, run_sweep, train_on_codes, train_scratch
+from pipeline.runs import finetune, scratch, sweep, train
 
-QUIET = dict(log=lambda *a: None)
 HEADS = ("softmax", "mlp", "logreg")
 FAST_HEADS = {"softmax": {"epochs": 20}, "mlp": {"epochs": 20}, "logreg": {"Cs": (0.1, 1.0)}}
 
@@ -59,17 +58,16 @@ def test_the_whole_chain_on_generated_data(kind, generated_codes, tmp_path):
     runs = tmp_path / "runs"
     head_runs = {}
     for head in HEADS:
-        run_dir, metrics = train_on_codes(codes, head, FAST_HEADS[head], runs, **QUIET)
+        run_dir = train(codes, head, runs_dir=runs, **FAST_HEADS[head]).path
         check_run(run_dir, n_classes)  # accuracy is checked on real data below (random weights here)
         head_runs[head] = run_dir
-    ft_dir, _ = finetune(head_runs["logreg"], epochs=1, cache_dir=tmp_path / "cache", runs_dir=runs,
-                         progress=False, **QUIET)
+    ft_dir = finetune(head_runs['logreg'], epochs=1, cache_dir=tmp_path / 'cache', runs_dir=runs, progress=False).path
     check_run(ft_dir, n_classes)
-    scratch_dir, _ = train_scratch(codes, image_size=16, epochs=1, runs_dir=runs, progress=False, **QUIET)
+    scratch_dir = scratch(codes, image_size=16, epochs=1, runs_dir=runs, progress=False).path
     check_run(scratch_dir, n_classes)
     for run_dir in (head_runs["softmax"], ft_dir, scratch_dir):
         model = export_head_run(run_dir) if run_dir == head_runs["softmax"] else run_dir / "model.keras"
-        rows = predict(model, data / "class1", top_k=5, warn=lambda m: None, log=lambda m: None)
+        rows = predict(model, data / "class1", top_k=5)
         assert len(rows) == len(list((data / "class1").rglob("*.*")))
         assert all(len(top) == n_classes for _, top in rows)  # top-k capped by the class count
         assert all(abs(sum(p for _, p in top) - 1) < 1e-3 for _, top in rows)
@@ -77,8 +75,7 @@ def test_the_whole_chain_on_generated_data(kind, generated_codes, tmp_path):
 
 def test_one_sweep_over_two_three_and_unbalanced_classes(generated_codes, tmp_path):
     paths = [codes for _, codes in generated_codes.values()]
-    sweep_dir = run_sweep(paths, heads=HEADS, ns=["1", "2", "all"], repeats=1, n_jobs=1, runs_dir=tmp_path,
-                          head_params=FAST_HEADS, progress=False, **QUIET)
+    sweep_dir = sweep(paths, heads=HEADS, ns=['1', '2', 'all'], repeats=1, n_jobs=1, runs_dir=tmp_path, head_params=FAST_HEADS, progress=False).path
     summary = json.loads((sweep_dir / "summary.json").read_text())["summary"]
     assert len(summary) == 3 * 3 * 3 and all(0 <= s["accuracy_mean"] <= 1 for s in summary)
     unbalanced = [s for s in summary if s["code_set"] == str(generated_codes["unbalanced"][1]) and s["n"] == "all"]
@@ -89,10 +86,9 @@ def test_one_sweep_over_two_three_and_unbalanced_classes(generated_codes, tmp_pa
 def test_positive_class_can_be_named(tmp_path):
     data = generated(tmp_path / "two", "two")
     codes = generate_codes(data, cache_dir=tmp_path / "cache", **FAST)[0]
-    run_dir, m = train_on_codes(codes, "logreg", FAST_HEADS["logreg"], tmp_path / "runs", positive_class="class0",
-                                **QUIET)
+    m = train(codes, 'logreg', runs_dir=tmp_path / 'runs', positive_class='class0', **FAST_HEADS['logreg']).metrics
     assert m["positive_class"] == "class0"
-    default_dir, d = train_on_codes(codes, "logreg", FAST_HEADS["logreg"], tmp_path / "runs", **QUIET)
+    d = train(codes, 'logreg', runs_dir=tmp_path / 'runs', **FAST_HEADS['logreg']).metrics
     # Swapping the positive class mirrors the scores: the same ROC AUC, other precision-recall figures.
     assert m["roc_auc"] == pytest.approx(d["roc_auc"]) and d["positive_class"] == "class1"
 
@@ -118,25 +114,24 @@ REAL = {
 def test_real_caltech_subsets_with_every_head(kind, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"real-{kind}")
     data = caltech_subset(root / kind, REAL[kind])
-    codes = generate_codes(data, cache_dir=root / "cache", progress=False, **QUIET)[0]
+    codes = generate_codes(data, cache_dir=root / "cache", progress=False)[0]
     cs = CodeSet.load(codes)
     assert len(cs.paths) == sum(REAL[kind].values())
     n_classes = len(REAL[kind])
     for head in HEADS:
-        run_dir, metrics = train_on_codes(codes, head, None, root / "runs", **QUIET)
+        run_dir = train(codes, head, runs_dir=root / 'runs').path
         m = check_run(run_dir, n_classes)
         assert m["accuracy"] >= 0.9, (kind, head, m)
         if kind == "unbalanced":
             assert m["mean_per_class_accuracy"] >= 0.8, (kind, head, m)
     if kind == "two":  # the rest of the chain, with the real backbone
         head_run = run_dir
-        sweep_dir = run_sweep([codes], heads=("logreg",), ns=["1", "5", "all"], repeats=2, n_jobs=1,
-                              runs_dir=root / "runs", progress=False, **QUIET)
+        sweep_dir = sweep([codes], heads=('logreg',), ns=['1', '5', 'all'], repeats=2, n_jobs=1, runs_dir=root / 'runs', progress=False).path
         assert json.loads((sweep_dir / "summary.json").read_text())["summary"][-1]["accuracy_mean"] >= 0.9
-        ft_dir, ft = finetune(head_run, epochs=1, cache_dir=root / "cache", runs_dir=root / "runs", progress=False,
-                              **QUIET)
+        run = finetune(head_run, epochs=1, cache_dir=root / 'cache', runs_dir=root / 'runs', progress=False)
+        ft_dir, ft = run.path, run.metrics
         assert ft["accuracy"] >= 0.9
-        rows = predict(ft_dir / "model.keras", data / "brain", top_k=1, warn=lambda m: None)
+        rows = predict(ft_dir / "model.keras", data / "brain", top_k=1)
         test_brains = [p for p, s in zip(cs.paths, cs.split) if s == TEST and p.startswith("brain/")]
         picked = {r[0].split("brain/")[-1]: r[1][0][0] for r in rows}
         assert np.mean([picked[p.split("/", 1)[1]] == "brain" for p in test_brains]) >= 0.9

@@ -10,9 +10,7 @@ from helpers import FAST, run_script, user_error_lines
 from pipeline.codes import CodeSet, generate_codes
 from pipeline.data import TEST, load_image
 from pipeline.deploy import export_formats, export_head_run, load_model
-from pipeline.runs import train_on_codes
-
-QUIET = dict(log=lambda *a: None)
+from pipeline.runs import train
 
 
 def _tflite(path, images):
@@ -31,7 +29,7 @@ def _onnx(path, images):
 
 def test_cli_export_writes_checked_tflite_and_onnx_files(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, image_size=64))[0]
-    run_dir, _ = train_on_codes(path, "softmax", {"epochs": 5}, tmp_path / "runs", **QUIET)
+    run_dir = train(path, 'softmax', runs_dir=tmp_path / 'runs', epochs=5).path
     out = run_script("export", run_dir, "--no-progress")
     assert out.returncode == 0, out.stderr
     for name in ("model.keras", "model.tflite", "model-int8.tflite", "model.onnx", "labels.txt", "exports.json"):
@@ -62,23 +60,23 @@ def test_export_of_joined_flip_codes_and_of_a_scratch_run(images, tmp_path):
     kw = dict(FAST, image_size=48, cache_dir=tmp_path / "c")
     a = generate_codes(images, **kw, tta="flip")[0]
     b = generate_codes(images, **dict(kw, image_size=32), tta="flip")[0]
-    run_dir, _ = train_on_codes([a, b], "logreg", {}, tmp_path / "runs", **QUIET)
-    results = export_formats(run_dir, export_head_run(run_dir), ["tflite", "onnx"], progress=False, **QUIET)
+    run_dir = train([a, b], 'logreg', runs_dir=tmp_path / 'runs').path
+    results = export_formats(run_dir, export_head_run(run_dir), ["tflite", "onnx"], progress=False)
     assert [r.top1_agreement for r in results] == [1.0, 1.0]
     assert all(r.max_probability_difference < 1e-4 for r in results)
 
-    from pipeline.runs import train_scratch
-    scratch, _ = train_scratch(a, image_size=16, epochs=1, runs_dir=tmp_path / "runs", progress=False, **QUIET)
-    out = run_script("export", scratch, "--formats", "onnx", "--check-images", "5", "--no-progress")
+    from pipeline.runs import scratch
+    scratch_dir = scratch(a, image_size=16, epochs=1, runs_dir=tmp_path / 'runs', progress=False).path
+    out = run_script("export", scratch_dir, "--formats", "onnx", "--check-images", "5", "--no-progress")
     assert out.returncode == 0, out.stderr
-    (onnx,) = json.loads((scratch / "exports.json").read_text())["exports"]
+    (onnx,) = json.loads((scratch_dir / "exports.json").read_text())["exports"]
     assert onnx["format"] == "onnx" and onnx["images_checked"] == 5 and onnx["top1_agreement"] == 1.0
-    assert not (scratch / "model.tflite").exists()
+    assert not (scratch_dir / "model.tflite").exists()
 
 
 def test_export_refuses_bad_options_in_one_line(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
-    run_dir, _ = train_on_codes(path, "softmax", {"epochs": 2}, tmp_path / "runs", **QUIET)
+    run_dir = train(path, 'softmax', runs_dir=tmp_path / 'runs', epochs=2).path
     out = run_script("export", run_dir, "--check-images", "-1")
     assert out.returncode == 2 and len(user_error_lines(out.stderr)) == 1 and "Traceback" not in out.stderr
     out = run_script("export", tmp_path, "--no-progress")

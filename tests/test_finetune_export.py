@@ -17,16 +17,14 @@ from pipeline.errors import UserError
 from pipeline.heads import load_head
 from pipeline.reports import GALLERY
 from pipeline.runs import _finetune as ft
-from pipeline.runs import train_on_codes
-
-QUIET = dict(log=lambda *a: None)
+from pipeline.runs import train
 
 
 @pytest.fixture
 def head_run(images, tmp_path):
     """Codes of the synthetic images (random lite0, 32 px) and a softmax head trained on them."""
     path = generate_codes(images, cache_dir=tmp_path / "cache", **FAST)[0]
-    run_dir, _ = train_on_codes(path, "softmax", {"epochs": 5}, tmp_path / "runs", **QUIET)
+    run_dir = train(path, 'softmax', runs_dir=tmp_path / 'runs', epochs=5).path
     return run_dir, path
 
 
@@ -65,8 +63,7 @@ def test_cut_points_by_blocks_and_by_layer_name():
 
 def test_fine_tuning_changes_only_the_unfrozen_layers_and_no_batchnorm_statistics(head_run, tmp_path):
     run_dir, _ = head_run
-    out, _ = ft.finetune(run_dir, unfreeze_blocks=1, epochs=2, learning_rate=1e-3, cache_dir=tmp_path / "cache",
-                         runs_dir=tmp_path / "ft", progress=False, **QUIET)
+    out = ft.finetune(run_dir, unfreeze_blocks=1, epochs=2, learning_rate=0.001, cache_dir=tmp_path / 'cache', runs_dir=tmp_path / 'ft', progress=False).path
     tuned = load_model(out / "model.keras")[0].get_layer("efficientnet_lite0")
     before = _trunk()  # the same seeded random base the head was trained on
     changed = set()
@@ -83,7 +80,7 @@ def test_fine_tuning_changes_only_the_unfrozen_layers_and_no_batchnorm_statistic
 def test_warmup_head_is_loaded_and_export_reproduces_it(head_name, images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "cache", **dict(FAST, image_size=64))[0]
     params = {"epochs": 5} if head_name == "softmax" else {"Cs": (1.0,)}
-    run_dir, _ = train_on_codes(path, head_name, params, tmp_path / "runs", **QUIET)
+    run_dir = train(path, head_name, runs_dir=tmp_path / 'runs', **params).path
     cs = CodeSet.load(path)
     head = load_head(run_dir)
     expected = head.predict_proba(cs.X)
@@ -100,8 +97,8 @@ def test_warmup_head_is_loaded_and_export_reproduces_it(head_name, images, tmp_p
 
 def test_finetune_fast_path_end_to_end(head_run, tmp_path):
     run_dir, path = head_run
-    out, metrics = ft.finetune(run_dir, unfreeze_blocks=1, epochs=2, cache_dir=tmp_path / "cache",
-                               runs_dir=tmp_path / "ft", progress=False, **QUIET)
+    run = ft.finetune(run_dir, unfreeze_blocks=1, epochs=2, cache_dir=tmp_path / 'cache', runs_dir=tmp_path / 'ft', progress=False)
+    out, metrics = run.path, run.metrics
     rec = json.loads((out / "record.json").read_text())
     assert rec["kind"] == "finetune" and rec["cut_layer"] == "block6d_add" and not rec["augment"]
     assert (tmp_path / "cache" / "data" / "efficientnet_lite0-32-random" / "block6d_add-flatten.h5").exists()
@@ -126,7 +123,7 @@ def test_augmentation_only_touches_training_images(head_run, tmp_path, monkeypat
 
     monkeypatch.setattr("pipeline.data._decode.image_dataset", spy)
     run_dir, path = head_run
-    ft.finetune(run_dir, unfreeze_blocks=1, epochs=1, augment=True, runs_dir=tmp_path / "ft", progress=False, **QUIET)
+    ft.finetune(run_dir, unfreeze_blocks=1, epochs=1, augment=True, runs_dir=tmp_path / 'ft', progress=False)
     cs = CodeSet.load(path)
     n = {s: int((cs.split == s).sum()) for s in (TRAIN, VAL, TEST)}
     assert calls == [(n[TRAIN], True, "squash"), (n[VAL], False, "squash"), (n[TEST], False, "squash")]
@@ -142,7 +139,8 @@ def test_image_dataset_leaves_images_alone_without_augment(images):
 
 def test_scratch_baseline_runs_on_the_same_split(head_run, tmp_path):
     _, path = head_run
-    out, metrics = ft.train_scratch(path, image_size=32, epochs=2, runs_dir=tmp_path / "s", progress=False, **QUIET)
+    run = ft.scratch(path, image_size=32, epochs=2, runs_dir=tmp_path / 's', progress=False)
+    out, metrics = run.path, run.metrics
     rec = json.loads((out / "record.json").read_text())
     assert rec["kind"] == "scratch" and rec["n_test"] == int((CodeSet.load(path).split == TEST).sum())
     model = keras.saving.load_model(out / "model.keras")
@@ -154,12 +152,12 @@ def test_scratch_baseline_runs_on_the_same_split(head_run, tmp_path):
     check_predictions_and_report(out, cs, te, np.asarray(model(imgs)))
 
 
-def test_predict_folder_with_a_corrupt_file(head_run, images, tmp_path):
+def test_predict_folder_with_a_corrupt_file(logs, head_run, images, tmp_path):
     run_dir, _ = head_run
     model_path = export_head_run(run_dir)
     (images / "class0" / "corrupt.jpg").write_bytes(b"not an image at all")
-    warnings = []
-    rows = predict(model_path, images, top_k=2, warn=warnings.append)
+    rows = predict(model_path, images, top_k=2)
+    warnings = [l for l in logs if l.startswith("warning:")]
     assert len(rows) == 36 and len(warnings) == 1 and "corrupt.jpg" in warnings[0]
     assert all(len(top) == 2 and top[0][1] >= top[1][1] for _, top in rows)
     r = run_script("predict", images, "--model", model_path, "--out", tmp_path / "p.csv")
@@ -171,12 +169,11 @@ def test_predict_folder_with_a_corrupt_file(head_run, images, tmp_path):
     assert r.returncode == 2 and "no such image" in r.stderr
 
 
-def test_predict_from_a_run_folder_exports_it_first(head_run, images, tmp_path):
+def test_predict_from_a_run_folder_exports_it_first(logs, head_run, images, tmp_path):
     run_dir, _ = head_run
     assert not (run_dir / "model.keras").exists()
-    notes = []
-    rows = predict(run_dir, images / "class1", top_k=1, log=notes.append)
-    assert (run_dir / "model.keras").is_file() and any("exporting" in n for n in notes)
+    rows = predict(run_dir, images / "class1", top_k=1)
+    assert (run_dir / "model.keras").is_file() and any("exporting" in n for n in logs)
     assert rows and rows == predict(run_dir / "model.keras", images / "class1", top_k=1)
     with pytest.raises(UserError, match="no model.keras in"):
         predict(tmp_path, images, top_k=1)
@@ -186,9 +183,9 @@ def test_bad_training_options_are_refused_before_any_work(head_run, tmp_path):
     run_dir, path = head_run
     for bad in (dict(learning_rate=0), dict(epochs=0), dict(strength=1.5), dict(optimizer="sgd")):
         with pytest.raises(UserError):
-            ft.finetune(run_dir, cache_dir=tmp_path / "c", runs_dir=tmp_path / "r", progress=False, **bad, **QUIET)
+            ft.finetune(run_dir, cache_dir=tmp_path / 'c', runs_dir=tmp_path / 'r', progress=False, **bad)
     with pytest.raises(UserError, match="at least 16 pixels"):
-        ft.train_scratch(path, image_size=8, runs_dir=tmp_path / "r", progress=False, **QUIET)
+        ft.scratch(path, image_size=8, runs_dir=tmp_path / 'r', progress=False)
     assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
     with pytest.raises(UserError, match="--top-k"):
         predict(export_head_run(run_dir), tmp_path, top_k=0)

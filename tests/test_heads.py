@@ -9,7 +9,7 @@ from pipeline.data import TEST
 from pipeline.errors import UserError
 from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead, load_head, make_head
 from pipeline.reports._metrics import most_confused
-from pipeline.runs import train_on_codes
+from pipeline.runs import train
 
 
 def blobs(n_per_class=40, n_classes=5, dim=64, seed=0, sep=3.0):
@@ -148,7 +148,8 @@ def test_bad_head_options():
 
 def test_train_on_codes_writes_a_complete_run(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "cache", **FAST)[0]
-    run_dir, metrics = train_on_codes(path, "logreg", {"Cs": (0.1, 1.0)}, tmp_path / "runs", log=lambda *a: None)
+    run = train(path, 'logreg', runs_dir=tmp_path / 'runs', Cs=(0.1, 1.0))
+    run_dir, metrics = run.path, run.metrics
     assert {p.name for p in run_dir.iterdir()} >= {"head.npz", "head.json", "record.json", "report.txt", "confusion.png"}
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["metrics"]["accuracy"] == metrics["accuracy"] and rec["n_test"] == len(rec["test_paths"])

@@ -14,9 +14,7 @@ from pipeline.data import load_image
 from pipeline.deploy import export_head_run, load_model
 from pipeline.errors import UserError
 from pipeline.heads import SoftmaxHead, load_head
-from pipeline.runs import run_sweep, train_on_codes
-
-QUIET = dict(log=lambda *a: None)
+from pipeline.runs import sweep, train
 
 
 def test_flip_codes_are_the_mean_of_the_image_and_its_mirror(images, tmp_path):
@@ -62,7 +60,7 @@ def test_crop_keeps_the_centre_and_makes_a_code_set_of_its_own(images, tmp_path)
     assert not np.allclose(c.X, a.X, rtol=1e-3, atol=0)
     with pytest.raises(UserError, match="--resize"):
         JoinedCodeSet([cropped, plain])
-    run_dir, _ = train_on_codes(cropped, "softmax", {"epochs": 3}, tmp_path / "runs", **QUIET)
+    run_dir = train(cropped, 'softmax', runs_dir=tmp_path / 'runs', epochs=3).path
     assert load_model(export_head_run(run_dir))[2]["resize"] == "crop"  # predict reads images the same way
 
 
@@ -75,19 +73,18 @@ def _expected_and_images(run_dir, path, images, size):
 
 def test_export_of_a_head_on_flip_codes_reproduces_it(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "c", tta="flip", **dict(FAST, image_size=64))[0]
-    run_dir, _ = train_on_codes(path, "softmax", {"epochs": 5}, tmp_path / "runs", **QUIET)
+    run_dir = train(path, 'softmax', runs_dir=tmp_path / 'runs', epochs=5).path
     expected, imgs, _ = _expected_and_images(run_dir, path, images, 64)
     model = keras.saving.load_model(export_head_run(run_dir))  # plain Keras, safe mode, no custom objects
     np.testing.assert_allclose(np.asarray(model(imgs)), expected, atol=1e-4)
     assert load_model(run_dir / "model.keras")[2]["tta"] == "flip"
 
 
-def test_heads_on_joined_code_sets_train_export_and_sweep(images, tmp_path):
+def test_heads_on_joined_code_sets_train_export_and_sweep(logs, images, tmp_path):
     kw = dict(FAST, image_size=64, cache_dir=tmp_path / "c")
     a = generate_codes(images, **kw)[0]
     b = generate_codes(images, **dict(kw, backbone="efficientnet_lite1"), layers=["block7a_project_bn"])[0]
-    logs = []
-    run_dir, metrics = train_on_codes([a, b], "logreg", {"Cs": (1.0,)}, tmp_path / "runs", log=logs.append)
+    run_dir = train([a, b], 'logreg', runs_dir=tmp_path / 'runs', Cs=(1.0,)).path
     assert any("on 25 codes of 1600 values" in l or "codes of 1600 values" in l for l in logs), logs  # 1280 + 320
     record = json.loads((run_dir / "record.json").read_text())
     assert record["code_attrs"]["backbone"] == "efficientnet_lite0+efficientnet_lite1"
@@ -97,21 +94,19 @@ def test_heads_on_joined_code_sets_train_export_and_sweep(images, tmp_path):
     model = keras.saving.load_model(export_head_run(run_dir))  # both bases in one model
     assert {"efficientnet_lite0_0", "efficientnet_lite1_1"} <= {l.name for l in model.layers}
     np.testing.assert_allclose(np.asarray(model(imgs)), expected, atol=1e-4)
-    sweep = run_sweep([f"{a}+{b}", str(a)], heads=["prototype"], ns=["1", "all"], repeats=1, n_jobs=1,
-                      runs_dir=tmp_path / "sweeps", progress=False, log=lambda *x: None)
-    curves = {s["label"] for s in json.loads((sweep / "summary.json").read_text())["summary"]}
+    sweep_dir = sweep([f'{a}+{b}', str(a)], heads=['prototype'], ns=['1', 'all'], repeats=1, n_jobs=1, runs_dir=tmp_path / 'sweeps', progress=False).path
+    curves = {s["label"] for s in json.loads((sweep_dir / "summary.json").read_text())["summary"]}
     assert len(curves) == 2  # a+b is one curve, a another
 
 
-def test_joined_sets_use_common_images_and_refuse_other_classes_or_splits(images, tmp_path):
+def test_joined_sets_use_common_images_and_refuse_other_classes_or_splits(logs, images, tmp_path):
     kw = dict(FAST, cache_dir=tmp_path / "c")
     extra = images / "class0" / "only-in-b.png"
     extra.write_bytes((images / "class0" / "img001.png").read_bytes())
     b = generate_codes(images, **dict(kw, cache_dir=tmp_path / "d"))[0]
     extra.write_bytes(b"not an image any more")  # unreadable for a: the same split, one image fewer
     a = generate_codes(images, **kw)[0]
-    logs = []
-    train_on_codes([a, b], "prototype", {}, tmp_path / "runs", log=logs.append)
+    train([a, b], 'prototype', runs_dir=tmp_path / 'runs')
     assert any("1 image(s) are not in every code set" in l for l in logs), logs
     other_split = generate_codes(images, **dict(kw, cache_dir=tmp_path / "e", seed=5))[0]
     with pytest.raises(UserError, match="split the images differently"):

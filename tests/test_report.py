@@ -12,7 +12,7 @@ from helpers import run_script, user_error_lines, write_code_file
 
 from pipeline.data import TEST, TRAIN, VAL
 from pipeline.reports import GALLERY, build_report
-from pipeline.runs import train_on_codes
+from pipeline.runs import train
 
 VOID = {"meta", "img", "br", "hr", "input", "link", "col", "area", "base", "wbr", "source"}
 
@@ -76,7 +76,7 @@ def noisy_run(tmp_path, n_classes=4, per_class=40, noise=2.5, seed=0):
     X = rng.normal(0, 1, (n_classes, 16))[y] + rng.normal(0, noise, (len(y), 16))
     codes = write_code_file(tmp_path / "codes.h5", X, y, split, paths, [f"c{c}" for c in range(n_classes)],
                             backbone="fake", layer="top", pooling="avg", image_size=32, data_root=str(root))
-    run_dir, _ = train_on_codes(codes, "logreg", {"Cs": (1.0,)}, tmp_path / "runs", log=lambda *a: None)
+    run_dir = train(codes, 'logreg', runs_dir=tmp_path / 'runs', Cs=(1.0,)).path
     return run_dir
 
 
@@ -117,11 +117,10 @@ def test_every_run_writes_predictions_and_a_valid_report_with_its_mistakes(tmp_p
 def test_sweep_folder_gets_a_report_with_chart_and_table(tmp_path):
     from test_sweep import fake_codes
 
-    from pipeline.runs import run_sweep
+    from pipeline.runs import sweep
 
     path, _, _ = fake_codes(tmp_path / "codes.h5")
-    run = run_sweep([path], heads=("logreg",), ns=[1, "all"], repeats=2, runs_dir=tmp_path / "runs", n_jobs=1,
-                    progress=False, log=lambda *a: None)
+    run = sweep([path], heads=('logreg',), ns=[1, 'all'], repeats=2, runs_dir=tmp_path / 'runs', n_jobs=1, progress=False).path
     c = check_html(run / "report.html")
     assert [img["alt"] for img in c.images] == ["sweep chart"]
     text = (run / "report.html").read_text()

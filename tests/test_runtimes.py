@@ -11,10 +11,9 @@ from pipeline.codes import CodeSet, choose_runtime, generate_codes
 from pipeline.codes._runtimes import OpenVINOMapper, TensorFlowMapper
 from pipeline.deploy import export_head_run, predict
 from pipeline.errors import UserError
-from pipeline.runs import train_on_codes
+from pipeline.runs import train
 
 pytest.importorskip("openvino")
-QUIET = dict(log=lambda *a: None)
 SAMPLE = ROOT / "examples" / "caltech5"
 
 
@@ -44,8 +43,8 @@ def sample(tmp_path_factory):
 
 
 def test_both_runtimes_give_the_same_codes_on_real_images(sample, tmp_path):
-    tf_file = generate_codes(sample, cache_dir=tmp_path / "tf", runtime="tensorflow", progress=False, **QUIET)[0]
-    ov_file = generate_codes(sample, cache_dir=tmp_path / "ov", runtime="openvino", progress=False, **QUIET)[0]
+    tf_file = generate_codes(sample, cache_dir=tmp_path / "tf", runtime="tensorflow", progress=False)[0]
+    ov_file = generate_codes(sample, cache_dir=tmp_path / "ov", runtime="openvino", progress=False)[0]
     a, b = CodeSet.load(tf_file), CodeSet.load(ov_file)
     assert a.paths == b.paths and np.abs(a.X).max() > 1
     assert np.abs(a.X - b.X).max() < 1e-4
@@ -59,10 +58,10 @@ def test_one_cache_holds_rows_of_both_runtimes(sample, tmp_path):
         moved = sample / "dalmatian" / sorted(p.name for p in (sample / "dalmatian").iterdir())[0]
         held = tmp_path / moved.name
         shutil.move(moved, held)
-        path = generate_codes(sample, cache_dir=tmp_path / "c", runtime="tensorflow", progress=False, **QUIET)[0]
+        path = generate_codes(sample, cache_dir=tmp_path / "c", runtime="tensorflow", progress=False)[0]
         shutil.move(held, moved)
         stats = {}
-        generate_codes(sample, cache_dir=tmp_path / "c", runtime="openvino", progress=False, stats=stats, **QUIET)
+        generate_codes(sample, cache_dir=tmp_path / "c", runtime="openvino", progress=False, stats=stats)
         assert stats["images"] == 1  # the image added back; the others kept from TensorFlow
         with h5py.File(path) as f:
             runtimes = f.attrs["runtime"].split("; ")
@@ -127,21 +126,20 @@ def test_files_from_before_the_precision_attribute_are_fp32(images, tmp_path):
 
 def test_predict_gives_the_same_probabilities_on_both_runtimes(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "cache", **FAST)[0]
-    run_dir, _ = train_on_codes(path, "logreg", {"Cs": (1.0,)}, tmp_path / "runs", **QUIET)
+    run_dir = train(path, 'logreg', runs_dir=tmp_path / 'runs', Cs=(1.0,)).path
     model = export_head_run(run_dir)
-    rows = {rt: predict(model, images, top_k=3, runtime=rt, warn=lambda m: None) for rt in ("tensorflow", "openvino")}
+    rows = {rt: predict(model, images, top_k=3, runtime=rt) for rt in ("tensorflow", "openvino")}
     assert [p for p, _ in rows["tensorflow"]] == [p for p, _ in rows["openvino"]]
     for (_, a), (_, b) in zip(rows["tensorflow"], rows["openvino"]):
         assert [c for c, _ in a] == [c for c, _ in b]
         np.testing.assert_allclose([p for _, p in a], [p for _, p in b], atol=1e-4)
 
 
-def test_a_failed_conversion_falls_back_to_tensorflow_with_a_note(images, tmp_path, monkeypatch):
+def test_a_failed_conversion_falls_back_to_tensorflow_with_a_note(logs, images, tmp_path, monkeypatch):
     def cannot_convert(*a, **k):
         raise RuntimeError("unsupported operation")
     monkeypatch.setattr("pipeline.codes._runtimes.convert_to_openvino", cannot_convert)
-    logs = []
-    path = generate_codes(images, cache_dir=tmp_path, runtime="openvino", **dict(FAST, log=logs.append))[0]
+    path = generate_codes(images, cache_dir=tmp_path, runtime="openvino", **FAST)[0]
     assert any(l.startswith("note: OpenVINO could not convert") for l in logs), logs
     assert CodeSet.load(path).attrs["runtime"].startswith("TensorFlow")
     with pytest.raises(UserError, match="--precision bf16 needs it"):

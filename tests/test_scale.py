@@ -110,14 +110,13 @@ def test_local_workers_give_the_same_code_set(data, tmp_path):
     assert_same_codes(one, two)
 
 
-def test_ray_engine_gives_the_same_code_set(data, tmp_path):
+def test_ray_engine_gives_the_same_code_set(logs, data, tmp_path):
     ray = pytest.importorskip("ray")
     local = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "local", partition_size=8))[0]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        logs = []
         remote = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "ray", partition_size=8, engine="ray",
-                                             workers=2, log=logs.append))[0]
+                                             workers=2))[0]
     finally:
         ray.shutdown()
     assert any("42 of 42 images to compute" in l and "2 Ray worker(s)" in l for l in logs), logs

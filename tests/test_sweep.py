@@ -7,7 +7,7 @@ from helpers import run_script, user_error_lines, write_code_file
 
 from pipeline.data import TEST, TRAIN, VAL
 from pipeline.errors import UserError
-from pipeline.runs import parse_ns, run_sweep
+from pipeline.runs import parse_ns, sweep
 from pipeline.runs._sweep import draw_train
 
 
@@ -50,9 +50,9 @@ def test_parse_ns():
 def test_sweep_outputs_and_determinism_across_workers(tmp_path):
     path, y, split = fake_codes(tmp_path / "codes.h5")
     kw = dict(heads=("logreg", "softmax"), ns=["1", "3", "all"], repeats=2, seed=3, progress=False,
-              head_params={"softmax": {"epochs": 15}, "logreg": {"Cs": (0.1, 1.0)}}, log=lambda *a: None)
-    one = run_sweep([path], n_jobs=1, runs_dir=tmp_path / "r1", **kw)
-    two = run_sweep([path], n_jobs=2, runs_dir=tmp_path / "r2", **kw)
+              head_params={"softmax": {"epochs": 15}, "logreg": {"Cs": (0.1, 1.0)}})
+    one = sweep([path], n_jobs=1, runs_dir=tmp_path / 'r1', **kw).path
+    two = sweep([path], n_jobs=2, runs_dir=tmp_path / 'r2', **kw).path
     rows1 = list(csv.DictReader(open(one / "sweep.csv")))
     rows2 = list(csv.DictReader(open(two / "sweep.csv")))
     assert len(rows1) == 2 * 3 * 2
@@ -77,28 +77,25 @@ def test_sweep_outputs_and_determinism_across_workers(tmp_path):
 
 def test_capped_classes_are_recorded(tmp_path):
     path, y, split = fake_codes(tmp_path / "codes.h5")
-    run = run_sweep([path], heads=("logreg",), ns=["5"], repeats=1, progress=False, n_jobs=1,
-                    runs_dir=tmp_path / "r", log=lambda *a: None)
+    run = sweep([path], heads=('logreg',), ns=['5'], repeats=1, progress=False, n_jobs=1, runs_dir=tmp_path / 'r').path
     s = json.loads((run / "summary.json").read_text())["summary"][0]
     # class c3 has 8 images: 2 test, 2 val, 4 train < 5
     assert s["classes_with_fewer_than_n"] == ["c2"]
 
 
-def test_default_ns_leave_out_what_no_class_reaches(tmp_path):
+def test_default_ns_leave_out_what_no_class_reaches(logs, tmp_path):
     path, *_ = fake_codes(tmp_path / "codes.h5")  # largest class: 21 training images
-    notes = []
-    run = run_sweep([path], heads=("logreg",), repeats=1, progress=False, n_jobs=1, runs_dir=tmp_path / "r",
-                    log=notes.append)
+    run = sweep([path], heads=('logreg',), repeats=1, progress=False, n_jobs=1, runs_dir=tmp_path / 'r').path
     assert json.loads((run / "summary.json").read_text())["ns"] == [1, 2, 5, 10, 15, 20, "all"]
-    assert any("N=30 left out" in n for n in notes)
+    assert any("N=30 left out" in n for n in logs)
 
 
 def test_bad_sweep_input(tmp_path):
     path, *_ = fake_codes(tmp_path / "codes.h5")
     with pytest.raises(UserError, match="larger than any class"):
-        run_sweep([path], ns=["500"], progress=False, runs_dir=tmp_path / "r", log=lambda *a: None)
+        sweep([path], ns=['500'], progress=False, runs_dir=tmp_path / 'r')
     with pytest.raises(UserError, match="empty"):
-        run_sweep([path], ns=[], progress=False, log=lambda *a: None)
+        sweep([path], ns=[], progress=False)
     r = run_script("sweep", "--data", tmp_path / "nodata", "--cache-dir", tmp_path / "cache")
     assert r.returncode == 2 and "make codes DATA=" in r.stderr and len(user_error_lines(r.stderr)) == 1
     r = run_script("sweep", "--codes", path, "--n")

@@ -19,7 +19,7 @@ from pipeline.backbones._torch_pickle import LEGACY_MAGIC
 from pipeline.cli.main import main, run_cli
 from pipeline.codes import generate_codes
 from pipeline.deploy import META_NAME, save_model
-from pipeline.runs import train_on_codes
+from pipeline.runs import train
 
 
 class Payload:
@@ -58,7 +58,7 @@ def assert_refused(module, argv, capsys, marker, expect):
 @pytest.fixture
 def run_folder(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "cache", **FAST)[0]
-    run_dir, _ = train_on_codes(path, "logreg", {"Cs": (1.0,)}, tmp_path / "runs", log=lambda *a: None)
+    run_dir = train(path, 'logreg', runs_dir=tmp_path / 'runs', Cs=(1.0,)).path
     return run_dir
 
 

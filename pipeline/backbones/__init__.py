@@ -11,6 +11,7 @@ from pipeline.backbones._registry import (
     build_base,
     build_feature_model,
     get_backbone,
+    list_backbones,
     list_layers,
     weights_identity,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "build_base",
     "build_feature_model",
     "get_backbone",
+    "list_backbones",
     "list_layers",
     "weights_identity",
     "load_legacy_state_dict",

@@ -22,6 +22,17 @@ def default(fn, name: str):
     return inspect.signature(fn).parameters[name].default
 
 
+# Library parameters whose flag is not the parameter's name with dashes (the one place the CLI
+# maps parameter names to flags, so that a one-line error names the flag the user typed).
+FLAGS = {"check_limit": "--check-images", "check_images": "--check-images", "n_jobs": "--jobs", "ns": "--n",
+         "layers": "--layer", "poolings": "--pooling", "wait": "--no-wait"}
+
+
+def flag_of(parameter: str) -> str:
+    """The command-line flag of a library parameter."""
+    return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its errors as one line (``error: ...``, exit 2) instead of usage + message."""
 

@@ -4,8 +4,8 @@ neighbours, computed in chunks); likely label errors (out-of-fold probabilities 
 learning); outliers. Writes duplicates.csv, label_issues.csv, outliers.csv, audit.json and a
 report.html gallery of each finding in a new run folder. The code set is named by --codes or found
 from the options that made it with `cnn-codes codes`."""
-from pipeline.audit import _audit as audit
 from pipeline.cli import add_code_options, code_paths, default
+from pipeline.quality import _audit as audit
 
 HELP = "find near-duplicates, leakage, likely label errors and outliers in a data set from its codes"
 
@@ -14,7 +14,7 @@ NEEDS_TENSORFLOW = False
 
 def add_arguments(p):
     add_code_options(p, join=True)
-    d = lambda name: default(audit.audit_codes, name)
+    d = lambda name: default(audit.audit, name)
     p.add_argument("--runs-dir", default=d("runs_dir"), help="where run folders go")
     p.add_argument("--threshold", type=float, default=d("threshold"),
                    help="cosine similarity from which two images of one class are near-duplicates")
@@ -31,7 +31,7 @@ def add_arguments(p):
 
 def run(a):
     codes = code_paths(a)
-    audit.audit_codes(codes if len(codes) > 1 else codes[0], runs_dir=a.runs_dir, threshold=a.threshold,
+    audit.audit(codes if len(codes) > 1 else codes[0], runs_dir=a.runs_dir, threshold=a.threshold,
                       cross_threshold=a.cross_threshold, neighbours=a.neighbours, folds=a.folds,
                       outlier_fraction=a.outlier_fraction, gallery=a.gallery, seed=a.seed, progress=not a.no_progress)
     return 0

@@ -2,11 +2,7 @@
 keras.saving.load_model, class names inside as cnn_codes.json), and beside it TensorFlow Lite (float
 and int8 dynamic-range) and ONNX files, each checked against the Keras model on the run's test
 images (see pipeline.exports)."""
-from pathlib import Path
-
-from pipeline._records import load_record
-from pipeline.deploy import FORMATS, export_formats, export_head_run
-from pipeline.errors import UserError
+from pipeline.deploy import FORMATS, export
 
 HELP = "export a run as a deployable .keras model, TensorFlow Lite and ONNX files"
 
@@ -23,19 +19,5 @@ def add_arguments(p):
 
 
 def run(a):
-
-
-    if a.check_images is not None and a.check_images < 0:
-        raise UserError("--check-images must be 0 or more")
-    record = load_record(a.run)
-    if record["kind"] == "head-on-codes":
-        model = export_head_run(a.run, out=a.out)
-    elif a.out:
-        raise UserError(f"--out is for head runs; {a.run} already holds its model.keras")
-    else:
-        model = Path(a.run) / "model.keras"
-    print(f"exported -> {model}")
-    formats = [f for f in a.formats if f != "keras"]
-    if formats:
-        export_formats(a.run, model, formats, check_limit=a.check_images, progress=not a.no_progress)
+    export(a.run, a.formats, out=a.out, check_images=a.check_images, progress=not a.no_progress)
     return 0

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
 import sys
 
 from pipeline._tf import quiet_tensorflow
-from pipeline.cli import FORMATTER, Parser
-from pipeline.errors import USER_ERRNOS, Interrupted, UserError, one_line, os_error_text
+from pipeline.cli import FORMATTER, Parser, flag_of
+from pipeline.errors import USER_ERRNOS, Interrupted, ParameterError, UserError, one_line, os_error_text
 
 SUBCOMMANDS = ("codes", "train", "sweep", "finetune", "scratch", "export", "predict", "compare", "report", "audit")
 
@@ -28,8 +29,28 @@ def parser() -> Parser:
     return p
 
 
+class _ConsoleHandler(logging.Handler):
+    """The library's messages as the command prints them: information on stdout, notes and
+    warnings on stderr, each message as it is (it carries its own ``note:`` / ``warning:``).
+    The streams are looked up at each message, so redirected or captured streams get them."""
+
+    def emit(self, record):
+        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        stream.write(self.format(record) + "\n")
+        stream.flush()
+
+
+def _console_logging() -> None:
+    """Route the library's log (the ``pipeline`` logger) to the console, once."""
+    root = logging.getLogger("pipeline")
+    if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
+        root.addHandler(_ConsoleHandler())
+    root.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
+    _console_logging()
     if getattr(a.module, "NEEDS_TENSORFLOW", True):
         quiet_tensorflow()
     return a.module.run(a)
@@ -50,6 +71,9 @@ def run_cli(main, argv=None) -> None:
     """Run an entry point's ``main(argv)`` and turn user errors into one line + exit code."""
     try:
         code = main(argv)
+    except ParameterError as exc:
+        print(f"error: {flag_of(exc.parameter)} {one_line(exc.message)}", file=sys.stderr)
+        sys.exit(2)
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)

@@ -3,13 +3,13 @@
 Writes a run folder with model.keras and the report."""
 from pipeline.cli import add_code_options, code_paths, default
 from pipeline.cli.train import add_positive_class
-from pipeline.runs import train_scratch
+from pipeline.runs import scratch
 
 HELP = "baseline: a small CNN trained from scratch on the same split"
 
 
 def add_arguments(p):
-    f = lambda name: default(train_scratch, name)
+    f = lambda name: default(scratch, name)
     add_code_options(p)  # the code set whose images and stored split are used
     p.add_argument("--train-size", type=int, default=f("image_size"), help="input size of the from-scratch CNN, pixels")
     p.add_argument("--epochs", type=int, default=f("epochs"), help="most epochs; early stopping on validation loss")
@@ -25,7 +25,7 @@ def add_arguments(p):
 
 
 def run(a):
-    train_scratch(code_paths(a)[0], image_size=a.train_size, epochs=a.epochs, patience=a.patience,
+    scratch(code_paths(a)[0], image_size=a.train_size, epochs=a.epochs, patience=a.patience,
                   batch_size=a.batch_size, learning_rate=a.learning_rate, augment=a.augment, strength=a.strength,
                   runs_dir=a.runs_dir, seed=a.seed, positive_class=a.positive_class, progress=not a.no_progress)
     return 0

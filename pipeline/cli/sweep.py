@@ -4,13 +4,13 @@ Writes sweep.csv (one row per run), summary.json (mean, std and per-repeat figur
 sweep.png in a run folder, and prints a table of the means."""
 from pipeline.cli import add_code_options, code_paths, default
 from pipeline.heads import HEADS
-from pipeline.runs import DEFAULT_NS, run_sweep
+from pipeline.runs import DEFAULT_NS, sweep
 
 HELP = "accuracy vs. training images per class, charted"
 
 
 def add_arguments(p):
-    s = lambda name: default(run_sweep, name)
+    s = lambda name: default(sweep, name)
     add_code_options(p, many=True)
     p.add_argument("--heads", nargs="+", default=list(s("heads")), choices=list(HEADS), help="heads to train")
     p.add_argument("--n", nargs="*", default=None,
@@ -24,6 +24,6 @@ def add_arguments(p):
 
 
 def run(a):
-    run_sweep(code_paths(a), heads=a.heads, ns=a.n, repeats=a.repeats, seed=a.seed, n_jobs=a.jobs,
+    sweep(code_paths(a), heads=a.heads, ns=a.n, repeats=a.repeats, seed=a.seed, n_jobs=a.jobs,
               runs_dir=a.runs_dir, progress=not a.no_progress)
     return 0

@@ -4,7 +4,7 @@ The code file is named by --codes, or found from the same options that made it w
 and history.png (roc_pr.png for two classes)."""
 from pipeline.cli import add_code_options, code_paths, default, parse_size
 from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead
-from pipeline.runs import train_on_codes
+from pipeline.runs import train
 
 HELP = "stage 2: train a head on cached codes and evaluate it"
 
@@ -46,9 +46,9 @@ def add_positive_class(p):
 
 
 def add_arguments(p):
-    p.add_argument("--head", default=default(train_on_codes, "head"), choices=list(HEADS), help="which head to train")
+    p.add_argument("--head", default="softmax", choices=list(HEADS), help="which head to train")
     add_code_options(p, join=True)
-    p.add_argument("--runs-dir", default=default(train_on_codes, "runs_dir"), help="where run folders go")
+    p.add_argument("--runs-dir", default=default(train, "runs_dir"), help="where run folders go")
     add_head_options(p)
     p.add_argument("--seed", type=int, default=default(SoftmaxHead.__init__, "seed"),
                    help="seed of the head's initialization and shuffling")
@@ -60,6 +60,6 @@ def add_arguments(p):
 
 def run(a):
     codes = code_paths(a)
-    train_on_codes(codes if len(codes) > 1 else codes[0], head=a.head, head_params=head_params(a, a.head), runs_dir=a.runs_dir,
-                   positive_class=a.positive_class, memory_limit=a.memory_limit)
+    train(codes if len(codes) > 1 else codes[0], a.head, runs_dir=a.runs_dir, positive_class=a.positive_class,
+          memory_limit=a.memory_limit, **head_params(a, a.head))
     return 0

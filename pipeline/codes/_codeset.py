@@ -627,7 +627,10 @@ class JoinedCodeSet(_Codes):
 
 
 def open_code_sets(codes):
-    """One code set (a path) or several joined (a list of paths, or paths joined by ``+``)."""
+    """One code set (a path) or several joined (a list of paths, or paths joined by ``+``);
+    a code set already open is taken as it is."""
+    if isinstance(codes, (CodeSet, JoinedCodeSet)):
+        return codes
     if isinstance(codes, (list, tuple)):
         paths = [Path(c) for c in codes]
     else:

@@ -7,6 +7,7 @@ depend on the engine or on the number of workers.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import queue
 import threading
 import time
@@ -17,6 +18,8 @@ from tqdm import tqdm
 from pipeline.codes._plan import Partition
 from pipeline.codes._worker import PartitionResult, Worker, WorkSpec
 from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 # Deferred on purpose: Ray is imported inside the functions that use it, so that commands and workers
 # that never need it start without loading it.
@@ -32,8 +35,7 @@ class ComputeStats:
 
 
 def compute(spec: WorkSpec, partitions: list[Partition], *, engine: str = "local", workers: int = 1,
-            ray_address: str | None = None, progress: bool = True, on_ready: Callable[[str], None] = lambda d: None,
-            log: Callable = print) -> ComputeStats:
+            ray_address: str | None = None, progress: bool = True, on_ready: Callable[[str], None] = lambda d: None) -> ComputeStats:
     """Compute ``partitions`` on ``workers`` model workers of ``engine``. ``on_ready`` is told
     where the forward pass runs once the models are built, before the clock starts."""
     if engine not in ENGINES:
@@ -48,7 +50,7 @@ def compute(spec: WorkSpec, partitions: list[Partition], *, engine: str = "local
 
     try:
         run = _local if engine == "local" else _ray
-        return run(spec, partitions, workers=workers, ray_address=ray_address, bar=bar, on_ready=ready, log=log)
+        return run(spec, partitions, workers=workers, ray_address=ray_address, bar=bar, on_ready=ready)
     finally:
         bar.close()
 
@@ -76,8 +78,8 @@ class _Progress:
             self.bar.close()
 
 
-def _local(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> ComputeStats:
-    pool = [Worker(spec, log=log) for _ in range(min(workers, len(partitions)))]
+def _local(spec, partitions, *, workers, ray_address, bar, on_ready) -> ComputeStats:
+    pool = [Worker(spec) for _ in range(min(workers, len(partitions)))]
     on_ready(pool[0].description + (f", {len(pool)} workers" if len(pool) > 1 else ""))
     results: list[PartitionResult] = []
     t0 = time.perf_counter()
@@ -136,7 +138,7 @@ class _RayWorker:
     """A Ray actor holding one :class:`Worker` (its model stays loaded between partitions)."""
 
     def __init__(self, spec: WorkSpec):
-        self.worker = Worker(spec, log=lambda m: None)
+        self.worker = Worker(spec)
 
     def description(self) -> str:
         return self.worker.description
@@ -145,7 +147,7 @@ class _RayWorker:
         return next(iter(self.worker.run([partition])))
 
 
-def _ray(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> ComputeStats:
+def _ray(spec, partitions, *, workers, ray_address, bar, on_ready) -> ComputeStats:
     try:
         import ray
         from ray.util import ActorPool
@@ -163,7 +165,7 @@ def _ray(spec, partitions, *, workers, ray_address, bar, on_ready, log) -> Compu
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         if gpus and workers > gpus:
-            log(f"note: {workers} workers asked for, {gpus} GPU(s) in the cluster: one worker per GPU")
+            logger.info(f"note: {workers} workers asked for, {gpus} GPU(s) in the cluster: one worker per GPU")
             workers = gpus
         options = {"num_gpus": 1} if gpus else {"num_cpus": min(1.0, resources.get("CPU", 1) / workers)}
         actor = ray.remote(**options)(_RayWorker)

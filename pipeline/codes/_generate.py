@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import sys
+import logging
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -54,6 +54,8 @@ from pipeline.codes._runtimes import choose_runtime
 from pipeline.codes._worker import TTAS, WorkSpec, default_decode_threads
 from pipeline.data import RESIZES, content_digest, scan, stratified_split
 from pipeline.errors import USER_ERRNOS, Interrupted, UserError, os_error_text
+
+logger = logging.getLogger(__name__)
 
 # Deferred on purpose: Pillow is imported inside the functions that use it, so that commands and
 # workers that never need it start without loading it.
@@ -97,16 +99,11 @@ def codes_command(spec: CodeSpec, data) -> str:
                 if v != d]) else ""))
 
 
-def _to_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg",), weights="imagenet",
                    image_size=None, cache_dir="cache", batch_size=32, exclude=(),
                    split=(0.7, 0.15, 0.15), seed=0, dtype="float32", engine="local", workers=1,
                    decode_threads=None, ray_address=None, overwrite=False, verify=False, wait=True,
-                   runtime="auto", precision="fp32", tta="none", resize="squash", max_parts=MAX_PARTS, partition_size=None, progress=True,
-                   log=print, warn=_to_stderr, stats=None) -> list[Path]:
+                   runtime="auto", precision="fp32", tta="none", resize="squash", max_parts=MAX_PARTS, partition_size=None, progress=True, stats=None) -> list[Path]:
     """Compute (or complete) one cached code set per (layer, pooling); return their paths.
 
     Images already cached and unchanged (see :mod:`pipeline.plan`) are not recomputed; new or
@@ -153,16 +150,16 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
                     decode_threads or default_decode_threads(), tuple(str(parts_dir(f)) for f in files),
                     tuple(json.dumps(a) for a in out_attrs), tta, resize)
     if ds.empty_classes:
-        log(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
+        logger.info(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
     plan = None
     try:
-        with writer_lock(files, wait=wait, note=warn):
+        with writer_lock(files, wait=wait):
             fault_point("locked")
             plan = make_plan(ds, files, out_attrs, overwrite=overwrite, verify=verify, target=partition_size)
             large = _compute(plan, spec, engine=engine, workers=workers, ray_address=ray_address,
-                             progress=progress, log=log, stats=stats)
+                             progress=progress, stats=stats)
             fault_point("all-staged")
-            failed = _commit_all(plan, split, seed, max_parts, log)
+            failed = _commit_all(plan, split, seed, max_parts)
     except KeyboardInterrupt:
         staged = sum(all(o.staged(p) for o in plan.outputs) for p in plan.pending) if plan else 0
         raise Interrupted(f"{staged} finished partition(s) are kept; run the same command again to resume"
@@ -176,15 +173,15 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
                            "fixed" if staged else "")) from None
     skipped = sorted((f.path, f.reason) for f in failed) + list(ds.unnamable)
     if skipped:
-        warn(f"warning: {len(skipped)} image(s) skipped, listed in failed_paths: "
+        logger.warning(f"warning: {len(skipped)} image(s) skipped, listed in failed_paths: "
              + "; ".join(f"{p} ({r})" for p, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     if large:
-        warn(f"note: {len(large)} image(s) over Pillow's decompression-bomb warning limit "
+        logger.warning(f"note: {len(large)} image(s) over Pillow's decompression-bomb warning limit "
              f"({_pil_limit()} megapixels) were decoded, e.g. {large[0]}; larger than twice that are skipped")
     return files
 
 
-def _compute(plan: Plan, spec: WorkSpec, *, engine, workers, ray_address, progress, log, stats) -> list[str]:
+def _compute(plan: Plan, spec: WorkSpec, *, engine, workers, ray_address, progress, stats) -> list[str]:
     """Compute the partitions whose parts are missing; returns the paths of images over Pillow's
     warning limit."""
     if not plan.pending:
@@ -193,18 +190,18 @@ def _compute(plan: Plan, spec: WorkSpec, *, engine, workers, ray_address, progre
     detail = plan.describe()
 
     def ready(description):
-        log(f"{spec.backbone} {spec.image_size}px -> {', '.join(f'{l}/{p}' for l, p in spec.outputs)}: "
+        logger.info(f"{spec.backbone} {spec.image_size}px -> {', '.join(f'{l}/{p}' for l, p in spec.outputs)}: "
             f"{todo} of {len(plan.ds)} images to compute ({detail}) on {description}")
 
     done = compute(spec, plan.pending, engine=engine, workers=workers, ray_address=ray_address, progress=progress,
-                   on_ready=ready, log=log)
-    log(f"computed {done.images} images in {done.seconds:.1f} s ({done.images / max(done.seconds, 1e-9):.1f} img/s)")
+                   on_ready=ready)
+    logger.info(f"computed {done.images} images in {done.seconds:.1f} s ({done.images / max(done.seconds, 1e-9):.1f} img/s)")
     if stats is not None:
         stats.update(images=done.images, seconds=done.seconds)
     return [p for r in done.results for p in r.large]
 
 
-def _commit_all(plan: Plan, split, seed, max_parts, log) -> list:
+def _commit_all(plan: Plan, split, seed, max_parts) -> list:
     """Commit every code set of the plan; returns the unreadable images of the first."""
     split_codes = dict(zip(plan.ds.paths, stratified_split(plan.ds.paths, plan.ds.labels, split, seed).tolist()))
     split_attrs = dict(split_fractions=json.dumps([round(x, 6) for x in split]), split_seed=seed)
@@ -217,10 +214,10 @@ def _commit_all(plan: Plan, split, seed, max_parts, log) -> list:
         if needs_compaction(content.rows, max_parts):  # also when a run was killed before it compacted
             part_attrs = dict({k: out.attrs[k] for k in IDENTITY_ATTRS}, code_shape=attrs["code_shape"])
             content = compact(out.path, content, attrs, max_parts, part_attrs)
-            log(f"note: merged small parts of {out.path.name}: {len({r.part for r in content.rows})} parts now")
+            logger.info(f"note: merged small parts of {out.path.name}: {len({r.part for r in content.rows})} parts now")
         collect_garbage(out.path)
         fault_point("output-done")
-        log(f"{out.path}: {len(content.rows)} images x {content.dim} values"
+        logger.info(f"{out.path}: {len(content.rows)} images x {content.dim} values"
             + (f"; {len(content.failed)} unreadable image(s) skipped" if content.failed else ""))
         failed = failed or content.failed
     return failed

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def lock_path(code_file: Path) -> Path:
@@ -25,7 +28,7 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def writer_lock(code_files, wait: bool = True, note=print):
+def writer_lock(code_files, wait: bool = True):
     """Hold the write locks of ``code_files`` (taken in sorted order, so two runs asking for
     overlapping sets cannot deadlock). Waits for a holder with a one-line ``note``, or with
     ``wait=False`` refuses with a :class:`UserError`."""
@@ -42,7 +45,7 @@ def writer_lock(code_files, wait: bool = True, note=print):
                 if not wait:
                     raise UserError(f"{who} is writing the code set {path}; run again when it has finished, "
                                     f"or without --no-wait to wait for it") from None
-                note(f"note: waiting for {who}, which is writing the code set {path}")
+                logger.warning(f"note: waiting for {who}, which is writing the code set {path}")
                 fcntl.flock(fd, fcntl.LOCK_EX)
             held.append(fd)
             os.ftruncate(fd, 0)

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ import numpy as np
 
 from pipeline.backbones._lite import weights_cache_dir
 from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 # Deferred on purpose: OpenVINO, TensorFlow are imported inside the functions that use them, so that
 # commands and workers that never need them start without loading them.
@@ -211,8 +214,7 @@ class OpenVINOMapper:
         yield from ready()
 
 
-def make_mapper(model, *, runtime: str, batch_size: int, image_size: int, model_name: str, precision: str = "fp32",
-                log=print):
+def make_mapper(model, *, runtime: str, batch_size: int, image_size: int, model_name: str, precision: str = "fp32"):
     """A mapper for ``runtime`` (already chosen); a failed OpenVINO conversion falls back to
     TensorFlow (FP32 only) with a note."""
     if runtime == "openvino":
@@ -223,7 +225,7 @@ def make_mapper(model, *, runtime: str, batch_size: int, image_size: int, model_
                 raise UserError(f"OpenVINO could not convert {model_name} ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); --precision {precision} "
                                 f"needs it") from None
-            log(f"note: OpenVINO could not convert {model_name} ({type(exc).__name__}); running on TensorFlow")
+            logger.info(f"note: OpenVINO could not convert {model_name} ({type(exc).__name__}); running on TensorFlow")
     return TensorFlowMapper(model, batch_size)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -19,6 +20,8 @@ from pipeline.codes._codeset import FailedImage, PartWriter
 from pipeline.codes._plan import Partition
 from pipeline.codes._runtimes import choose_runtime, make_mapper
 from pipeline.data import ImageError, content_digest, load_image
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -109,14 +112,14 @@ class PartitionResult:
 class Worker:
     """Builds the model once, then computes any number of partitions."""
 
-    def __init__(self, spec: WorkSpec, log: Callable = print):
+    def __init__(self, spec: WorkSpec):
 
         self.spec = spec
         bb = get_backbone(spec.backbone)
         model, self.shapes = build_feature_model(bb, list(spec.outputs), spec.weights, spec.image_size)
         self.mapper = make_mapper(model, runtime=choose_runtime(spec.runtime, spec.precision), batch_size=spec.batch_size,
                                   image_size=spec.image_size, model_name=spec.model_name,
-                                  precision=spec.precision, log=log)
+                                  precision=spec.precision)
         self.mapper(np.zeros((1, spec.image_size, spec.image_size, 3), np.uint8))  # trace / warm up
         self.description = self.mapper.description
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -30,8 +31,10 @@ from pipeline._records import load_record
 from pipeline.codes import open_code_sets
 from pipeline.codes._worker import batches_of, read_batches
 from pipeline.data import TEST
-from pipeline.deploy._models import load_model
-from pipeline.errors import UserError, one_line
+from pipeline.deploy._models import export_head_run, load_model
+from pipeline.errors import ParameterError, UserError, one_line
+
+logger = logging.getLogger(__name__)
 
 # Deferred on purpose: TensorFlow, ONNX Runtime, LiteRT, tf2onnx are imported inside the functions
 # that use them, so that commands and workers that never need them start without loading them.
@@ -162,7 +165,7 @@ def test_images(record: dict, limit: int | None):
 
 
 def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None = None, batch_size: int = 32,
-                   progress: bool = True, log=print, warn=print) -> list[ExportResult]:
+                   progress: bool = True) -> list[ExportResult]:
     """Write each of ``formats`` beside ``model_path`` (the .keras model of run ``run_dir``), check
     each against the Keras model on the run's test images (all, or ``check_limit`` of them; 0: no
     check) and write ``labels.txt`` and ``exports.json`` there. Returns the results."""
@@ -180,7 +183,7 @@ def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None
     for fmt in formats:
         path = convert(model, fmt, folder / FILES[fmt])
         results.append(ExportResult(fmt, path.name, path.stat().st_size))
-        log(f"{fmt}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        logger.info(f"{fmt}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     (folder / "labels.txt").write_text("".join(f"{c}\n" for c in class_names))
     runners = {r.format: runner(r.format, folder / r.file) for r in results}
     if check_limit != 0:
@@ -211,9 +214,9 @@ def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None
         agree = "" if r.top1_agreement is None else (
             f"top-1 agrees with Keras on {100 * r.top1_agreement:.2f}% of {r.images_checked} test images "
             f"(largest probability difference {r.max_probability_difference:.2g}), ")
-        log(f"{r.format}: {agree}{r.latency_ms:.1f} ms per image (Keras {keras_ms:.1f} ms)")
+        logger.info(f"{r.format}: {agree}{r.latency_ms:.1f} ms per image (Keras {keras_ms:.1f} ms)")
         if r.top1_agreement is not None and r.top1_agreement < MIN_AGREEMENT[r.format]:
-            warn(f"warning: the {r.format} export agrees with the Keras model on only "
+            logger.warning(f"warning: the {r.format} export agrees with the Keras model on only "
                  f"{100 * r.top1_agreement:.2f}% of the test images (expected at least "
                  f"{100 * MIN_AGREEMENT[r.format]:.0f}%)")
     record = {"model": model_path.name, "image_size": size, "resize": resize, "input": "float32 (n, size, size, 3), 0..255",
@@ -223,3 +226,30 @@ def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None
     tmp.write_text(json.dumps(record, indent=2))
     durable_replace(tmp, folder / "exports.json")
     return results
+
+
+def export(run, formats=FORMATS, out=None, check_images: int | None = None, progress: bool = True) -> dict[str, Path]:
+    """Export a run (a run folder or its :class:`~pipeline.Run`): ``model.keras`` (a head run's is
+    built first, at ``out`` if given), then each of ``formats`` beside it, each checked against the
+    Keras model on ``check_images`` of the run's test images (None: all; 0: no check). Returns
+    the files written, by format (``"keras"`` first)."""
+    if check_images is not None and check_images < 0:
+        raise ParameterError("check_images", "must be 0 or more")
+    unknown = [f for f in formats if f not in ("keras", *FORMATS)]
+    if unknown:
+        raise ParameterError("formats", f"{', '.join(map(str, unknown))}: choose from keras, {', '.join(FORMATS)}")
+    run = Path(run)
+    record = load_record(run)
+    if record["kind"] == "head-on-codes":
+        model = export_head_run(run, out=out)
+    elif out:
+        raise ParameterError("out", f"is for head runs; {run} already holds its model.keras")
+    else:
+        model = run / "model.keras"
+    logger.info(f"exported -> {model}")
+    written = {"keras": model}
+    formats = [f for f in formats if f != "keras"]
+    if formats:
+        for result in export_formats(run, model, formats, check_limit=check_images, progress=progress):
+            written[result.format] = model.parent / FILES[result.format]
+    return written

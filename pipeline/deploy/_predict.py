@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,8 @@ from pipeline.codes._worker import batches_of, read_batches
 from pipeline.data import IMAGE_EXTENSIONS
 from pipeline.deploy._models import export_head_run, load_model
 from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def find_images(target: Path) -> tuple[Path, list[str]]:
@@ -28,7 +30,7 @@ def find_images(target: Path) -> tuple[Path, list[str]]:
     return target, paths
 
 
-def model_file(path, log=print) -> Path:
+def model_file(path) -> Path:
     """A .keras file as given, or a run folder's ``model.keras``; a head-on-codes run that has
     not been exported yet is exported first."""
     path = Path(path)
@@ -36,7 +38,7 @@ def model_file(path, log=print) -> Path:
         return path
     out = path / "model.keras"
     if not out.exists() and (path / "record.json").exists():  # fine-tuned and scratch runs always have one
-        log(f"exporting {path} first")
+        logger.info(f"exporting {path} first")
         export_head_run(path)
     if not out.exists():
         raise UserError(f"no model.keras in {path}: pass a .keras file or a run folder of "
@@ -44,8 +46,7 @@ def model_file(path, log=print) -> Path:
     return out
 
 
-def predict(model_path, target, top_k=5, batch_size=32, runtime="auto", warn=lambda m: print(m, file=sys.stderr),
-            log=print):
+def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
     """Rows of (path, [(class name, probability), ...] top-k) for every readable image.
 
     Unreadable images get a warning each and are left out; the others are still predicted.
@@ -53,18 +54,18 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto", warn=lam
     if top_k < 1 or batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
     runtime = choose_runtime(runtime)
-    model, class_names, info = load_model(model_file(model_path, log))
+    model, class_names, info = load_model(model_file(model_path))
     size = int(info["image_size"])
     root, paths = find_images(Path(target))
     k = min(top_k, len(class_names))
     mapper = make_mapper(model, runtime=runtime, batch_size=batch_size, image_size=size,
-                         model_name=f"classifier {info.get('kind')}", log=warn)
+                         model_name=f"classifier {info.get('kind')}")
     rows = []
     batches = read_batches(root, paths, batches_of(len(paths), batch_size), size, 4,
                            info.get("resize", "squash"))
     for batch, (proba,) in mapper.map_batches(batches, images=lambda b: b.images):
         for p, reason in batch.failures:
-            warn(f"warning: skipped {root / p}: {reason}")
+            logger.warning(f"warning: skipped {root / p}: {reason}")
         if len(batch.images):
             for i, pr in zip(batch.indices[batch.ok], proba):
                 top = np.argsort(-pr)[:k]

@@ -11,25 +11,26 @@ trained on them. With augmentation, images go through the whole network every ep
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.backbones._registry import code_layer_name
-from pipeline.backbones import get_backbone
-from pipeline.codes import generate_codes
-from pipeline.codes import CodeSet
-from pipeline.data import TEST, TRAIN, VAL
-from pipeline.errors import UserError
 from pipeline._files import writable_folder
-from pipeline.heads._estimators import holdout
-from pipeline.deploy._models import classifier_from_head_run, model_info
+from pipeline._records import load_record
+from pipeline.backbones import get_backbone
+from pipeline.backbones._registry import code_layer_name
+from pipeline.codes import CodeSet, generate_codes
+from pipeline.data import TEST, TRAIN, VAL, augmentation, image_dataset
 from pipeline.deploy import save_model
+from pipeline.deploy._models import classifier_from_head_run, model_info
+from pipeline.errors import UserError
+from pipeline.heads._estimators import holdout
 from pipeline.reports import positive_index
 from pipeline.runs._folders import finish_run
-from pipeline._records import load_record
-from pipeline.data import augmentation, image_dataset
+
+logger = logging.getLogger(__name__)
 
 # Deferred on purpose: Keras is imported inside the functions that use it, so that commands and
 # workers that never need it start without loading it.
@@ -99,8 +100,8 @@ def _set_trainable(trunk, tail_layers, head_model):
 
 def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | None = None, learning_rate=1e-5,
              optimizer="adam", epochs=30, patience=3, batch_size=32, augment=False, strength=0.1,
-             cache_dir="cache", runs_dir="runs", seed=0, positive_class=None, progress=True, log=print):
-    """Fine-tune the top of the base under a head trained on codes; returns (run_dir, metrics).
+             cache_dir="cache", runs_dir="runs", seed=0, positive_class=None, progress=True):
+    """Fine-tune the top of the base under a head trained on codes; returns its :class:`Run`.
     ``positive_class`` (two classes): default that of the warm-up head's report."""
     import keras
 
@@ -123,7 +124,7 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
     tail = keras.Model(trunk.get_layer(cut).output, trunk.output, name="tail")
     _set_trainable(trunk, tail.layers, head_model)
     n_trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    log(f"fine-tuning {attrs['backbone']} after {cut} ({len([l for l in tail.layers if l.trainable])} layers, "
+    logger.info(f"fine-tuning {attrs['backbone']} after {cut} ({len([l for l in tail.layers if l.trainable])} layers, "
         f"{n_trainable:,} weights trainable) with {optimizer} lr {learning_rate:g}"
         + (f", augmentation strength {strength}" if augment else ", fast path on cached activations"))
     opt = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[optimizer](learning_rate)
@@ -132,7 +133,7 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
     keras.utils.set_random_seed(seed)
     t0 = time.perf_counter()
     if not augment:
-        X, keep = _cut_activations(cs, attrs, cut, cache_dir, progress, log)
+        X, keep = _cut_activations(cs, attrs, cut, cache_dir, progress)
         pos = {p: i for i, p in enumerate(keep)}
         rows = lambda idx: np.array([pos[cs.paths[i]] for i in idx])
         X_tr, y_tr, X_va, y_va = holdout(X[rows(tr)], cs.y[tr], X[rows(va)] if len(va) else None,
@@ -172,10 +173,10 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
                       class_names=cs.class_names, save=save, test_paths=[cs.paths[i] for i in te],
                       data_root=cs.data_root, positive_class=positive_class, history=history,
                       detail=f"warm-up head: test accuracy {warmup.get('accuracy', float('nan')):.4f}; "
-                             f"trained in {seconds:.0f} s", log=log)
+                             f"trained in {seconds:.0f} s")
 
 
-def _cut_activations(cs: CodeSet, attrs, cut, cache_dir, progress, log):
+def _cut_activations(cs: CodeSet, attrs, cut, cache_dir, progress):
     """Activations at the cut layer for every image of the code set, via the stage-1 cache."""
     root = Path(attrs["data_root"])
     present = {p.name for p in root.iterdir() if p.is_dir()}
@@ -183,7 +184,7 @@ def _cut_activations(cs: CodeSet, attrs, cut, cache_dir, progress, log):
     split = tuple(json.loads(attrs["split_fractions"]))
     path = generate_codes(root, attrs["backbone"], [cut], ["flatten"], attrs["weights"], int(attrs["image_size"]),
                           cache_dir, exclude=exclude, split=split, seed=int(attrs["split_seed"]),
-                          resize=attrs.get("resize", "squash"), progress=progress, log=log)[0]
+                          resize=attrs.get("resize", "squash"), progress=progress)[0]
     act = CodeSet.load(path)
     missing = set(cs.paths) - set(act.paths)
     if missing:
@@ -212,10 +213,9 @@ def scratch_cnn(n_classes: int, size: int, filters: int = 32):
     return keras.Model(inputs, outputs, name="scratch_cnn")
 
 
-def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=32, learning_rate=1e-3,
-                  augment=False, strength=0.1, runs_dir="runs", seed=0, positive_class=None, progress=True,
-                  log=print):
-    """Train :func:`scratch_cnn` on the images of a code set's stored split; returns (run_dir, metrics)."""
+def scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=32, learning_rate=1e-3,
+                  augment=False, strength=0.1, runs_dir="runs", seed=0, positive_class=None, progress=True):
+    """Train :func:`scratch_cnn` on the images of a code set's stored split; returns its :class:`Run`."""
     import keras
 
 
@@ -250,4 +250,4 @@ def train_scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=
                                        "backbone": None})
     return finish_run(runs_dir, "scratch", record=rec, y_true=cs.y[te], proba=proba, class_names=cs.class_names,
                       save=save, test_paths=[cs.paths[i] for i in te], data_root=cs.data_root,
-                      positive_class=positive_class, history=history, detail=f"trained in {seconds:.0f} s", log=log)
+                      positive_class=positive_class, history=history, detail=f"trained in {seconds:.0f} s")

@@ -6,19 +6,21 @@ prints the summary line.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from pipeline._records import RECORD_VERSION, load_record, new_run_dir
+from pipeline._records import RECORD_VERSION, Run, load_record, new_run_dir
 from pipeline.errors import UserError
-from pipeline.reports import evaluate, summary, write_report
-from pipeline.reports import build_report, write_predictions
+from pipeline.reports import build_report, evaluate, summary, write_predictions, write_report
+
+logger = logging.getLogger(__name__)
 
 
 def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names, save, test_paths, data_root,
-               positive_class=None, history=None, detail: str = "", log=print):
+               positive_class=None, history=None, detail: str = ""):
     """Evaluate ``proba`` against ``y_true`` (the test images ``test_paths``, relative to
     ``data_root``), make the run folder, ``save(run_dir)`` the model, write record.json, the
-    report, predictions.csv and report.html, print the summary line; returns (run_dir, metrics)."""
+    report, predictions.csv and report.html, log the summary line; returns the :class:`Run`."""
 
     metrics = evaluate(y_true, proba, class_names, positive_class)
     run_dir = new_run_dir(runs_dir, name)
@@ -28,8 +30,8 @@ def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names,
     write_report(run_dir, record, metrics, class_names, history)
     write_predictions(run_dir, test_paths, y_true, proba, list(class_names))
     build_report(run_dir)
-    log(f"{record['title']}: {summary(metrics)}" + (f"; {detail}" if detail else "") + f" -> {run_dir}")
-    return run_dir, metrics
+    logger.info(f"{record['title']}: {summary(metrics)}" + (f"; {detail}" if detail else "") + f" -> {run_dir}")
+    return Run(run_dir, record["kind"], metrics)
 
 
 def compare_table(run_dirs=None, runs_dir="runs") -> str:

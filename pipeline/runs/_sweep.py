@@ -10,26 +10,28 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import time
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
+from joblib import cpu_count
+from joblib.externals.loky import get_reusable_executor
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
+from pipeline._files import writable_folder
+from pipeline._records import Run, new_run_dir
+from pipeline._tf import quiet_tensorflow
 from pipeline.codes import open_code_sets
 from pipeline.data import TEST, TRAIN, VAL
 from pipeline.errors import UserError
-from pipeline._files import writable_folder
-from pipeline._tf import quiet_tensorflow
-from threadpoolctl import threadpool_limits
 from pipeline.heads import HEADS, make_head
-from joblib import cpu_count
-from joblib.externals.loky import get_reusable_executor
-from tqdm import tqdm
-from pipeline.heads import HEADS
 from pipeline.reports import build_report
-from pipeline._records import new_run_dir
-from concurrent.futures import as_completed
+
+logger = logging.getLogger(__name__)
 
 # Deferred on purpose: scikit-learn, matplotlib are imported inside the functions that use them, so
 # that commands and workers that never need them start without loading them.
@@ -114,8 +116,8 @@ def _code_label(cs_attrs: dict) -> str:
     return f"{cs_attrs.get('backbone')} {cs_attrs.get('layer')}/{cs_attrs.get('pooling')}"
 
 
-def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, seed=0, n_jobs=-1,
-              runs_dir="runs", head_params=None, progress=True, log=print) -> Path:
+def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, seed=0, n_jobs=-1,
+              runs_dir="runs", head_params=None, progress=True) -> Run:
     """Run the sweep; write sweep.csv, summary.json and sweep.png in a new run folder; return it.
 
     ``ns`` None means :data:`DEFAULT_NS` without the values that no class reaches (small data
@@ -147,7 +149,7 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5
         largest = max(s["train_counts"])
         too_big = [n for n in ns if n != "all" and n > largest]
         if too_big and default_ns:
-            log(f"note: N={', '.join(map(str, too_big))} left out: no class of {s['path']} has more than "
+            logger.info(f"note: N={', '.join(map(str, too_big))} left out: no class of {s['path']} has more than "
                 f"{largest} training images")
             ns = [n for n in ns if n not in too_big]
         elif too_big:
@@ -210,9 +212,9 @@ def run_sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5
     (run_dir / "summary.json").write_text(json.dumps(record, indent=2))
     plot_sweep(summary, sets, run_dir / "sweep.png")
     build_report(run_dir)
-    log(format_table(summary, ns))
-    log(f"{len(tasks)} runs on {workers} worker(s) in {wall:.1f} s -> {run_dir}")
-    return run_dir
+    logger.info(format_table(summary, ns))
+    logger.info(f"{len(tasks)} runs on {workers} worker(s) in {wall:.1f} s -> {run_dir}")
+    return Run(run_dir, "sweep", {"summary": summary})
 
 
 def format_table(summary, ns) -> str:

@@ -24,6 +24,7 @@ import collections
 import csv
 import dataclasses
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -33,11 +34,13 @@ from joblib import parallel_config
 from tqdm import tqdm
 
 from pipeline._files import writable_folder
-from pipeline._records import new_run_dir
+from pipeline._records import Run, new_run_dir
 from pipeline.codes import open_code_sets
 from pipeline.data import SPLIT_NAMES
 from pipeline.errors import UserError
 from pipeline.reports._pages import esc, facts, page, section, shot, table
+
+logger = logging.getLogger(__name__)
 
 # Deferred on purpose: scikit-learn, cleanlab are imported inside the functions that use them, so that
 # commands and workers that never need them start without loading them.
@@ -277,11 +280,10 @@ def summarize(cs, f: Findings, options: dict, seconds: float) -> dict:
     }
 
 
-def audit_codes(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_threshold: float = CROSS_THRESHOLD,
+def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_threshold: float = CROSS_THRESHOLD,
                 neighbours: int = NEIGHBOURS, folds: int = FOLDS, outlier_fraction: float = OUTLIER_FRACTION,
-                gallery: int = GALLERY, chunk_bytes: int = CHUNK_BYTES, seed: int = 0, progress: bool = True,
-                log=print) -> Path:
-    """Audit a code set; write the findings in a new run folder and return it."""
+                gallery: int = GALLERY, chunk_bytes: int = CHUNK_BYTES, seed: int = 0, progress: bool = True) -> Run:
+    """Audit a code set; write the findings in a new run folder and return its :class:`Run`."""
 
     for name, v in (("--threshold", threshold), ("--cross-threshold", cross_threshold)):
         if not -1.0 <= v <= 1.0:
@@ -301,7 +303,7 @@ def audit_codes(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross
     options = dict(threshold=threshold, cross_threshold=cross_threshold, neighbours=neighbours, folds=folds,
                    outlier_fraction=outlier_fraction, seed=seed)
     t0 = time.perf_counter()
-    log(f"auditing {len(cs)} images of {len(cs.class_names)} classes ({cs.shape[1]} values per code) from {cs.path}")
+    logger.info(f"auditing {len(cs)} images of {len(cs.class_names)} classes ({cs.shape[1]} values per code) from {cs.path}")
     findings = find(unit_rows(cs.X), np.asarray(cs.y, np.int64), len(cs.class_names), chunk_bytes=chunk_bytes,
                     progress=progress, **options)
     summary = summarize(cs, findings, options, time.perf_counter() - t0)
@@ -311,14 +313,14 @@ def audit_codes(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross
     (run_dir / "audit.json").write_text(json.dumps(summary, indent=2))
     write_audit_report(run_dir, summary, cs, findings, gallery)
     d = summary["duplicates"]
-    log(f"near-duplicates: {d['within_class']} pairs within classes (cosine >= {threshold:g}), "
+    logger.info(f"near-duplicates: {d['within_class']} pairs within classes (cosine >= {threshold:g}), "
         f"{d['across_classes']} across classes (>= {cross_threshold:g}), {d['across_splits']} of them across "
         f"the split (leakage)" + ("; most across classes: " + ", ".join(
             f"{'/'.join(c['classes'])} {c['pairs']}" for c in summary["class_pairs"][:3]) if summary["class_pairs"] else ""))
-    log(f"likely label errors: {summary['label_issues']} (out-of-fold accuracy {summary['out_of_fold_accuracy']:.4f}); "
+    logger.info(f"likely label errors: {summary['label_issues']} (out-of-fold accuracy {summary['out_of_fold_accuracy']:.4f}); "
         f"outliers: {summary['outliers']}")
-    log(f"audited {len(cs)} images in {summary['seconds']:.1f} s -> {run_dir}")
-    return run_dir
+    logger.info(f"audited {len(cs)} images in {summary['seconds']:.1f} s -> {run_dir}")
+    return Run(run_dir, "audit", summary)
 
 
 def write_audit_report(run_dir: Path, summary: dict, cs, f: Findings, limit: int = GALLERY) -> Path:

@@ -1,5 +1,0 @@
-"""Audit: near-duplicates, likely label errors and outliers of a data set, read from its codes."""
-
-from pipeline.audit._audit import CROSS_THRESHOLD, THRESHOLD, Findings, audit_codes
-
-__all__ = ["CROSS_THRESHOLD", "THRESHOLD", "Findings", "audit_codes"]

@@ -1,0 +1,20 @@
+"""Runs: a head on codes, the training-size sweep, fine-tuning and the from-scratch baseline, each
+ending in a run folder; and the table that compares them."""
+
+from pipeline._records import Run
+from pipeline.runs._finetune import finetune, scratch
+from pipeline.runs._folders import compare_table, finish_run
+from pipeline.runs._sweep import DEFAULT_NS, parse_ns, sweep
+from pipeline.runs._train import train
+
+__all__ = [
+    "Run",
+    "train",
+    "DEFAULT_NS",
+    "parse_ns",
+    "sweep",
+    "finetune",
+    "scratch",
+    "compare_table",
+    "finish_run",
+]
