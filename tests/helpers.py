@@ -1,5 +1,8 @@
-"""Helpers shared by the tests: synthetic images and code files, the installed command, and
-comparisons of codes that fail on corrupted data."""
+"""Helpers shared by the tests: synthetic images and code files, the installed command,
+comparisons of codes that fail on corrupted data, and a checker of HTML reports."""
+import base64
+import html.parser
+import io
 import os
 import subprocess
 import sys
@@ -100,3 +103,66 @@ def assert_codes_close(got, want, rtol=1e-5, min_scale=1e-2, err_msg=""):
     assert scale >= min_scale, f"{prefix}codes of scale {scale:g}: too small for a comparison to mean anything"
     err = float(np.abs(got - want).max())
     assert err <= rtol * scale, f"{prefix}codes differ by up to {err:g}, more than {rtol:g} of their scale {scale:g}"
+
+
+def fake_codes(path, n_classes=4, per_class=(30, 12, 8, 20), dim=16, seed=0):
+    """A synthetic cached code file in the stage-1 layout (separable classes)."""
+    from pipeline.data import TEST, VAL
+
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), per_class)
+    X = rng.normal(0, 4, (n_classes, dim))[y] + rng.normal(0, 1, (len(y), dim))
+    split = np.zeros(len(y), np.int8)
+    for c in range(n_classes):
+        idx = np.flatnonzero(y == c)
+        split[idx[: len(idx) // 4]] = TEST
+        split[idx[len(idx) // 4: len(idx) // 4 + 2]] = VAL
+    write_code_file(path, X, y, split, [f"c{c}/{i}.jpg" for i, c in enumerate(y)], [f"c{c}" for c in range(n_classes)],
+                    backbone="fake", layer="top", pooling="avg", image_size=32)
+    return path, y, split
+
+
+VOID = {"meta", "img", "br", "hr", "input", "link", "col", "area", "base", "wbr", "source"}
+
+
+class Checker(html.parser.HTMLParser):
+    """Tags properly nested and closed; every image source collected."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images, self.errors, self.doctype = [], [], [], False
+
+    def handle_decl(self, decl):
+        self.doctype = decl.lower() == "doctype html"
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+        else:
+            self.stack.pop()
+
+
+def check_html(path):
+    """Parse a report: valid nesting, a doctype, every image reference resolving to an image."""
+    from PIL import Image
+
+    c = Checker()
+    c.feed(path.read_text(encoding="utf-8"))
+    c.close()
+    assert c.doctype and not c.errors and not c.stack, (c.errors, c.stack)
+    for img in c.images:
+        src = img["src"]
+        if src.startswith("data:"):
+            head, data = src.split(",", 1)
+            assert head in ("data:image/png;base64", "data:image/jpeg;base64")
+            Image.open(io.BytesIO(base64.b64decode(data))).verify()
+        else:  # a relative link must resolve beside the report
+            Image.open(path.parent / src).verify()
+        assert img.get("alt")
+    return c

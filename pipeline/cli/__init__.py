@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS
-from pipeline.codes import code_spec, codes_command
-from pipeline.data import RESIZES
+from pipeline.codes import CodeIdentity
 from pipeline.errors import UserError
 
 
@@ -102,34 +101,29 @@ def add_code_options(p, many: bool = False, join: bool = False) -> None:
         default=[None] if many else None,
         help="layer the codes were taken from (default: the final conv block)",
     )
-    p.add_argument(
-        "--pooling",
-        nargs=n,
-        default=[default(code_spec, "pooling")] if many else default(code_spec, "pooling"),
-        choices=POOLINGS,
-        help="pooling of the codes",
-    )
-    p.add_argument("--weights", default=default(code_spec, "weights"), help="weights the codes were made with")
+    p.add_argument("--pooling", nargs=n, default=["avg"] if many else "avg", choices=POOLINGS,
+                   help="pooling of the codes")
+    p.add_argument("--weights", default="imagenet", help="weights the codes were made with")
     p.add_argument("--image-size", type=int, default=None, help="input size the codes were made with")
-    p.add_argument(
-        "--precision",
-        default=default(code_spec, "precision"),
-        choices=("fp32", "bf16"),
-        help="precision of the forward pass the codes were made with",
-    )
-    p.add_argument(
-        "--tta",
-        default=default(code_spec, "tta"),
-        choices=("none", "flip"),
-        help="test-time augmentation the codes were made with",
-    )
-    p.add_argument(
-        "--resize",
-        default=default(code_spec, "resize"),
-        choices=RESIZES,
-        help="how the images were made square for the codes",
-    )
+    add_setting_options(p, made_with=True)
     p.add_argument("--cache-dir", default="cache", help="where code files are")
+
+
+def training_options(a) -> dict:
+    """The :class:`~pipeline.runs.TrainingOptions` given on the command line."""
+    return dict(epochs=a.epochs, patience=a.patience, batch_size=a.batch_size, learning_rate=a.learning_rate,
+                augment=a.augment, strength=a.strength, seed=a.seed, positive_class=a.positive_class,
+                progress=not a.no_progress)
+
+
+def add_setting_options(p, made_with: bool = False) -> None:
+    """One option per setting of a code set, derived from :class:`CodeIdentity`'s fields (with
+    ``made_with``: only those that make a code set of its own, to name one already made)."""
+    for f in CodeIdentity.settings():
+        if made_with and not f.metadata["folder"]:
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), default=f.default, choices=f.metadata["choices"],
+                       help=f.metadata["help"] + ("; the setting the codes were made with" if made_with else ""))
 
 
 def code_paths(a) -> list[Path]:
@@ -142,12 +136,11 @@ def code_paths(a) -> list[Path]:
     for bb in listify(a.backbone):
         for layer in listify(a.layer):
             for pooling in listify(a.pooling):
-                spec = code_spec(a.data, bb, layer, pooling, a.weights, a.image_size, a.precision, a.tta, a.resize)
-                path = spec.path(a.cache_dir)
+                settings = {f.name: getattr(a, f.name) for f in CodeIdentity.settings() if f.metadata["folder"]}
+                identity = CodeIdentity.of(bb, layer, pooling, a.weights, a.image_size, **settings)
+                path = identity.path(a.cache_dir, a.data)
                 if not path.exists():
-                    raise UserError(
-                        f"no cached codes for {bb} {spec.layer}/{pooling} at {path}; "
-                        f"make them with: {codes_command(spec, a.data)}"
-                    )
+                    raise UserError(f"no cached codes for {bb} {identity.layer}/{pooling} at {path}; "
+                                    f"make them with: {identity.make_command(a.data)}")
                 paths.append(path)
     return paths

@@ -1,33 +1,35 @@
 """Stage 1: cache CNN codes of every image under DATA (one sub-folder per class) in HDF5.
 Run it again to resume an interrupted run or to take in added, changed or removed images; only
 what is missing is computed."""
+import dataclasses
+
 from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY, list_layers
-from pipeline.cli import default
-from pipeline.codes import PRECISIONS, RUNTIMES, TTAS, generate_codes
-from pipeline.codes._engines import ENGINES
-from pipeline.data import RESIZES, parse_split
+from pipeline.cli import add_setting_options, default
+from pipeline.codes import ENGINES, RUNTIMES, CodeIdentity, ComputeOptions, generate_codes
+from pipeline.data import parse_split
 
 HELP = "stage 1: cache the CNN codes of every image of a folder"
 
 
 def add_arguments(p):
     g = lambda name: default(generate_codes, name)
+    c = lambda name: getattr(ComputeOptions, name)
     p.add_argument("--data", default="examples/caltech5", help="image folder, one sub-folder per class")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=list(REGISTRY), metavar="NAME",
                    help="conv base: " + ", ".join(REGISTRY))
     p.add_argument("--layer", nargs="+", default=None, metavar="LAYER",
                    help="layer(s) whose output to cache, all in one pass; default: the final conv block")
-    p.add_argument("--pooling", nargs="+", default=list(g("poolings")), choices=POOLINGS,
+    p.add_argument("--pooling", nargs="+", default=["avg"], choices=POOLINGS,
                    help="per layer: flatten (the classic CNN code), avg or max (global pooling)")
     p.add_argument("--weights", default=g("weights"),
                    help="imagenet, none (random, for tests) or the path of a Keras weights file")
     p.add_argument("--image-size", type=int, default=None, help="square input size in pixels; default: the backbone's own")
     p.add_argument("--cache-dir", default=g("cache_dir"), help="where code files go")
-    p.add_argument("--batch-size", type=int, default=g("batch_size"), help="images per forward pass")
-    p.add_argument("--engine", default=g("engine"), choices=ENGINES,
+    p.add_argument("--batch-size", type=int, default=c("batch_size"), help="images per forward pass")
+    p.add_argument("--engine", default=c("engine"), choices=ENGINES,
                    help="who computes: local (this process) or ray (a Ray actor pool, here or on a cluster; "
                         "pip install 'cnn-codes[ray]'); the code set is the same either way")
-    p.add_argument("--workers", type=int, default=g("workers"),
+    p.add_argument("--workers", type=int, default=c("workers"),
                    help="model workers, each with its own copy of the model (local: threads; ray: actors, one GPU "
                         "each where there are GPUs)")
     p.add_argument("--decode-threads", type=int, default=None,
@@ -38,11 +40,10 @@ def add_arguments(p):
     p.add_argument("--split", default="/".join(f"{100 * x:g}" for x in g("split")),
                    help="per-class train/val/test percentages, e.g. 70/30 for no validation set")
     p.add_argument("--seed", type=int, default=g("seed"), help="seed of the stratified split")
-    p.add_argument("--dtype", default=g("dtype"), choices=["float32", "float16"], help="storage type of the codes")
     p.add_argument("--partition-size", type=int, default=None,
                    help="images per partition, the unit of work of a worker and of the part files (default: about "
                         "1/16 of the work, 512-8192)")
-    p.add_argument("--max-parts", type=int, default=g("max_parts"),
+    p.add_argument("--max-parts", type=int, default=c("max_parts"),
                    help="merge the smallest part files of a code set when it has more than this many (HDF5 keeps "
                         "each one open while the code set is read)")
     p.add_argument("--overwrite", action="store_true", help="recompute everything, replacing existing code files")
@@ -50,18 +51,10 @@ def add_arguments(p):
                    help="re-hash every image and recompute those whose bytes changed although their size and "
                         "modification time did not (normally an image counts as changed when its size changes, or "
                         "its modification time and its bytes do)")
-    p.add_argument("--runtime", default=g("runtime"), choices=RUNTIMES,
+    p.add_argument("--runtime", default=c("runtime"), choices=RUNTIMES,
                    help="where the forward pass runs: auto is OpenVINO on a machine where TensorFlow sees no GPU "
                         "and OpenVINO is installed, else TensorFlow (both give the same codes within 1e-4)")
-    p.add_argument("--precision", default=g("precision"), choices=PRECISIONS,
-                   help="bf16: faster on CPUs that have it (OpenVINO), less exact; a code set of its own")
-    p.add_argument("--tta", default=g("tta"), choices=TTAS,
-                   help="flip: store the mean of the codes of each image and of its mirror image (a code set of its "
-                        "own; twice the computing)")
-    p.add_argument("--resize", default=g("resize"), choices=RESIZES,
-                   help="squash: resize images to a square, ignoring their aspect ratio; crop: resize the shorter side "
-                        "to size / 0.875 and keep the centre square, as ImageNet models are evaluated (a code set of "
-                        "its own)")
+    add_setting_options(p)
     p.add_argument("--no-wait", action="store_true",
                    help="if another run is writing the same code set, stop at once instead of waiting for it")
     p.add_argument("--list-layers", action="store_true", help="print the backbone's layer names and exit")
@@ -69,16 +62,13 @@ def add_arguments(p):
 
 
 def run(a):
-
     if a.list_layers:
         for name, shape, suggested in list_layers(a.backbone, a.image_size):
             print(f"{name:40s} {shape}" + ("  (suggested)" if suggested else ""))
         return 0
-    generate_codes(a.data, backbone=a.backbone, layers=a.layer, poolings=a.pooling, weights=a.weights,
-                   image_size=a.image_size, cache_dir=a.cache_dir, batch_size=a.batch_size, exclude=a.exclude,
-                   split=parse_split(a.split), seed=a.seed, dtype=a.dtype, engine=a.engine,
-                   workers=a.workers, decode_threads=a.decode_threads, ray_address=a.ray_address,
-                   partition_size=a.partition_size, max_parts=a.max_parts,
-                   overwrite=a.overwrite, verify=a.verify, wait=not a.no_wait, runtime=a.runtime,
-                   precision=a.precision, tta=a.tta, resize=a.resize, progress=not a.no_progress)
+    settings = {f.name: getattr(a, f.name) for f in CodeIdentity.settings()}
+    compute = ComputeOptions(**{f.name: getattr(a, f.name) for f in dataclasses.fields(ComputeOptions)
+                                if f.name not in ("wait",)}, wait=not a.no_wait)
+    generate_codes(a.data, a.backbone, a.layer, a.pooling, a.weights, a.image_size, a.cache_dir, a.exclude,
+                   parse_split(a.split), a.seed, progress=not a.no_progress, compute=compute, **settings)
     return 0

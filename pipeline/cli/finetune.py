@@ -2,15 +2,16 @@
 Without augmentation the activations at the cut point are cached once (stage 1 at that layer)
 and only the unfrozen top is trained on them: minutes on a CPU. Writes a run folder with
 model.keras (preprocessing + base + head, class names inside) and the report."""
-from pipeline.cli import default
+from pipeline.cli import default, training_options
 from pipeline.cli.train import add_positive_class
-from pipeline.runs import finetune
+from pipeline.runs import FINETUNING, finetune
 
 HELP = "fine-tune the top of the conv base under a trained head"
 
 
 def add_arguments(p):
-    f = lambda name: default(finetune, name)
+    f = lambda name: default(finetune, name) if name in ("unfreeze_blocks", "optimizer", "cache_dir", "runs_dir") \
+        else getattr(FINETUNING, name)
     p.add_argument("head_run", help="run folder of a head trained on codes (the warm-up head)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--unfreeze-blocks", type=int, default=f("unfreeze_blocks"),
@@ -35,8 +36,6 @@ def add_arguments(p):
 
 def run(a):
     finetune(a.head_run, unfreeze_blocks=a.unfreeze_blocks if a.unfreeze_from is None else None,
-             unfreeze_from=a.unfreeze_from, learning_rate=a.learning_rate, optimizer=a.optimizer, epochs=a.epochs,
-             patience=a.patience, batch_size=a.batch_size, augment=a.augment, strength=a.strength,
-             cache_dir=a.cache_dir, runs_dir=a.runs_dir, seed=a.seed, positive_class=a.positive_class,
-             progress=not a.no_progress)
+             unfreeze_from=a.unfreeze_from, optimizer=a.optimizer, cache_dir=a.cache_dir, runs_dir=a.runs_dir,
+             **training_options(a))
     return 0

@@ -1,15 +1,15 @@
 """Baseline: a small CNN trained from scratch on the same split as the cached codes: 4 x (conv
 32 3x3 + max-pool), dropout, Dense 256, dropout, softmax; Adam, early stopping on validation.
 Writes a run folder with model.keras and the report."""
-from pipeline.cli import add_code_options, code_paths, default
+from pipeline.cli import add_code_options, code_paths, default, training_options
 from pipeline.cli.train import add_positive_class
-from pipeline.runs import scratch
+from pipeline.runs import SCRATCH, scratch
 
 HELP = "baseline: a small CNN trained from scratch on the same split"
 
 
 def add_arguments(p):
-    f = lambda name: default(scratch, name)
+    f = lambda name: default(scratch, name) if name in ("image_size", "runs_dir") else getattr(SCRATCH, name)
     add_code_options(p)  # the code set whose images and stored split are used
     p.add_argument("--train-size", type=int, default=f("image_size"), help="input size of the from-scratch CNN, pixels")
     p.add_argument("--epochs", type=int, default=f("epochs"), help="most epochs; early stopping on validation loss")
@@ -25,7 +25,5 @@ def add_arguments(p):
 
 
 def run(a):
-    scratch(code_paths(a)[0], image_size=a.train_size, epochs=a.epochs, patience=a.patience,
-                  batch_size=a.batch_size, learning_rate=a.learning_rate, augment=a.augment, strength=a.strength,
-                  runs_dir=a.runs_dir, seed=a.seed, positive_class=a.positive_class, progress=not a.no_progress)
+    scratch(code_paths(a)[0], image_size=a.train_size, runs_dir=a.runs_dir, **training_options(a))
     return 0

@@ -3,10 +3,10 @@ OpenVINO) and commits code sets; ``CodeSet`` reads one."""
 
 from pipeline.codes._codeset import MAX_PARTS, CodeSet, JoinedCodeSet, load_codes, open_code_sets, parts_dir
 from pipeline.codes._faults import POINTS
-from pipeline.codes._generate import CodeSpec, code_spec, codes_command, generate_codes
+from pipeline.codes._generate import generate_codes
 from pipeline.codes._locks import writer_lock
 from pipeline.codes._runtimes import PRECISIONS, RUNTIMES, choose_runtime
-from pipeline.codes._worker import TTAS
+from pipeline.codes._settings import DTYPES, ENGINES, TTAS, CodeIdentity, ComputeOptions, setting
 
 __all__ = [
     "MAX_PARTS",
@@ -15,9 +15,11 @@ __all__ = [
     "load_codes",
     "open_code_sets",
     "parts_dir",
-    "CodeSpec",
-    "code_spec",
-    "codes_command",
+    "CodeIdentity",
+    "ComputeOptions",
+    "DTYPES",
+    "ENGINES",
+    "setting",
     "generate_codes",
     "POINTS",
     "writer_lock",

@@ -34,6 +34,7 @@ import numpy as np
 
 from pipeline._files import durable_replace
 from pipeline.codes._faults import fault_point
+from pipeline.data import RESIZES
 from pipeline.errors import UserError
 
 FORMAT_VERSION = 2
@@ -593,7 +594,7 @@ class JoinedCodeSet(_Codes):
             if m.class_names != first.class_names:
                 raise UserError(f"{m.path} and {first.path} have different classes; join code sets made "
                                 f"from the same data set (and the same --exclude)")
-            if m.attrs.get("resize", "squash") != first.attrs.get("resize", "squash"):
+            if m.attrs.get("resize", RESIZES[0]) != first.attrs.get("resize", RESIZES[0]):
                 raise UserError(f"{m.path} and {first.path} made images square differently (--resize); join code "
                                 f"sets made with the same --resize")
         common = set(first.paths).intersection(*(m.paths for m in self.members[1:]))

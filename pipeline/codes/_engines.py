@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 # Deferred on purpose: Ray is imported inside the functions that use it, so that commands and workers
 # that never need it start without loading it.
 
-ENGINES = ("local", "ray")
 
 
 @dataclasses.dataclass
@@ -34,15 +33,13 @@ class ComputeStats:
     results: list[PartitionResult]
 
 
-def compute(spec: WorkSpec, partitions: list[Partition], *, engine: str = "local", workers: int = 1,
-            ray_address: str | None = None, progress: bool = True, on_ready: Callable[[str], None] = lambda d: None) -> ComputeStats:
-    """Compute ``partitions`` on ``workers`` model workers of ``engine``. ``on_ready`` is told
-    where the forward pass runs once the models are built, before the clock starts."""
-    if engine not in ENGINES:
-        raise UserError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
-    if workers < 1:
-        raise UserError("--workers must be at least 1")
-    bar = _Progress(sum(len(p) for p in partitions), progress, f"codes {spec.backbone}")
+def compute(spec: WorkSpec, partitions: list[Partition], *, progress: bool = True,
+            on_ready: Callable[[str], None] = lambda d: None) -> ComputeStats:
+    """Compute ``partitions`` on the model workers of the spec's engine (its options checked by
+    :meth:`ComputeOptions.check`). ``on_ready`` is told where the forward pass runs once the
+    models are built, before the clock starts."""
+    engine, workers, ray_address = spec.compute.engine, spec.compute.workers, spec.compute.ray_address
+    bar = _Progress(sum(len(p) for p in partitions), progress, f"codes {spec.identity.backbone}")
 
     def ready(description):  # the bar starts once the models are built
         on_ready(description)

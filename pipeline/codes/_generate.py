@@ -30,17 +30,14 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline._files import writable_folder
-from pipeline.backbones import DEFAULT_BACKBONE, get_backbone, weights_identity
+from pipeline.backbones import DEFAULT_BACKBONE
 from pipeline.codes._codeset import (
-    MAX_PARTS,
-    CodeSet,
     Index,
     IndexContent,
     Row,
     adopt_legacy,
     collect_garbage,
     compact,
-    load_codes,
     needs_compaction,
     parts_dir,
     read_part,
@@ -49,10 +46,11 @@ from pipeline.codes._codeset import (
 from pipeline.codes._engines import compute
 from pipeline.codes._faults import fault_point
 from pipeline.codes._locks import writer_lock
-from pipeline.codes._plan import IDENTITY_ATTRS, OutputPlan, Plan, labels_of, make_plan
+from pipeline.codes._plan import OutputPlan, Plan, labels_of, make_plan
 from pipeline.codes._runtimes import choose_runtime
-from pipeline.codes._worker import TTAS, WorkSpec, default_decode_threads
-from pipeline.data import RESIZES, content_digest, scan, stratified_split
+from pipeline.codes._settings import CodeIdentity, ComputeOptions, split_options
+from pipeline.codes._worker import WorkSpec, default_decode_threads
+from pipeline.data import content_digest, scan, stratified_split
 from pipeline.errors import USER_ERRNOS, Interrupted, UserError, os_error_text
 
 logger = logging.getLogger(__name__)
@@ -60,106 +58,58 @@ logger = logging.getLogger(__name__)
 # Deferred on purpose: Pillow is imported inside the functions that use it, so that commands and
 # workers that never need it start without loading it.
 
-__all__ = ["CodeSet", "CodeSpec", "code_spec", "codes_command", "generate_codes", "load_codes"]
 
 
-@dataclasses.dataclass(frozen=True)
-class CodeSpec:
-    """Where one code set lives: data set name, backbone, input size, weights, layer, pooling."""
-
-    data_name: str
-    backbone: str
-    image_size: int
-    weights_id: str
-    layer: str
-    pooling: str
-    precision: str = "fp32"  # of the forward pass; other than fp32, another code set
-    tta: str = "none"        # test-time augmentation: flip averages the codes of image and mirror
-    resize: str = "squash"   # how images become squares: squash or crop (centre crop)
-
-    def path(self, cache_dir) -> Path:
-        model = f"{self.backbone}-{self.image_size}-{self.weights_id}" + "".join(
-            f"-{v}" for v, d in ((self.precision, "fp32"), (self.resize, "squash"), (self.tta, "none")) if v != d)
-        return Path(cache_dir) / self.data_name / model / f"{self.layer}-{self.pooling}.h5"
-
-
-def code_spec(data, backbone=DEFAULT_BACKBONE, layer=None, pooling="avg", weights="imagenet",
-              image_size=None, precision="fp32", tta="none", resize="squash") -> CodeSpec:
-    bb = get_backbone(backbone)
-    return CodeSpec(Path(data).resolve().name, bb.name, image_size or bb.input_size,
-                    weights_identity(weights), layer or bb.default_layer, pooling, precision, tta, resize)
-
-
-def codes_command(spec: CodeSpec, data) -> str:
-    """The make command that creates a code set (for error messages)."""
-    return (f"make codes DATA={data} BACKBONE={spec.backbone} LAYER={spec.layer} POOLING={spec.pooling}"
-            + (f" IMAGE_SIZE={spec.image_size}" if spec.image_size != get_backbone(spec.backbone).input_size else "")
-            + (f" ARGS='{' '.join(extra)}'" if (extra := [f"--{k} {v}" for k, v, d in (
-                ("precision", spec.precision, "fp32"), ("resize", spec.resize, "squash"), ("tta", spec.tta, "none"))
-                if v != d]) else ""))
-
-
-def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg",), weights="imagenet",
-                   image_size=None, cache_dir="cache", batch_size=32, exclude=(),
-                   split=(0.7, 0.15, 0.15), seed=0, dtype="float32", engine="local", workers=1,
-                   decode_threads=None, ray_address=None, overwrite=False, verify=False, wait=True,
-                   runtime="auto", precision="fp32", tta="none", resize="squash", max_parts=MAX_PARTS, partition_size=None, progress=True, stats=None) -> list[Path]:
+def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, weights="imagenet", image_size=None,
+                   cache_dir="cache", exclude=(), split=(0.7, 0.15, 0.15), seed=0, progress=True, stats=None,
+                   **options) -> list[Path]:
     """Compute (or complete) one cached code set per (layer, pooling); return their paths.
 
-    Images already cached and unchanged (see :mod:`pipeline.plan`) are not recomputed; new or
-    changed images are computed; removed ones are dropped; an update writes only the parts of
-    what it computes and a new index. Unreadable images are skipped, counted and listed in the
-    file (``failed_paths``) and tried again only once they change. One run at a time writes a
-    code set: a second one waits for the first (``wait=False``: refuses) and then finds its work
-    done. ``engine`` local or ray runs ``workers`` model workers (each decoding with
-    ``decode_threads`` threads); ``runtime`` runs the forward pass (auto: OpenVINO on a CPU where
-    it is installed, see :mod:`pipeline.runtimes`); ``precision`` bf16 makes a code set of its
-    own. ``tta`` flip stores the mean of the codes of each image and its mirror image (a code set
-    of its own, twice the computing). ``resize`` crop centre-crops images instead of squashing them
-    to a square (a code set of its own). ``stats``, if a dict, receives the streaming figures: images
-    computed and loop seconds.
+    ``layers`` (default: the backbone's final conv block) x ``poolings`` (default: avg) are the
+    outputs of one pass. ``options`` are the other settings of the codes (:class:`CodeIdentity`:
+    ``dtype``, ``precision``, ``tta``, ``resize``) and how they are computed
+    (:class:`ComputeOptions`: ``engine``, ``workers``, ``decode_threads``, ``runtime``,
+    ``batch_size``, ``partition_size``, ``ray_address``, ``max_parts``, ``overwrite``, ``verify``,
+    ``wait``), or the records themselves: ``identity=CodeIdentity(...)`` (its layer and pooling
+    the defaults of ``layers`` and ``poolings``), ``compute=ComputeOptions(...)``.
+
+    Images already cached and unchanged are not recomputed; new or changed images are computed;
+    removed ones are dropped; an update writes only the parts of what it computes and a new
+    index. Unreadable images are skipped, counted and listed in the file (``failed_paths``) and
+    tried again only once they change. One run at a time writes a code set: a second one waits
+    for the first (``wait=False``: refuses) and then finds its work done. ``stats``, if a dict,
+    receives the streaming figures: images computed and loop seconds.
     """
-    if dtype not in ("float32", "float16"):
-        raise UserError(f"--dtype {dtype}: choose float32 or float16")
-    if batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    if workers < 1:
-        raise UserError("--workers must be at least 1")
-    if tta not in TTAS:
-        raise UserError(f"--tta {tta}: choose one of {', '.join(TTAS)}")
-    if resize not in RESIZES:
-        raise UserError(f"--resize {resize}: choose one of {', '.join(RESIZES)}")
-    if max_parts < 2:
-        raise UserError("--max-parts must be at least 2")
-    if partition_size is not None and partition_size < 1:
-        raise UserError("--partition-size must be at least 1")
-    if decode_threads is not None and decode_threads < 1:
-        raise UserError("--decode-threads must be at least 1")
-    bb = get_backbone(backbone)
-    choose_runtime(runtime, precision, gpus=0)  # checked now; "auto" is resolved by each worker, where it runs
+    identity, compute = options.pop("identity", None), options.pop("compute", None)
+    settings, how = split_options(options)
+    if identity is None:
+        identity = CodeIdentity.of(backbone, (layers or [None])[0], (poolings or ["avg"])[0], weights, image_size,
+                                   **settings)
+    compute = dataclasses.replace(compute or ComputeOptions(), **how)
+    compute.check()
+    choose_runtime(compute.runtime, identity.precision, gpus=0)  # checked now; "auto" is resolved by each worker
     ds = scan(data, exclude)
     writable_folder(cache_dir, "--cache-dir")
-    outputs = [(l, p) for l in (layers or [bb.default_layer]) for p in poolings]
-    size = image_size or bb.input_size
-    files = [code_spec(data, bb.name, l, p, weights, size, precision, tta, resize).path(cache_dir) for l, p in outputs]
-    base_attrs = dict(backbone=bb.name, image_size=size, preprocessing=bb.preprocessing,
-                      weights=str(weights), weights_id=weights_identity(weights), dtype=dtype, precision=precision,
-                      tta=tta, resize=resize)
-    out_attrs = [dict(base_attrs, layer=l, pooling=p) for l, p in outputs]
-    spec = WorkSpec(str(ds.root), bb.name, tuple(outputs), str(weights), size, dtype, precision, runtime, batch_size,
-                    decode_threads or default_decode_threads(), tuple(str(parts_dir(f)) for f in files),
-                    tuple(json.dumps(a) for a in out_attrs), tta, resize)
+    identities = [dataclasses.replace(identity, layer=l, pooling=p)
+                  for l in (layers or [identity.layer]) for p in (poolings or [identity.pooling])]
+    for i in identities:
+        i.check()
+    files = [i.path(cache_dir, data) for i in identities]
+    out_attrs = [dict(i.to_attrs(), weights=str(weights)) for i in identities]
+    spec = WorkSpec(str(ds.root), identity, tuple((i.layer, i.pooling) for i in identities), str(weights), compute,
+                    compute.decode_threads or default_decode_threads(), tuple(str(parts_dir(f)) for f in files),
+                    tuple(json.dumps(a) for a in out_attrs))
     if ds.empty_classes:
         logger.info(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
     plan = None
     try:
-        with writer_lock(files, wait=wait):
+        with writer_lock(files, wait=compute.wait):
             fault_point("locked")
-            plan = make_plan(ds, files, out_attrs, overwrite=overwrite, verify=verify, target=partition_size)
-            large = _compute(plan, spec, engine=engine, workers=workers, ray_address=ray_address,
-                             progress=progress, stats=stats)
+            plan = make_plan(ds, files, out_attrs, overwrite=compute.overwrite, verify=compute.verify,
+                             target=compute.partition_size)
+            large = _compute(plan, spec, progress=progress, stats=stats)
             fault_point("all-staged")
-            failed = _commit_all(plan, split, seed, max_parts)
+            failed = _commit_all(plan, split, seed, compute.max_parts)
     except KeyboardInterrupt:
         staged = sum(all(o.staged(p) for o in plan.outputs) for p in plan.pending) if plan else 0
         raise Interrupted(f"{staged} finished partition(s) are kept; run the same command again to resume"
@@ -181,7 +131,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=("avg"
     return files
 
 
-def _compute(plan: Plan, spec: WorkSpec, *, engine, workers, ray_address, progress, stats) -> list[str]:
+def _compute(plan: Plan, spec: WorkSpec, *, progress, stats) -> list[str]:
     """Compute the partitions whose parts are missing; returns the paths of images over Pillow's
     warning limit."""
     if not plan.pending:
@@ -190,11 +140,11 @@ def _compute(plan: Plan, spec: WorkSpec, *, engine, workers, ray_address, progre
     detail = plan.describe()
 
     def ready(description):
-        logger.info(f"{spec.backbone} {spec.image_size}px -> {', '.join(f'{l}/{p}' for l, p in spec.outputs)}: "
+        logger.info(f"{spec.identity.backbone} {spec.identity.image_size}px -> "
+                    f"{', '.join(f'{l}/{p}' for l, p in spec.outputs)}: "
             f"{todo} of {len(plan.ds)} images to compute ({detail}) on {description}")
 
-    done = compute(spec, plan.pending, engine=engine, workers=workers, ray_address=ray_address, progress=progress,
-                   on_ready=ready)
+    done = compute(spec, plan.pending, progress=progress, on_ready=ready)
     logger.info(f"computed {done.images} images in {done.seconds:.1f} s ({done.images / max(done.seconds, 1e-9):.1f} img/s)")
     if stats is not None:
         stats.update(images=done.images, seconds=done.seconds)
@@ -212,7 +162,7 @@ def _commit_all(plan: Plan, split, seed, max_parts) -> list:
         if not _same_index(out.index, content, dict(split_attrs, **out.attrs)):
             write_index(out.path, content, attrs)
         if needs_compaction(content.rows, max_parts):  # also when a run was killed before it compacted
-            part_attrs = dict({k: out.attrs[k] for k in IDENTITY_ATTRS}, code_shape=attrs["code_shape"])
+            part_attrs = dict(CodeIdentity.from_attrs(out.attrs).to_attrs(), code_shape=attrs["code_shape"])
             content = compact(out.path, content, attrs, max_parts, part_attrs)
             logger.info(f"note: merged small parts of {out.path.name}: {len({r.part for r in content.rows})} parts now")
         collect_garbage(out.path)

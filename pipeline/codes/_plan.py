@@ -23,15 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.codes._codeset import FailedImage, Index, Row, parts_dir, read_index
+from pipeline.codes._settings import CodeIdentity
 from pipeline.data import ImageFolder, content_digest
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 
-# Attributes that must agree before a code set's rows may be reused (the runtime is not one:
-# TensorFlow and OpenVINO FP32 give the same codes within 1e-4), with the value files written
-# before an attribute existed have.
-IDENTITY_ATTRS = ("backbone", "layer", "pooling", "image_size", "preprocessing", "weights_id", "dtype", "precision",
-                  "tta", "resize")
-IDENTITY_DEFAULTS = {"precision": "fp32", "tta": "none", "resize": "squash"}
 STATES = ("cached", "new", "changed", "removed", "failed")
 
 
@@ -79,8 +74,14 @@ class Plan:
 
 
 def check_identity(index: Index, attrs: dict) -> None:
-    old = {k: index.attrs.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY_ATTRS}
-    diff = ", ".join(f"{k}: {old[k]} -> {attrs[k]}" for k in IDENTITY_ATTRS if str(old[k]) != str(attrs[k]))
+    """The rows of a code set are reused only where its identity is the run's (the runtime is
+    not part of it: TensorFlow and OpenVINO FP32 give the same codes within 1e-4)."""
+    try:
+        old = CodeIdentity.from_attrs(index.attrs)
+    except ParameterError as exc:
+        raise UserError(f"cache file {index.path} does not say how it was made ({exc}); pass --overwrite to "
+                        f"replace it or --cache-dir to keep both") from None
+    diff = ", ".join(old.differences(CodeIdentity.from_attrs(attrs)))
     if diff:
         raise UserError(f"cache file {index.path} was made with other settings ({diff}); "
                         f"pass --overwrite to replace it or --cache-dir to keep both")
@@ -160,7 +161,7 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
         "removed": len({r.path for o in outputs if o.index for r in o.index.rows} - on_disk),
         "failed": sum(p in outputs[0].failed and p not in todo for p in ds.paths),
     }
-    identity = {k: out_attrs[0][k] for k in IDENTITY_ATTRS if k not in ("layer", "pooling")}
+    identity = CodeIdentity.from_attrs(out_attrs[0]).model_key()
     partitions = []
     for start, stop in cut(todo, target or partition_size(len(todo))):
         paths = tuple(todo[start:stop])

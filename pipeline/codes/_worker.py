@@ -19,6 +19,7 @@ from pipeline.backbones import build_feature_model, get_backbone
 from pipeline.codes._codeset import FailedImage, PartWriter
 from pipeline.codes._plan import Partition
 from pipeline.codes._runtimes import choose_runtime, make_mapper
+from pipeline.codes._settings import CodeIdentity, ComputeOptions
 from pipeline.data import ImageError, content_digest, load_image
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def batches_of(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:
     return [np.arange(s, min(s + batch_size, n)) + start for s in range(0, n, batch_size)]
 
 
-def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, threads: int, resize: str = "squash"
+def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, threads: int, resize: str
                  ) -> Iterator[Batch]:
     """Decoded batches of ``paths[b]`` for each index array ``b`` of ``batches``, in order
     (``resize``: see :func:`~pipeline.dataset.load_image`).
@@ -77,26 +78,21 @@ def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, thread
 
 @dataclasses.dataclass(frozen=True)
 class WorkSpec:
-    """Everything that defines the codes a worker computes, and where it writes them."""
+    """Everything a worker needs, small and picklable: what it computes (the identity of the run's
+    code sets, their outputs, the weights), how, and where it writes the part files."""
 
     root: str
-    backbone: str
+    identity: CodeIdentity                 # the model part is every output's; layer and pooling: the first's
     outputs: tuple[tuple[str, str], ...]   # (layer, pooling)
-    weights: str
-    image_size: int
-    dtype: str
-    precision: str
-    runtime: str                          # as asked for: "auto" is resolved where the worker runs
-    batch_size: int
+    weights: str                           # as given: imagenet, none or a file (identity holds its id)
+    compute: ComputeOptions
     decode_threads: int
-    part_dirs: tuple[str, ...]            # one per output
-    part_attrs: tuple[str, ...]           # JSON attributes of each output's part files
-    tta: str = "none"                     # flip: the mean of the codes of each image and its mirror
-    resize: str = "squash"                # how images become squares (see load_image)
+    part_dirs: tuple[str, ...]             # one per output
+    part_attrs: tuple[str, ...]            # JSON attributes of each output's part files
 
     @property
     def model_name(self) -> str:
-        return f"{self.backbone} {' '.join(f'{l}/{p}' for l, p in self.outputs)}"
+        return f"{self.identity.backbone} {' '.join(f'{l}/{p}' for l, p in self.outputs)}"
 
 
 @dataclasses.dataclass
@@ -113,20 +109,19 @@ class Worker:
     """Builds the model once, then computes any number of partitions."""
 
     def __init__(self, spec: WorkSpec):
-
         self.spec = spec
-        bb = get_backbone(spec.backbone)
-        model, self.shapes = build_feature_model(bb, list(spec.outputs), spec.weights, spec.image_size)
-        self.mapper = make_mapper(model, runtime=choose_runtime(spec.runtime, spec.precision), batch_size=spec.batch_size,
-                                  image_size=spec.image_size, model_name=spec.model_name,
-                                  precision=spec.precision)
-        self.mapper(np.zeros((1, spec.image_size, spec.image_size, 3), np.uint8))  # trace / warm up
+        ident, size = spec.identity, spec.identity.image_size
+        model, self.shapes = build_feature_model(get_backbone(ident.backbone), list(spec.outputs), spec.weights, size)
+        self.mapper = make_mapper(model, runtime=choose_runtime(spec.compute.runtime, ident.precision),
+                                  batch_size=spec.compute.batch_size, image_size=size, model_name=spec.model_name,
+                                  precision=ident.precision)
+        self.mapper(np.zeros((1, size, size, 3), np.uint8))  # trace / warm up
         self.description = self.mapper.description
 
     def _codes(self, stream):
         """(batch, codes per output) for each batch; with flip, the mean of the codes of the images
         and of their mirror images (computed as batches of their own: the batch size is fixed)."""
-        if self.spec.tta == "none":
+        if self.spec.identity.tta == "none":
             yield from self.mapper.map_batches(stream, images=lambda b: b.images)
             return
         pending = None
@@ -142,7 +137,7 @@ class Worker:
         """Compute ``partitions`` one after the other as one stream of full batches (a batch may
         end one partition and start the next: no padded batch at each boundary), yielding each
         partition's result once its part files are in place."""
-        s = self.spec
+        s, ident = self.spec, self.spec.identity
         paths = [p for part in partitions for p in part.paths]
         fingerprints = [fp for part in partitions for fp in part.fingerprints]
         owner = np.repeat(np.arange(len(partitions)), [len(p) for p in partitions])
@@ -151,8 +146,8 @@ class Worker:
         failed: dict[int, list[FailedImage]] = {}
         large: dict[int, list[str]] = {}
         try:
-            stream = read_batches(s.root, paths, batches_of(len(paths), s.batch_size), s.image_size, s.decode_threads,
-                                  s.resize)
+            stream = read_batches(s.root, paths, batches_of(len(paths), s.compute.batch_size), ident.image_size,
+                                  s.decode_threads, ident.resize)
             for batch, codes in self._codes(stream):
                 rows = np.cumsum(batch.ok) - 1  # row of each readable image in ``codes``
                 failures = dict(batch.failures)
@@ -160,7 +155,7 @@ class Worker:
                 for k in ks:
                     mine = owner[batch.indices] == k
                     if k not in writers:
-                        writers[k] = [PartWriter(Path(d), partitions[k].id, c.shape[1], s.dtype, len(partitions[k]),
+                        writers[k] = [PartWriter(Path(d), partitions[k].id, c.shape[1], ident.dtype, len(partitions[k]),
                                                  dict(json.loads(a), code_shape=json.dumps(list(shape))))
                                       for d, a, c, shape in zip(s.part_dirs, s.part_attrs, codes, self.shapes)]
                     ok = mine & batch.ok
@@ -169,7 +164,7 @@ class Worker:
                            for i in batch.indices[mine & ~batch.ok]]
                     digests = [d for d, m in zip(batch.digests, mine[batch.ok]) if m]
                     for w, c in zip(writers[k], codes):
-                        w.append(c[rows[ok]].astype(s.dtype), [paths[i] for i in good],
+                        w.append(c[rows[ok]].astype(ident.dtype), [paths[i] for i in good],
                                  [fingerprints[i] for i in good], digests, bad)
                     failed.setdefault(k, []).extend(bad)
                     large.setdefault(k, []).extend(batch.large if k == ks[0] else [])  # (for one note only)
@@ -183,9 +178,6 @@ class Worker:
             for ws in writers.values():  # interrupted: nothing half-written stays behind
                 for w in ws:
                     w.abort()
-
-
-TTAS = ("none", "flip")
 
 
 def _with_mirrors(stream):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data._scan import ImageError, load_image
+from pipeline.data._scan import RESIZES, ImageError, load_image
 
 # Deferred on purpose: Keras, TensorFlow are imported inside the functions that use them, so that
 # commands and workers that never need them start without loading them.
@@ -27,7 +27,7 @@ def augmentation(strength: float = 0.1, seed: int = 0):
 
 
 def image_dataset(root, paths, labels, size: int, batch_size: int, shuffle: bool = False, augment=None,
-                  seed: int = 0, resize: str = "squash"):
+                  seed: int = 0, resize: str = RESIZES[0]):
     """Batches of (images float32 (b, size, size, 3) 0..255, labels) from image files.
 
     ``augment`` (a Keras layer, e.g. :func:`augmentation`) is applied in training mode when

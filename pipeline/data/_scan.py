@@ -193,7 +193,7 @@ def decode_rgb(path, side: int, large: list | None = None):
         return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_image(path, size: int, large: list | None = None, resize: str = "squash") -> np.ndarray:
+def load_image(path, size: int, large: list | None = None, resize: str = RESIZES[0]) -> np.ndarray:
     """Decode any common image file (see :func:`decode_rgb`) to RGB uint8 (size, size, 3).
 
     ``resize`` squash resizes the image to a square, ignoring aspect ratio, as the pretrained conv

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline._files import durable_replace
 from pipeline._records import load_record
-from pipeline.codes import open_code_sets
+from pipeline.codes import open_code_sets, setting
 from pipeline.codes._worker import batches_of, read_batches
 from pipeline.data import TEST
 from pipeline.deploy._models import export_head_run, load_model
@@ -178,7 +178,7 @@ def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None
         raise UserError(f"unknown export format(s) {', '.join(unknown) or '(none given)'}; choose from: "
                         f"{', '.join(FORMATS)}")
     model, class_names, info = load_model(model_path)
-    size, resize = int(info["image_size"]), info.get("resize", "squash")
+    size, resize = int(info["image_size"]), setting(info, "resize")
     results = []
     for fmt in formats:
         path = convert(model, fmt, folder / FILES[fmt])

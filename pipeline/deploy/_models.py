@@ -16,6 +16,7 @@ import numpy as np
 from pipeline._records import load_record
 from pipeline.backbones import build_base, get_backbone
 from pipeline.backbones._registry import POOLING_LAYERS, apply_preprocessing, code_layer_name
+from pipeline.codes import setting
 from pipeline.errors import UserError, one_line
 from pipeline.heads import load_head
 
@@ -96,7 +97,7 @@ def _codes_of(images, attrs: dict, suffix: str = ""):
 
     x = apply_preprocessing(bb.preprocessing, images, name="preprocess" + suffix)
     # training=False: BatchNorm stays in inference mode even where layers are unfrozen later.
-    if attrs.get("tta", "none") == "flip":  # (a mirror of the preprocessed image: the same thing)
+    if setting(attrs, "tta") == "flip":  # (a mirror of the preprocessed image: the same thing)
         flipped = _mirror(size, "mirror" + suffix)(x)
         both = [pool(name=f"{name}_image")(trunk(x, training=False)),
                 pool(name=f"{name}_mirror")(trunk(flipped, training=False))]
@@ -163,7 +164,7 @@ def classifier_from_head_run(run_dir):
     if len(members) > 1:
         return build_joined_classifier(members, head_model), None, head_model, record
     model, trunk = build_classifier(attrs["backbone"], attrs["weights"], int(attrs["image_size"]), attrs["layer"],
-                                    attrs["pooling"], head_model, attrs.get("tta", "none"))
+                                    attrs["pooling"], head_model, setting(attrs, "tta"))
     return model, trunk, head_model, record
 
 
@@ -184,9 +185,9 @@ def model_info(attrs: dict, kind: str, source: str) -> dict:
         members = json.loads(attrs["members"])
         return {"kind": kind, "source": source, "backbone": attrs["backbone"], "layer": attrs["layer"],
                 "pooling": attrs["pooling"], "image_size": max(int(a["image_size"]) for a in members),
-                "weights": attrs["weights"], "resize": members[0].get("resize", "squash"),
+                "weights": attrs["weights"], "resize": setting(members[0], "resize"),
                 "members": [model_info(a, kind, source) for a in members]}
     return {"kind": kind, "source": source, "backbone": attrs["backbone"], "layer": attrs["layer"],
             "pooling": attrs["pooling"], "image_size": int(attrs["image_size"]), "weights": attrs["weights"],
-            "preprocessing": attrs["preprocessing"], "tta": attrs.get("tta", "none"),
-            "resize": attrs.get("resize", "squash")}
+            "preprocessing": attrs["preprocessing"], "tta": setting(attrs, "tta"),
+            "resize": setting(attrs, "resize")}

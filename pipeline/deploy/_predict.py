@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.codes import choose_runtime
+from pipeline.codes import choose_runtime, setting
 from pipeline.codes._runtimes import make_mapper
 from pipeline.codes._worker import batches_of, read_batches
 from pipeline.data import IMAGE_EXTENSIONS
@@ -62,7 +62,7 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
                          model_name=f"classifier {info.get('kind')}")
     rows = []
     batches = read_batches(root, paths, batches_of(len(paths), batch_size), size, 4,
-                           info.get("resize", "squash"))
+                           setting(info, "resize"))
     for batch, (proba,) in mapper.map_batches(batches, images=lambda b: b.images):
         for p, reason in batch.failures:
             logger.warning(f"warning: skipped {root / p}: {reason}")

@@ -21,7 +21,7 @@ from pipeline.heads._scaling import (
     standardization,
     streaming_standardization,
 )
-from pipeline.heads._trainloop import class_weights, train_in_memory, train_streamed
+from pipeline.heads._trainloop import Schedule, class_weights, train_in_memory, train_streamed
 
 # Deferred on purpose: scikit-learn, Keras are imported inside the functions that use them, so that
 # commands and workers that never need them start without loading them.
@@ -184,8 +184,8 @@ class KerasHead(_Head):
         dense = [layer for layer in self.model_.layers if isinstance(layer, keras.layers.Dense)]
         self.history_ = train_in_memory(
             dense, self._standardize(X), y, self._standardize(X_val) if has_val else None, y_val,
-            epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.batch_size, patience=self.patience,
-            min_delta=self.min_delta, dropout=self.dropout, seed=self.seed, verbose=self.verbose,
+            Schedule(self.epochs, self.learning_rate, self.batch_size, self.patience, self.min_delta, self.dropout,
+                     self.seed, self.verbose),
             sample_weight=class_weights(y, n_classes)[y] if self.class_weight else None)
 
     def _standardize(self, X) -> np.ndarray:

@@ -10,6 +10,7 @@ Keras model, which is what is saved, exported and predicted with.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -75,7 +76,7 @@ def _epoch_function():
         return tf.where(keep, x / (1.0 - rate), 0.0)
 
     @tf.function(reduce_retracing=True)
-    def epoch(weights, m, v, step, Z, y, w, perm, Zv, yv, lr, batch_size, rate, seed):
+    def _epoch(weights, m, v, step, Z, y, w, perm, Zv, yv, lr, batch_size, rate, seed):  # flat: one trace
         n = tf.shape(perm)[0]
         loss_sum, hits = tf.constant(0.0), tf.constant(0)
         for start in tf.range(0, n, batch_size):
@@ -107,11 +108,24 @@ def _epoch_function():
         val_hits = tf.reduce_sum(tf.cast(tf.argmax(val_logits, 1, output_type=tf.int32) == yv, tf.int32))
         return weights, m, v, step, loss_sum, hits, val_loss, val_hits
 
-    return epoch
+    return _epoch
 
 
-def train_in_memory(dense_layers, Z, y, Z_val, y_val, *, epochs, learning_rate, batch_size, patience, min_delta,
-                    dropout, seed, sample_weight=None, verbose=0) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How the dense layers of a Keras head are trained (the head's own parameters)."""
+
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    patience: int
+    min_delta: float
+    dropout: float = 0.0
+    seed: int = 0
+    verbose: int = 0
+
+
+def train_in_memory(dense_layers, Z, y, Z_val, y_val, schedule: Schedule, sample_weight=None) -> dict:
     """Train the Keras ``dense_layers`` (hidden ones, then the softmax output) on standardized codes
     ``Z`` with class positions ``y``: shuffled minibatches, Adam, dropout after each hidden layer
     (on the input without one), early stopping on the validation loss (``Z_val``, else the training
@@ -119,6 +133,9 @@ def train_in_memory(dense_layers, Z, y, Z_val, y_val, *, epochs, learning_rate, 
     import tensorflow as tf
 
     epoch = _epoch_function()
+    epochs, learning_rate, batch_size = schedule.epochs, schedule.learning_rate, schedule.batch_size
+    patience, min_delta, dropout, seed, verbose = (schedule.patience, schedule.min_delta, schedule.dropout,
+                                                   schedule.seed, schedule.verbose)
     weights = [tuple(tf.constant(a, tf.float32) for a in layer.get_weights()) for layer in dense_layers]
     m = [tuple(tf.zeros_like(a) for a in layer) for layer in weights]
     v = [tuple(tf.zeros_like(a) for a in layer) for layer in weights]

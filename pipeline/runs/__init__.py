@@ -2,7 +2,7 @@
 ending in a run folder; and the table that compares them."""
 
 from pipeline._records import Run
-from pipeline.runs._finetune import finetune, scratch
+from pipeline.runs._finetune import FINETUNING, SCRATCH, TrainingOptions, finetune, scratch
 from pipeline.runs._folders import compare_table, finish_run
 from pipeline.runs._sweep import DEFAULT_NS, parse_ns, sweep
 from pipeline.runs._train import train
@@ -14,6 +14,9 @@ __all__ = [
     "parse_ns",
     "sweep",
     "finetune",
+    "FINETUNING",
+    "SCRATCH",
+    "TrainingOptions",
     "scratch",
     "compare_table",
     "finish_run",

@@ -10,6 +10,7 @@ trained on them. With augmentation, images go through the whole network every ep
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -21,11 +22,11 @@ from pipeline._files import writable_folder
 from pipeline._records import load_record
 from pipeline.backbones import get_backbone
 from pipeline.backbones._registry import code_layer_name
-from pipeline.codes import CodeSet, generate_codes
+from pipeline.codes import CodeSet, generate_codes, open_code_sets, setting
 from pipeline.data import TEST, TRAIN, VAL, augmentation, image_dataset
 from pipeline.deploy import save_model
 from pipeline.deploy._models import classifier_from_head_run, model_info
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 from pipeline.heads._estimators import holdout
 from pipeline.reports import positive_index
 from pipeline.runs._folders import finish_run
@@ -83,10 +84,82 @@ def cut_layer(trunk, backbone: str, unfreeze_blocks: int | None, unfreeze_from: 
     raise UserError(f"--unfreeze-blocks {unfreeze_blocks}: {backbone} has fewer blocks than that before this layer")
 
 
-def _check_options(epochs, patience, batch_size, learning_rate, strength):
-    if epochs < 1 or patience < 0 or batch_size < 1 or learning_rate <= 0 or not 0 <= strength < 1:
-        raise UserError("training options: epochs and batch size must be >= 1, patience >= 0, learning rate > 0, "
-                        "0 <= strength < 1")
+@dataclasses.dataclass(frozen=True)
+class TrainingOptions:
+    """How a network is trained on images: fine-tuning and the from-scratch baseline (their
+    defaults differ: :data:`FINETUNING`, :data:`SCRATCH`)."""
+
+    epochs: int = 30                  # most epochs; early stopping on the validation loss ends sooner
+    patience: int = 3                 # epochs without improvement before stopping
+    batch_size: int = 32
+    learning_rate: float = 1e-5
+    augment: bool = False             # random flip, rotation, zoom and shift of the training images
+    strength: float = 0.1             # augmentation strength (zoom / shift fraction)
+    seed: int = 0                     # of shuffling, augmentation and initialization
+    positive_class: str | None = None  # two classes: the class of the ROC and precision-recall curves
+    progress: bool = True             # per-epoch lines and progress bars
+
+    def check(self) -> None:
+        for name, ok, want in (("epochs", self.epochs >= 1, "at least 1"), ("patience", self.patience >= 0, "0 or more"),
+                               ("batch_size", self.batch_size >= 1, "at least 1"),
+                               ("learning_rate", 0 < self.learning_rate < float("inf"), "a number above 0"),
+                               ("strength", 0 <= self.strength < 1, "from 0 up to (not including) 1"),
+                               ("seed", self.seed >= 0, "0 or more")):
+            if not ok:
+                raise ParameterError(name, f"must be {want} (not {getattr(self, name)})")
+
+    @classmethod
+    def merged(cls, defaults: "TrainingOptions", options: dict) -> "TrainingOptions":
+        """``defaults``, or the record passed as ``training=``, with the keyword ``options`` on top."""
+        base = options.pop("training", None) or defaults
+        unknown = set(options) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ParameterError(sorted(unknown)[0], "is not a training option")
+        merged = dataclasses.replace(base, **options)
+        merged.check()
+        return merged
+
+
+FINETUNING = TrainingOptions()
+SCRATCH = TrainingOptions(epochs=60, patience=6, learning_rate=1e-3)
+
+
+@dataclasses.dataclass
+class _Fitted:
+    history: dict
+    seconds: float
+    proba: np.ndarray
+
+
+def _split_indices(cs: CodeSet):
+    """Indices of the training, validation and test images of the stored split."""
+    return tuple(np.flatnonzero(cs.split == s) for s in (TRAIN, VAL, TEST))
+
+
+def _fit_and_predict(model, train, validation, test, options: TrainingOptions) -> _Fitted:
+    """The part every image-trained run shares: fit with early stopping on the validation loss
+    (the best weights kept), then the class probabilities of the test images. ``train`` is a
+    dataset, or (inputs, labels) arrays to be shuffled in batches."""
+    import keras
+
+    stop = keras.callbacks.EarlyStopping("val_loss", patience=options.patience, restore_best_weights=True)
+    fit = dict(batch_size=options.batch_size, shuffle=True) if isinstance(train, tuple) else dict(shuffle=False)
+    t0 = time.perf_counter()
+    hist = model.fit(*(train if isinstance(train, tuple) else (train,)), validation_data=validation,
+                     epochs=options.epochs, callbacks=[stop], verbose=2 if options.progress else 0, **fit)
+    seconds = time.perf_counter() - t0
+    proba = np.asarray(model.predict(test, batch_size=256 if isinstance(test, np.ndarray) else None, verbose=0))
+    return _Fitted({k: [float(v) for v in vals] for k, vals in hist.history.items()}, seconds, proba)
+
+
+def _finish(runs_dir, name: str, cs: CodeSet, test, fitted: _Fitted, options: TrainingOptions, *, record: dict,
+            save, detail: str):
+    """Evaluate on the test images and write the run folder (see :func:`finish_run`)."""
+    return finish_run(runs_dir, name, record=dict(record, train_seconds=round(fitted.seconds, 2)), y_true=cs.y[test],
+                      proba=fitted.proba, class_names=cs.class_names, save=save,
+                      test_paths=[cs.paths[i] for i in test], data_root=cs.data_root,
+                      positive_class=options.positive_class, history=fitted.history,
+                      detail=detail + f"trained in {fitted.seconds:.0f} s")
 
 
 def _set_trainable(trunk, tail_layers, head_model):
@@ -98,17 +171,16 @@ def _set_trainable(trunk, tail_layers, head_model):
     head_model.trainable = True
 
 
-def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | None = None, learning_rate=1e-5,
-             optimizer="adam", epochs=30, patience=3, batch_size=32, augment=False, strength=0.1,
-             cache_dir="cache", runs_dir="runs", seed=0, positive_class=None, progress=True):
+def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | None = None, optimizer="adam",
+             cache_dir="cache", runs_dir="runs", **options):
     """Fine-tune the top of the base under a head trained on codes; returns its :class:`Run`.
-    ``positive_class`` (two classes): default that of the warm-up head's report."""
+    ``options``: :class:`TrainingOptions` (defaults :data:`FINETUNING`), or ``training=`` the
+    record; ``positive_class`` (two classes) defaults to that of the warm-up head's report."""
     import keras
 
-
-    _check_options(epochs, patience, batch_size, learning_rate, strength)
+    options = TrainingOptions.merged(FINETUNING, options)
     if optimizer not in ("adam", "rmsprop"):
-        raise UserError(f"optimizer {optimizer!r}: choose adam or rmsprop")
+        raise ParameterError("optimizer", f"{optimizer}: choose adam or rmsprop")
     writable_folder(runs_dir, "--runs-dir")
     writable_folder(cache_dir, "--cache-dir")
     record = load_record(head_run, kind="head-on-codes")
@@ -117,63 +189,51 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
     model, trunk, head_model, record = classifier_from_head_run(head_run)
     attrs = record["code_attrs"]
     cs = CodeSet.load(record["codes"])
-    positive_class = positive_class or record.get("metrics", {}).get("positive_class")
-    positive_index(cs.class_names, positive_class)
-    size, resize = int(attrs["image_size"]), attrs.get("resize", "squash")
+    options = dataclasses.replace(options, positive_class=options.positive_class
+                                  or record.get("metrics", {}).get("positive_class"))
+    positive_index(cs.class_names, options.positive_class)
+    size, resize = int(attrs["image_size"]), setting(attrs, "resize")
     cut = cut_layer(trunk, attrs["backbone"], unfreeze_blocks, unfreeze_from)
     tail = keras.Model(trunk.get_layer(cut).output, trunk.output, name="tail")
     _set_trainable(trunk, tail.layers, head_model)
     n_trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     logger.info(f"fine-tuning {attrs['backbone']} after {cut} ({len([l for l in tail.layers if l.trainable])} layers, "
-        f"{n_trainable:,} weights trainable) with {optimizer} lr {learning_rate:g}"
-        + (f", augmentation strength {strength}" if augment else ", fast path on cached activations"))
-    opt = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[optimizer](learning_rate)
-    stop = keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)
-    tr, va, te = (np.flatnonzero(cs.split == s) for s in (TRAIN, VAL, TEST))
-    keras.utils.set_random_seed(seed)
-    t0 = time.perf_counter()
-    if not augment:
-        X, keep = _cut_activations(cs, attrs, cut, cache_dir, progress)
+                f"{n_trainable:,} weights trainable) with {optimizer} lr {options.learning_rate:g}"
+                + (f", augmentation strength {options.strength}" if options.augment
+                   else ", fast path on cached activations"))
+    opt = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[optimizer](options.learning_rate)
+    tr, va, te = _split_indices(cs)
+    keras.utils.set_random_seed(options.seed)
+    if not options.augment:
+        X, keep = _cut_activations(cs, attrs, cut, cache_dir, options.progress)
         pos = {p: i for i, p in enumerate(keep)}
         rows = lambda idx: np.array([pos[cs.paths[i]] for i in idx])
         X_tr, y_tr, X_va, y_va = holdout(X[rows(tr)], cs.y[tr], X[rows(va)] if len(va) else None,
-                                         cs.y[va] if len(va) else None, seed=seed)
+                                         cs.y[va] if len(va) else None, seed=options.seed)
         inp = keras.Input(X.shape[1:], name="activations")
         pool = model.get_layer(code_layer_name(attrs["layer"], attrs["pooling"]))
         top = keras.Model(inp, head_model(pool(tail(inp, training=False))), name="top")
         top.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
-        hist = top.fit(X_tr, y_tr, batch_size=batch_size, epochs=epochs, validation_data=(X_va, y_va),
-                       callbacks=[stop], verbose=2 if progress else 0, shuffle=True)
-        seconds = time.perf_counter() - t0
-        proba = np.asarray(top.predict(X[rows(te)], batch_size=256, verbose=0))
+        fitted = _fit_and_predict(top, (X_tr, y_tr), (X_va, y_va), X[rows(te)], options)
     else:
         if len(va) == 0:
             raise UserError("augmented fine-tuning needs a validation split (make codes with --split 70/15/15)")
-        root = Path(attrs["data_root"])
-        train_ds = image_dataset(root, [cs.paths[i] for i in tr], cs.y[tr], size, batch_size, shuffle=True, resize=resize,
-                                 augment=augmentation(strength, seed), seed=seed)
-        val_ds = image_dataset(root, [cs.paths[i] for i in va], cs.y[va], size, batch_size, resize=resize)
+        ds = lambda idx, **kw: image_dataset(Path(attrs["data_root"]), [cs.paths[i] for i in idx], cs.y[idx], size,
+                                             options.batch_size, resize=resize, **kw)
         model.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
-        hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stop], shuffle=False,
-                         verbose=2 if progress else 0)
-        seconds = time.perf_counter() - t0
-        test_ds = image_dataset(root, [cs.paths[i] for i in te], cs.y[te], size, batch_size, resize=resize)
-        proba = np.asarray(model.predict(test_ds, verbose=0))
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        fitted = _fit_and_predict(model, ds(tr, shuffle=True, augment=augmentation(options.strength, options.seed),
+                                            seed=options.seed), ds(va), ds(te), options)
     warmup = record.get("metrics", {})
     rec = {"title": f"fine-tuned {attrs['backbone']} from {cut} (head {record['head']})", "kind": "finetune",
            "head": record["head"], "warmup_run": str(head_run), "codes": record["codes"], "code_attrs": attrs,
            "cut_layer": cut, "trainable_weights": n_trainable, "optimizer": optimizer,
-           "learning_rate": learning_rate, "augment": augment, "strength": strength if augment else None,
-           "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
-           "train_seconds": round(seconds, 2), "warmup_metrics": warmup}
+           "learning_rate": options.learning_rate, "augment": options.augment,
+           "strength": options.strength if options.augment else None,
+           "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)), "warmup_metrics": warmup}
     save = lambda run_dir: save_model(model, run_dir / "model.keras", cs.class_names,
                                       model_info(attrs, "finetune", str(head_run)))
-    return finish_run(runs_dir, f"{attrs['backbone']}-finetune", record=rec, y_true=cs.y[te], proba=proba,
-                      class_names=cs.class_names, save=save, test_paths=[cs.paths[i] for i in te],
-                      data_root=cs.data_root, positive_class=positive_class, history=history,
-                      detail=f"warm-up head: test accuracy {warmup.get('accuracy', float('nan')):.4f}; "
-                             f"trained in {seconds:.0f} s")
+    return _finish(runs_dir, f"{attrs['backbone']}-finetune", cs, te, fitted, options, record=rec, save=save,
+                   detail=f"warm-up head: test accuracy {warmup.get('accuracy', float('nan')):.4f}; ")
 
 
 def _cut_activations(cs: CodeSet, attrs, cut, cache_dir, progress):
@@ -184,7 +244,7 @@ def _cut_activations(cs: CodeSet, attrs, cut, cache_dir, progress):
     split = tuple(json.loads(attrs["split_fractions"]))
     path = generate_codes(root, attrs["backbone"], [cut], ["flatten"], attrs["weights"], int(attrs["image_size"]),
                           cache_dir, exclude=exclude, split=split, seed=int(attrs["split_seed"]),
-                          resize=attrs.get("resize", "squash"), progress=progress)[0]
+                          resize=setting(attrs, "resize"), progress=progress)[0]
     act = CodeSet.load(path)
     missing = set(cs.paths) - set(act.paths)
     if missing:
@@ -213,41 +273,31 @@ def scratch_cnn(n_classes: int, size: int, filters: int = 32):
     return keras.Model(inputs, outputs, name="scratch_cnn")
 
 
-def scratch(codes_path, image_size=128, epochs=60, patience=6, batch_size=32, learning_rate=1e-3,
-                  augment=False, strength=0.1, runs_dir="runs", seed=0, positive_class=None, progress=True):
-    """Train :func:`scratch_cnn` on the images of a code set's stored split; returns its :class:`Run`."""
+def scratch(codes, image_size=128, runs_dir="runs", **options):
+    """Train :func:`scratch_cnn` on the images of a code set's stored split; returns its :class:`Run`.
+    ``options``: :class:`TrainingOptions` (defaults :data:`SCRATCH`), or ``training=`` the record."""
     import keras
 
-
-    _check_options(epochs, patience, batch_size, learning_rate, strength)
+    options = TrainingOptions.merged(SCRATCH, options)
     if image_size < 16:  # four 2x2 poolings
-        raise UserError(f"--train-size {image_size}: the from-scratch CNN needs at least 16 pixels")
+        raise ParameterError("image_size", f"{image_size}: the from-scratch CNN needs at least 16 pixels")
     writable_folder(runs_dir, "--runs-dir")
-    cs = CodeSet.load(codes_path)
-    positive_index(cs.class_names, positive_class)
-    attrs = cs.attrs
-    tr, va, te = (np.flatnonzero(cs.split == s) for s in (TRAIN, VAL, TEST))
+    cs = open_code_sets(codes)
+    positive_index(cs.class_names, options.positive_class)
+    tr, va, te = _split_indices(cs)
     if len(va) == 0:
         raise UserError("the from-scratch baseline needs a validation split (make codes with --split 70/15/15)")
-    root = Path(attrs["data_root"])
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(options.seed)
     model = scratch_cnn(len(cs.class_names), image_size)
-    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    ds = lambda idx, **kw: image_dataset(root, [cs.paths[i] for i in idx], cs.y[idx], image_size, batch_size, **kw)
-    t0 = time.perf_counter()
-    hist = model.fit(ds(tr, shuffle=True, seed=seed, augment=augmentation(strength, seed) if augment else None),
-                     validation_data=ds(va), epochs=epochs, verbose=2 if progress else 0, shuffle=False,
-                     callbacks=[keras.callbacks.EarlyStopping("val_loss", patience=patience,
-                                                              restore_best_weights=True)])
-    seconds = time.perf_counter() - t0
-    proba = np.asarray(model.predict(ds(te), verbose=0))
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    rec = {"title": f"from-scratch CNN at {image_size} px", "kind": "scratch", "codes": str(codes_path),
-           "image_size": image_size, "augment": augment, "n_train": int(len(tr)), "n_val": int(len(va)),
-           "n_test": int(len(te)), "train_seconds": round(seconds, 2)}
+    model.compile(keras.optimizers.Adam(options.learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    ds = lambda idx, **kw: image_dataset(Path(cs.attrs["data_root"]), [cs.paths[i] for i in idx], cs.y[idx], image_size,
+                                         options.batch_size, **kw)
+    augment = augmentation(options.strength, options.seed) if options.augment else None
+    fitted = _fit_and_predict(model, ds(tr, shuffle=True, seed=options.seed, augment=augment), ds(va), ds(te), options)
+    rec = {"title": f"from-scratch CNN at {image_size} px", "kind": "scratch", "codes": str(cs.path),
+           "image_size": image_size, "augment": options.augment, "n_train": int(len(tr)), "n_val": int(len(va)),
+           "n_test": int(len(te))}
     save = lambda run_dir: save_model(model, run_dir / "model.keras", cs.class_names,
-                                      {"kind": "scratch", "source": str(codes_path), "image_size": image_size,
+                                      {"kind": "scratch", "source": str(cs.path), "image_size": image_size,
                                        "backbone": None})
-    return finish_run(runs_dir, "scratch", record=rec, y_true=cs.y[te], proba=proba, class_names=cs.class_names,
-                      save=save, test_paths=[cs.paths[i] for i in te], data_root=cs.data_root,
-                      positive_class=positive_class, history=history, detail=f"trained in {seconds:.0f} s")
+    return _finish(runs_dir, "scratch", cs, te, fitted, options, record=rec, save=save, detail="")

@@ -1,63 +1,15 @@
-import base64
 import csv
-import html.parser
-import io
 import json
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
-from helpers import run_script, user_error_lines, write_code_file
+from helpers import check_html, fake_codes, run_script, user_error_lines, write_code_file
 
 from pipeline.data import TEST, TRAIN, VAL
 from pipeline.reports import GALLERY, build_report
 from pipeline.runs import train
-
-VOID = {"meta", "img", "br", "hr", "input", "link", "col", "area", "base", "wbr", "source"}
-
-
-class Checker(html.parser.HTMLParser):
-    """Tags properly nested and closed; every image source collected."""
-
-    def __init__(self):
-        super().__init__()
-        self.stack, self.images, self.errors, self.doctype = [], [], [], False
-
-    def handle_decl(self, decl):
-        self.doctype = decl.lower() == "doctype html"
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.images.append(dict(attrs))
-        if tag not in VOID:
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag):
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
-        else:
-            self.stack.pop()
-
-
-def check_html(path):
-    """Parse a report: valid nesting, a doctype, every image reference resolving to an image."""
-    from PIL import Image
-
-    c = Checker()
-    c.feed(path.read_text(encoding="utf-8"))
-    c.close()
-    assert c.doctype and not c.errors and not c.stack, (c.errors, c.stack)
-    for img in c.images:
-        src = img["src"]
-        if src.startswith("data:"):
-            head, data = src.split(",", 1)
-            assert head in ("data:image/png;base64", "data:image/jpeg;base64")
-            Image.open(io.BytesIO(base64.b64decode(data))).verify()
-        else:  # a relative link must resolve beside the report
-            Image.open(path.parent / src).verify()
-        assert img.get("alt")
-    return c
 
 
 def noisy_run(tmp_path, n_classes=4, per_class=40, noise=2.5, seed=0):
@@ -115,7 +67,6 @@ def test_every_run_writes_predictions_and_a_valid_report_with_its_mistakes(tmp_p
 
 
 def test_sweep_folder_gets_a_report_with_chart_and_table(tmp_path):
-    from test_sweep import fake_codes
 
     from pipeline.runs import sweep
 

@@ -3,27 +3,12 @@ import json
 
 import numpy as np
 import pytest
-from helpers import run_script, user_error_lines, write_code_file
+from helpers import fake_codes, run_script, user_error_lines
 
 from pipeline.data import TEST, TRAIN, VAL
 from pipeline.errors import UserError
 from pipeline.runs import parse_ns, sweep
 from pipeline.runs._sweep import draw_train
-
-
-def fake_codes(path, n_classes=4, per_class=(30, 12, 8, 20), dim=16, seed=0):
-    """A synthetic cached code file in the stage-1 layout (separable classes)."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(n_classes), per_class)
-    X = rng.normal(0, 4, (n_classes, dim))[y] + rng.normal(0, 1, (len(y), dim))
-    split = np.zeros(len(y), np.int8)
-    for c in range(n_classes):
-        idx = np.flatnonzero(y == c)
-        split[idx[: len(idx) // 4]] = TEST
-        split[idx[len(idx) // 4: len(idx) // 4 + 2]] = VAL
-    write_code_file(path, X, y, split, [f"c{c}/{i}.jpg" for i, c in enumerate(y)], [f"c{c}" for c in range(n_classes)],
-                    backbone="fake", layer="top", pooling="avg", image_size=32)
-    return path, y, split
 
 
 def test_draw_takes_min_n_per_class_from_training_split_only():

@@ -5,8 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from helpers import FAST, run_script
-from test_report import check_html
+from helpers import FAST, check_html, run_script
 
 from pipeline.backbones import REGISTRY, build_base
 from pipeline.codes import CodeSet, generate_codes

@@ -1,0 +1,160 @@
+"""What defines a code set (:class:`CodeIdentity`) and how a run computes it (:class:`ComputeOptions`).
+
+Its fields are the settings two code sets must share for their rows to be interchangeable. From
+it come the code set's path in the cache, its file attributes (and back, with defaults for files
+written before a field existed), the ``make`` command that creates it, the identity part of a
+worker's spec and the command-line options of the settings. Adding a setting is one field here
+(with its option's choices and help in ``metadata``) plus its use.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, get_backbone, weights_identity
+from pipeline.codes._codeset import MAX_PARTS
+from pipeline.codes._runtimes import PRECISIONS, RUNTIMES
+from pipeline.data import RESIZES
+from pipeline.errors import ParameterError
+
+TTAS = ("none", "flip")
+ENGINES = ("local", "ray")
+DTYPES = ("float32", "float16")
+
+
+def _setting(default, choices, help, *, folder=True):
+    """A setting with a command-line option; ``folder``: a value other than the default makes a
+    code set of its own, in a folder named with that value."""
+    return dataclasses.field(default=default, metadata={"choices": choices, "help": help, "folder": folder})
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeIdentity:
+    """One code set's identity (use :meth:`of` to fill in the backbone's defaults)."""
+
+    backbone: str
+    image_size: int
+    weights_id: str          # imagenet, random, or file-<sha256 prefix> of a weights file
+    layer: str
+    pooling: str
+    preprocessing: str       # the backbone's (kept: files say how their inputs were made)
+    dtype: str = _setting("float32", DTYPES, "dtype of the stored codes", folder=False)
+    precision: str = _setting("fp32", PRECISIONS, "precision of the forward pass (bf16 runs on OpenVINO only)")
+    tta: str = _setting("none", TTAS, "test-time augmentation: flip stores the mean of the codes of each image "
+                        "and of its mirror image")
+    resize: str = _setting("squash", RESIZES, "how images become squares: squash the whole image, or crop its "
+                           "centre (shorter side to size / 0.875)")
+
+    @classmethod
+    def of(cls, backbone=DEFAULT_BACKBONE, layer=None, pooling="avg", weights="imagenet", image_size=None,
+           **settings) -> "CodeIdentity":
+        """The identity of the codes these options make: the backbone's input size, final conv
+        block and preprocessing by default; ``settings`` are the other fields (``dtype``, ...)."""
+        bb = get_backbone(backbone)
+        unknown = set(settings) - {f.name for f in cls.settings()}
+        if unknown:
+            raise ParameterError(sorted(unknown)[0], "is not a setting of a code set")
+        identity = cls(bb.name, int(image_size or bb.input_size), weights_identity(weights), layer or bb.default_layer,
+                       pooling, bb.preprocessing, **settings)
+        identity.check()
+        return identity
+
+    @classmethod
+    def settings(cls) -> list[dataclasses.Field]:
+        """The fields with a command-line option of their own (name, default, choices, help)."""
+        return [f for f in dataclasses.fields(cls) if f.metadata]
+
+    @classmethod
+    def from_attrs(cls, attrs) -> "CodeIdentity":
+        """The identity a code set's file attributes state; files written before a setting
+        existed have its default."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = attrs.get(f.name, f.default)
+            if value is dataclasses.MISSING:
+                raise ParameterError(f.name, "is missing from the code set's attributes")
+            values[f.name] = int(value) if f.name == "image_size" else str(value)
+        return cls(**values)
+
+    def check(self) -> None:
+        """Every setting one of its choices, the pooling known (a ParameterError naming it)."""
+        if self.pooling not in POOLINGS:
+            raise ParameterError("pooling", f"{self.pooling}: choose one of {', '.join(POOLINGS)}")
+        for f in self.settings():
+            if getattr(self, f.name) not in f.metadata["choices"]:
+                raise ParameterError(f.name, f"{getattr(self, f.name)}: choose one of {', '.join(f.metadata['choices'])}")
+
+    def to_attrs(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def model_key(self) -> dict:
+        """The identity without the output's layer and pooling: what defines the forward pass."""
+        return {k: v for k, v in self.to_attrs().items() if k not in ("layer", "pooling")}
+
+    def differences(self, other: "CodeIdentity") -> list[str]:
+        """``name: ours -> theirs`` of each field that differs."""
+        return [f"{f.name}: {getattr(self, f.name)} -> {getattr(other, f.name)}" for f in dataclasses.fields(self)
+                if str(getattr(self, f.name)) != str(getattr(other, f.name))]
+
+    def _folder_suffixes(self) -> list[tuple[str, str]]:
+        return [(f.name, getattr(self, f.name)) for f in self.settings()
+                if f.metadata["folder"] and getattr(self, f.name) != f.default]
+
+    def path(self, cache_dir, data) -> Path:
+        """``<cache_dir>/<data folder name>/<backbone>-<size>-<weights>[-<setting>...]/<layer>-<pooling>.h5``."""
+        model = f"{self.backbone}-{self.image_size}-{self.weights_id}" + "".join(f"-{v}" for _, v in self._folder_suffixes())
+        return Path(cache_dir) / Path(data).resolve().name / model / f"{self.layer}-{self.pooling}.h5"
+
+    def make_command(self, data) -> str:
+        """The make command that creates this code set (for messages)."""
+        extra = [f"--{name.replace('_', '-')} {value}" for name, value in self._folder_suffixes()]
+        return (f"make codes DATA={data} BACKBONE={self.backbone} LAYER={self.layer} POOLING={self.pooling}"
+                + (f" IMAGE_SIZE={self.image_size}" if self.image_size != get_backbone(self.backbone).input_size else "")
+                + (f" ARGS='{' '.join(extra)}'" if extra else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeOptions:
+    """How a stage-1 run computes and stores codes, never what they are: whatever these are, the
+    code set is the same (tested for engines, worker counts, partition sizes and runtimes)."""
+
+    engine: str = "local"             # local (threads of this process) or ray (an actor pool)
+    workers: int = 1                  # model workers, each with its own copy of the model
+    decode_threads: int | None = None  # image decoders per worker (None: one per core, at most 8)
+    runtime: str = "auto"             # auto, tensorflow or openvino ("auto" is resolved where a worker runs)
+    batch_size: int = 32              # images per forward pass
+    partition_size: int | None = None  # images per partition (None: about 1/16 of the work, 512-8192)
+    ray_address: str | None = None    # a running Ray cluster to join (None: start a local one)
+    max_parts: int = MAX_PARTS        # part files a code set may have before the smallest are merged
+    overwrite: bool = False           # recompute every image
+    verify: bool = False              # re-hash every image to find changed bytes behind the same size and time
+    wait: bool = True                 # wait for another run writing the same code set (False: refuse)
+
+    def check(self) -> None:
+        """Each option in range, or a ParameterError naming it."""
+        if self.engine not in ENGINES:
+            raise ParameterError("engine", f"{self.engine}: choose one of {', '.join(ENGINES)}")
+        if self.runtime not in RUNTIMES:
+            raise ParameterError("runtime", f"{self.runtime}: choose one of {', '.join(RUNTIMES)}")
+        for name, least in (("workers", 1), ("batch_size", 1), ("max_parts", 2), ("decode_threads", 1),
+                            ("partition_size", 1)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ParameterError(name, f"must be at least {least}")
+
+
+def split_options(options: dict) -> tuple[dict, dict]:
+    """Keyword options of stage 1 as (identity settings, compute options); any other name is a
+    ParameterError."""
+    settings = {f.name for f in CodeIdentity.settings()}
+    compute = {f.name for f in dataclasses.fields(ComputeOptions)}
+    for name in options:
+        if name not in settings | compute:
+            raise ParameterError(name, "is not an option of generate_codes")
+    return ({k: v for k, v in options.items() if k in settings}, {k: v for k, v in options.items() if k in compute})
+
+
+def setting(info: dict, name: str):
+    """A setting of an identity read from a dictionary (attributes, a model's info) that may
+    predate it: its value, or the default."""
+    return info.get(name, next(f.default for f in dataclasses.fields(CodeIdentity) if f.name == name))

@@ -1,0 +1,73 @@
+"""The README and docs/: short README, every relative link and image resolves, the CLI reference
+matches the parsers, and the quick-start example runs."""
+import re
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT, user_env
+
+from pipeline.cli.reference import reference
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def anchors(page):
+    """GitHub's anchors of a Markdown page's headings."""
+    out = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
+def broken_links(page):
+    bad = []
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue  # a web address
+        file, _, anchor = target.partition("#")
+        dest = (page.parent / file).resolve() if file else page
+        if not dest.exists():
+            bad.append(target)
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            bad.append(target)
+    return bad
+
+
+def test_the_readme_is_short_and_the_docs_are_pages_of_their_own():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+    assert len(PAGES) - 1 >= 5
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_and_image_resolves(page):
+    assert broken_links(page) == []
+
+
+def test_the_link_check_finds_a_broken_link(tmp_path):
+    page = tmp_path / "page.md"
+    (tmp_path / "there.md").write_text("# A heading\n")
+    page.write_text("[ok](there.md) [ok](there.md#a-heading) ![missing](gone.png) [bad](there.md#nope)\n")
+    assert broken_links(page) == ["gone.png", "there.md#nope"]
+
+
+def test_the_cli_reference_matches_the_parsers():
+    assert (ROOT / "docs" / "cli.md").read_text() == reference(), \
+        "docs/cli.md is stale: python -m pipeline.cli.reference > docs/cli.md"
+
+
+@pytest.mark.slow
+def test_the_quickstart_example_goes_from_images_to_predictions(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")], cwd=tmp_path, env=user_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(l.startswith("120 images, 1280 values per code") for l in lines), done.stdout
+    accuracy = float(next(l for l in lines if l.startswith("test accuracy")).split()[2].rstrip(","))
+    assert accuracy >= 0.9  # real ImageNet weights on real photographs
+    predictions = [l for l in lines if l.startswith("umbrella/")]
+    assert len(predictions) == 3 and all("%" in l for l in predictions)
+    assert list((tmp_path / "runs").glob("*-logreg/model.keras"))
