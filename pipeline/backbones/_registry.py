@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.backbones._lite import VARIANTS, block_output_layers, build_efficientnet_lite, load_converted_weights
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 
 # Deferred on purpose: Keras is imported inside the functions that use it, so that commands and
 # workers that never need it start without loading it.
@@ -154,7 +154,7 @@ def weights_identity(weights: str) -> str:
         return "random" if weights == "none" else "imagenet"
     path = Path(weights)
     if not path.is_file():
-        raise UserError(f"--weights {weights}: no such file (use imagenet, none, or a weights file)")
+        raise ParameterError("weights", f"{weights}: no such file (use imagenet, none, or a weights file)")
     return "file-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
@@ -168,7 +168,7 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
 
     size = image_size or backbone.input_size
     if size < backbone.min_size:
-        raise UserError(f"--image-size {size} is too small for {backbone.name} (minimum {backbone.min_size})")
+        raise ParameterError("image_size", f"{size} is too small for {backbone.name} (minimum {backbone.min_size})")
     shape = (size, size, 3)
     keras.utils.set_random_seed(0)  # random weights must be identical in every run
     if backbone.offline_weights:
@@ -196,7 +196,7 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
         try:
             base.load_weights(weights)
         except Exception as exc:
-            raise UserError(f"--weights {weights} does not fit {backbone.name}: {str(exc).splitlines()[0]}") from None
+            raise ParameterError("weights", f"{weights} does not fit {backbone.name}: {str(exc).splitlines()[0]}") from None
     base.trainable = False
     return base
 

@@ -23,13 +23,14 @@ def default(fn, name: str):
 
 # Library parameters whose flag is not the parameter's name with dashes (the one place the CLI
 # maps parameter names to flags, so that a one-line error names the flag the user typed).
+# A key "parameter@command" holds for that command only.
 FLAGS = {"check_limit": "--check-images", "check_images": "--check-images", "n_jobs": "--jobs", "ns": "--n",
-         "layers": "--layer", "poolings": "--pooling", "wait": "--no-wait"}
+         "layers": "--layer", "poolings": "--pooling", "wait": "--no-wait", "image_size@scratch": "--train-size"}
 
 
-def flag_of(parameter: str) -> str:
-    """The command-line flag of a library parameter."""
-    return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+def flag_of(parameter: str, command: str | None = None) -> str:
+    """The command-line flag of a library parameter (in ``command``, where it has one of its own)."""
+    return FLAGS.get(f"{parameter}@{command}") or FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
 
 
 class Parser(argparse.ArgumentParser):

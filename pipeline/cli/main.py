@@ -53,7 +53,11 @@ def main(argv=None) -> int:
     _console_logging()
     if getattr(a.module, "NEEDS_TENSORFLOW", True):
         quiet_tensorflow()
-    return a.module.run(a)
+    try:
+        return a.module.run(a)
+    except ParameterError as exc:
+        exc.command = a.command  # the flag of a parameter may depend on the command
+        raise
 
 
 def console() -> None:
@@ -72,7 +76,7 @@ def run_cli(main, argv=None) -> None:
     try:
         code = main(argv)
     except ParameterError as exc:
-        print(f"error: {flag_of(exc.parameter)} {one_line(exc.message)}", file=sys.stderr)
+        print(f"error: {flag_of(exc.parameter, getattr(exc, 'command', None))} {one_line(exc.message)}", file=sys.stderr)
         sys.exit(2)
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pipeline.codes._plan import Partition
 from pipeline.codes._worker import PartitionResult, Worker, WorkSpec
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _ray(spec, partitions, *, workers, ray_address, bar, on_ready) -> ComputeSta
         import ray
         from ray.util import ActorPool
     except ImportError:
-        raise UserError("--engine ray needs Ray: pip install 'cnn-codes[ray]'") from None
+        raise ParameterError("engine", "ray needs Ray: pip install 'cnn-codes[ray]'") from None
     started = not ray.is_initialized()
     if started:
         try:

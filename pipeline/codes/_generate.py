@@ -31,7 +31,9 @@ import numpy as np
 from pipeline import __version__
 from pipeline._files import writable_folder
 from pipeline.backbones import DEFAULT_BACKBONE
-from pipeline.codes._codeset import (
+from pipeline.codes._engines import compute
+from pipeline.codes._faults import fault_point
+from pipeline.codes._format import (
     Index,
     IndexContent,
     Row,
@@ -43,8 +45,6 @@ from pipeline.codes._codeset import (
     read_part,
     write_index,
 )
-from pipeline.codes._engines import compute
-from pipeline.codes._faults import fault_point
 from pipeline.codes._locks import writer_lock
 from pipeline.codes._plan import OutputPlan, Plan, labels_of, make_plan
 from pipeline.codes._runtimes import choose_runtime

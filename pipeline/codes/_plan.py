@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.codes._codeset import FailedImage, Index, Row, parts_dir, read_index
+from pipeline.codes._format import FailedImage, Index, Row, parts_dir, read_index
 from pipeline.codes._settings import CodeIdentity
 from pipeline.data import ImageFolder, content_digest
 from pipeline.errors import ParameterError, UserError

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipeline.backbones._lite import weights_cache_dir
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ def choose_runtime(runtime: str, precision: str = "fp32", *, gpus: int | None = 
     """The runtime to use: ``auto`` is OpenVINO where TensorFlow sees no GPU and OpenVINO is
     installed, else TensorFlow. BF16 needs OpenVINO."""
     if runtime not in RUNTIMES:
-        raise UserError(f"--runtime {runtime}: choose one of {', '.join(RUNTIMES)}")
+        raise ParameterError("runtime", f"{runtime}: choose one of {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+        raise ParameterError("precision", f"{precision}: choose one of {', '.join(PRECISIONS)}")
     openvino = openvino_version() if openvino == "unknown" else openvino
     if runtime == "openvino" or (precision != "fp32" and runtime == "auto"):
         if openvino is None:
@@ -78,7 +78,7 @@ def choose_runtime(runtime: str, precision: str = "fp32", *, gpus: int | None = 
         return "openvino"
     if runtime == "tensorflow":
         if precision != "fp32":
-            raise UserError(f"--precision {precision} runs on OpenVINO only; use --runtime openvino or auto")
+            raise ParameterError("precision", f"{precision} runs on OpenVINO only; use --runtime openvino or auto")
         return "tensorflow"
     gpus = tensorflow_gpus() if gpus is None else gpus
     return "openvino" if openvino is not None and gpus == 0 else "tensorflow"

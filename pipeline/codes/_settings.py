@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, get_backbone, weights_identity
-from pipeline.codes._codeset import MAX_PARTS
+from pipeline.codes._format import MAX_PARTS
 from pipeline.codes._runtimes import PRECISIONS, RUNTIMES
 from pipeline.data import RESIZES
 from pipeline.errors import ParameterError

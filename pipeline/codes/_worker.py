@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pipeline.backbones import build_feature_model, get_backbone
-from pipeline.codes._codeset import FailedImage, PartWriter
+from pipeline.codes._format import FailedImage, PartWriter
 from pipeline.codes._plan import Partition
 from pipeline.codes._runtimes import choose_runtime, make_mapper
 from pipeline.codes._settings import CodeIdentity, ComputeOptions

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 
 # Deferred on purpose: Pillow is imported inside the functions that use it, so that commands and
 # workers that never need it start without loading it.
@@ -60,7 +60,7 @@ def scan(root, exclude=()) -> ImageFolder:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = sorted(set(exclude) - {p.name for p in class_dirs})
     if unknown:
-        raise UserError(f"--exclude names classes not in {root}: {', '.join(unknown)}")
+        raise ParameterError("exclude", f"names classes not in {root}: {', '.join(unknown)}")
     class_dirs = [p for p in class_dirs if p.name not in set(exclude)]
     if not class_dirs:
         raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
@@ -114,14 +114,14 @@ def parse_split(text: str) -> tuple[float, float, float]:
     try:
         parts = [float(p) for p in text.replace(",", "/").split("/")]
     except ValueError:
-        raise UserError(f"--split {text!r}: expected TRAIN/VAL/TEST such as 70/15/15, or TRAIN/TEST such as 70/30")
+        raise ParameterError("split", f"{text!r}: expected TRAIN/VAL/TEST such as 70/15/15, or TRAIN/TEST such as 70/30")
     if len(parts) == 2:
         parts = [parts[0], 0.0, parts[1]]
     if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0 or parts[2] <= 0:
-        raise UserError(f"--split {text!r}: expected TRAIN/VAL/TEST with positive train and test parts")
+        raise ParameterError("split", f"{text!r}: expected TRAIN/VAL/TEST with positive train and test parts")
     total = sum(parts)
     if not (abs(total - 100) < 1e-6 or abs(total - 1) < 1e-9):
-        raise UserError(f"--split {text!r}: the parts add up to {total:g}; they must add up to 100 (or 1)")
+        raise ParameterError("split", f"{text!r}: the parts add up to {total:g}; they must add up to 100 (or 1)")
     return tuple(p / total for p in parts)
 
 

@@ -12,7 +12,7 @@ from pipeline.codes._runtimes import make_mapper
 from pipeline.codes._worker import batches_of, read_batches
 from pipeline.data import IMAGE_EXTENSIONS
 from pipeline.deploy._models import export_head_run, load_model
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
     Unreadable images get a warning each and are left out; the others are still predicted.
     """
     if top_k < 1 or batch_size < 1:
-        raise UserError("--top-k and --batch-size must be at least 1")
+        raise ParameterError("top_k" if top_k < 1 else "batch_size", "must be at least 1")
     runtime = choose_runtime(runtime)
     model, class_names, info = load_model(model_file(model_path))
     size = int(info["image_size"])

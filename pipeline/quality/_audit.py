@@ -37,7 +37,7 @@ from pipeline._files import writable_folder
 from pipeline._records import Run, new_run_dir
 from pipeline.codes import open_code_sets
 from pipeline.data import SPLIT_NAMES
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 from pipeline.reports._pages import esc, facts, page, section, shot, table
 
 logger = logging.getLogger(__name__)
@@ -289,13 +289,13 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
         if not -1.0 <= v <= 1.0:
             raise UserError(f"{name} {v}: a cosine similarity is between -1 and 1")
     if neighbours < 1:
-        raise UserError("--neighbours must be at least 1")
+        raise ParameterError("neighbours", "must be at least 1")
     if folds < 2:
-        raise UserError("--folds must be at least 2")
+        raise ParameterError("folds", "must be at least 2")
     if not 0.0 <= outlier_fraction <= 1.0:
-        raise UserError("--outlier-fraction must be between 0 and 1")
+        raise ParameterError("outlier_fraction", "must be between 0 and 1")
     if gallery < 0:
-        raise UserError("--gallery must be 0 or more")
+        raise ParameterError("gallery", "must be 0 or more")
     writable_folder(runs_dir, "--runs-dir")
     cs = open_code_sets(codes_path)
     if len(cs) < 3 or len(np.unique(cs.y)) < 2:

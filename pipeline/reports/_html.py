@@ -19,7 +19,7 @@ from pipeline._records import load_record
 from pipeline.codes import open_code_sets
 from pipeline.codes._codeset import data_root_of
 from pipeline.data import TEST
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 from pipeline.heads import load_head
 from pipeline.reports._pages import (
     embedded_figure,
@@ -172,7 +172,7 @@ def build_report(run_dir, limit: int = GALLERY) -> Path:
 
     run_dir = Path(run_dir)
     if limit < 0:
-        raise UserError("--gallery must be 0 or more")
+        raise ParameterError("gallery", "must be 0 or more")
     if (run_dir / "summary.json").is_file() and not (run_dir / "record.json").is_file():
         try:
             html = sweep_page(run_dir, json.loads((run_dir / "summary.json").read_text()))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError
 
 # Deferred on purpose: scikit-learn, matplotlib are imported inside the functions that use them, so
 # that commands and workers that never need them start without loading them.
@@ -59,10 +59,10 @@ def positive_index(class_names, positive: str | None = None) -> int | None:
     """Index of the positive class of a two-class problem (None with more classes)."""
     class_names = list(class_names)
     if positive is not None and positive not in class_names:
-        raise UserError(f"--positive-class {positive!r} is not a class of these codes ({', '.join(class_names)})")
+        raise ParameterError("positive_class", f"{positive!r} is not a class of these codes ({', '.join(class_names)})")
     if len(class_names) != 2:
         if positive is not None:
-            raise UserError(f"--positive-class applies to two-class problems; these codes have "
+            raise ParameterError("positive_class", f"applies to two-class problems; these codes have "
                             f"{len(class_names)} classes")
         return None
     return class_names.index(positive) if positive is not None else 1

@@ -68,20 +68,20 @@ def cut_layer(trunk, backbone: str, unfreeze_blocks: int | None, unfreeze_from: 
     cuts = valid_cuts(trunk)
     if unfreeze_from:
         if unfreeze_from not in names:
-            raise UserError(f"--unfreeze-from {unfreeze_from}: no layer of that name in {backbone}")
+            raise ParameterError("unfreeze_from", f"{unfreeze_from}: no layer of that name in {backbone}")
         before = names[names.index(unfreeze_from) - 1]
         if before not in cuts:
             starts = [names[names.index(c) + 1] for c in cuts[-6:]]
-            raise UserError(f"--unfreeze-from {unfreeze_from}: the layers after it also need earlier tensors; "
+            raise ParameterError("unfreeze_from", f"{unfreeze_from}: the layers after it also need earlier tensors; "
                             f"choose the start of a block, e.g. {', '.join(starts)}")
         return before
     if unfreeze_blocks is None or unfreeze_blocks < 1:
-        raise UserError("--unfreeze-blocks must be at least 1 (or name a layer with --unfreeze-from)")
+        raise ParameterError("unfreeze_blocks", "must be at least 1 (or name a layer with --unfreeze-from)")
     for cut in reversed(cuts):
         after = {block_of(n) for n in names[names.index(cut) + 1:]} - {None}
         if len(after) >= unfreeze_blocks and block_of(cut) not in after:
             return cut
-    raise UserError(f"--unfreeze-blocks {unfreeze_blocks}: {backbone} has fewer blocks than that before this layer")
+    raise ParameterError("unfreeze_blocks", f"{unfreeze_blocks}: {backbone} has fewer blocks than that before this layer")
 
 
 @dataclasses.dataclass(frozen=True)

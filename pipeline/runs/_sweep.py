@@ -27,7 +27,7 @@ from pipeline._records import Run, new_run_dir
 from pipeline._tf import quiet_tensorflow
 from pipeline.codes import open_code_sets
 from pipeline.data import TEST, TRAIN, VAL
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 from pipeline.heads import HEADS, make_head
 from pipeline.reports import build_report
 
@@ -51,9 +51,9 @@ def parse_ns(values) -> list:
         try:
             n = int(v)
         except ValueError:
-            raise UserError(f"--n {v!r}: expected positive whole numbers or 'all'") from None
+            raise ParameterError("ns", f"{v!r}: expected positive whole numbers or 'all'") from None
         if n < 1:
-            raise UserError(f"--n {v!r}: expected positive whole numbers or 'all'")
+            raise ParameterError("ns", f"{v!r}: expected positive whole numbers or 'all'")
         out.add(n)
     return sorted((n for n in out if n != "all")) + (["all"] if "all" in out else [])
 
@@ -128,9 +128,9 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
     default_ns = ns is None
     ns = parse_ns(DEFAULT_NS if default_ns else ns)
     if n_jobs is not None and n_jobs != -1 and n_jobs < 1:
-        raise UserError(f"--jobs {n_jobs}: give a number of worker processes, or -1 for one per CPU core")
+        raise ParameterError("n_jobs", f"{n_jobs}: give a number of worker processes, or -1 for one per CPU core")
     if repeats < 1:
-        raise UserError("--repeats must be at least 1")
+        raise ParameterError("repeats", "must be at least 1")
     unknown = [h for h in heads if h not in HEADS]
     if unknown or not heads:
         raise UserError(f"unknown head(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(HEADS)}")

@@ -13,7 +13,7 @@ from pipeline._records import Run
 from pipeline.codes import JoinedCodeSet, open_code_sets
 from pipeline.codes._codeset import CodeStream
 from pipeline.data import TEST, TRAIN, VAL
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 from pipeline.heads import make_head
 from pipeline.reports import positive_index
 from pipeline.runs._folders import finish_run
@@ -41,7 +41,7 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
     codes_path = cs.path
     limit = default_memory_limit() if memory_limit is None else int(memory_limit)
     if limit <= 0:
-        raise UserError("--memory-limit must be more than 0")
+        raise ParameterError("memory_limit", "must be more than 0")
     if isinstance(cs, JoinedCodeSet):
         if cs.dropped:
             logger.info(f"note: {cs.dropped} image(s) are not in every code set and are left out; "

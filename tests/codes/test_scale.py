@@ -200,9 +200,9 @@ def test_heads_train_out_of_core_beyond_a_memory_cap(head, tmp_path):
     """The out-of-core run's peak RSS grows less than the cap over that of a run on a tiny code
     set (same imports, same head), while the in-memory run's grows by more than the codes."""
     from pipeline.heads import load_head
-    path, X, y, split = synthetic_code_set(tmp_path / "codes.h5", n=60000, dim=1024)
+    path, X, y, split = synthetic_code_set(tmp_path / "codes.h5", n=30000, dim=1024)
     tiny, *_ = synthetic_code_set(tmp_path / "tiny.h5", n=600, dim=1024)
-    cap = X.nbytes // 3  # 246 MB of codes, an 82 MB cap
+    cap = X.nbytes // 3  # 123 MB of codes, a 41 MB cap
     params = ["--epochs", "3"] if head in ("softmax", "mlp") else ["--Cs", "1"] if head == "logreg" else []
     common = ["--head", head, "--runs-dir", tmp_path / "runs", *params]
     base = child_peak(*common, "--codes", tiny, "--memory-limit", cap)

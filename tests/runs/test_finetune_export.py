@@ -12,7 +12,7 @@ from pipeline.codes import CodeSet, generate_codes
 from pipeline.data import TEST, TRAIN, VAL, augmentation, image_dataset, load_image
 from pipeline.deploy import export_head_run, load_model, predict
 from pipeline.deploy._models import head_as_keras
-from pipeline.errors import UserError
+from pipeline.errors import ParameterError, UserError
 from pipeline.heads import load_head
 from pipeline.reports import GALLERY
 from pipeline.runs import _finetune as ft
@@ -180,13 +180,16 @@ def test_predict_from_a_run_folder_exports_it_first(logs, head_run, images, tmp_
 
 def test_bad_training_options_are_refused_before_any_work(head_run, tmp_path):
     run_dir, path = head_run
-    for bad in (dict(learning_rate=0), dict(epochs=0), dict(strength=1.5), dict(optimizer="sgd")):
-        with pytest.raises(UserError):
+    for bad in (dict(learning_rate=0), dict(learning_rate=float("inf")), dict(epochs=0), dict(strength=1.5),
+                dict(seed=-1), dict(optimizer="sgd"), dict(epoch=3)):
+        (name,) = bad
+        with pytest.raises(ParameterError, match=f"^{name} ") as ex:  # a ValueError naming the parameter
             ft.finetune(run_dir, cache_dir=tmp_path / 'c', runs_dir=tmp_path / 'r', progress=False, **bad)
-    with pytest.raises(UserError, match="at least 16 pixels"):
+        assert isinstance(ex.value, ValueError) and ex.value.parameter == name
+    with pytest.raises(ParameterError, match="^image_size 8: .*at least 16 pixels"):
         ft.scratch(path, image_size=8, runs_dir=tmp_path / 'r', progress=False)
     assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
-    with pytest.raises(UserError, match="--top-k"):
+    with pytest.raises(ParameterError, match="^top_k must be at least 1"):
         predict(export_head_run(run_dir), tmp_path, top_k=0)
 
 

@@ -1,0 +1,388 @@
+"""The code-set file format: part files, the index that makes them one code set, and reading it.
+
+A code set is one path, ``<layer>-<pooling>.h5``, that plain h5py opens: datasets ``codes``
+(N, D), ``paths``, ``labels``, ``split``, ``class_names`` (and ``fingerprints``, ``digests``,
+``failed_*``) at the top. Since format version 2 it is a small *index*: ``codes`` is an HDF5
+virtual dataset over *part files* in the folder beside it, ``<layer>-<pooling>.parts/``, each
+written once, whole, by one partition of stage 1 and never modified. So an update writes the
+parts of the images it computes plus a new index, never the codes already there; a removed
+image is a row the index no longer maps. The index is replaced atomically, so a reader sees the
+old code set or the new one; parts no index refers to are deleted after it. When updates have
+left many small parts, :func:`compact` merges them.
+
+Trade-off (see the README): a virtual dataset opens its part files lazily and reads nothing
+for a part it cannot open but its fill value, so the index records its parts, the reader
+checks they exist, the fill value is NaN (never a plausible code) and the number of parts is
+kept bounded by compaction (HDF5 keeps each part open while the index is open).
+
+Format version 1 (one file holding the codes) still loads; its first update turns the old file
+into the first part, without copying it where the file system allows a hard link.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline._files import durable_replace
+from pipeline.codes._faults import fault_point
+from pipeline.errors import UserError
+
+FORMAT_VERSION = 2
+STR = h5py.string_dtype()
+MAX_PARTS = 256  # before compaction; each part is an open file while the index is read
+
+
+def parts_dir(path: Path) -> Path:
+    """The folder of a code set's part files (not named ``<layer>-<pooling>.h5``)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".parts")
+
+
+def check_room(path: Path, n_bytes: int, kept: str = "") -> None:
+    """Refuse to start writing ``path`` where it cannot fit: HDF5 does not survive a failed
+    write (it crashes the process while closing the file), so a full disk must be found first.
+    Counts the free space and this process's file-size limit (``ulimit -f``)."""
+    need = int(n_bytes * 1.02) + (1 << 20)
+    free = shutil.disk_usage(path.parent).free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    room = min(free, limit if limit != resource.RLIM_INFINITY else free)
+    if room < need:
+        why = "free on that disk" if room == free else "allowed per file by ulimit -f"
+        raise UserError(f"not enough room to write {path}: it needs about {need / 1e6:.1f} MB, "
+                        f"{room / 1e6:.1f} MB are {why}" + (f"; {kept}" if kept else ""))
+
+
+def _unique_tmp(final: Path) -> Path:
+    return final.with_name(f"{final.stem}.{os.getpid()}-{os.urandom(4).hex()}.tmp.h5")
+
+
+# ------------------------------------------------------------------ part files
+
+@dataclasses.dataclass
+class FailedImage:
+    path: str
+    reason: str
+    fingerprint: tuple[int, int]
+
+
+class PartWriter:
+    """Writes one part file: codes appended batch by batch under a temporary name, the
+    bookkeeping at the end, then moved into place whole (``part-<id>.h5``)."""
+
+    def __init__(self, folder: Path, part_id: str, dim: int, dtype: str, max_rows: int, attrs: dict):
+        self.final = Path(folder) / f"part-{part_id}.h5"
+        self.tmp = _unique_tmp(self.final)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        check_room(self.final, max_rows * dim * np.dtype(dtype).itemsize + max_rows * 200,
+                   kept=f"the parts finished so far are kept in {folder}: make room and run the same command again")
+        # a chunk cache that holds a chunk until it is full: each chunk written once
+        chunk_bytes = max(1, min(256, max_rows)) * dim * np.dtype(dtype).itemsize
+        self.f = h5py.File(self.tmp, "w", rdcc_nbytes=max(1 << 20, 4 * chunk_bytes))
+        self.codes = self.f.create_dataset("codes", (0, dim), dtype=dtype, maxshape=(None, dim),
+                                           chunks=(max(1, min(256, max_rows)), dim))
+        self.f.attrs.update(attrs, format_version=FORMAT_VERSION, partition=part_id)
+        self.paths, self.fingerprints, self.digests, self.failed = [], [], [], []
+
+    def append(self, codes: np.ndarray, paths, fingerprints, digests, failed: list[FailedImage]) -> None:
+        n = len(self.paths)
+        self.codes.resize(n + len(codes), axis=0)
+        self.codes[n:] = codes
+        self.paths += list(paths)
+        self.fingerprints += [tuple(fp) for fp in fingerprints]
+        self.digests += list(digests)
+        self.failed += failed
+
+    def close(self, runtime: str) -> Path:
+        f = self.f
+        f.create_dataset("paths", data=self.paths, dtype=STR)
+        f.create_dataset("fingerprints", data=np.asarray(self.fingerprints, np.int64).reshape(-1, 2))
+        f.create_dataset("digests", data=np.asarray(self.digests, np.uint64))
+        f.create_dataset("failed_paths", data=[x.path for x in self.failed], dtype=STR)
+        f.create_dataset("failed_reasons", data=[x.reason for x in self.failed], dtype=STR)
+        f.create_dataset("failed_fingerprints",
+                         data=np.asarray([x.fingerprint for x in self.failed], np.int64).reshape(-1, 2))
+        f.attrs["runtime"] = runtime
+        f.close()
+        fault_point("part-tmp-written")
+        durable_replace(self.tmp, self.final)
+        fault_point("part-saved")
+        return self.final
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+@dataclasses.dataclass
+class PartInfo:
+    """What a part file holds, without its codes."""
+
+    name: str                     # file name inside the parts folder
+    paths: list[str]
+    fingerprints: np.ndarray      # (n, 2)
+    digests: np.ndarray           # (n,)
+    failed: list[FailedImage]
+    n_rows: int
+    dim: int
+    code_shape: list | None
+    runtime: str
+
+
+def read_part(file: Path) -> PartInfo:
+    with h5py.File(file, "r") as f:
+        return PartInfo(Path(file).name, list(f["paths"].asstr()[()]), f["fingerprints"][()], f["digests"][()],
+                        [FailedImage(p, r, tuple(int(v) for v in fp)) for p, r, fp in
+                         zip(f["failed_paths"].asstr()[()], f["failed_reasons"].asstr()[()],
+                             f["failed_fingerprints"][()])],
+                        f["codes"].shape[0], f["codes"].shape[1],
+                        json.loads(f.attrs["code_shape"]) if "code_shape" in f.attrs else None,
+                        str(f.attrs.get("runtime", "unknown")))
+
+
+# ------------------------------------------------------------------ the index
+
+@dataclasses.dataclass
+class Row:
+    """One image of a code set: where its code is (part file and row) and what the image was."""
+
+    path: str
+    part: str                     # part file name; "" for a format-1 file's own rows
+    row: int
+    fingerprint: tuple[int, int]
+    digest: int                   # 0: unknown (files of version 0.1.0)
+
+
+@dataclasses.dataclass
+class Index:
+    """A committed code set as stage 1 sees it: its rows, known-unreadable images, attributes."""
+
+    path: Path
+    rows: list[Row]
+    failed: dict[str, FailedImage]
+    attrs: dict
+    dim: int
+    format_version: int
+    labels: np.ndarray
+    split: np.ndarray
+    class_names: list[str]
+
+
+def read_index(path: Path) -> Index:
+    """The rows of an existing code set (format 1 or 2); a :class:`UserError` if unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("format_version", 1))
+            if version > FORMAT_VERSION:
+                raise UserError(f"{path} was written by a newer version (format {version}); "
+                                f"update cnn-codes or pass --overwrite")
+            paths = f["paths"].asstr()[()]
+            fps = f["fingerprints"][()]
+            digests = f["digests"][()] if "digests" in f else np.zeros(len(paths), np.uint64)
+            if version >= 2:
+                names = list(f["part_names"].asstr()[()])
+                parts = [names[i] for i in f["row_part"][()]]
+                rows_in = f["row_in_part"][()]
+            else:
+                parts, rows_in = [""] * len(paths), np.arange(len(paths))
+            failed = {}
+            if "failed_fingerprints" in f:  # before it (0.1.0): failures are retried
+                failed = {p: FailedImage(p, r, tuple(int(v) for v in fp)) for p, r, fp in
+                          zip(f["failed_paths"].asstr()[()], f["failed_reasons"].asstr()[()],
+                              f["failed_fingerprints"][()])}
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+            dim = f["codes"].shape[1]
+            labels, split, class_names = f["labels"][()], f["split"][()], list(f["class_names"].asstr()[()])
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
+                        f"move it away or pass --overwrite") from None
+    rows = [Row(p, part, int(r), (int(fp[0]), int(fp[1])), int(d))
+            for p, part, r, fp, d in zip(paths, parts, rows_in, fps, digests)]
+    return Index(Path(path), rows, failed, attrs, dim, version, labels, split, class_names)
+
+
+def legacy_part_name(path: Path) -> str:
+    """The part name a format-1 file takes when it becomes the first part of its code set."""
+    st = path.stat()
+    return f"part-v1-{hashlib.blake2b(f'{st.st_size}-{st.st_mtime_ns}'.encode(), digest_size=8).hexdigest()}.h5"
+
+
+def adopt_legacy(path: Path) -> str:
+    """Make a format-1 file's codes a part of its code set: a hard link (no copy) where the
+    file system allows, else a copy. Returns the part name."""
+    name = legacy_part_name(path)
+    dst = parts_dir(path) / name
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _unique_tmp(dst)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            check_room(dst, path.stat().st_size)
+            shutil.copyfile(path, tmp)
+        durable_replace(tmp, dst)
+    return name
+
+
+@dataclasses.dataclass
+class IndexContent:
+    """Everything a new index holds besides its attributes."""
+
+    rows: list[Row]
+    labels: np.ndarray
+    split: np.ndarray
+    class_names: list[str]
+    failed: list[FailedImage]
+    dim: int
+    dtype: str
+
+
+def _segments(rows: list[Row]):
+    """Runs of consecutive rows of one part: (part, first row in part, count, first code-set row)."""
+    out = []
+    for i, r in enumerate(rows):
+        if out and out[-1][0] == r.part and out[-1][1] + out[-1][2] == r.row:
+            out[-1][2] += 1
+        else:
+            out.append([r.part, r.row, 1, i])
+    return out
+
+
+def _column(f, name: str, data: np.ndarray, dtype=None) -> None:
+    data = data if dtype is None else data.astype(dtype)
+    f.create_dataset(name, data=data, dtype=dtype, chunks=(min(len(data), 65536), *data.shape[1:]),
+                     compression="gzip", compression_opts=1, shuffle=True)
+
+
+def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
+    """Write the index of a code set (format 2) under a temporary name, then move it into place."""
+    folder = parts_dir(path)
+    rows = content.rows
+    names = sorted({r.part for r in rows})
+    number = {n: i for i, n in enumerate(names)}
+    shapes = {}
+    for n in names:
+        with h5py.File(folder / n, "r") as f:
+            shapes[n] = f["codes"].shape
+    tmp = _unique_tmp(path)
+    check_room(path, sum(len(r.path) + 80 for r in rows) + 64 * len(names),
+               kept=f"the computed parts are kept in {folder}: make room and run the same command again")
+    try:
+        with h5py.File(tmp, "w") as f:
+            n = len(rows)
+            layout = h5py.VirtualLayout((n, content.dim), dtype=content.dtype)
+            for part, start, count, at in _segments(rows):
+                src = h5py.VirtualSource(f"{folder.name}/{part}", "codes", shape=shapes[part])
+                layout[at:at + count] = src[start:start + count]
+            f.create_virtual_dataset("codes", layout, fillvalue=np.nan)
+            # per-image columns compressed: the index is rewritten by every update
+            paths = np.array([r.path.encode() for r in rows])
+            _column(f, "paths", paths, dtype=h5py.string_dtype("utf-8", paths.dtype.itemsize))
+            _column(f, "labels", content.labels)
+            _column(f, "split", content.split)
+            _column(f, "fingerprints", np.asarray([r.fingerprint for r in rows], np.int64).reshape(-1, 2))
+            _column(f, "digests", np.asarray([r.digest for r in rows], np.uint64))
+            f.create_dataset("class_names", data=content.class_names, dtype=STR)
+            failed = sorted(content.failed, key=lambda x: x.path)
+            f.create_dataset("failed_paths", data=[x.path for x in failed], dtype=STR)
+            f.create_dataset("failed_reasons", data=[x.reason for x in failed], dtype=STR)
+            f.create_dataset("failed_fingerprints",
+                             data=np.asarray([x.fingerprint for x in failed], np.int64).reshape(-1, 2))
+            f.create_dataset("part_names", data=names, dtype=STR)
+            _column(f, "row_part", np.asarray([number[r.part] for r in rows], np.int32))
+            _column(f, "row_in_part", np.asarray([r.row for r in rows], np.int32))
+            f.attrs.update(attrs, format_version=FORMAT_VERSION, parts=folder.name)
+        fault_point("index-tmp-written")
+        durable_replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fault_point("index-moved")
+
+
+def referenced_parts(path: Path) -> set[str]:
+    with h5py.File(path, "r") as f:
+        return set(f["part_names"].asstr()[()]) if "part_names" in f else set()
+
+
+def collect_garbage(path: Path) -> None:
+    """Delete what the committed index does not refer to: parts of removed or replaced images,
+    parts staged by a plan that no longer applies, temporary files of killed writers, the
+    staging folder of format 1. Called with the writer lock held."""
+    folder = parts_dir(path)
+    keep = referenced_parts(path) if path.exists() else set()
+    if folder.exists():
+        for p in folder.iterdir():
+            if p.name not in keep:
+                p.unlink()
+        if not keep:
+            folder.rmdir()
+    legacy = path.with_name(path.stem + ".partial")
+    if legacy.exists():
+        shutil.rmtree(legacy, ignore_errors=True)
+    for tmp in path.parent.glob(f"{path.stem}.*.tmp.h5"):
+        tmp.unlink(missing_ok=True)
+    fault_point("parts-cleaned")
+
+
+def needs_compaction(rows: list[Row], max_parts: int) -> bool:
+    return len({r.part for r in rows}) > max_parts
+
+
+def compact(path: Path, content: IndexContent, attrs: dict, max_parts: int, write_attrs: dict) -> IndexContent:
+    """Merge the parts with fewer rows in use than a part would have at ``max_parts // 2`` parts
+    into parts of that size, and write the index over them: the same rows in the same order.
+    Each new part is written whole before the index refers to it; the old ones go with the next
+    garbage collection."""
+    folder = parts_dir(path)
+    live: dict[str, int] = {}
+    for r in content.rows:
+        live[r.part] = live.get(r.part, 0) + 1
+    target = -(-len(content.rows) // max(1, max_parts // 2))  # rows per part at half the limit
+    merging = {p for p, n in live.items() if n < target}
+    if len(merging) < 2:
+        merging = set(sorted(live, key=lambda p: (live[p], p))[:2])
+    moving = [r for r in content.rows if r.part in merging]
+    new_rows, rename = [], {}
+    for s in range(0, len(moving), target):
+        chunk = moving[s:s + target]
+        digest = hashlib.blake2b(json.dumps([(r.path, r.fingerprint) for r in chunk]).encode(), digest_size=8)
+        part_id = "merged-" + digest.hexdigest()
+        writer = PartWriter(folder, part_id, content.dim, content.dtype, len(chunk), write_attrs)
+        try:
+            block = np.empty((len(chunk), content.dim), content.dtype)
+            for part in sorted({r.part for r in chunk}):  # each source part read once
+                with h5py.File(folder / part, "r") as f:
+                    codes = f["codes"][()]
+                for j, r in enumerate(chunk):
+                    if r.part == part:
+                        block[j] = codes[r.row]
+                        rename[(r.part, r.row)] = (writer.final.name, j)
+            writer.append(block, [r.path for r in chunk], [r.fingerprint for r in chunk],
+                          [r.digest for r in chunk], [])
+            writer.close(str(attrs.get("runtime", "unknown")))
+        except BaseException:
+            writer.abort()
+            raise
+        fault_point("compact-part-saved")
+    for r in content.rows:
+        if r.part in merging:
+            part, row = rename[(r.part, r.row)]
+            new_rows.append(Row(r.path, part, row, r.fingerprint, r.digest))
+        else:
+            new_rows.append(r)
+    content = dataclasses.replace(content, rows=new_rows)
+    write_index(path, content, attrs)
+    return content
+
+
+# ------------------------------------------------------------------ reading a code set
