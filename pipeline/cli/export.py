@@ -1,7 +1,7 @@
 """Export a run's model: one deployable .keras model (preprocessing + base + head; loadable with plain
 keras.saving.load_model, class names inside as cnn_codes.json), and beside it TensorFlow Lite (float
 and int8 dynamic-range) and ONNX files, each checked against the Keras model on the run's test
-images (see pipeline.exports)."""
+images (see pipeline.deploy)."""
 from pipeline.deploy import FORMATS, export
 
 HELP = "export a run as a deployable .keras model, TensorFlow Lite and ONNX files"

@@ -1,7 +1,7 @@
 """Stage 1, who computes the partitions: this process (``local``) or a Ray actor pool (``ray``).
 
 The only module that knows an engine. Either way each worker is built from the same
-:class:`~pipeline.worker.WorkSpec` and writes the same part files, so the code set does not
+:class:`~pipeline.codes._worker.WorkSpec` and writes the same part files, so the code set does not
 depend on the engine or on the number of workers.
 """
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Stage 1: run every image once through a frozen conv base and cache its CNN codes in HDF5.
 
 plan -> compute -> commit, under one writer lock per code set:
-- plan (:mod:`pipeline.plan`): scan the folder, decide each image's state once (cached, new,
+- plan (:mod:`pipeline.codes._plan`): scan the folder, decide each image's state once (cached, new,
   changed, removed, failed) and cut the new and changed ones into partitions with stable ids;
-- compute (:mod:`pipeline.engines`, :mod:`pipeline.worker`): workers built from a picklable
+- compute (:mod:`pipeline.codes._engines`, :mod:`pipeline.codes._worker`): workers built from a picklable
   spec, here or on a Ray cluster, write one part file per partition and code set;
-- commit (:mod:`pipeline.codeset`): a new index makes the kept rows and the new parts one code
+- commit (:mod:`pipeline.codes._codeset`): a new index makes the kept rows and the new parts one code
   set, moved into place atomically; what it no longer refers to is deleted; many small parts
   are merged.
 An interrupted run (Ctrl-C, kill -9) never damages a finished code set, and the next run takes

@@ -44,7 +44,7 @@ def batches_of(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:
 def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, threads: int, resize: str
                  ) -> Iterator[Batch]:
     """Decoded batches of ``paths[b]`` for each index array ``b`` of ``batches``, in order
-    (``resize``: see :func:`~pipeline.dataset.load_image`).
+    (``resize``: see :func:`~pipeline.data._scan.load_image`).
 
     Decoding runs in a thread pool (PIL releases the GIL) at most two batches ahead, so memory
     stays bounded whatever the data set size.

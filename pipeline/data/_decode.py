@@ -32,7 +32,7 @@ def image_dataset(root, paths, labels, size: int, batch_size: int, shuffle: bool
 
     ``augment`` (a Keras layer, e.g. :func:`augmentation`) is applied in training mode when
     given: pass it for the training set only. ``resize``: as the codes were made (see
-    :func:`~pipeline.dataset.load_image`). An image that fails to decode here (it decoded
+    :func:`~pipeline.data._scan.load_image`). An image that fails to decode here (it decoded
     when its codes were cached) gives a black image rather than stopping a long training run.
     """
     import tensorflow as tf

@@ -168,7 +168,7 @@ def train_in_memory(dense_layers, Z, y, Z_val, y_val, schedule: Schedule, sample
 
 def train_streamed(model, stream, val, *, classes, epochs, batch_size, patience, min_delta, seed, class_weight=False,
                    verbose=0) -> dict:
-    """Minibatch training of a compiled Keras model on a :class:`~pipeline.codeset.CodeStream`
+    """Minibatch training of a compiled Keras model on a :class:`~pipeline.codes._codeset.CodeStream`
     (labels turned into positions in ``classes``; ``class_weight``: balanced weights), early
     stopping on the validation loss (``val``, a stream, or the training loss), the best weights
     restored. Returns the history."""

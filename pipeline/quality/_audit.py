@@ -285,9 +285,9 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
                 gallery: int = GALLERY, chunk_bytes: int = CHUNK_BYTES, seed: int = 0, progress: bool = True) -> Run:
     """Audit a code set; write the findings in a new run folder and return its :class:`Run`."""
 
-    for name, v in (("--threshold", threshold), ("--cross-threshold", cross_threshold)):
+    for name, v in (("threshold", threshold), ("cross_threshold", cross_threshold)):
         if not -1.0 <= v <= 1.0:
-            raise UserError(f"{name} {v}: a cosine similarity is between -1 and 1")
+            raise ParameterError(name, f"{v}: a cosine similarity is between -1 and 1")
     if neighbours < 1:
         raise ParameterError("neighbours", "must be at least 1")
     if folds < 2:

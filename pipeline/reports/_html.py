@@ -4,7 +4,7 @@ A run of a head, a fine-tuned or a from-scratch model gets its figures (confusio
 training curves, ROC / precision-recall for two classes), a sortable per-class table and a gallery
 of the misclassified test images, most confident mistakes first (read from ``predictions.csv``,
 which every run writes). A sweep gets its chart and table. One self-contained file
-(:mod:`pipeline.pages`).
+(:mod:`pipeline.reports._pages`).
 """
 from __future__ import annotations
 

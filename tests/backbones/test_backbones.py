@@ -9,6 +9,7 @@ from pipeline.backbones import REGISTRY, Preprocess, build_base, build_feature_m
 from pipeline.errors import UserError
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_backbone_builds_with_its_layers(name):
     bb = REGISTRY[name]
@@ -38,6 +39,7 @@ def test_unknown_names_list_the_valid_ones():
         build_base(REGISTRY["inception_v3"], "none", 32)
 
 
+@pytest.mark.slow
 def test_imagenet_download_failure_is_one_clear_message(tmp_path):
     """As on a machine without network: an empty Keras cache and a proxy that refuses connections."""
     env = dict(user_env(), KERAS_HOME=str(tmp_path / "keras"), HTTPS_PROXY="http://127.0.0.1:9",

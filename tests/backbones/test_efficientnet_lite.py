@@ -41,6 +41,7 @@ def test_reader_matches_torch_load():
         np.testing.assert_array_equal(ours[k], v.numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LITES)
 def test_logits_match_the_stored_reference_logits(name):
     """The conversion against the reference PyTorch implementation's logits, stored by
@@ -74,6 +75,7 @@ def test_logits_match_reference_pytorch_implementation(name):
     assert np.abs(expected).max() > 1  # real logits, not zeros
 
 
+@pytest.mark.slow
 def test_converted_weights_are_cached_with_a_checksum(tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_WEIGHTS_CACHE", str(tmp_path))
     m = el.build_efficientnet_lite("efficientnet_lite0")
@@ -108,6 +110,7 @@ IMAGENET_IDS = {
 }
 
 
+@pytest.mark.slow
 @needs_caltech
 def test_names_the_right_imagenet_class_on_real_photos():
     """Semantic check of the whole chain: decoding, preprocessing, conversion, classifier."""
@@ -131,6 +134,7 @@ def test_names_the_right_imagenet_class_on_real_photos():
     assert hits1 / n >= 0.6
 
 
+@pytest.mark.slow
 @needs_caltech
 def test_real_codes_separate_real_classes(tmp_path):
     """Real backbone on a handful of real images: pooled codes of two classes are far apart."""

@@ -214,6 +214,7 @@ def stopping_cases(w):
     ]
 
 
+@pytest.mark.slow
 def test_inputs_that_stop_a_run_give_one_line_and_keep_the_cache(workspace, capsys):
     cases = stopping_cases(workspace)
     assert len(cases) >= 30

@@ -62,6 +62,7 @@ def test_hdf5_layout_keys_and_attributes(images, tmp_path):
     assert np.isfinite(cs.X).all() and cs.X.std() > 0
 
 
+@pytest.mark.slow
 def test_codes_are_deterministic_and_float16_on_request(images, tmp_path):
     a = generate_codes(images, cache_dir=tmp_path / "a", **FAST)[0]
     b = generate_codes(images, cache_dir=tmp_path / "b", dtype="float16", **FAST)[0]
@@ -139,6 +140,7 @@ def test_unreadable_images_are_skipped_counted_and_listed(logs, images, tmp_path
     assert _read(path)[0]["codes"].shape[0] == 37
 
 
+@pytest.mark.slow
 def test_files_from_before_failure_fingerprints_are_read_and_failures_retried(images, tmp_path):
     (images / "class0" / "broken.jpg").write_bytes(b"garbage")
     path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
@@ -165,6 +167,7 @@ def test_other_settings_are_refused_without_losing_the_file(images, tmp_path):
         assert f.attrs["preprocessing"] == "lite"
 
 
+@pytest.mark.slow
 def test_resume_with_several_layers_and_poolings_after_a_kill(tmp_path):
     """Four outputs of one pass (two layers x two poolings), killed part-way through the batches:
     the rerun computes only what is missing and gives the four files of an uninterrupted run."""

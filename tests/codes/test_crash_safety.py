@@ -84,6 +84,7 @@ def assert_clean(cache):
 KILLS = [p for p in POINTS if p != "compact-part-saved"] + ["part-saved:5", "output-done:2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", KILLS)
 def test_killed_at_any_point_the_same_command_finishes_the_same_file(point, data, reference, tmp_path):
     cache = tmp_path / "cache"
@@ -101,6 +102,7 @@ def _update_with_compaction(data, cache, extra_env=None):
     return run(cmd, env=extra_env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["compact-part-saved", "index-moved:2", "parts-cleaned"])
 def test_killed_while_compacting_the_same_command_finishes_the_same_file(point, data, tmp_path):
     ref, cache = tmp_path / "ref", tmp_path / "cache"
@@ -141,6 +143,7 @@ def assert_same_rows(a, b):
     assert_codes_close(da["codes"][ia], db["codes"][ib], rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["part-saved:3", "all-staged", "index-tmp-written", "output-done"])
 def test_ctrl_c_at_any_point_is_one_line_and_resumable(point, data, reference, tmp_path):
     cache = tmp_path / "cache"
@@ -162,6 +165,7 @@ def _file_size_limit(limit):
     return set_limit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["parts", "index"])
 def test_disk_full_is_one_line_and_loses_nothing(stage, data, reference, tmp_path):
     """A file-size limit stands in for a full disk: the part of a new image, or (an image
@@ -195,6 +199,7 @@ def test_disk_full_is_one_line_and_loses_nothing(stage, data, reference, tmp_pat
             os.utime(changed, ns=(saved[1].st_atime_ns, saved[1].st_mtime_ns))
 
 
+@pytest.mark.slow
 def test_two_writers_at_once_both_succeed_and_one_computes(data, reference, tmp_path):
     cache = tmp_path / "cache"
     env = user_env()
@@ -210,7 +215,7 @@ def test_two_writers_at_once_both_succeed_and_one_computes(data, reference, tmp_
 def test_a_second_writer_waits_for_the_lock_or_refuses_with_no_wait(data, reference, tmp_path):
     cache = tmp_path / "cache"
     files = [cache / f.relative_to(f.parents[2]) for f in reference]
-    with writer_lock(files[:1], note=None):
+    with writer_lock(files[:1]):
         refused = run(codes_cmd(data, cache, "--no-wait"))
         assert refused.returncode == 2
         assert refused.stderr.strip().splitlines() == [
@@ -230,6 +235,7 @@ def test_a_second_writer_waits_for_the_lock_or_refuses_with_no_wait(data, refere
         assert_same_code_set(got, want)
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_does_not_block(data, reference, tmp_path):
     cache = tmp_path / "cache"
     killed = run(codes_cmd(data, cache), env={"CNN_CODES_FAULT": "locked"})

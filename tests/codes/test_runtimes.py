@@ -42,6 +42,7 @@ def sample(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_both_runtimes_give_the_same_codes_on_real_images(sample, tmp_path):
     tf_file = generate_codes(sample, cache_dir=tmp_path / "tf", runtime="tensorflow", progress=False)[0]
     ov_file = generate_codes(sample, cache_dir=tmp_path / "ov", runtime="openvino", progress=False)[0]
@@ -52,6 +53,7 @@ def test_both_runtimes_give_the_same_codes_on_real_images(sample, tmp_path):
     assert "fp32" in b.attrs["runtime"]
 
 
+@pytest.mark.slow
 def test_one_cache_holds_rows_of_both_runtimes(sample, tmp_path):
     (sample / "umbrella" / "late.jpg").write_bytes(sorted((SAMPLE / "umbrella").iterdir())[-1].read_bytes())
     try:
@@ -70,6 +72,7 @@ def test_one_cache_holds_rows_of_both_runtimes(sample, tmp_path):
         (sample / "umbrella" / "late.jpg").unlink()
 
 
+@pytest.mark.slow
 def test_the_converted_model_is_cached_and_keyed_by_what_defines_it(tmp_path):
     bb = REGISTRY["efficientnet_lite0"]
     cache = tmp_path / "ov"
@@ -91,6 +94,7 @@ def test_the_converted_model_is_cached_and_keyed_by_what_defines_it(tmp_path):
     assert_codes_close(mapper()(x)[0], expected, rtol=1e-4)  # the cached model, run
 
 
+@pytest.mark.slow
 def test_several_outputs_come_out_in_order():
     bb = REGISTRY["efficientnet_lite0"]
     outputs = [("block6d_add", "flatten"), (bb.default_layer, "max"), ("block7a_project_bn", "avg")]
@@ -103,6 +107,7 @@ def test_several_outputs_come_out_in_order():
         assert_codes_close(g, e, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_bf16_codes_are_a_code_set_of_their_own(images, tmp_path):
     fp32 = generate_codes(images, cache_dir=tmp_path, runtime="openvino", **FAST)[0]
     before = fp32.read_bytes()
@@ -124,6 +129,7 @@ def test_files_from_before_the_precision_attribute_are_fp32(images, tmp_path):
     assert stats == {}  # nothing recomputed, nothing refused
 
 
+@pytest.mark.slow
 def test_predict_gives_the_same_probabilities_on_both_runtimes(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "cache", **FAST)[0]
     run_dir = train(path, 'logreg', runs_dir=tmp_path / 'runs', Cs=(1.0,)).path
@@ -135,6 +141,7 @@ def test_predict_gives_the_same_probabilities_on_both_runtimes(images, tmp_path)
         np.testing.assert_allclose([p for _, p in a], [p for _, p in b], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_failed_conversion_falls_back_to_tensorflow_with_a_note(logs, images, tmp_path, monkeypatch):
     def cannot_convert(*a, **k):
         raise RuntimeError("unsupported operation")

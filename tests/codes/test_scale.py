@@ -72,6 +72,7 @@ def test_partition_ids_are_stable_unique_and_content_defined(data, tmp_path):
     assert all(16 <= e - s <= 128 for s, e in before[:-1])
 
 
+@pytest.mark.slow
 def test_an_update_writes_only_what_changed(data, tmp_path):
     kw = dict(FAST, cache_dir=tmp_path / "c", partition_size=8)
     path = generate_codes(data, **kw)[0]
@@ -103,6 +104,7 @@ def test_an_update_writes_only_what_changed(data, tmp_path):
     assert_same_codes(path, generate_codes(data, **dict(kw, cache_dir=tmp_path / "fresh"))[0])
 
 
+@pytest.mark.slow
 def test_local_workers_give_the_same_code_set(data, tmp_path):
     one = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "a", partition_size=8))[0]
     two = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "b", partition_size=8, workers=2,
@@ -110,6 +112,7 @@ def test_local_workers_give_the_same_code_set(data, tmp_path):
     assert_same_codes(one, two)
 
 
+@pytest.mark.slow
 def test_ray_engine_gives_the_same_code_set(logs, data, tmp_path):
     ray = pytest.importorskip("ray")
     local = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "local", partition_size=8))[0]
@@ -138,6 +141,7 @@ def test_code_sets_read_lazily_and_in_blocks(data, tmp_path):
     np.testing.assert_array_equal(cs.X[mask], cs.rows(mask))
 
 
+@pytest.mark.slow
 def test_a_missing_part_is_one_clear_error(data, tmp_path):
     from pipeline.errors import UserError
     path = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "c", partition_size=8))[0]
@@ -200,9 +204,9 @@ def test_heads_train_out_of_core_beyond_a_memory_cap(head, tmp_path):
     """The out-of-core run's peak RSS grows less than the cap over that of a run on a tiny code
     set (same imports, same head), while the in-memory run's grows by more than the codes."""
     from pipeline.heads import load_head
-    path, X, y, split = synthetic_code_set(tmp_path / "codes.h5", n=30000, dim=1024)
+    path, X, y, split = synthetic_code_set(tmp_path / "codes.h5", n=48000, dim=1024)
     tiny, *_ = synthetic_code_set(tmp_path / "tiny.h5", n=600, dim=1024)
-    cap = X.nbytes // 3  # 123 MB of codes, a 41 MB cap
+    cap = X.nbytes // 3  # 197 MB of codes, a 66 MB cap
     params = ["--epochs", "3"] if head in ("softmax", "mlp") else ["--Cs", "1"] if head == "logreg" else []
     common = ["--head", head, "--runs-dir", tmp_path / "runs", *params]
     base = child_peak(*common, "--codes", tiny, "--memory-limit", cap)

@@ -51,6 +51,7 @@ def generated_codes(tmp_path_factory):
             for kind, data in ((kind, generated(root / kind, kind)) for kind in KINDS)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_the_whole_chain_on_generated_data(kind, generated_codes, tmp_path):
     data, codes = generated_codes[kind]
@@ -73,6 +74,7 @@ def test_the_whole_chain_on_generated_data(kind, generated_codes, tmp_path):
         assert all(abs(sum(p for _, p in top) - 1) < 1e-3 for _, top in rows)
 
 
+@pytest.mark.slow
 def test_one_sweep_over_two_three_and_unbalanced_classes(generated_codes, tmp_path):
     paths = [codes for _, codes in generated_codes.values()]
     sweep_dir = sweep(paths, heads=HEADS, ns=['1', '2', 'all'], repeats=1, n_jobs=1, runs_dir=tmp_path, head_params=FAST_HEADS, progress=False).path
@@ -109,6 +111,7 @@ REAL = {
 }
 
 
+@pytest.mark.slow
 @needs_caltech
 @pytest.mark.parametrize("kind", list(REAL))
 def test_real_caltech_subsets_with_every_head(kind, tmp_path_factory):

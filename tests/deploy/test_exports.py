@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from ai_edge_litert.interpreter import Interpreter
 from helpers import FAST, run_script, user_error_lines
 
@@ -27,6 +28,7 @@ def _onnx(path, images):
     return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
+@pytest.mark.slow
 def test_cli_export_writes_checked_tflite_and_onnx_files(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "c", **dict(FAST, image_size=64))[0]
     run_dir = train(path, 'softmax', runs_dir=tmp_path / 'runs', epochs=5).path
@@ -56,6 +58,7 @@ def test_cli_export_writes_checked_tflite_and_onnx_files(images, tmp_path):
     assert "top-1 agrees with Keras on 100.00%" in out.stdout
 
 
+@pytest.mark.slow
 def test_export_of_joined_flip_codes_and_of_a_scratch_run(images, tmp_path):
     kw = dict(FAST, image_size=48, cache_dir=tmp_path / "c")
     a = generate_codes(images, **kw, tta="flip")[0]
@@ -74,6 +77,7 @@ def test_export_of_joined_flip_codes_and_of_a_scratch_run(images, tmp_path):
     assert not (scratch_dir / "model.tflite").exists()
 
 
+@pytest.mark.slow
 def test_export_refuses_bad_options_in_one_line(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
     run_dir = train(path, 'softmax', runs_dir=tmp_path / 'runs', epochs=2).path

@@ -161,6 +161,7 @@ def test_train_on_codes_writes_a_complete_run(images, tmp_path):
     assert (run_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_train_head_cli(images, tmp_path):
     common = ["--data", images, "--weights", "none", "--image-size", "32", "--cache-dir", tmp_path / "cache"]
     r = run_script("train", *common, "--runs-dir", tmp_path / "runs")

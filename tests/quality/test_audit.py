@@ -17,6 +17,7 @@ from helpers import (
 )
 
 from pipeline.data import SPLIT_NAMES, TEST, TRAIN, VAL
+from pipeline.errors import ParameterError
 from pipeline.quality import audit
 from pipeline.quality._audit import duplicate_pairs, nearest_neighbours, top_k, unit_rows
 
@@ -78,14 +79,19 @@ def test_pairs_follow_the_two_thresholds_and_come_once():
 
 def test_audit_options_are_checked_by_name(tmp_path):
     path = synthetic_codes(tmp_path / "c.h5", 50, 8, 3)
-    for kw, name in ((dict(threshold=1.5), "--threshold"), (dict(neighbours=0), "--neighbours"),
-                     (dict(folds=1), "--folds"), (dict(outlier_fraction=2), "--outlier-fraction")):
-        with pytest.raises(Exception, match=name):
+    for kw in (dict(threshold=1.5), dict(cross_threshold=-2), dict(neighbours=0), dict(folds=1),
+               dict(outlier_fraction=2), dict(gallery=-1)):
+        (name,) = kw
+        with pytest.raises(ParameterError, match=f"^{name} "):
             audit(path, runs_dir=tmp_path / 'runs', **kw)
+    r = run_script("audit", "--codes", path, "--cross-threshold", "2", "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and user_error_lines(r.stderr) == [
+        "error: --cross-threshold 2.0: a cosine similarity is between -1 and 1"], r.stderr
     r = run_script("audit", "--codes", tmp_path / "missing.h5", "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and len(user_error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_audit_of_100k_codes_stays_under_2_gb(tmp_path):
     """The whole command on 100,000 synthetic codes, its peak memory measured by a parent process
     that has no other child."""
@@ -110,6 +116,7 @@ def test_audit_of_100k_codes_stays_under_2_gb(tmp_path):
 CLEAN = ("accordion", "camera", "cup", "dalmatian", "ferry", "laptop", "sunflower", "helicopter", "hedgehog", "pizza")
 
 
+@pytest.mark.slow
 @needs_caltech
 def test_audit_finds_planted_duplicates_and_flipped_labels(tmp_path):
     from pipeline.codes import generate_codes
@@ -171,6 +178,7 @@ def test_audit_finds_planted_duplicates_and_flipped_labels(tmp_path):
     assert html.count('<img src="data:image/jpeg;base64,') == 2 * shown + min(48, len(issues)) + 5  # 1% of 508
 
 
+@pytest.mark.slow
 @needs_caltech
 def test_audit_finds_the_faces_faces_easy_pairs_with_its_defaults(tmp_path):
     """Caltech-101's Faces_easy are croppings of its Faces photographs (same file names)."""

@@ -66,6 +66,7 @@ def test_every_run_writes_predictions_and_a_valid_report_with_its_mistakes(tmp_p
     assert page.read_text().count("image not readable") == 3
 
 
+@pytest.mark.slow
 def test_sweep_folder_gets_a_report_with_chart_and_table(tmp_path):
 
     from pipeline.runs import sweep
@@ -81,6 +82,7 @@ def test_sweep_folder_gets_a_report_with_chart_and_table(tmp_path):
     assert "N=1" in text and "N=all" in text
 
 
+@pytest.mark.slow
 def test_report_command_rebuilds_it_and_refuses_what_is_not_a_run(tmp_path):
     run = noisy_run(tmp_path)
     (run / "report.html").unlink()

@@ -19,6 +19,7 @@ def shim(script, *args):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_default_job_on_the_embedded_sample(tmp_path):
     """The README's job: stage 1 and a head through the top-level scripts, then export and
     predict through the installed cnn-codes command, run from another folder."""
@@ -41,6 +42,7 @@ def test_default_job_on_the_embedded_sample(tmp_path):
     assert r.returncode == 0 and run.name in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["softmax", "mlp", "logreg", "prototype"])
 def test_one_image_per_class_is_enough_on_the_sample(tmp_path_factory, head):
     """Real Lite0 codes, one training image per class: the standardization must not blow up

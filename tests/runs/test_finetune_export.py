@@ -60,6 +60,7 @@ def test_cut_points_by_blocks_and_by_layer_name():
     assert ft.cut_layer(vgg, "vgg16", 1, None) == "block4_pool"
 
 
+@pytest.mark.slow
 def test_fine_tuning_changes_only_the_unfrozen_layers_and_no_batchnorm_statistics(head_run, tmp_path):
     run_dir, _ = head_run
     out = ft.finetune(run_dir, unfreeze_blocks=1, epochs=2, learning_rate=0.001, cache_dir=tmp_path / 'cache', runs_dir=tmp_path / 'ft', progress=False).path
@@ -75,6 +76,7 @@ def test_fine_tuning_changes_only_the_unfrozen_layers_and_no_batchnorm_statistic
     assert changed == {"block7a_expand_conv", "block7a_dwconv", "block7a_project_conv", "top_conv"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_name", ["softmax", "logreg"])
 def test_warmup_head_is_loaded_and_export_reproduces_it(head_name, images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "cache", **dict(FAST, image_size=64))[0]
@@ -94,6 +96,7 @@ def test_warmup_head_is_loaded_and_export_reproduces_it(head_name, images, tmp_p
     assert names == cs.class_names and info["backbone"] == "efficientnet_lite0" and info["image_size"] == 64
 
 
+@pytest.mark.slow
 def test_finetune_fast_path_end_to_end(head_run, tmp_path):
     run_dir, path = head_run
     run = ft.finetune(run_dir, unfreeze_blocks=1, epochs=2, cache_dir=tmp_path / 'cache', runs_dir=tmp_path / 'ft', progress=False)
@@ -112,6 +115,7 @@ def test_finetune_fast_path_end_to_end(head_run, tmp_path):
     assert info["kind"] == "finetune"
 
 
+@pytest.mark.slow
 def test_augmentation_only_touches_training_images(head_run, tmp_path, monkeypatch):
     calls = []
     real = image_dataset
@@ -120,7 +124,7 @@ def test_augmentation_only_touches_training_images(head_run, tmp_path, monkeypat
         calls.append((len(paths), augment is not None, resize))
         return real(root, paths, labels, size, batch_size, shuffle, augment, seed, resize)
 
-    monkeypatch.setattr("pipeline.data._decode.image_dataset", spy)
+    monkeypatch.setattr("pipeline.runs._finetune.image_dataset", spy)
     run_dir, path = head_run
     ft.finetune(run_dir, unfreeze_blocks=1, epochs=1, augment=True, runs_dir=tmp_path / 'ft', progress=False)
     cs = CodeSet.load(path)
@@ -136,6 +140,7 @@ def test_image_dataset_leaves_images_alone_without_augment(images):
     assert aug.shape == plain.shape and not np.array_equal(aug, plain)
 
 
+@pytest.mark.slow
 def test_scratch_baseline_runs_on_the_same_split(head_run, tmp_path):
     _, path = head_run
     run = ft.scratch(path, image_size=32, epochs=2, runs_dir=tmp_path / 's', progress=False)
@@ -151,6 +156,7 @@ def test_scratch_baseline_runs_on_the_same_split(head_run, tmp_path):
     check_predictions_and_report(out, cs, te, np.asarray(model(imgs)))
 
 
+@pytest.mark.slow
 def test_predict_folder_with_a_corrupt_file(logs, head_run, images, tmp_path):
     run_dir, _ = head_run
     model_path = export_head_run(run_dir)
@@ -168,6 +174,7 @@ def test_predict_folder_with_a_corrupt_file(logs, head_run, images, tmp_path):
     assert r.returncode == 2 and "no such image" in r.stderr
 
 
+@pytest.mark.slow
 def test_predict_from_a_run_folder_exports_it_first(logs, head_run, images, tmp_path):
     run_dir, _ = head_run
     assert not (run_dir / "model.keras").exists()
@@ -178,6 +185,7 @@ def test_predict_from_a_run_folder_exports_it_first(logs, head_run, images, tmp_
         predict(tmp_path, images, top_k=1)
 
 
+@pytest.mark.slow
 def test_bad_training_options_are_refused_before_any_work(head_run, tmp_path):
     run_dir, path = head_run
     for bad in (dict(learning_rate=0), dict(learning_rate=float("inf")), dict(epochs=0), dict(strength=1.5),
@@ -193,6 +201,7 @@ def test_bad_training_options_are_refused_before_any_work(head_run, tmp_path):
         predict(export_head_run(run_dir), tmp_path, top_k=0)
 
 
+@pytest.mark.slow
 def test_compare_table(head_run, tmp_path):
     run_dir, _ = head_run
     r = run_script("compare", run_dir)

@@ -17,6 +17,7 @@ from pipeline.heads import SoftmaxHead, load_head
 from pipeline.runs import sweep, train
 
 
+@pytest.mark.slow
 def test_flip_codes_are_the_mean_of_the_image_and_its_mirror(images, tmp_path):
     flip = generate_codes(images, cache_dir=tmp_path / "c", tta="flip", **FAST)[0]
     plain = generate_codes(images, cache_dir=tmp_path / "c", **FAST)[0]
@@ -38,6 +39,7 @@ def test_flip_codes_are_the_mean_of_the_image_and_its_mirror(images, tmp_path):
         assert not np.allclose(got, a.X[a.paths.index(p)], rtol=1e-3, atol=0)  # not the plain code
 
 
+@pytest.mark.slow
 def test_crop_keeps_the_centre_and_makes_a_code_set_of_its_own(images, tmp_path):
     wide = np.zeros((100, 300, 3), np.uint8)
     wide[:, :100], wide[:, 100:200], wide[:, 200:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -71,6 +73,7 @@ def _expected_and_images(run_dir, path, images, size):
     return expected, imgs, cs
 
 
+@pytest.mark.slow
 def test_export_of_a_head_on_flip_codes_reproduces_it(images, tmp_path):
     path = generate_codes(images, cache_dir=tmp_path / "c", tta="flip", **dict(FAST, image_size=64))[0]
     run_dir = train(path, 'softmax', runs_dir=tmp_path / 'runs', epochs=5).path
@@ -80,6 +83,7 @@ def test_export_of_a_head_on_flip_codes_reproduces_it(images, tmp_path):
     assert load_model(run_dir / "model.keras")[2]["tta"] == "flip"
 
 
+@pytest.mark.slow
 def test_heads_on_joined_code_sets_train_export_and_sweep(logs, images, tmp_path):
     kw = dict(FAST, image_size=64, cache_dir=tmp_path / "c")
     a = generate_codes(images, **kw)[0]
@@ -99,6 +103,7 @@ def test_heads_on_joined_code_sets_train_export_and_sweep(logs, images, tmp_path
     assert len(curves) == 2  # a+b is one curve, a another
 
 
+@pytest.mark.slow
 def test_joined_sets_use_common_images_and_refuse_other_classes_or_splits(logs, images, tmp_path):
     kw = dict(FAST, cache_dir=tmp_path / "c")
     extra = images / "class0" / "only-in-b.png"

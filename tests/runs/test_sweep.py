@@ -32,6 +32,7 @@ def test_parse_ns():
             parse_ns(bad)
 
 
+@pytest.mark.slow
 def test_sweep_outputs_and_determinism_across_workers(tmp_path):
     path, y, split = fake_codes(tmp_path / "codes.h5")
     kw = dict(heads=("logreg", "softmax"), ns=["1", "3", "all"], repeats=2, seed=3, progress=False,
@@ -60,6 +61,7 @@ def test_sweep_outputs_and_determinism_across_workers(tmp_path):
         assert im.size[0] > 500 and im.size[1] > 300
 
 
+@pytest.mark.slow
 def test_capped_classes_are_recorded(tmp_path):
     path, y, split = fake_codes(tmp_path / "codes.h5")
     run = sweep([path], heads=('logreg',), ns=['5'], repeats=1, progress=False, n_jobs=1, runs_dir=tmp_path / 'r').path
@@ -68,6 +70,7 @@ def test_capped_classes_are_recorded(tmp_path):
     assert s["classes_with_fewer_than_n"] == ["c2"]
 
 
+@pytest.mark.slow
 def test_default_ns_leave_out_what_no_class_reaches(logs, tmp_path):
     path, *_ = fake_codes(tmp_path / "codes.h5")  # largest class: 21 training images
     run = sweep([path], heads=('logreg',), repeats=1, progress=False, n_jobs=1, runs_dir=tmp_path / 'r').path
@@ -75,6 +78,7 @@ def test_default_ns_leave_out_what_no_class_reaches(logs, tmp_path):
     assert any("N=30 left out" in n for n in logs)
 
 
+@pytest.mark.slow
 def test_bad_sweep_input(tmp_path):
     path, *_ = fake_codes(tmp_path / "codes.h5")
     with pytest.raises(UserError, match="larger than any class"):
