@@ -110,6 +110,17 @@ def add_code_options(p, many: bool = False, join: bool = False) -> None:
     p.add_argument("--cache-dir", default="cache", help="where code files are")
 
 
+def add_common_options(p, *, seed: str | None = None, runs_dir: bool = True, progress: str | None = "no progress bar"):
+    """The options several commands share, declared once: ``--runs-dir``, ``--seed`` (``seed``
+    says what it seeds) and ``--no-progress`` (``progress``: its help)."""
+    if runs_dir:
+        p.add_argument("--runs-dir", default="runs", help="where run folders go")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help=f"seed of {seed}")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help=progress)
+
+
 def training_options(a) -> dict:
     """The :class:`~pipeline.runs.TrainingOptions` given on the command line."""
     return dict(epochs=a.epochs, patience=a.patience, batch_size=a.batch_size, learning_rate=a.learning_rate,

@@ -4,7 +4,7 @@ neighbours, computed in chunks); likely label errors (out-of-fold probabilities 
 learning); outliers. Writes duplicates.csv, label_issues.csv, outliers.csv, audit.json and a
 report.html gallery of each finding in a new run folder. The code set is named by --codes or found
 from the options that made it with `cnn-codes codes`."""
-from pipeline.cli import add_code_options, code_paths, default
+from pipeline.cli import add_code_options, add_common_options, code_paths, default
 from pipeline.quality import _audit as audit
 
 HELP = "find near-duplicates, leakage, likely label errors and outliers in a data set from its codes"
@@ -15,7 +15,6 @@ NEEDS_TENSORFLOW = False
 def add_arguments(p):
     add_code_options(p, join=True)
     d = lambda name: default(audit.audit, name)
-    p.add_argument("--runs-dir", default=d("runs_dir"), help="where run folders go")
     p.add_argument("--threshold", type=float, default=d("threshold"),
                    help="cosine similarity from which two images of one class are near-duplicates")
     p.add_argument("--cross-threshold", type=float, default=d("cross_threshold"),
@@ -25,8 +24,7 @@ def add_arguments(p):
     p.add_argument("--outlier-fraction", type=float, default=d("outlier_fraction"),
                    help="fraction of the images reported as outliers")
     p.add_argument("--gallery", type=int, default=d("gallery"), help="findings shown per gallery in report.html")
-    p.add_argument("--seed", type=int, default=d("seed"), help="seed of the folds and the principal components")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_options(p, seed="the folds and the principal components")
 
 
 def run(a):

@@ -4,7 +4,7 @@ what is missing is computed."""
 import dataclasses
 
 from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY, list_layers
-from pipeline.cli import add_setting_options, default
+from pipeline.cli import add_common_options, add_setting_options, default
 from pipeline.codes import ENGINES, RUNTIMES, CodeIdentity, ComputeOptions, generate_codes
 from pipeline.data import parse_split
 
@@ -39,7 +39,6 @@ def add_arguments(p):
     p.add_argument("--exclude", nargs="+", default=[], metavar="CLASS", help="class folders to leave out")
     p.add_argument("--split", default="/".join(f"{100 * x:g}" for x in g("split")),
                    help="per-class train/val/test percentages, e.g. 70/30 for no validation set")
-    p.add_argument("--seed", type=int, default=g("seed"), help="seed of the stratified split")
     p.add_argument("--partition-size", type=int, default=None,
                    help="images per partition, the unit of work of a worker and of the part files (default: about "
                         "1/16 of the work, 512-8192)")
@@ -58,7 +57,7 @@ def add_arguments(p):
     p.add_argument("--no-wait", action="store_true",
                    help="if another run is writing the same code set, stop at once instead of waiting for it")
     p.add_argument("--list-layers", action="store_true", help="print the backbone's layer names and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_options(p, seed="the stratified split", runs_dir=False)
 
 
 def run(a):

@@ -2,6 +2,7 @@
 keras.saving.load_model, class names inside as cnn_codes.json), and beside it TensorFlow Lite (float
 and int8 dynamic-range) and ONNX files, each checked against the Keras model on the run's test
 images (see pipeline.deploy)."""
+from pipeline.cli import add_common_options
 from pipeline.deploy import FORMATS, export
 
 HELP = "export a run as a deployable .keras model, TensorFlow Lite and ONNX files"
@@ -15,7 +16,7 @@ def add_arguments(p):
                    help="what to write besides model.keras (keras: that file only)")
     p.add_argument("--check-images", type=int, default=None,
                    help="check the exports on this many of the run's test images (default: all; 0: no check)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_options(p, runs_dir=False)
 
 
 def run(a):

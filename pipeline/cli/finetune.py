@@ -2,7 +2,7 @@
 Without augmentation the activations at the cut point are cached once (stage 1 at that layer)
 and only the unfrozen top is trained on them: minutes on a CPU. Writes a run folder with
 model.keras (preprocessing + base + head, class names inside) and the report."""
-from pipeline.cli import default, training_options
+from pipeline.cli import add_common_options, default, training_options
 from pipeline.cli.train import add_positive_class
 from pipeline.runs import FINETUNING, finetune
 
@@ -28,10 +28,8 @@ def add_arguments(p):
                    help="random flip, rotation, zoom and shift of training images (runs the whole network each epoch)")
     p.add_argument("--strength", type=float, default=f("strength"), help="augmentation strength (zoom/shift fraction)")
     p.add_argument("--cache-dir", default=f("cache_dir"), help="where cut-point activations are cached")
-    p.add_argument("--runs-dir", default=f("runs_dir"), help="where the run folder is written")
-    p.add_argument("--seed", type=int, default=f("seed"), help="seed of shuffling, augmentation and initialization")
     add_positive_class(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar / per-epoch lines")
+    add_common_options(p, seed="shuffling, augmentation and initialization", progress="no progress bar / per-epoch lines")
 
 
 def run(a):

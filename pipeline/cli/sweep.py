@@ -2,7 +2,7 @@
 code set (--codes, or the product of --backbone/--layer/--pooling) gives one curve per head.
 Writes sweep.csv (one row per run), summary.json (mean, std and per-repeat figures) and
 sweep.png in a run folder, and prints a table of the means."""
-from pipeline.cli import add_code_options, code_paths, default
+from pipeline.cli import add_code_options, add_common_options, code_paths, default
 from pipeline.heads import HEADS
 from pipeline.runs import DEFAULT_NS, sweep
 
@@ -17,10 +17,8 @@ def add_arguments(p):
                    help=f"training images per class; 'all' for all (default: {' '.join(DEFAULT_NS)}, "
                         "without the values no class reaches)")
     p.add_argument("--repeats", type=int, default=s("repeats"), help="draws per N (different images and head seeds)")
-    p.add_argument("--seed", type=int, default=s("seed"), help="base seed of the draws and heads")
     p.add_argument("--jobs", type=int, default=s("n_jobs"), help="worker processes (-1: one per CPU core)")
-    p.add_argument("--runs-dir", default=s("runs_dir"), help="where the run folder goes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_options(p, seed="the draws and the heads (the base seed)")
 
 
 def run(a):

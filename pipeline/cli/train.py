@@ -2,7 +2,7 @@
 The code file is named by --codes, or found from the same options that made it with
 `cnn-codes codes`. Writes a run folder with the head, record.json, report.txt, confusion.png
 and history.png (roc_pr.png for two classes)."""
-from pipeline.cli import add_code_options, code_paths, default, parse_size
+from pipeline.cli import add_code_options, add_common_options, code_paths, default, parse_size
 from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead
 from pipeline.runs import train
 
@@ -48,14 +48,12 @@ def add_positive_class(p):
 def add_arguments(p):
     p.add_argument("--head", default="softmax", choices=list(HEADS), help="which head to train")
     add_code_options(p, join=True)
-    p.add_argument("--runs-dir", default=default(train, "runs_dir"), help="where run folders go")
     add_head_options(p)
-    p.add_argument("--seed", type=int, default=default(SoftmaxHead.__init__, "seed"),
-                   help="seed of the head's initialization and shuffling")
     add_positive_class(p)
     p.add_argument("--memory-limit", type=parse_size, default=None, metavar="SIZE",
                    help="memory the codes may take (e.g. 4G, 500M, 25%% of RAM); larger code sets are streamed from "
                         "the file (default: half the RAM)")
+    add_common_options(p, seed="the head's initialization and shuffling", progress=None)
 
 
 def run(a):
