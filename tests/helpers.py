@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -60,8 +61,6 @@ def user_error_lines(stderr: str) -> list[str]:
 
 def write_code_file(path, X, y, split, paths, class_names, **attrs):
     """A code file written directly in the stage-1 layout (format 1: the codes inside the file)."""
-    import h5py
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         f["codes"] = np.asarray(X, np.float32)
@@ -76,8 +75,6 @@ def as_format1(path, drop=()):
     """Rewrite a code set as version 0.1.0 wrote it (format 1: the codes inside the file, no
     parts), leaving out the datasets ``drop``; its parts folder is removed."""
     import shutil
-
-    import h5py
 
     path = Path(path)
     with h5py.File(path, "r") as f:
@@ -166,3 +163,26 @@ def check_html(path):
             Image.open(path.parent / src).verify()
         assert img.get("alt")
     return c
+
+
+PUBLIC = ("paths", "labels", "split", "class_names", "fingerprints", "digests", "failed_paths")
+
+
+def contents(path):
+    """Every dataset of a code file, read whole."""
+    with h5py.File(path) as f:
+        return {k: f[k][()] for k in f}
+
+
+def assert_same_codes(a, b, rtol=1e-5, ordered=True, keys=PUBLIC):
+    """The same code set whatever computed it: codes within ``rtol`` of their scale, the datasets
+    ``keys`` identical (in the same order, or with ``ordered=False`` row by row after sorting by path)."""
+    da, db = contents(a), contents(b)
+    if not ordered:
+        for d in (da, db):
+            order = np.argsort(d["paths"])
+            for k in ("paths", "labels", "split", "fingerprints", "digests", "codes"):
+                d[k] = d[k][order]
+    for k in keys:
+        np.testing.assert_array_equal(da[k], db[k], err_msg=k)
+    assert_codes_close(da["codes"], db["codes"], rtol=rtol)

@@ -196,7 +196,8 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
         try:
             base.load_weights(weights)
         except Exception as exc:
-            raise ParameterError("weights", f"{weights} does not fit {backbone.name}: {str(exc).splitlines()[0]}") from None
+            raise ParameterError("weights", f"{weights} does not fit {backbone.name}: "
+                                            f"{str(exc).splitlines()[0]}") from None
     base.trainable = False
     return base
 

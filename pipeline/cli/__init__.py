@@ -144,11 +144,11 @@ def code_paths(a) -> list[Path]:
     if a.codes:
         return [Path(c) for c in ([a.codes] if isinstance(a.codes, str) else a.codes)]
     listify = lambda v: v if isinstance(v, list) else [v]
+    settings = {f.name: getattr(a, f.name) for f in CodeIdentity.settings() if f.metadata["folder"]}
     paths = []
     for bb in listify(a.backbone):
         for layer in listify(a.layer):
             for pooling in listify(a.pooling):
-                settings = {f.name: getattr(a, f.name) for f in CodeIdentity.settings() if f.metadata["folder"]}
                 identity = CodeIdentity.of(bb, layer, pooling, a.weights, a.image_size, **settings)
                 path = identity.path(a.cache_dir, a.data)
                 if not path.exists():

@@ -29,7 +29,8 @@ def add_arguments(p):
     p.add_argument("--strength", type=float, default=f("strength"), help="augmentation strength (zoom/shift fraction)")
     p.add_argument("--cache-dir", default=f("cache_dir"), help="where cut-point activations are cached")
     add_positive_class(p)
-    add_common_options(p, seed="shuffling, augmentation and initialization", progress="no progress bar / per-epoch lines")
+    add_common_options(p, seed="shuffling, augmentation and initialization",
+                       progress="no progress bar / per-epoch lines")
 
 
 def run(a):

@@ -76,7 +76,8 @@ def run_cli(main, argv=None) -> None:
     try:
         code = main(argv)
     except ParameterError as exc:
-        print(f"error: {flag_of(exc.parameter, getattr(exc, 'command', None))} {one_line(exc.message)}", file=sys.stderr)
+        flag = flag_of(exc.parameter, getattr(exc, "command", None))
+        print(f"error: {flag} {one_line(exc.message)}", file=sys.stderr)
         sys.exit(2)
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)

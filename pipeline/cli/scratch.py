@@ -19,7 +19,8 @@ def add_arguments(p):
     p.add_argument("--augment", action="store_true", help="augment training images")
     p.add_argument("--strength", type=float, default=f("strength"), help="augmentation strength (zoom/shift fraction)")
     add_positive_class(p)
-    add_common_options(p, seed="shuffling, augmentation and initialization", progress="no progress bar / per-epoch lines")
+    add_common_options(p, seed="shuffling, augmentation and initialization",
+                       progress="no progress bar / per-epoch lines")
 
 
 def run(a):

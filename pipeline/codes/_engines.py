@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 # that never need it start without loading it.
 
 
-
 @dataclasses.dataclass
 class ComputeStats:
     images: int
@@ -38,7 +37,6 @@ def compute(spec: WorkSpec, partitions: list[Partition], *, progress: bool = Tru
     """Compute ``partitions`` on the model workers of the spec's engine (its options checked by
     :meth:`ComputeOptions.check`). ``on_ready`` is told where the forward pass runs once the
     models are built, before the clock starts."""
-    engine, workers, ray_address = spec.compute.engine, spec.compute.workers, spec.compute.ray_address
     bar = _Progress(sum(len(p) for p in partitions), progress, f"codes {spec.identity.backbone}")
 
     def ready(description):  # the bar starts once the models are built
@@ -46,8 +44,8 @@ def compute(spec: WorkSpec, partitions: list[Partition], *, progress: bool = Tru
         bar.start()
 
     try:
-        run = _local if engine == "local" else _ray
-        return run(spec, partitions, workers=workers, ray_address=ray_address, bar=bar, on_ready=ready)
+        run = _local if spec.compute.engine == "local" else _ray
+        return run(spec, partitions, bar=bar, on_ready=ready)
     finally:
         bar.close()
 
@@ -75,8 +73,8 @@ class _Progress:
             self.bar.close()
 
 
-def _local(spec, partitions, *, workers, ray_address, bar, on_ready) -> ComputeStats:
-    pool = [Worker(spec) for _ in range(min(workers, len(partitions)))]
+def _local(spec, partitions, *, bar, on_ready) -> ComputeStats:
+    pool = [Worker(spec) for _ in range(min(spec.compute.workers, len(partitions)))]
     on_ready(pool[0].description + (f", {len(pool)} workers" if len(pool) > 1 else ""))
     results: list[PartitionResult] = []
     t0 = time.perf_counter()
@@ -144,7 +142,8 @@ class _RayWorker:
         return next(iter(self.worker.run([partition])))
 
 
-def _ray(spec, partitions, *, workers, ray_address, bar, on_ready) -> ComputeStats:
+def _ray(spec, partitions, *, bar, on_ready) -> ComputeStats:
+    workers, ray_address = spec.compute.workers, spec.compute.ray_address
     try:
         import ray
         from ray.util import ActorPool

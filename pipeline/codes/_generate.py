@@ -59,7 +59,6 @@ logger = logging.getLogger(__name__)
 # workers that never need it start without loading it.
 
 
-
 def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, weights="imagenet", image_size=None,
                    cache_dir="cache", exclude=(), split=(0.7, 0.15, 0.15), seed=0, progress=True, stats=None,
                    **options) -> list[Path]:
@@ -87,13 +86,13 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
                                    **settings)
     compute = dataclasses.replace(compute or ComputeOptions(), **how)
     compute.check()
-    choose_runtime(compute.runtime, identity.precision, gpus=0)  # checked now; "auto" is resolved by each worker
-    ds = scan(data, exclude)
-    writable_folder(cache_dir, "--cache-dir")
     identities = [dataclasses.replace(identity, layer=l, pooling=p)
                   for l in (layers or [identity.layer]) for p in (poolings or [identity.pooling])]
     for i in identities:
         i.check()
+    choose_runtime(compute.runtime, identity.precision, gpus=0)  # checked now; "auto" is resolved by each worker
+    ds = scan(data, exclude)
+    writable_folder(cache_dir, "--cache-dir")
     files = [i.path(cache_dir, data) for i in identities]
     out_attrs = [dict(i.to_attrs(), weights=str(weights)) for i in identities]
     spec = WorkSpec(str(ds.root), identity, tuple((i.layer, i.pooling) for i in identities), str(weights), compute,
@@ -124,10 +123,10 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
     skipped = sorted((f.path, f.reason) for f in failed) + list(ds.unnamable)
     if skipped:
         logger.warning(f"warning: {len(skipped)} image(s) skipped, listed in failed_paths: "
-             + "; ".join(f"{p} ({r})" for p, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
+                       + "; ".join(f"{p} ({r})" for p, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     if large:
         logger.warning(f"note: {len(large)} image(s) over Pillow's decompression-bomb warning limit "
-             f"({_pil_limit()} megapixels) were decoded, e.g. {large[0]}; larger than twice that are skipped")
+                       f"({_pil_limit()} megapixels) were decoded, e.g. {large[0]}; larger than twice that are skipped")
     return files
 
 
@@ -142,10 +141,11 @@ def _compute(plan: Plan, spec: WorkSpec, *, progress, stats) -> list[str]:
     def ready(description):
         logger.info(f"{spec.identity.backbone} {spec.identity.image_size}px -> "
                     f"{', '.join(f'{l}/{p}' for l, p in spec.outputs)}: "
-            f"{todo} of {len(plan.ds)} images to compute ({detail}) on {description}")
+                    f"{todo} of {len(plan.ds)} images to compute ({detail}) on {description}")
 
     done = compute(spec, plan.pending, progress=progress, on_ready=ready)
-    logger.info(f"computed {done.images} images in {done.seconds:.1f} s ({done.images / max(done.seconds, 1e-9):.1f} img/s)")
+    logger.info(f"computed {done.images} images in {done.seconds:.1f} s "
+                f"({done.images / max(done.seconds, 1e-9):.1f} img/s)")
     if stats is not None:
         stats.update(images=done.images, seconds=done.seconds)
     return [p for r in done.results for p in r.large]
@@ -168,7 +168,7 @@ def _commit_all(plan: Plan, split, seed, max_parts) -> list:
         collect_garbage(out.path)
         fault_point("output-done")
         logger.info(f"{out.path}: {len(content.rows)} images x {content.dim} values"
-            + (f"; {len(content.failed)} unreadable image(s) skipped" if content.failed else ""))
+                    + (f"; {len(content.failed)} unreadable image(s) skipped" if content.failed else ""))
         failed = failed or content.failed
     return failed
 

@@ -65,11 +65,10 @@ def tensorflow_gpus() -> int:
 def choose_runtime(runtime: str, precision: str = "fp32", *, gpus: int | None = None,
                    openvino: str | None = "unknown") -> str:
     """The runtime to use: ``auto`` is OpenVINO where TensorFlow sees no GPU and OpenVINO is
-    installed, else TensorFlow. BF16 needs OpenVINO."""
+    installed, else TensorFlow. BF16 needs OpenVINO. ``precision`` is one of :data:`PRECISIONS`
+    (a code set's checks it, :meth:`~pipeline.codes.CodeIdentity.check`)."""
     if runtime not in RUNTIMES:
         raise ParameterError("runtime", f"{runtime}: choose one of {', '.join(RUNTIMES)}")
-    if precision not in PRECISIONS:
-        raise ParameterError("precision", f"{precision}: choose one of {', '.join(PRECISIONS)}")
     openvino = openvino_version() if openvino == "unknown" else openvino
     if runtime == "openvino" or (precision != "fp32" and runtime == "auto"):
         if openvino is None:

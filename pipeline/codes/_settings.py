@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, get_backbone, weights_identity
 from pipeline.codes._format import MAX_PARTS
-from pipeline.codes._runtimes import PRECISIONS, RUNTIMES
+from pipeline.codes._runtimes import PRECISIONS
 from pipeline.data import RESIZES
 from pipeline.errors import ParameterError
 
@@ -82,7 +82,8 @@ class CodeIdentity:
             raise ParameterError("pooling", f"{self.pooling}: choose one of {', '.join(POOLINGS)}")
         for f in self.settings():
             if getattr(self, f.name) not in f.metadata["choices"]:
-                raise ParameterError(f.name, f"{getattr(self, f.name)}: choose one of {', '.join(f.metadata['choices'])}")
+                raise ParameterError(f.name, f"{getattr(self, f.name)}: choose one of "
+                                             f"{', '.join(f.metadata['choices'])}")
 
     def to_attrs(self) -> dict:
         return dataclasses.asdict(self)
@@ -102,14 +103,16 @@ class CodeIdentity:
 
     def path(self, cache_dir, data) -> Path:
         """``<cache_dir>/<data folder name>/<backbone>-<size>-<weights>[-<setting>...]/<layer>-<pooling>.h5``."""
-        model = f"{self.backbone}-{self.image_size}-{self.weights_id}" + "".join(f"-{v}" for _, v in self._folder_suffixes())
+        suffixes = "".join(f"-{v}" for _, v in self._folder_suffixes())
+        model = f"{self.backbone}-{self.image_size}-{self.weights_id}{suffixes}"
         return Path(cache_dir) / Path(data).resolve().name / model / f"{self.layer}-{self.pooling}.h5"
 
     def make_command(self, data) -> str:
         """The make command that creates this code set (for messages)."""
         extra = [f"--{name.replace('_', '-')} {value}" for name, value in self._folder_suffixes()]
         return (f"make codes DATA={data} BACKBONE={self.backbone} LAYER={self.layer} POOLING={self.pooling}"
-                + (f" IMAGE_SIZE={self.image_size}" if self.image_size != get_backbone(self.backbone).input_size else "")
+                + (f" IMAGE_SIZE={self.image_size}"
+                   if self.image_size != get_backbone(self.backbone).input_size else "")
                 + (f" ARGS='{' '.join(extra)}'" if extra else ""))
 
 
@@ -131,11 +134,10 @@ class ComputeOptions:
     wait: bool = True                 # wait for another run writing the same code set (False: refuse)
 
     def check(self) -> None:
-        """Each option in range, or a ParameterError naming it."""
+        """Each option in range, or a ParameterError naming it (``runtime``: by
+        :func:`~pipeline.codes._runtimes.choose_runtime`, which also knows the precision)."""
         if self.engine not in ENGINES:
             raise ParameterError("engine", f"{self.engine}: choose one of {', '.join(ENGINES)}")
-        if self.runtime not in RUNTIMES:
-            raise ParameterError("runtime", f"{self.runtime}: choose one of {', '.join(RUNTIMES)}")
         for name, least in (("workers", 1), ("batch_size", 1), ("max_parts", 2), ("decode_threads", 1),
                             ("partition_size", 1)):
             value = getattr(self, name)

@@ -217,8 +217,8 @@ def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None
         logger.info(f"{r.format}: {agree}{r.latency_ms:.1f} ms per image (Keras {keras_ms:.1f} ms)")
         if r.top1_agreement is not None and r.top1_agreement < MIN_AGREEMENT[r.format]:
             logger.warning(f"warning: the {r.format} export agrees with the Keras model on only "
-                 f"{100 * r.top1_agreement:.2f}% of the test images (expected at least "
-                 f"{100 * MIN_AGREEMENT[r.format]:.0f}%)")
+                           f"{100 * r.top1_agreement:.2f}% of the test images (expected at least "
+                           f"{100 * MIN_AGREEMENT[r.format]:.0f}%)")
     record = {"model": model_path.name, "image_size": size, "resize": resize, "input": "float32 (n, size, size, 3), 0..255",
               "keras_latency_ms": keras_ms, "onnx_opset": ONNX_OPSET,
               "exports": [dataclasses.asdict(r) for r in results]}

@@ -133,9 +133,6 @@ def train_in_memory(dense_layers, Z, y, Z_val, y_val, schedule: Schedule, sample
     import tensorflow as tf
 
     epoch = _epoch_function()
-    epochs, learning_rate, batch_size = schedule.epochs, schedule.learning_rate, schedule.batch_size
-    patience, min_delta, dropout, seed, verbose = (schedule.patience, schedule.min_delta, schedule.dropout,
-                                                   schedule.seed, schedule.verbose)
     weights = [tuple(tf.constant(a, tf.float32) for a in layer.get_weights()) for layer in dense_layers]
     m = [tuple(tf.zeros_like(a) for a in layer) for layer in weights]
     v = [tuple(tf.zeros_like(a) for a in layer) for layer in weights]
@@ -144,13 +141,14 @@ def train_in_memory(dense_layers, Z, y, Z_val, y_val, schedule: Schedule, sample
     Zv = tf.constant(Z_val if has_val else Z[:0], tf.float32)
     yv = tf.constant(y_val if has_val else y[:0], tf.int32)
     w = tf.constant(np.ones(len(y)) if sample_weight is None else sample_weight, tf.float32)
-    scalars = [tf.constant(learning_rate, tf.float32), tf.constant(int(batch_size), tf.int32),
-               float(dropout), tf.constant(seed, tf.int64)]  # the rate is part of the trace: none, no dropout op
+    # the dropout rate is part of the trace: none, no dropout op
+    scalars = [tf.constant(schedule.learning_rate, tf.float32), tf.constant(int(schedule.batch_size), tf.int32),
+               float(schedule.dropout), tf.constant(schedule.seed, tf.int64)]
     step = tf.constant(0, tf.int64)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(schedule.seed)
     history = {"loss": [], "accuracy": []} | ({"val_loss": [], "val_accuracy": []} if has_val else {})
-    stopping = EarlyStopping(patience, min_delta, weights)
-    for _ in tqdm(range(epochs), desc="epochs", unit="epoch", disable=not verbose):
+    stopping = EarlyStopping(schedule.patience, schedule.min_delta, weights)
+    for _ in tqdm(range(schedule.epochs), desc="epochs", unit="epoch", disable=not schedule.verbose):
         perm = tf.constant(rng.permutation(len(y)), tf.int32)
         weights, m, v, step, loss, hits, val_loss, val_hits = epoch(weights, m, v, step, Zt, yt, w, perm, Zv, yv,
                                                                     *scalars)

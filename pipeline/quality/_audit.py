@@ -314,11 +314,13 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
     write_audit_report(run_dir, summary, cs, findings, gallery)
     d = summary["duplicates"]
     logger.info(f"near-duplicates: {d['within_class']} pairs within classes (cosine >= {threshold:g}), "
-        f"{d['across_classes']} across classes (>= {cross_threshold:g}), {d['across_splits']} of them across "
-        f"the split (leakage)" + ("; most across classes: " + ", ".join(
-            f"{'/'.join(c['classes'])} {c['pairs']}" for c in summary["class_pairs"][:3]) if summary["class_pairs"] else ""))
-    logger.info(f"likely label errors: {summary['label_issues']} (out-of-fold accuracy {summary['out_of_fold_accuracy']:.4f}); "
-        f"outliers: {summary['outliers']}")
+                f"{d['across_classes']} across classes (>= {cross_threshold:g}), {d['across_splits']} of them across "
+                f"the split (leakage)" + ("; most across classes: " + ", ".join(
+                    f"{'/'.join(c['classes'])} {c['pairs']}" for c in summary["class_pairs"][:3])
+                    if summary["class_pairs"] else ""))
+    logger.info(f"likely label errors: {summary['label_issues']} "
+                f"(out-of-fold accuracy {summary['out_of_fold_accuracy']:.4f}); "
+                f"outliers: {summary['outliers']}")
     logger.info(f"audited {len(cs)} images in {summary['seconds']:.1f} s -> {run_dir}")
     return Run(run_dir, "audit", summary)
 

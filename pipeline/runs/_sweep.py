@@ -150,7 +150,7 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
         too_big = [n for n in ns if n != "all" and n > largest]
         if too_big and default_ns:
             logger.info(f"note: N={', '.join(map(str, too_big))} left out: no class of {s['path']} has more than "
-                f"{largest} training images")
+                        f"{largest} training images")
             ns = [n for n in ns if n not in too_big]
         elif too_big:
             raise UserError(f"N={too_big[0]} is larger than any class of {s['path']} (the largest has {largest} "

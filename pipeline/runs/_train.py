@@ -30,7 +30,8 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
     """Fit ``head`` (with ``head_params``, the head's own parameters: ``epochs``, ``Cs``, ...) on
     the train part of a code set (validation part for model selection),
     evaluate on its test part and write a run folder. Returns its :class:`Run`. ``codes``: a code
-    file, a :class:`~pipeline.codes.CodeSet`, or a list of code files (or paths joined by ``+``): trains on their codes side by side, rows matched by image
+    file, a :class:`~pipeline.codes.CodeSet`, or a list of code files (or paths joined by ``+``):
+    trains on their codes side by side, rows matched by image
     path (:class:`~pipeline.codes.JoinedCodeSet`).
 
     Codes that take more than ``memory_limit`` bytes as float32 (default: half the RAM) are
@@ -45,7 +46,7 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
     if isinstance(cs, JoinedCodeSet):
         if cs.dropped:
             logger.info(f"note: {cs.dropped} image(s) are not in every code set and are left out; "
-                f"training on the {len(cs)} in all of them")
+                        f"training on the {len(cs)} in all of them")
         if cs.nbytes() > limit:
             raise UserError(f"joined code sets are trained in memory: their {cs.nbytes() / 1e9:.2f} GB exceed "
                             f"--memory-limit {limit / 1e9:.2f} GB; raise it or join fewer sets")
@@ -58,9 +59,10 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
         X_tr, X_va, X_te = (CodeStream(cs, cs.split == s, budget) for s in (TRAIN, VAL, TEST))
         y_tr, y_va, y_te = X_tr.y, X_va.y, X_te.y
         logger.info(f"note: the codes take {cs.nbytes() / 1e9:.2f} GB as float32, more than --memory-limit "
-            f"{limit / 1e9:.2f} GB: training out of core, streaming at most {budget} codes at a time from {codes_path}"
-            + (" (logistic regression by minibatch gradient descent, C = the largest of --Cs)"
-               if head == "logreg" else ""))
+                    f"{limit / 1e9:.2f} GB: training out of core, streaming at most {budget} codes at a time from "
+                    f"{codes_path}"
+                    + (" (logistic regression by minibatch gradient descent, C = the largest of --Cs)"
+                       if head == "logreg" else ""))
     if len(X_te) == 0 or len(np.unique(y_tr)) < 2:
         raise UserError(f"{codes_path}: the stored split has no test images or fewer than two training classes")
     positive_index(cs.class_names, positive_class)  # checked before training

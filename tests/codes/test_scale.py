@@ -1,41 +1,24 @@
 """Stage 1 at scale: partitions, engines, updates that cost what changed, lazy code sets."""
+import json
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from helpers import FAST, assert_codes_close, make_images, write_code_file
+from helpers import CNN_CODES, FAST, assert_same_codes, make_images, user_env, write_code_file
 
 from pipeline.codes import CodeSet, generate_codes, parts_dir
 from pipeline.codes._plan import cut, make_plan
 from pipeline.data import TRAIN, scan
-
-PUBLIC = ("paths", "labels", "split", "class_names", "fingerprints", "digests", "failed_paths")
+from pipeline.heads import load_head
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_images(tmp_path_factory.mktemp("scale") / "data", n_classes=3, per_class=14)
-
-
-def contents(path):
-    with h5py.File(path) as f:
-        return {k: f[k][()] for k in f}
-
-
-def assert_same_codes(a, b, rtol=1e-5, ordered=True):
-    """The same code set whatever computed it: codes within ``rtol`` of their scale, the rest identical (in
-    the same order, or with ``ordered=False`` row by row after sorting by path)."""
-    da, db = contents(a), contents(b)
-    if not ordered:
-        for d in (da, db):
-            order = np.argsort(d["paths"])
-            for k in ("paths", "labels", "split", "fingerprints", "digests", "codes"):
-                d[k] = d[k][order]
-    for k in PUBLIC:
-        np.testing.assert_array_equal(da[k], db[k], err_msg=k)
-    assert_codes_close(da["codes"], db["codes"], rtol=rtol)
 
 
 def part_files(path):
@@ -185,11 +168,6 @@ LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1
 def child_peak(*args) -> ChildRun:
     """Run ``cnn-codes train ARGS`` as a child process and measure its peak resident memory,
     which sees every allocation: Python's, NumPy's, HDF5's and TensorFlow's."""
-    import json
-    import subprocess
-    import sys
-
-    from helpers import CNN_CODES, user_env
     done = subprocess.run([sys.executable, "-c", LAUNCHER, CNN_CODES, "train", *map(str, args)], env=user_env(),
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
@@ -203,7 +181,6 @@ def child_peak(*args) -> ChildRun:
 def test_heads_train_out_of_core_beyond_a_memory_cap(head, tmp_path):
     """The out-of-core run's peak RSS grows less than the cap over that of a run on a tiny code
     set (same imports, same head), while the in-memory run's grows by more than the codes."""
-    from pipeline.heads import load_head
     path, X, y, split = synthetic_code_set(tmp_path / "codes.h5", n=48000, dim=1024)
     tiny, *_ = synthetic_code_set(tmp_path / "tiny.h5", n=600, dim=1024)
     cap = X.nbytes // 3  # 197 MB of codes, a 66 MB cap
