@@ -7,7 +7,9 @@ LAYER    ?=
 POOLING  ?= avg
 WEIGHTS  ?= imagenet
 IMAGE_SIZE ?=
-SPLIT    ?= 70/15/15
+SPLIT    ?=
+LAYOUT   ?=
+LABELS   ?=
 HEAD     ?= softmax
 CACHE    ?= cache
 RUNS     ?= runs
@@ -20,6 +22,7 @@ CODES    ?=
 LAYER_OPT = $(if $(LAYER),--layer $(LAYER))
 SIZE_OPT  = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))
 NS_OPT    = $(if $(NS),--n $(NS))
+LAYOUT_OPTS = $(if $(LAYOUT),--layout $(LAYOUT)) $(if $(LABELS),--labels $(LABELS)) $(if $(SPLIT),--split $(SPLIT))
 CODE_OPTS = --data $(DATA) --backbone $(BACKBONE) $(LAYER_OPT) --pooling $(POOLING) --weights $(WEIGHTS) $(SIZE_OPT) --cache-dir $(CACHE)
 
 RUN      ?= $(lastword $(sort $(wildcard $(RUNS)/*-$(BACKBONE)-$(HEAD))))
@@ -28,7 +31,8 @@ MODEL    ?= $(RUN)
 
 .PHONY: codes train sweep finetune scratch export predict compare report audit test bench help
 help:
-	@echo "make codes [DATA=.. BACKBONE=.. LAYER=.. POOLING=avg|max|flatten WEIGHTS=.. IMAGE_SIZE=.. SPLIT=70/15/15]"
+	@echo "make codes [DATA=.. BACKBONE=.. LAYER=.. POOLING=avg|max|flatten WEIGHTS=.. IMAGE_SIZE=.. SPLIT=70/15/15"
+	@echo "            LAYOUT=folders|split-folders|labels-file|names|unlabelled LABELS=labels.csv] (docs/data.md)"
 	@echo "make train [HEAD=softmax|mlp|logreg|prototype, same code options; CODES='a.h5 b.h5': codes side by side]"
 	@echo "make sweep [HEADS='softmax mlp logreg' NS='1 2 5 10 15 20 30 all' REPEATS=5]"
 	@echo "make finetune [RUN=runs/<head run>, default the newest $(BACKBONE) $(HEAD) run]  make scratch"
@@ -38,7 +42,7 @@ help:
 	@echo "make test | make bench"
 
 codes:
-	$(CNN) codes $(CODE_OPTS) --split $(SPLIT) $(ARGS)
+	$(CNN) codes $(CODE_OPTS) $(LAYOUT_OPTS) $(ARGS)
 
 train:
 	$(CNN) train --head $(HEAD) $(if $(CODES),--codes $(CODES),$(CODE_OPTS)) --runs-dir $(RUNS) $(ARGS)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS
 from pipeline.codes import CodeIdentity
+from pipeline.data import LAYOUTS, TASKS, LayoutOptions
 from pipeline.errors import UserError
 
 
@@ -110,15 +111,40 @@ def add_code_options(p, many: bool = False, join: bool = False) -> None:
     p.add_argument("--cache-dir", default="cache", help="where code files are")
 
 
-def add_common_options(p, *, seed: str | None = None, runs_dir: bool = True, progress: str | None = "no progress bar"):
+def add_common_options(p, *, seed: str | None = None, runs_dir: bool = True, progress: str | None = "no progress bar",
+                       seed_default: int | None = 0):
     """The options several commands share, declared once: ``--runs-dir``, ``--seed`` (``seed``
     says what it seeds) and ``--no-progress`` (``progress``: its help)."""
     if runs_dir:
         p.add_argument("--runs-dir", default="runs", help="where run folders go")
     if seed:
-        p.add_argument("--seed", type=int, default=0, help=f"seed of {seed}")
+        p.add_argument("--seed", type=int, default=seed_default, help=f"seed of {seed}")
     if progress:
         p.add_argument("--no-progress", action="store_true", help=progress)
+
+
+def add_layout_options(p) -> None:
+    """How the data folder gives its labels (:class:`~pipeline.data.LayoutOptions`; docs/data.md)."""
+    p.add_argument("--layout", default="auto", choices=LAYOUTS,
+                   help="how the folder gives labels: class folders, split folders (train/ val/ test/ of class "
+                        "folders), a labels file, labels in file names, or none; auto: detected, named on the first line")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="a CSV or TSV labels file (image, label and optional split columns); implies --layout labels-file")
+    p.add_argument("--image-column", default=None, help="labels file: the column naming the images (default: detected)")
+    p.add_argument("--label-column", default=None, help="labels file: the column of the labels (default: detected)")
+    p.add_argument("--split-column", default=None,
+                   help="labels file: a column giving each image's split, train/val/test (default: detected)")
+    p.add_argument("--label-pattern", default=None, metavar="REGEX",
+                   help="labels in file names: the first group of a match on each file name is its class, e.g. "
+                        "'^(.+)_\\d+\\.jpg$'; files that do not match are unlabelled")
+    p.add_argument("--task", default="auto", choices=TASKS,
+                   help="labels file: one label per image or several (auto: multi-label when a cell holds several "
+                        "labels joined by | ; or , or the file has one 0/1 column per label)")
+
+
+def layout_options(a) -> LayoutOptions:
+    return LayoutOptions(layout=a.layout, labels=a.labels, image_column=a.image_column, label_column=a.label_column,
+                         split_column=a.split_column, label_pattern=a.label_pattern, task=a.task)
 
 
 def training_options(a) -> dict:

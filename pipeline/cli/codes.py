@@ -1,10 +1,10 @@
-"""Stage 1: cache CNN codes of every image under DATA (one sub-folder per class) in HDF5.
+"""Stage 1: cache CNN codes of every image under DATA in HDF5, with the labels its layout gives.
 Run it again to resume an interrupted run or to take in added, changed or removed images; only
 what is missing is computed."""
 import dataclasses
 
 from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY, list_layers
-from pipeline.cli import add_common_options, add_setting_options, default
+from pipeline.cli import add_common_options, add_layout_options, add_setting_options, default, layout_options
 from pipeline.codes import ENGINES, RUNTIMES, CodeIdentity, ComputeOptions, generate_codes
 from pipeline.data import parse_split
 
@@ -14,7 +14,8 @@ HELP = "stage 1: cache the CNN codes of every image of a folder"
 def add_arguments(p):
     g = lambda name: default(generate_codes, name)
     c = lambda name: getattr(ComputeOptions, name)
-    p.add_argument("--data", default="examples/caltech5", help="image folder, one sub-folder per class")
+    p.add_argument("--data", default="examples/caltech5",
+                   help="image folder: class folders, split folders, images with a labels file, ... (docs/data.md)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=list(REGISTRY), metavar="NAME",
                    help="conv base: " + ", ".join(REGISTRY))
     p.add_argument("--layer", nargs="+", default=None, metavar="LAYER",
@@ -36,9 +37,14 @@ def add_arguments(p):
                    help="image decoding threads per worker (default: one per core, at most 8)")
     p.add_argument("--ray-address", default=None,
                    help="--engine ray: the address of a running Ray cluster to join (default: start a local one)")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="CLASS", help="class folders to leave out")
-    p.add_argument("--split", default="/".join(f"{100 * x:g}" for x in g("split")),
-                   help="per-class train/val/test percentages, e.g. 70/30 for no validation set")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="CLASS",
+                   help="classes to leave out (their images are computed, unlabelled)")
+    add_layout_options(p)
+    p.add_argument("--split", default=None,
+                   help="per-class train/val/test percentages of the parts the layout does not give, e.g. 70/30 for "
+                        "no validation set (default: the stored split of an existing code set, else 70/15/15)")
+    p.add_argument("--resplit", action="store_true",
+                   help="draw another split than the stored one (runs made before tested on other images)")
     p.add_argument("--partition-size", type=int, default=None,
                    help="images per partition, the unit of work of a worker and of the part files (default: about "
                         "1/16 of the work, 512-8192)")
@@ -57,7 +63,8 @@ def add_arguments(p):
     p.add_argument("--no-wait", action="store_true",
                    help="if another run is writing the same code set, stop at once instead of waiting for it")
     p.add_argument("--list-layers", action="store_true", help="print the backbone's layer names and exit")
-    add_common_options(p, seed="the stratified split", runs_dir=False)
+    add_common_options(p, seed="the stratified split (default: the stored one, else 0)", runs_dir=False,
+                       seed_default=None)
 
 
 def run(a):
@@ -69,5 +76,6 @@ def run(a):
     compute = ComputeOptions(**{f.name: getattr(a, f.name) for f in dataclasses.fields(ComputeOptions)
                                 if f.name not in ("wait",)}, wait=not a.no_wait)
     generate_codes(a.data, a.backbone, a.layer, a.pooling, a.weights, a.image_size, a.cache_dir, a.exclude,
-                   parse_split(a.split), a.seed, progress=not a.no_progress, compute=compute, **settings)
+                   parse_split(a.split) if a.split else None, a.seed, resplit=a.resplit, progress=not a.no_progress,
+                   compute=compute, reading=layout_options(a), **settings)
     return 0

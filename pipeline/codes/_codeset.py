@@ -3,6 +3,7 @@ side), :class:`CodeStream` (rows streamed for training out of core). The format:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -12,7 +13,7 @@ import h5py
 import numpy as np
 
 from pipeline.codes._format import parts_dir
-from pipeline.data import RESIZES
+from pipeline.data import RESIZES, UNLABELLED
 from pipeline.errors import UserError
 
 
@@ -37,6 +38,25 @@ class _Codes:
         """Bytes the selected codes take in memory as float32."""
         n = self.shape[0] if mask is None else int(np.count_nonzero(mask))
         return n * self.shape[1] * 4
+
+    @property
+    def multi_label(self) -> bool:
+        """True for a multi-label set: ``y`` is then (N, labels) 0/1."""
+        return np.ndim(self.y) == 2
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """Rows with a label (the others: split UNLABELLED, label -1), as a boolean mask."""
+        return self.split != UNLABELLED
+
+    def split_digest(self) -> str:
+        """A digest of which labelled image is in which part: runs with the same one were tested
+        on the same images (``compare`` marks runs whose digests differ)."""
+        h = hashlib.blake2b(digest_size=8)
+        for p, s in zip(self.paths, np.asarray(self.split).tolist()):
+            if s != UNLABELLED:
+                h.update(f"{p}\0{s}\n".encode())
+        return h.hexdigest()
 
     def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
         m = self.split == which
@@ -73,7 +93,8 @@ class CodeSet(_Codes):
         _raise_open_files_limit()
         try:
             with h5py.File(path, "r") as f:
-                self.y = f["labels"][()].astype(np.int64)
+                # a multi-label set holds (N, labels) 0/1 ``targets`` instead of ``labels``
+                self.y = (f["targets"] if "targets" in f else f["labels"])[()].astype(np.int64)
                 self.split = f["split"][()]
                 self.paths = list(f["paths"].asstr()[()])
                 self.class_names = list(f["class_names"].asstr()[()])

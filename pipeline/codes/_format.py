@@ -172,7 +172,7 @@ class Index:
     attrs: dict
     dim: int
     format_version: int
-    labels: np.ndarray
+    labels: np.ndarray            # (N,) class per image; multi-label: (N, labels) 0/1 targets
     split: np.ndarray
     class_names: list[str]
 
@@ -201,7 +201,8 @@ def read_index(path: Path) -> Index:
                               f["failed_fingerprints"][()])}
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
             dim = f["codes"].shape[1]
-            labels, split, class_names = f["labels"][()], f["split"][()], list(f["class_names"].asstr()[()])
+            labels = f["targets"][()] if "targets" in f else f["labels"][()]
+            split, class_names = f["split"][()], list(f["class_names"].asstr()[()])
     except (OSError, KeyError, ValueError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
@@ -238,7 +239,7 @@ class IndexContent:
     """Everything a new index holds besides its attributes."""
 
     rows: list[Row]
-    labels: np.ndarray
+    labels: np.ndarray            # (N,) int; a multi-label set: (N, labels) 0/1, stored as ``targets``
     split: np.ndarray
     class_names: list[str]
     failed: list[FailedImage]
@@ -287,7 +288,9 @@ def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
             # per-image columns compressed: the index is rewritten by every update
             paths = np.array([r.path.encode() for r in rows])
             _column(f, "paths", paths, dtype=h5py.string_dtype("utf-8", paths.dtype.itemsize))
-            _column(f, "labels", content.labels)
+            # A multi-label set has no ``labels``: a reader that knows one label per image cannot
+            # mistake it for a single-label set (attribute task = multi-label).
+            _column(f, "targets" if content.labels.ndim == 2 else "labels", content.labels)
             _column(f, "split", content.split)
             _column(f, "fingerprints", np.asarray([r.fingerprint for r in rows], np.int64).reshape(-1, 2))
             _column(f, "digests", np.asarray([r.digest for r in rows], np.uint64))

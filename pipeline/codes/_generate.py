@@ -32,8 +32,10 @@ from pipeline import __version__
 from pipeline._files import writable_folder
 from pipeline.backbones import DEFAULT_BACKBONE
 from pipeline.codes._engines import compute
+from pipeline.codes._homes import claim_home
 from pipeline.codes._faults import fault_point
 from pipeline.codes._format import (
+    FailedImage,
     Index,
     IndexContent,
     Row,
@@ -50,7 +52,7 @@ from pipeline.codes._plan import OutputPlan, Plan, labels_of, make_plan
 from pipeline.codes._runtimes import choose_runtime
 from pipeline.codes._settings import CodeIdentity, ComputeOptions, split_options
 from pipeline.codes._worker import WorkSpec, default_decode_threads
-from pipeline.data import content_digest, scan, stratified_split
+from pipeline.data import LayoutOptions, assign_split, content_digest, read_folder
 from pipeline.errors import USER_ERRNOS, Interrupted, UserError, os_error_text
 
 logger = logging.getLogger(__name__)
@@ -60,17 +62,25 @@ logger = logging.getLogger(__name__)
 
 
 def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, weights="imagenet", image_size=None,
-                   cache_dir="cache", exclude=(), split=(0.7, 0.15, 0.15), seed=0, progress=True, stats=None,
+                   cache_dir="cache", exclude=(), split=None, seed=None, resplit=False, progress=True, stats=None,
                    **options) -> list[Path]:
     """Compute (or complete) one cached code set per (layer, pooling); return their paths.
 
     ``layers`` (default: the backbone's final conv block) x ``poolings`` (default: avg) are the
     outputs of one pass. ``options`` are the other settings of the codes (:class:`CodeIdentity`:
-    ``dtype``, ``precision``, ``tta``, ``resize``) and how they are computed
+    ``dtype``, ``precision``, ``tta``, ``resize``), how they are computed
     (:class:`ComputeOptions`: ``engine``, ``workers``, ``decode_threads``, ``runtime``,
     ``batch_size``, ``partition_size``, ``ray_address``, ``max_parts``, ``overwrite``, ``verify``,
-    ``wait``), or the records themselves: ``identity=CodeIdentity(...)`` (its layer and pooling
-    the defaults of ``layers`` and ``poolings``), ``compute=ComputeOptions(...)``.
+    ``wait``) and how the folder's labels are read (:class:`~pipeline.data.LayoutOptions`:
+    ``layout``, ``labels``, ``image_column``, ``label_column``, ``split_column``,
+    ``label_pattern``, ``task``), or the records themselves: ``identity=CodeIdentity(...)`` (its
+    layer and pooling the defaults of ``layers`` and ``poolings``), ``compute=ComputeOptions(...)``,
+    ``reading=LayoutOptions(...)``.
+
+    ``split`` (train, val, test fractions) and ``seed`` draw the parts of the split the layout
+    leaves open; None: the stored ones of an existing code set, else 70/15/15 and 0. Another split
+    than the stored one is refused unless ``resplit``. Labels, split and layout are in the index
+    only: changing them never computes a code.
 
     Images already cached and unchanged are not recomputed; new or changed images are computed;
     removed ones are dropped; an update writes only the parts of what it computes and a new
@@ -80,7 +90,10 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
     receives the streaming figures: images computed and loop seconds.
     """
     identity, compute = options.pop("identity", None), options.pop("compute", None)
-    settings, how = split_options(options)
+    reading = options.pop("reading", None) or LayoutOptions()
+    settings, how, layout = split_options(options)
+    reading = dataclasses.replace(reading, **layout, exclude=tuple(exclude) or reading.exclude)
+    reading.check()
     if identity is None:
         identity = CodeIdentity.of(backbone, (layers or [None])[0], (poolings or ["avg"])[0], weights, image_size,
                                    **settings)
@@ -91,9 +104,14 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
     for i in identities:
         i.check()
     choose_runtime(compute.runtime, identity.precision, gpus=0)  # checked now; "auto" is resolved by each worker
-    ds = scan(data, exclude)
+    ds = read_folder(data, reading)
+    logger.info(f"layout: {ds.description}")
+    for note in ds.notes:
+        logger.info(f"note: {note}")
     writable_folder(cache_dir, "--cache-dir")
-    files = [i.path(cache_dir, data) for i in identities]
+    home = claim_home(cache_dir, data)
+    files = [i.file_in(home) for i in identities]
+    split, seed = _split_to_use(files[0], ds, split, seed, resplit)
     out_attrs = [dict(i.to_attrs(), weights=str(weights)) for i in identities]
     spec = WorkSpec(str(ds.root), identity, tuple((i.layer, i.pooling) for i in identities), str(weights), compute,
                     compute.decode_threads or default_decode_threads(), tuple(str(parts_dir(f)) for f in files),
@@ -108,7 +126,8 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
                              target=compute.partition_size)
             large = _compute(plan, spec, progress=progress, stats=stats)
             fault_point("all-staged")
-            failed = _commit_all(plan, split, seed, compute.max_parts)
+            failed = _commit_all(plan, assign_split(ds, split, seed), _label_attrs(ds, split, seed),
+                                 compute.max_parts)
     except KeyboardInterrupt:
         staged = sum(all(o.staged(p) for o in plan.outputs) for p in plan.pending) if plan else 0
         raise Interrupted(f"{staged} finished partition(s) are kept; run the same command again to resume"
@@ -151,10 +170,48 @@ def _compute(plan: Plan, spec: WorkSpec, *, progress, stats) -> list[str]:
     return [p for r in done.results for p in r.large]
 
 
-def _commit_all(plan: Plan, split, seed, max_parts) -> list:
+DEFAULT_SPLIT = (0.7, 0.15, 0.15)
+
+
+def _split_to_use(file: Path, ds, split, seed, resplit: bool) -> tuple[tuple, int]:
+    """The split fractions and seed of this run: those given, else the stored ones, else the
+    defaults. A split other than the stored one is refused (runs before and after would not
+    share a test set) unless ``resplit``."""
+    stored = {}
+    if file.exists():
+        try:
+            with h5py.File(file, "r") as f:
+                stored = {k: f.attrs[k] for k in ("split_fractions", "split_seed") if k in f.attrs}
+        except OSError:
+            stored = {}  # unreadable: the plan says so
+    old_split = tuple(json.loads(stored["split_fractions"])) if "split_fractions" in stored else None
+    old_seed = int(stored["split_seed"]) if "split_seed" in stored else None
+    new_split = tuple(split) if split is not None else old_split or DEFAULT_SPLIT
+    new_seed = int(seed) if seed is not None else old_seed if old_seed is not None else 0
+    drawn = ds.split is None or bool((ds.split < 0).any())
+    changed = ((old_split is not None and not np.allclose(new_split, old_split, atol=1e-6))
+               or (old_seed is not None and new_seed != old_seed))
+    if drawn and changed and not resplit:
+        raise UserError(f"{file} holds a split drawn with --split {_percent(old_split)} --seed {old_seed}, not --split "
+                        f"{_percent(new_split)} --seed {new_seed}; runs on it share that test set. Pass --resplit to "
+                        f"draw the new one (runs made before then tested on other images)")
+    return new_split, new_seed
+
+
+def _percent(fractions) -> str:
+    return "/".join(f"{100 * x:g}" for x in fractions) if fractions else "?"
+
+
+def _label_attrs(ds, split, seed) -> dict:
+    """What the index says about labels and split besides them: how they were read and drawn."""
+    return dict(split_fractions=json.dumps([round(x, 6) for x in split]), split_seed=seed,
+                layout=json.dumps(ds.source, sort_keys=True),
+                task="multi-label" if ds.multi_label else "single-label")
+
+
+def _commit_all(plan: Plan, split, split_attrs: dict, max_parts) -> list:
     """Commit every code set of the plan; returns the unreadable images of the first."""
-    split_codes = dict(zip(plan.ds.paths, stratified_split(plan.ds.paths, plan.ds.labels, split, seed).tolist()))
-    split_attrs = dict(split_fractions=json.dumps([round(x, 6) for x in split]), split_seed=seed)
+    split_codes = dict(zip(plan.ds.paths, split.tolist()))
     labels = labels_of(plan.ds)
     failed = []
     for out in plan.outputs:
@@ -192,6 +249,7 @@ def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, spl
         rows += [Row(p, part.name, i, tuple(int(v) for v in fp), int(d))
                  for i, (p, fp, d) in enumerate(zip(part.paths, part.fingerprints, part.digests)) if p in fresh]
     failed = [f for p, f in out.failed.items() if p not in fresh] + [f for part in parts for f in part.failed]
+    failed += [FailedImage(name, "listed in the labels file, not found", (-1, -1)) for name in plan.ds.missing]
     if not rows:
         if out.index is None:  # nothing to keep: no code set, no parts
             collect_garbage(out.path)
@@ -204,7 +262,7 @@ def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, spl
                   else json.loads(old["code_shape"]))
     runtimes = set(str(old["runtime"]).split("; ")) if kept and "runtime" in old else set()
     runtimes |= {p.runtime for p in with_codes}
-    content = IndexContent(rows, np.asarray([labels[r.path] for r in rows], np.int32),
+    content = IndexContent(rows, np.asarray([labels[r.path] for r in rows], np.uint8 if plan.ds.multi_label else np.int32),
                            np.asarray([split_codes[r.path] for r in rows], np.int8), list(plan.ds.class_names),
                            failed, dim, out.attrs["dtype"])
     attrs = dict(out.attrs, **split_attrs, code_shape=json.dumps(list(code_shape)), versions=_versions(),

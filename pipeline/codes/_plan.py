@@ -173,5 +173,6 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
     return Plan(ds, outputs, partitions, pending, counts, current)
 
 
-def labels_of(ds: ImageFolder) -> dict[str, int]:
-    return dict(zip(ds.paths, np.asarray(ds.labels).tolist()))
+def labels_of(ds: ImageFolder) -> dict:
+    """Each image's label (multi-label: its row of 0/1 targets), by path."""
+    return dict(zip(ds.paths, (ds.targets if ds.multi_label else np.asarray(ds.labels)).tolist()))

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, get_backbone, weights_identity
 from pipeline.codes._format import MAX_PARTS
+from pipeline.codes._homes import find_home
 from pipeline.codes._runtimes import PRECISIONS
-from pipeline.data import RESIZES
+from pipeline.data import RESIZES, LayoutOptions
 from pipeline.errors import ParameterError
 
 TTAS = ("none", "flip")
@@ -102,10 +103,15 @@ class CodeIdentity:
                 if f.metadata["folder"] and getattr(self, f.name) != f.default]
 
     def path(self, cache_dir, data) -> Path:
-        """``<cache_dir>/<data folder name>/<backbone>-<size>-<weights>[-<setting>...]/<layer>-<pooling>.h5``."""
+        """``<cache_dir>/<data folder name>/<backbone>-<size>-<weights>[-<setting>...]/<layer>-<pooling>.h5``
+        (the data folder's own cache folder: :func:`~pipeline.codes._homes.find_home`)."""
+        return self.file_in(find_home(cache_dir, data))
+
+    def file_in(self, home) -> Path:
+        """The code set's file in the cache folder ``home`` of its data folder."""
         suffixes = "".join(f"-{v}" for _, v in self._folder_suffixes())
         model = f"{self.backbone}-{self.image_size}-{self.weights_id}{suffixes}"
-        return Path(cache_dir) / Path(data).resolve().name / model / f"{self.layer}-{self.pooling}.h5"
+        return Path(home) / model / f"{self.layer}-{self.pooling}.h5"
 
     def make_command(self, data) -> str:
         """The make command that creates this code set (for messages)."""
@@ -145,15 +151,15 @@ class ComputeOptions:
                 raise ParameterError(name, f"must be at least {least}")
 
 
-def split_options(options: dict) -> tuple[dict, dict]:
-    """Keyword options of stage 1 as (identity settings, compute options); any other name is a
-    ParameterError."""
-    settings = {f.name for f in CodeIdentity.settings()}
-    compute = {f.name for f in dataclasses.fields(ComputeOptions)}
+def split_options(options: dict) -> tuple[dict, dict, dict]:
+    """Keyword options of stage 1 as (identity settings, compute options, layout options); any
+    other name is a ParameterError."""
+    groups = ({f.name for f in CodeIdentity.settings()}, {f.name for f in dataclasses.fields(ComputeOptions)},
+              {f.name for f in dataclasses.fields(LayoutOptions)} - {"exclude"})
     for name in options:
-        if name not in settings | compute:
+        if not any(name in g for g in groups):
             raise ParameterError(name, "is not an option of generate_codes")
-    return ({k: v for k, v in options.items() if k in settings}, {k: v for k, v in options.items() if k in compute})
+    return tuple({k: v for k, v in options.items() if k in g} for g in groups)
 
 
 def setting(info: dict, name: str):

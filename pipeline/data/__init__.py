@@ -1,15 +1,18 @@
 """Data: finding the images and their classes, the train/validation/test split, decoding."""
 
 from pipeline.data._decode import augmentation, image_dataset
+from pipeline.data._layouts import LAYOUTS, SPLIT_WORDS, TASKS, LayoutOptions, read_folder
 from pipeline.data._scan import (
     IMAGE_EXTENSIONS,
     RESIZES,
     SPLIT_NAMES,
     TEST,
     TRAIN,
+    UNLABELLED,
     VAL,
     ImageError,
     ImageFolder,
+    assign_split,
     content_digest,
     decode_rgb,
     fingerprint,
@@ -28,6 +31,13 @@ __all__ = [
     "VAL",
     "ImageError",
     "ImageFolder",
+    "LAYOUTS",
+    "LayoutOptions",
+    "SPLIT_WORDS",
+    "TASKS",
+    "UNLABELLED",
+    "assign_split",
+    "read_folder",
     "content_digest",
     "decode_rgb",
     "fingerprint",

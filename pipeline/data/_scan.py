@@ -18,13 +18,21 @@ from pipeline.errors import ParameterError, UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 TRAIN, VAL, TEST = 0, 1, 2
-SPLIT_NAMES = ("train", "val", "test")
+# Images without a label: label -1 and this split value in a code set, so that every reader that
+# selects TRAIN, VAL or TEST leaves them out.
+UNLABELLED = 3
+SPLIT_NAMES = ("train", "val", "test", "unlabelled")
+# Split values of a layout that are still to be drawn (never stored): every part drawn, only the
+# validation part (the test part is given), only the test part (the validation part is given).
+DRAW, DRAW_VAL, DRAW_TEST = -1, -2, -3
 
 
 @dataclasses.dataclass
 class ImageFolder:
     """A scanned data set. ``paths`` are relative to ``root`` (posix), sorted; ``labels[i]``
-    indexes ``class_names``; ``fingerprints[i]`` is (size in bytes, mtime in ns)."""
+    indexes ``class_names`` (-1: unlabelled); ``fingerprints[i]`` is (size in bytes, mtime in ns).
+    ``split`` is the split the layout gives (None: drawn; see :func:`assign_split`),
+    ``targets`` the (N, labels) 0/1 matrix of a multi-label set (``labels`` then only stratifies)."""
 
     root: Path
     paths: list[str]
@@ -35,12 +43,22 @@ class ImageFolder:
     empty_classes: tuple[str, ...] = ()
     # Files that cannot even be named in a code set (not valid UTF-8): (printable name, reason).
     unnamable: tuple[tuple[str, str], ...] = ()
+    split: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    missing: tuple[str, ...] = ()      # images a labels file lists that are not there
+    notes: tuple[str, ...] = ()
+    description: str = "class folders"  # how the labels were read, for the first line of stage 1
+    source: dict = dataclasses.field(default_factory=lambda: {"layout": "folders"})  # recorded in the code set
+
+    @property
+    def multi_label(self) -> bool:
+        return self.targets is not None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=len(self.class_names))
+        return np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
 
 
 def content_digest(path) -> int:
@@ -125,27 +143,45 @@ def parse_split(text: str) -> tuple[float, float, float]:
     return tuple(p / total for p in parts)
 
 
-def stratified_split(paths, labels, fractions=(0.7, 0.15, 0.15), seed=0) -> np.ndarray:
+def stratified_split(paths, labels, fractions=(0.7, 0.15, 0.15), seed=0, class_names=None) -> np.ndarray:
     """Per-class split: ``out[i]`` is TRAIN, VAL or TEST for image ``i``.
 
     Within each class the images are shuffled by a generator seeded from ``seed`` and the class
-    name, then cut by ``fractions``, rounding so that each class keeps at least one training
-    image and (with two or more images) at least one test image. The result depends only on
-    ``seed``, the fractions and each class's own image list.
+    name (``class_names[c]``; without them, the first folder of the class's first path), then cut
+    by ``fractions``, rounding so that each class keeps at least one training image and (with two
+    or more images) at least one test image (when ``fractions`` has a test part). The result
+    depends only on ``seed``, the fractions and each class's own image list.
     """
     labels = np.asarray(labels)
     out = np.full(len(labels), TRAIN, np.int8)
     _, f_val, f_test = fractions
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        key = paths[idx[0]].split("/")[0]
+        key = (class_names[c] if class_names is not None and 0 <= c < len(class_names)
+               else str(c) if class_names is not None else paths[idx[0]].split("/")[0])
         rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
         idx = idx[rng.permutation(len(idx))]
         n = len(idx)
-        n_test = min(max(int(round(n * f_test)), 1 if n >= 2 else 0), n - 1)
+        n_test = min(max(int(round(n * f_test)), 1 if n >= 2 and f_test > 0 else 0), n - 1)
         n_val = min(int(round(n * f_val)), n - 1 - n_test)
         out[idx[:n_test]] = TEST
         out[idx[n_test:n_test + n_val]] = VAL
+    return out
+
+
+def assign_split(ds: ImageFolder, fractions=(0.7, 0.15, 0.15), seed=0) -> np.ndarray:
+    """Each image's split: the one the layout gives, the parts it leaves open drawn per class
+    from ``fractions`` (renormalised over the parts drawn), UNLABELLED for unlabelled images."""
+    given = ds.split if ds.split is not None else np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
+    out = given.astype(np.int8).copy()
+    f_train, f_val, f_test = fractions
+    for mark, parts in ((DRAW, (f_train, f_val, f_test)), (DRAW_VAL, (f_train, f_val, 0.0)),
+                        (DRAW_TEST, (f_train, 0.0, f_test))):
+        idx = np.flatnonzero(given == mark)
+        if len(idx):
+            total = sum(parts)
+            out[idx] = stratified_split([ds.paths[i] for i in idx], ds.labels[idx], tuple(p / total for p in parts),
+                                        seed, ds.class_names)
     return out
 
 

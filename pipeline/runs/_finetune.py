@@ -226,6 +226,7 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
     warmup = record.get("metrics", {})
     rec = {"title": f"fine-tuned {attrs['backbone']} from {cut} (head {record['head']})", "kind": "finetune",
            "head": record["head"], "warmup_run": str(head_run), "codes": record["codes"], "code_attrs": attrs,
+           "split_digest": cs.split_digest(),
            "cut_layer": cut, "trainable_weights": n_trainable, "optimizer": optimizer,
            "learning_rate": options.learning_rate, "augment": options.augment,
            "strength": options.strength if options.augment else None,
@@ -295,6 +296,7 @@ def scratch(codes, image_size=128, runs_dir="runs", **options):
     augment = augmentation(options.strength, options.seed) if options.augment else None
     fitted = _fit_and_predict(model, ds(tr, shuffle=True, seed=options.seed, augment=augment), ds(va), ds(te), options)
     rec = {"title": f"from-scratch CNN at {image_size} px", "kind": "scratch", "codes": str(cs.path),
+           "split_digest": cs.split_digest(),
            "image_size": image_size, "augment": options.augment, "n_train": int(len(tr)), "n_val": int(len(va)),
            "n_test": int(len(te))}
     save = lambda run_dir: save_model(model, run_dir / "model.keras", cs.class_names,

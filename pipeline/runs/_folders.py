@@ -38,14 +38,21 @@ def compare_table(run_dirs=None, runs_dir="runs") -> str:
     """A Markdown table of runs (default: every run under ``runs_dir``): kind, title, test
     accuracy, top-5, mean per-class accuracy, training seconds."""
     folders = [Path(r) for r in run_dirs] if run_dirs else sorted(p.parent for p in Path(runs_dir).glob("*/record.json"))
-    lines = ["| kind | model | test accuracy | top-5 | mean per-class | training s | run |", "|---|---|---|---|---|---|---|"]
+    lines = ["| kind | model | test accuracy | top-5 | mean per-class | training s | split | run |",
+             "|---|---|---|---|---|---|---|---|"]
+    splits = []
     for folder in folders:
         r = load_record(folder)
         m = r["metrics"]
+        splits.append(str(r.get("split_digest", "?"))[:8])
         top5 = "n/a" if m.get("top5_accuracy") is None else f"{100 * m['top5_accuracy']:.2f}%"
         lines.append(f"| {r['kind']} | {r.get('title', folder.name)} | {100 * m['accuracy']:.2f}% | {top5} | "
                      f"{100 * m['mean_per_class_accuracy']:.2f}% | {r.get('train_seconds', float('nan')):.1f} | "
-                     f"{folder.name} |")
+                     f"{splits[-1]} | {folder.name} |")
     if len(lines) == 2:
         raise UserError(f"no finished runs to compare under {runs_dir}")
+    if len(set(splits)) > 1:
+        lines.append(f"\nnote: these runs were tested on {len(set(splits))} different splits (column split: a digest "
+                     f"of which image is in which part; ? for runs made before it was recorded): compare figures "
+                     f"only between runs of the same split")
     return "\n".join(lines)

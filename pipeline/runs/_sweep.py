@@ -143,7 +143,7 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
             raise UserError(f"{path}: the stored split has no test images")
         sets.append({"path": path, "label": _code_label(cs.attrs), "attrs": cs.attrs, "class_names": cs.class_names,
                      "n_classes": len(cs.class_names), "train_counts": train_counts.tolist(),
-                     "mean_train_per_class": float(train_counts.mean())})
+                     "mean_train_per_class": float(train_counts.mean()), "split_digest": cs.split_digest()})
         del cs
     for s in sets:
         largest = max(s["train_counts"])

@@ -1,6 +1,7 @@
 """Train one head on one cached code set, evaluate it on the stored test split, save a run."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -63,6 +64,10 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
                     f"{codes_path}"
                     + (" (logistic regression by minibatch gradient descent, C = the largest of --Cs)"
                        if head == "logreg" else ""))
+    if not cs.labelled.any():
+        raise UserError(f"{codes_path}: none of its {len(cs)} images has a label (layout "
+                        f"{json.loads(cs.attrs.get('layout', '{}')).get('layout', 'unlabelled')}); give them labels "
+                        f"(a labels file, class folders: docs/data.md) and run make codes again")
     if len(X_te) == 0 or len(np.unique(y_tr)) < 2:
         raise UserError(f"{codes_path}: the stored split has no test images or fewer than two training classes")
     positive_index(cs.class_names, positive_class)  # checked before training
@@ -77,7 +82,7 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
         "codes": str(Path(codes_path)), "code_attrs": {k: str(v) for k, v in cs.attrs.items()},
         "n_train": int(len(y_tr)), "n_val": int(len(y_va)), "n_test": int(len(y_te)),
         "test_paths": [p for p, s in zip(cs.paths, cs.split) if s == TEST], "train_seconds": round(seconds, 3),
-        "out_of_core": not isinstance(X_tr, np.ndarray),
+        "out_of_core": not isinstance(X_tr, np.ndarray), "split_digest": cs.split_digest(),
     }
     return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, y_true=y_te,
                       proba=model.predict_proba(X_te), class_names=cs.class_names, save=model.save,
