@@ -1,7 +1,7 @@
 """Stage 1: cached CNN codes. ``generate_codes`` plans, computes (locally or on Ray, on TensorFlow or
 OpenVINO) and commits code sets; ``CodeSet`` reads one."""
 
-from pipeline.codes._codeset import CodeSet, JoinedCodeSet, load_codes, open_code_sets
+from pipeline.codes._codeset import CodeSet, CodeView, JoinedCodeSet, load_codes, open_code_sets
 from pipeline.codes._faults import POINTS
 from pipeline.codes._format import MAX_PARTS, parts_dir
 from pipeline.codes._generate import generate_codes
@@ -12,6 +12,7 @@ from pipeline.codes._settings import DTYPES, ENGINES, TTAS, CodeIdentity, Comput
 __all__ = [
     "MAX_PARTS",
     "CodeSet",
+    "CodeView",
     "JoinedCodeSet",
     "load_codes",
     "open_code_sets",

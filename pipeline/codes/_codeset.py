@@ -275,6 +275,28 @@ class JoinedCodeSet(_Codes):
         return self.X if mask is None else self.X[mask]
 
 
+class CodeView(_Codes):
+    """Some rows of a code set (or of joined ones), e.g. its labelled images: the same names, the
+    codes read when first asked for and kept."""
+
+    def __init__(self, codes, mask):
+        self.source, self._mask = codes, np.asarray(mask, bool)
+        self.path, self.attrs, self.class_names = codes.path, codes.attrs, codes.class_names
+        self.paths = [p for p, keep in zip(codes.paths, self._mask) if keep]
+        self.y, self.split = codes.y[self._mask], codes.split[self._mask]
+        self.shape = (len(self.paths), codes.shape[1])
+        self._X = None
+
+    @property
+    def X(self) -> np.ndarray:
+        if self._X is None:
+            self._X = self.source.rows(self._mask)
+        return self._X
+
+    def rows(self, mask=None) -> np.ndarray:
+        return self.X if mask is None else self.X[mask]
+
+
 def open_code_sets(codes):
     """One code set (a path) or several joined (a list of paths, or paths joined by ``+``);
     a code set already open is taken as it is."""

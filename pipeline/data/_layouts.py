@@ -118,21 +118,15 @@ def read_folder(root, options: LayoutOptions | None = None) -> ImageFolder:
         raise UserError(f"data folder {root} does not exist")
     if not root.is_dir():
         raise UserError(f"data path {root} is not a folder")
-    layout = options.chosen
-    if layout == "auto":
-        layout = _detect(root, options)
-    if layout == "folders":
-        ds = scan(root, options.exclude)
-        ds.description = f"class folders ({len(ds.class_names)} classes)"
-        ds.source = {"layout": "folders"}
-        return _only_labelled_classes(ds, options)
-    if layout == "split-folders":
-        return _split_folders(root, options)
-    if layout == "labels-file":
-        return _labels_file(root, options)
-    if layout == "names":
-        return _names(root, options)
-    return _unlabelled(root)
+    if options.chosen != "auto":
+        return READERS[options.chosen](root, options)
+    tables, rejected = _labels_tables(root, options)
+    try:
+        return READERS[_detect(root, tables)](root, options)
+    except UserError as exc:  # say why a table beside the images was not taken for their labels
+        if not rejected:
+            raise
+        raise UserError(f"{exc}; {rejected[0][0]} was not read as a labels file: {rejected[0][1]}") from None
 
 
 # ------------------------------------------------------------------ detection
@@ -141,8 +135,7 @@ def _top_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _detect(root: Path, options: LayoutOptions) -> str:
-    tables = _labels_tables(root, options)
+def _detect(root: Path, tables: list[Path]) -> str:
     if len(tables) > 1:
         raise UserError(f"{root} holds {len(tables)} table files that name its images ("
                         f"{', '.join(t.name for t in tables)}); say which holds the labels with --labels FILE")
@@ -157,28 +150,32 @@ def _detect(root: Path, options: LayoutOptions) -> str:
                             f"({', '.join(d.name + '/' for d in others[:5])}); move them apart, or pass --layout "
                             f"folders to read every top folder as a class")
         return "split-folders"
-    if not dirs and any(_images_under(root, recursive=False)):
+    if not dirs and next(iter(_images_under(root, recursive=False)), None):
         raise UserError(f"{root} holds images but no class folders and no labels file: give the labels with "
                         f"--labels FILE or --label-pattern REGEX, or pass --layout unlabelled to compute their codes "
                         f"without labels")
     return "folders"
 
 
-def _labels_tables(root: Path, options: LayoutOptions) -> list[Path]:
-    """The table files at the top of ``root`` whose rows name images under it."""
-    found = []
+def _labels_tables(root: Path, options: LayoutOptions) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The table files at the top of ``root`` whose rows name images under it, and the other
+    table files there with the reason each is not a labels file."""
+    found, rejected, index = [], [], None
     for p in sorted(root.iterdir()):
         if p.is_file() and p.suffix.lower() in TABLE_EXTENSIONS and not p.name.startswith("."):
             try:
                 table = _read_table(p)
                 columns = _columns(table, options, p)
-            except UserError:
+            except UserError as exc:
+                rejected.append((p.name, str(exc).split(": ", 1)[-1]))
                 continue
             names = [row[columns.image] for row in table.rows[:200] if columns.image < len(row)]
-            index = _ImageIndex(root)
+            index = index or _ImageIndex(root)
             if any(index.find(n, strict=False) for n in names):
                 found.append(p)
-    return found
+            else:
+                rejected.append((p.name, "its rows name none of the images"))
+    return found, rejected
 
 
 # ------------------------------------------------------------------ the image files
@@ -262,12 +259,6 @@ class _ImageIndex:
 
 
 # ------------------------------------------------------------------ class folders and split folders
-
-def _only_labelled_classes(ds: ImageFolder, options: LayoutOptions) -> ImageFolder:
-    if options.task == "multi-label":
-        raise ParameterError("task", "multi-label needs a labels file (folders give one class per image)")
-    return ds
-
 
 def _split_folders(root: Path, options: LayoutOptions) -> ImageFolder:
     if options.task == "multi-label":
@@ -437,7 +428,7 @@ def _labels_file(root: Path, options: LayoutOptions) -> ImageFolder:
         if not path.is_file():
             raise UserError(f"labels file {path} does not exist")
     else:
-        tables = _labels_tables(root, options)
+        tables, _ = _labels_tables(root, options)
         if not tables:
             candidates = [p.name for p in sorted(root.iterdir()) if p.suffix.lower() in TABLE_EXTENSIONS]
             raise UserError(f"{root} holds no table file whose rows name its images"
@@ -597,3 +588,25 @@ def _unlabelled(root: Path) -> ImageFolder:
     ds.description = f"unlabelled images ({len(paths)}; codes only: label them to train)"
     ds.source = {"layout": "unlabelled"}
     return ds
+
+
+def _folders(root: Path, options: LayoutOptions) -> ImageFolder:
+    if options.task == "multi-label":
+        raise ParameterError("task", "multi-label needs a labels file (folders give one class per image)")
+    ds = scan(root, options.exclude)
+    ds.description = f"class folders ({len(ds.class_names)} classes)"
+    ds.source = {"layout": "folders"}
+    loose = list(_images_under(root, recursive=False))
+    if loose:
+        ds.notes = (f"{len(loose)} image(s) at the top of {root.name}/ are in no class folder: computed, unlabelled "
+                    f"(e.g. {loose[0]})",)
+        ds.paths = ds.paths + loose
+        ds.labels = np.concatenate([ds.labels, np.full(len(loose), -1, np.int32)])
+        ds.fingerprints = np.concatenate([ds.fingerprints, np.asarray([fingerprint(root / p) for p in loose],
+                                                                      np.int64).reshape(-1, 2)])
+        ds.split = np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
+    return ds
+
+
+READERS = {"folders": _folders, "split-folders": _split_folders, "labels-file": _labels_file, "names": _names,
+           "unlabelled": lambda root, options: _unlabelled(root)}

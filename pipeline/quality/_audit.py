@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from pipeline._files import writable_folder
 from pipeline._records import Run, new_run_dir
-from pipeline.codes import open_code_sets
+from pipeline.codes import CodeView, open_code_sets
 from pipeline.data import SPLIT_NAMES
 from pipeline.errors import ParameterError, UserError
 from pipeline.reports._pages import esc, facts, page, section, shot, table
@@ -298,6 +298,9 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
         raise ParameterError("gallery", "must be 0 or more")
     writable_folder(runs_dir, "--runs-dir")
     cs = open_code_sets(codes_path)
+    if not cs.labelled.all():
+        logger.info(f"note: {int((~cs.labelled).sum())} unlabelled image(s) left out of the audit")
+        cs = CodeView(cs, cs.labelled)
     if len(cs) < 3 or len(np.unique(cs.y)) < 2:
         raise UserError(f"{cs.path}: an audit needs at least 3 images in 2 classes")
     options = dict(threshold=threshold, cross_threshold=cross_threshold, neighbours=neighbours, folds=folds,
