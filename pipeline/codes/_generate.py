@@ -152,10 +152,12 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
 def _compute(plan: Plan, spec: WorkSpec, *, progress, stats) -> list[str]:
     """Compute the partitions whose parts are missing; returns the paths of images over Pillow's
     warning limit."""
-    if not plan.pending:
-        return []
     todo = plan.n_todo
     detail = plan.describe()
+    if not plan.pending:
+        logger.info(f"{spec.identity.backbone} {spec.identity.image_size}px: 0 of {len(plan.ds)} images to compute"
+                    + (f" ({detail})" if detail else ""))
+        return []
 
     def ready(description):
         logger.info(f"{spec.identity.backbone} {spec.identity.image_size}px -> "
@@ -216,7 +218,7 @@ def _commit_all(plan: Plan, split, split_attrs: dict, max_parts) -> list:
     failed = []
     for out in plan.outputs:
         content, attrs = _new_index(out, plan, labels, split_codes, split_attrs)
-        if not _same_index(out.index, content, dict(split_attrs, **out.attrs)):
+        if not _same_index(out.index, content, dict(split_attrs, **out.attrs, data_root=attrs["data_root"])):
             write_index(out.path, content, attrs)
         if needs_compaction(content.rows, max_parts):  # also when a run was killed before it compacted
             part_attrs = dict(CodeIdentity.from_attrs(out.attrs).to_attrs(), code_shape=attrs["code_shape"])

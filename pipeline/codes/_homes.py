@@ -41,14 +41,21 @@ def _code_files(home: Path) -> list[Path]:
     return sorted(p for p in home.glob("*/*.h5") if ".tmp." not in p.name)
 
 
-def owner(home: Path) -> str | None:
-    """The data folder a cache folder belongs to, None if it says nothing (empty, or foreign)."""
+def _stated_owner(home: Path) -> str | None:
     try:
         info = json.loads((home / HOME_FILE).read_text())
         if isinstance(info, dict) and isinstance(info.get("data_root"), str):
             return info["data_root"]
     except (OSError, ValueError):
         pass
+    return None
+
+
+def owner(home: Path) -> str | None:
+    """The data folder a cache folder belongs to, None if it says nothing (empty, or foreign)."""
+    stated = _stated_owner(home)
+    if stated is not None:
+        return stated
     for f in _code_files(home):  # before folder.json: a code set's own attribute
         try:
             with h5py.File(f, "r") as h:
@@ -67,6 +74,10 @@ def find_home(cache_dir, data) -> Path:
     for home in (first, second):
         if home.is_dir() and owner(home) == root:
             return home
+    if cache.is_dir():  # a folder that moved here and took its codes along
+        for home in sorted(cache.iterdir()):
+            if home.is_dir() and _stated_owner(home) == root:
+                return home
     return first if not first.exists() or owner(first) is None else second
 
 
