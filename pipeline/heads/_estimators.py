@@ -3,6 +3,11 @@
 Every head is a scikit-learn estimator (``clone``, ``GridSearchCV`` and ``cross_val_score`` work)
 on codes ``X`` of shape (n_images, n_values). ``validation_data``, when given, drives early
 stopping (Keras heads) or the choice of the regularization strength (logistic regression).
+
+Multi-label: ``y`` of shape (n_images, n_labels), 0/1. Each head then gives one independent
+probability per label (logistic regression one-vs-rest, sigmoid outputs and binary cross-entropy
+for the Keras heads, a prototype per label), and a threshold per label, chosen on the validation
+codes for the best F1, decides which labels an image has (``predict``); both are saved with the head.
 """
 from __future__ import annotations
 
@@ -42,6 +47,24 @@ def holdout(X, y, X_val, y_val, fraction=0.1, seed=0):
     return X[fit_idx], y[fit_idx], X[val_idx], y[val_idx]
 
 
+def best_f1_thresholds(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Per label, the probability threshold with the best F1 on (Y, P); 0.5 for a label with no
+    positive among them (nothing to choose it on)."""
+    from sklearn.metrics import precision_recall_curve
+
+    out = np.full(Y.shape[1], 0.5, np.float32)
+    for j in range(Y.shape[1]):
+        if 0 < Y[:, j].sum():
+            precision, recall, thresholds = precision_recall_curve(Y[:, j], P[:, j])
+            f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+            out[j] = thresholds[int(np.argmax(f1))]
+    return out
+
+
+def _sigmoid(z):
+    return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(np.float32)
+
+
 def _is_stream(X) -> bool:
     return isinstance(X, CodeStream)
 
@@ -73,6 +96,11 @@ class _Head(ClassifierMixin, BaseEstimator):
 
         self._check_params()
         streamed = _is_stream(X)  # more codes than memory allows: read from the file as needed
+        self.multi_label_ = np.ndim(X.y if streamed else y) == 2
+        if self.multi_label_:
+            if streamed:
+                raise HeadParameterError("a multi-label head is trained in memory: raise --memory-limit")
+            return self._fit_multi_label(X, y, validation_data, classes)
         if streamed:
             y = X.y
         else:
@@ -97,6 +125,30 @@ class _Head(ClassifierMixin, BaseEstimator):
     def _fit_stream(self, stream, val):
         raise HeadParameterError(f"the {self.name} head cannot be trained out of core")
 
+    def _fit_multi_label(self, X, Y, validation_data, classes):
+        from sklearn.utils.validation import check_array
+
+        X = check_array(X, dtype=np.float32)
+        Y = (check_array(Y, ensure_2d=True) > 0).astype(np.float32)
+        if len(Y) != len(X):
+            raise HeadParameterError(f"y has {len(Y)} rows for {len(X)} codes")
+        self.classes_ = np.arange(Y.shape[1]) if classes is None else np.asarray(classes)
+        if len(self.classes_) != Y.shape[1]:
+            raise HeadParameterError(f"classes names {len(self.classes_)} labels, y has {Y.shape[1]} columns")
+        self.n_features_in_ = X.shape[1]
+        self.history_ = {}
+        X_val = Y_val = None
+        if validation_data is not None and len(validation_data[0]):
+            X_val = check_array(validation_data[0], dtype=np.float32)
+            Y_val = (np.asarray(validation_data[1]) > 0).astype(np.float32)
+        self._fit_multi(X, Y, X_val, Y_val)
+        self.thresholds_ = (best_f1_thresholds(Y_val, self._proba(X_val)) if X_val is not None
+                            else np.full(Y.shape[1], 0.5, np.float32))
+        return self
+
+    def _fit_multi(self, X, Y, X_val, Y_val):
+        raise HeadParameterError(f"the {self.name} head has no multi-label form")
+
     def predict_proba(self, X) -> np.ndarray:
         """(n_images, len(classes_)) class probabilities (``X`` may be a streamed code set)."""
         from sklearn.utils.validation import check_array, check_is_fitted
@@ -107,6 +159,9 @@ class _Head(ClassifierMixin, BaseEstimator):
         return self._proba(check_array(X, dtype=np.float32))
 
     def predict(self, X) -> np.ndarray:
+        """Classes; multi-label: (n_images, n_labels) 0/1, each label at or above its threshold."""
+        if getattr(self, "multi_label_", False):
+            return (self.predict_proba(X) >= self.thresholds_).astype(np.int64)
         return self.classes_[self.predict_proba(X).argmax(1)]
 
     def save(self, folder: Path) -> Path:
@@ -116,7 +171,9 @@ class _Head(ClassifierMixin, BaseEstimator):
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.get_params().items()}
         (Path(folder) / "head.json").write_text(json.dumps(
             {"head": self.name, "params": params, "classes": self.classes_.tolist(),
-             "n_features_in": int(self.n_features_in_), "state": self._state(), "history": self.history_},
+             "n_features_in": int(self.n_features_in_), "state": self._state(), "history": self.history_,
+             **({"multi_label": True, "thresholds": [float(t) for t in self.thresholds_]}
+                if getattr(self, "multi_label_", False) else {})},
             indent=2))
         return path
 
@@ -146,7 +203,7 @@ class KerasHead(_Head):
         _require(all(int(h) == h and h >= 1 for h in self._hidden()), "hidden", "whole numbers >= 1",
                  getattr(self, "hidden", None))
 
-    def _build(self, X, n_classes, stats=None, l2=0.0):
+    def _build(self, X, n_classes, stats=None, l2=0.0, multi_label=False):
         import keras
 
         mean, var = stats if stats is not None else standardization(X)
@@ -166,12 +223,34 @@ class KerasHead(_Head):
                 x = keras.layers.Dropout(self.dropout, name=f"dropout{i + 1}")(x)
         if not self._hidden() and self.dropout:
             x = keras.layers.Dropout(self.dropout, name="dropout")(x)
-        outputs = keras.layers.Dense(n_classes, activation="softmax", name="softmax",
+        activation = "sigmoid" if multi_label else "softmax"
+        outputs = keras.layers.Dense(n_classes, activation=activation, name=activation,
                                      kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)(x)
         model = keras.Model(inputs, outputs, name="head")
-        model.compile(keras.optimizers.Adam(self.learning_rate), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(keras.optimizers.Adam(self.learning_rate),
+                      "binary_crossentropy" if multi_label else "sparse_categorical_crossentropy",
+                      metrics=["binary_accuracy" if multi_label else "accuracy"])
         return model
+
+    def _fit_multi(self, X, Y, X_val, Y_val):
+        """Sigmoid outputs, binary cross-entropy; early stopping on the validation loss (10% of
+        the training codes held out when none is given), best weights restored."""
+        import keras
+
+        _keras_seed(self.seed)
+        if X_val is None and len(X) >= 20:
+            rng = np.random.default_rng(self.seed)
+            held = rng.permutation(len(X))[:max(1, len(X) // 10)]
+            keep = np.setdiff1d(np.arange(len(X)), held)
+            X, Y, X_val, Y_val = X[keep], Y[keep], X[held], Y[held]
+        self.model_ = self._build(X, Y.shape[1], multi_label=True)
+        stop = keras.callbacks.EarlyStopping("val_loss" if X_val is not None else "loss", patience=self.patience,
+                                             min_delta=self.min_delta, restore_best_weights=True)
+        fit = self.model_.fit(X, Y, validation_data=(X_val, Y_val) if X_val is not None else None,
+                              epochs=self.epochs, batch_size=self.batch_size, callbacks=[stop],
+                              verbose=self.verbose, shuffle=True)
+        self.history_ = {k.replace("binary_accuracy", "accuracy"): [float(v) for v in vals]
+                         for k, vals in fit.history.items()}
 
     def _fit(self, X, y, X_val, y_val):
         import keras
@@ -305,6 +384,52 @@ class LogRegHead(_Head):
                 self.model_ = self._pipe(best).fit(X, y)
             self.C_ = best
 
+    def _fit_multi(self, X, Y, X_val, Y_val):
+        """One-vs-rest: a binary logistic regression per label on the standardized codes, C chosen
+        from ``Cs`` by mean average precision on the validation codes (the largest C without).
+        A label that is always (or never) present gets a constant probability."""
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import average_precision_score
+
+        scaler = ShrunkScaler().fit(X)
+        Z = scaler.transform(X)
+        Z_val = scaler.transform(X_val) if X_val is not None else None
+
+        def fit(C):
+            coef, intercept = np.zeros((Y.shape[1], X.shape[1])), np.zeros(Y.shape[1])
+            for j in range(Y.shape[1]):
+                if Y[:, j].min() == Y[:, j].max():
+                    intercept[j] = 8.0 if Y[0, j] else -8.0
+                    continue
+                clf = LogisticRegression(C=C, max_iter=self.max_iter, random_state=self.seed,
+                                         class_weight="balanced" if self.class_weight else None).fit(Z, Y[:, j])
+                coef[j], intercept[j] = clf.coef_[0], clf.intercept_[0]
+            return coef, intercept
+
+        scored = [j for j in range(Y.shape[1]) if Y_val is not None and 0 < Y_val[:, j].sum() < len(Y_val)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if scored and len(self.Cs) > 1:
+                scores, fits = {}, {}
+                for C in sorted(self.Cs):
+                    fits[C] = fit(C)
+                    P = _sigmoid(Z_val @ fits[C][0].T + fits[C][1])
+                    scores[C] = float(np.mean([average_precision_score(Y_val[:, j], P[:, j]) for j in scored]))
+                best = max(sorted(self.Cs), key=lambda c: scores[c])  # ties: stronger regularization
+                coef, intercept = fits[best]
+                self.history_ = {"val_mAP_by_C": {str(c): v for c, v in scores.items()}}
+            else:
+                best = max(self.Cs)
+                coef, intercept = fit(best)
+        self.C_ = best
+        self.model_ = self._pipe(best)
+        clf = self.model_[-1]
+        self.model_.steps[0] = (self.model_.steps[0][0], scaler)
+        clf.coef_, clf.intercept_, clf.classes_ = coef, intercept, np.arange(Y.shape[1])
+        clf.n_features_in_ = X.shape[1]
+        clf.n_iter_ = np.asarray([0])
+
     def _fit_stream(self, stream, val):
         """Out of core: the same multinomial model (softmax of a linear function of standardized
         codes, L2 penalty 1 / (C n)) fitted by minibatch gradient descent on the streamed codes,
@@ -337,17 +462,29 @@ class LogRegHead(_Head):
         clf.n_iter_ = np.asarray([len(self.history_["loss"])])
 
     def _proba(self, X) -> np.ndarray:
+        if getattr(self, "multi_label_", False):
+            scaler, clf = self.model_[0], self.model_[-1]
+            return _sigmoid(scaler.transform(X) @ clf.coef_.T + clf.intercept_) if len(X) else np.zeros(
+                (0, len(self.classes_)), np.float32)
         out = np.zeros((len(X), len(self.classes_)), np.float32)
         if len(X):
             out[:, self.model_.classes_] = self.model_.predict_proba(X)  # classes absent from training: 0
         return out
 
     def to_keras(self):
-        """One Dense softmax layer with the standardization folded into its weights."""
+        """One Dense softmax layer (multi-label: sigmoid) with the standardization folded into its weights."""
         import keras
 
         scaler, clf = self.model_[0], self.model_[-1]
         coef, intercept = clf.coef_, clf.intercept_
+        if getattr(self, "multi_label_", False):
+            scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
+            inputs = keras.Input((self.n_features_in_,), name="codes")
+            dense = keras.layers.Dense(len(self.classes_), activation="sigmoid", name="sigmoid")
+            model = keras.Model(inputs, dense(inputs), name="head")
+            dense.set_weights([(coef / scale).T.astype(np.float32),
+                               (intercept - (coef / scale) @ scaler.mean_).astype(np.float32)])
+            return model
         if coef.shape[0] == 1:  # binary: sigmoid(z) == softmax([0, z])
             coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
         scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_)
@@ -413,6 +550,21 @@ class PrototypeHead(_Head):
         self.prototypes_ = np.where(norms > 0, protos / np.maximum(norms, 1e-12), 0).astype(np.float32)
         self.present_ = np.isin(np.arange(len(self.classes_)), present)
 
+    def _fit_multi(self, X, Y, X_val, Y_val):
+        """A prototype per label: the direction from the mean of the images without it to the
+        mean of those with it (centred, unit-length codes); probability the sigmoid of ``scale``
+        times an image's cosine with it."""
+        self.mean_ = X.mean(0) if self.center else np.zeros(X.shape[1], np.float32)
+        Z = self._normalize(X)
+        protos = np.zeros((Y.shape[1], X.shape[1]), np.float32)
+        for j in range(Y.shape[1]):
+            pos, neg = Y[:, j] > 0, Y[:, j] == 0
+            if pos.any():
+                protos[j] = Z[pos].mean(0) - (Z[neg].mean(0) if neg.any() else 0)
+        norms = np.linalg.norm(protos, axis=1, keepdims=True)
+        self.prototypes_ = np.where(norms > 0, protos / np.maximum(norms, 1e-12), 0).astype(np.float32)
+        self.present_ = Y.sum(0) > 0
+
     def _fit_stream(self, stream, val):
         self.mean_ = (streaming_standardization(stream.blocks())[0] if self.center
                       else np.zeros(stream.shape[1])).astype(np.float32)
@@ -434,6 +586,8 @@ class PrototypeHead(_Head):
 
     def _proba(self, X) -> np.ndarray:
         logits = self._logits(X)
+        if getattr(self, "multi_label_", False):
+            return _sigmoid(logits)  # a label never seen: -inf, probability 0
         logits -= logits.max(1, keepdims=True)
         e = np.exp(logits)
         return (e / e.sum(1, keepdims=True)).astype(np.float32)
@@ -445,7 +599,8 @@ class PrototypeHead(_Head):
         inputs = keras.Input((self.n_features_in_,), name="codes")
         centre = keras.layers.Dense(self.n_features_in_, name="centre")
         unit = keras.layers.UnitNormalization(name="unit")
-        dense = keras.layers.Dense(len(self.classes_), activation="softmax", name="softmax")
+        activation = "sigmoid" if getattr(self, "multi_label_", False) else "softmax"
+        dense = keras.layers.Dense(len(self.classes_), activation=activation, name=activation)
         model = keras.Model(inputs, dense(unit(centre(inputs))), name="head")
         centre.set_weights([np.eye(self.n_features_in_, dtype=np.float32), -self.mean_.astype(np.float32)])
         bias = np.where(self.present_, 0.0, -1e4).astype(np.float32)
@@ -515,6 +670,9 @@ def load_head(folder):
                         f"code it holds, so it is not loaded: train the head again (make train)")
     else:
         raise UserError(f"{folder} holds no saved head (head.json with head.keras or head.npz)")
+    head.multi_label_ = bool(desc.get("multi_label", False))
+    if head.multi_label_:
+        head.thresholds_ = np.asarray(desc.get("thresholds", []), np.float32)
     head._restore(folder, state)
     if "classes" in desc:
         head.classes_, head.n_features_in_ = np.asarray(desc["classes"]), int(desc["n_features_in"])

@@ -37,15 +37,39 @@ PREDICTION_FIELDS = ("path", "split", "true", "predicted", "confidence", "true_p
 GALLERY = 60  # misclassified test images shown, most confident first
 
 
-def write_predictions(run_dir: Path, paths, y_true, proba, class_names) -> None:
+def write_predictions(run_dir: Path, paths, y_true, proba, class_names, thresholds=None) -> None:
     """predictions.csv: one row per test image (path relative to the data folder, true and
-    predicted class, the predicted class's probability, the true class's probability)."""
+    predicted class, the predicted class's probability, the true class's probability).
+
+    Multi-label (``y_true`` (n, labels), ``thresholds``): true and predicted labels joined by
+    ``|``; ``confidence`` is that of the most confident wrong decision (a label's probability
+    for a false positive, one minus it for a false negative), or for an image with every label
+    right that of its least confident decision; ``true_probability`` the lowest probability of
+    its true labels; ``errors`` lists its false positives and false negatives."""
+    if np.ndim(y_true) == 2:
+        return _write_multi_label_predictions(run_dir, paths, y_true, proba, class_names, thresholds)
     pred = proba.argmax(1)
     with open(Path(run_dir) / PREDICTIONS, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(PREDICTION_FIELDS)
         for p, t, k, row in zip(paths, y_true, pred, proba):
             w.writerow([p, "test", class_names[t], class_names[k], f"{row[k]:.6f}", f"{row[t]:.6f}"])
+
+
+def _write_multi_label_predictions(run_dir, paths, Y, proba, names, thresholds) -> None:
+    pred = proba >= np.asarray(thresholds)
+    with open(Path(run_dir) / PREDICTIONS, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow((*PREDICTION_FIELDS, "errors"))
+        for p, t, k, row in zip(paths, np.asarray(Y) > 0, pred, proba):
+            decided = np.where(k, row, 1 - row)
+            wrong = np.flatnonzero(t != k)
+            confidence = decided[wrong].max() if len(wrong) else decided.min()
+            errors = "; ".join(f"{'false positive' if k[j] else 'false negative'} {names[j]} ({row[j]:.3f})"
+                               for j in wrong[np.argsort(-decided[wrong])])
+            w.writerow([p, "test", "|".join(names[j] for j in np.flatnonzero(t)),
+                        "|".join(names[j] for j in np.flatnonzero(k)), f"{confidence:.6f}",
+                        f"{row[t].min():.6f}" if t.any() else "", errors])
 
 
 def read_predictions(run_dir: Path) -> list[dict] | None:
@@ -71,7 +95,8 @@ def recompute_predictions(run_dir: Path, record: dict) -> bool:
     paths = [p for p, t in zip(cs.paths, test) if t]
     if paths != record.get("test_paths", paths) or list(cs.class_names) != record["class_names"]:
         return False  # the code set changed since the run: its test images are not the run's
-    write_predictions(run_dir, paths, cs.y[test], head.predict_proba(cs.rows(test)), record["class_names"])
+    write_predictions(run_dir, paths, cs.y[test], head.predict_proba(cs.rows(test)), record["class_names"],
+                      getattr(head, "thresholds_", None))
     return True
 
 
@@ -102,7 +127,9 @@ def gallery(predictions: list[dict], data_root: Path | None, limit: int = GALLER
     for p in wrong[:limit]:
         caption = (f"<span class=\"good\">true: {esc(p['true'])}</span><br>"
                    f"<span class=\"bad\">predicted: {esc(p['predicted'])} ({100 * float(p['confidence']):.1f}%)</span><br>"
-                   f"true class: {100 * float(p['true_probability']):.1f}%<br><span class=\"path\">{esc(p['path'])}</span>")
+                   + (f"{esc(p['errors'])}<br>" if p.get("errors") else
+                      f"true class: {100 * float(p['true_probability'] or 'nan'):.1f}%<br>")
+                   + f"<span class=\"path\">{esc(p['path'])}</span>")
         tiles.append(shot(Path(data_root or ".") / p["path"], caption, f"{p['path']}: {p['true']} taken for {p['predicted']}"))
     more = f"<p>{len(wrong)} misclassified test images; the {len(tiles)} most confident mistakes are shown.</p>"
     return more + "<div class=\"gallery\">\n" + "\n".join(tiles) + "\n</div>"
@@ -112,8 +139,12 @@ def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
     m = record.get("metrics", {})
     class_names = record["class_names"]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"
-    items = [("kind", record["kind"]), ("test accuracy", pct(m.get("accuracy"))),
-             ("mean per-class accuracy", pct(m.get("mean_per_class_accuracy")))]
+    multi = m.get("task") == "multi-label"
+    items = [("kind", record["kind"]), ("test accuracy" + (" (exact match)" if multi else ""), pct(m.get("accuracy"))),
+             ("per-label accuracy" if multi else "mean per-class accuracy", pct(m.get("mean_per_class_accuracy")))]
+    if multi:
+        items += [("mAP", "n/a" if m.get("mAP") is None else f"{m['mAP']:.4f}"),
+                  ("micro / macro F1", f"{m['micro_f1']:.4f} / {m['macro_f1']:.4f}")]
     if m.get("top5_accuracy") is not None:
         items.append(("top-5 accuracy", pct(m["top5_accuracy"])))
     if m.get("roc_auc") is not None:
@@ -130,12 +161,20 @@ def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
     body = (gallery(predictions, Path(data_root) if data_root else None, limit) if predictions is not None else
             "<p>This run has no per-image predictions (it was made before runs wrote predictions.csv, and they "
             "cannot be recomputed from its head and code set); train it again to see its mistakes.</p>")
-    sections.append(section("Most confident mistakes", body, "gallery"))
-    sections.append(section("Per class (click a column to sort)", table(
-        ["class", "test images", "correct", "recall", "precision", "F1", "most often predicted instead"],
-        per_class_rows(record["confusion"], class_names)), "classes"))
-    sections.append(section("Confusion matrix", embedded_figure(Path(run_dir) / "confusion.png", "confusion matrix"),
-                            "confusion"))
+    if multi:
+        sections.append(section("Most confident false positives and false negatives", body, "gallery"))
+        num = lambda v, f="{:.3f}": ("n/a", -1.0) if v is None else (f.format(v), v)
+        sections.append(section("Per label (click a column to sort)", table(
+            ["label", "test images", "average precision", "precision", "recall", "F1", "threshold"],
+            [[r["label"], r["test_images"], num(r["average_precision"]), num(r["precision"]), num(r["recall"]),
+              num(r["f1"]), num(r["threshold"])] for r in m.get("per_label", [])]), "classes"))
+    else:
+        sections.append(section("Most confident mistakes", body, "gallery"))
+        sections.append(section("Per class (click a column to sort)", table(
+            ["class", "test images", "correct", "recall", "precision", "F1", "most often predicted instead"],
+            per_class_rows(record["confusion"], class_names)), "classes"))
+        sections.append(section("Confusion matrix", embedded_figure(Path(run_dir) / "confusion.png",
+                                                                    "confusion matrix"), "confusion"))
     curves = "".join(embedded_figure(Path(run_dir) / f, alt) for f, alt in
                      (("history.png", "training curves"), ("roc_pr.png", "ROC and precision-recall curves")))
     if curves:

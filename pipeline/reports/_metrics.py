@@ -55,6 +55,41 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names, positive: str |
     return out
 
 
+def evaluate_multi_label(Y: np.ndarray, proba: np.ndarray, thresholds, label_names) -> dict:
+    """A multi-label set's figures: mAP (mean over labels of average precision, labels with a
+    positive test image), micro and macro F1, the exact-match ratio (``accuracy``: every label of
+    an image right), the per-label accuracy averaged over labels (``mean_per_class_accuracy``),
+    and per label AP, precision, recall, F1, its threshold and test images with it."""
+    from sklearn.metrics import (
+        average_precision_score,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+    Y = (np.asarray(Y) > 0).astype(int)
+    pred = (proba >= np.asarray(thresholds)).astype(int)
+    names = list(label_names)
+    ap = [float(average_precision_score(Y[:, j], proba[:, j])) if Y[:, j].any() else None for j in range(Y.shape[1])]
+    p, r, f, support = precision_recall_fscore_support(Y, pred, average=None, zero_division=0)
+    scored = [a for a in ap if a is not None]
+    per_label = [{"label": n, "test_images": int(support[j]), "average_precision": ap[j], "precision": float(p[j]),
+                  "recall": float(r[j]), "f1": float(f[j]), "threshold": float(thresholds[j])}
+                 for j, n in enumerate(names)]
+    lines = [f"{'label':>24} {'AP':>7} {'precision':>9} {'recall':>7} {'F1':>6} {'threshold':>9} {'images':>6}"]
+    lines += [f"{row['label'][:24]:>24} {('%.3f' % row['average_precision']) if row['average_precision'] is not None else 'n/a':>7} "
+              f"{row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:6.3f} {row['threshold']:9.3f} "
+              f"{row['test_images']:6d}" for row in per_label]
+    return {
+        "n": int(len(Y)), "task": "multi-label",
+        "accuracy": float((pred == Y).all(1).mean()) if len(Y) else 0.0,
+        "mean_per_class_accuracy": float((pred == Y).mean()) if len(Y) else 0.0,
+        "top5_accuracy": None,
+        "mAP": float(np.mean(scored)) if scored else None,
+        "micro_f1": float(f1_score(Y, pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(Y, pred, average="macro", zero_division=0)),
+        "per_label": per_label, "report": "\n".join(lines) + "\n", "confusion": None,
+    }
+
+
 def positive_index(class_names, positive: str | None = None) -> int | None:
     """Index of the positive class of a two-class problem (None with more classes)."""
     class_names = list(class_names)
@@ -69,7 +104,13 @@ def positive_index(class_names, positive: str | None = None) -> int | None:
 
 
 def summary(metrics: dict) -> str:
-    """'test accuracy A, top-5 T, mean per-class M' (ROC AUC instead of top-5 for two classes)."""
+    """'test accuracy A, top-5 T, mean per-class M' (ROC AUC instead of top-5 for two classes);
+    multi-label: 'test accuracy A (exact match), per-label accuracy M, mAP P, micro F1 F'."""
+    if metrics.get("task") == "multi-label":
+        m = metrics
+        return (f"test accuracy {m['accuracy']:.4f} (exact match), per-label accuracy {m['mean_per_class_accuracy']:.4f}, "
+                + (f"mAP {m['mAP']:.4f}" if m["mAP"] is not None else "mAP n/a")
+                + f", micro F1 {m['micro_f1']:.4f}, macro F1 {m['macro_f1']:.4f} (n={m['n']})")
     parts = [f"test accuracy {metrics['accuracy']:.4f}"]
     if metrics.get("top5_accuracy") is not None:
         parts.append(f"top-5 {metrics['top5_accuracy']:.4f}")
@@ -158,6 +199,11 @@ def write_report(run_dir: Path, record: dict, metrics: dict, class_names, histor
     summary_ = {k: v for k, v in metrics.items() if k not in ("report", "confusion", "curves")}
     (run_dir / "record.json").write_text(json.dumps({**record, "metrics": summary_,
                                                      "confusion": metrics["confusion"]}, indent=2))
+    if metrics.get("task") == "multi-label":  # no confusion matrix: one row per label in the report
+        (run_dir / "report.txt").write_text(summary(metrics) + "\n\n" + metrics["report"])
+        if history and any(k in history for k in ("loss", "accuracy")):
+            plot_history(history, run_dir / "history.png", record.get("title", ""))
+        return
     (run_dir / "report.txt").write_text(
         summary(metrics) + "\n\n" + metrics["report"]
         + "\nmost confused (true -> predicted: test images)\n"

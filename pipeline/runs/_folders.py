@@ -9,26 +9,30 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from pipeline._records import RECORD_VERSION, Run, load_record, new_run_dir
 from pipeline.errors import UserError
-from pipeline.reports import build_report, evaluate, summary, write_predictions, write_report
+from pipeline.reports import build_report, evaluate, evaluate_multi_label, summary, write_predictions, write_report
 
 logger = logging.getLogger(__name__)
 
 
 def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names, save, test_paths, data_root,
-               positive_class=None, history=None, detail: str = ""):
+               positive_class=None, history=None, detail: str = "", thresholds=None):
     """Evaluate ``proba`` against ``y_true`` (the test images ``test_paths``, relative to
     ``data_root``), make the run folder, ``save(run_dir)`` the model, write record.json, the
     report, predictions.csv and report.html, log the summary line; returns the :class:`Run`."""
 
-    metrics = evaluate(y_true, proba, class_names, positive_class)
+    multi = np.ndim(y_true) == 2  # multi-label: a probability per label, decided by ``thresholds``
+    metrics = (evaluate_multi_label(y_true, proba, thresholds, class_names) if multi
+               else evaluate(y_true, proba, class_names, positive_class))
     run_dir = new_run_dir(runs_dir, name)
     save(run_dir)
     record = {"record_version": RECORD_VERSION, **record, "class_names": list(class_names),
               "history": history or {}, "data_root": str(data_root) if data_root else None}
     write_report(run_dir, record, metrics, class_names, history)
-    write_predictions(run_dir, test_paths, y_true, proba, list(class_names))
+    write_predictions(run_dir, test_paths, y_true, proba, list(class_names), thresholds)
     build_report(run_dir)
     logger.info(f"{record['title']}: {summary(metrics)}" + (f"; {detail}" if detail else "") + f" -> {run_dir}")
     return Run(run_dir, record["kind"], metrics)

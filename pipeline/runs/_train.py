@@ -68,9 +68,13 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
         raise UserError(f"{codes_path}: none of its {len(cs)} images has a label (layout "
                         f"{json.loads(cs.attrs.get('layout', '{}')).get('layout', 'unlabelled')}); give them labels "
                         f"(a labels file, class folders: docs/data.md) and run make codes again")
+    if cs.multi_label and isinstance(X_tr, CodeStream):
+        raise UserError(f"{codes_path}: multi-label heads are trained in memory and its codes take "
+                        f"{cs.nbytes() / 1e9:.2f} GB, more than --memory-limit {limit / 1e9:.2f} GB; raise it")
     if len(X_te) == 0 or len(np.unique(y_tr)) < 2:
         raise UserError(f"{codes_path}: the stored split has no test images or fewer than two training classes")
-    positive_index(cs.class_names, positive_class)  # checked before training
+    if not cs.multi_label:
+        positive_index(cs.class_names, positive_class)  # checked before training
     model = make_head(head, **head_params)
     t0 = time.perf_counter()
     model.fit(X_tr, y_tr, validation_data=(X_va, y_va) if len(X_va) else None,
@@ -88,4 +92,5 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
                       proba=model.predict_proba(X_te), class_names=cs.class_names, save=model.save,
                       test_paths=record["test_paths"], data_root=cs.data_root,
                       positive_class=positive_class, history=model.history_,
+                      thresholds=getattr(model, "thresholds_", None),
                       detail=f"trained in {seconds:.1f} s on {len(y_tr)} codes of {X_tr.shape[1]} values")
