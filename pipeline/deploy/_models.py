@@ -177,7 +177,10 @@ def export_head_run(run_dir, out=None) -> Path:
     """Export a head trained on cached codes (a stage-2 run folder) as one deployable model."""
     model, _, _, record = classifier_from_head_run(run_dir)
     out = Path(out) if out else Path(run_dir) / "model.keras"
-    return save_model(model, out, record["class_names"], model_info(record["code_attrs"], "head-on-codes", str(run_dir)))
+    info = model_info(record["code_attrs"], "head-on-codes", str(run_dir))
+    if record.get("task") == "multi-label":  # sigmoid outputs: each label decided by its own threshold
+        info.update(task="multi-label", thresholds=[float(t) for t in record["thresholds"]])
+    return save_model(model, out, record["class_names"], info)
 
 
 def model_info(attrs: dict, kind: str, source: str) -> dict:

@@ -47,7 +47,9 @@ def model_file(path) -> Path:
 
 
 def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
-    """Rows of (path, [(class name, probability), ...] top-k) for every readable image.
+    """Rows of (path, [(class name, probability), ...] top-k) for every readable image; a
+    multi-label model: every label at or above its threshold, most probable first (``top_k``
+    does not cut them).
 
     Unreadable images get a warning each and are left out; the others are still predicted.
     """
@@ -58,6 +60,7 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
     size = int(info["image_size"])
     root, paths = find_images(Path(target))
     k = min(top_k, len(class_names))
+    thresholds = np.asarray(info["thresholds"], np.float32) if info.get("task") == "multi-label" else None
     mapper = make_mapper(model, runtime=runtime, batch_size=batch_size, image_size=size,
                          model_name=f"classifier {info.get('kind')}")
     rows = []
@@ -68,14 +71,16 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
             logger.warning(f"warning: skipped {root / p}: {reason}")
         if len(batch.images):
             for i, pr in zip(batch.indices[batch.ok], proba):
-                top = np.argsort(-pr)[:k]
+                top = np.argsort(-pr)[:k] if thresholds is None else [
+                    j for j in np.argsort(-pr) if pr[j] >= thresholds[j]]
                 rows.append((str(root / paths[i]), [(class_names[j], float(pr[j])) for j in top]))
     return rows
 
 
 def format_rows(rows, limit: int = 20, more_in=None) -> str:
     """``<path>: <class> P%, ...`` per image, the first ``limit`` of them."""
-    lines = [path + ": " + ", ".join(f"{name} {100 * prob:.1f}%" for name, prob in top) for path, top in rows[:limit]]
+    lines = [path + ": " + (", ".join(f"{name} {100 * prob:.1f}%" for name, prob in top) or "no label above its threshold")
+             for path, top in rows[:limit]]
     if len(rows) > limit:
         lines.append(f"... ({len(rows) - limit} more" + (f" in {more_in})" if more_in else ")"))
     return "\n".join(lines)

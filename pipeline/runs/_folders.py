@@ -31,6 +31,8 @@ def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names,
     save(run_dir)
     record = {"record_version": RECORD_VERSION, **record, "class_names": list(class_names),
               "history": history or {}, "data_root": str(data_root) if data_root else None}
+    if multi:
+        record.update(task="multi-label", thresholds=[float(t) for t in thresholds])
     write_report(run_dir, record, metrics, class_names, history)
     write_predictions(run_dir, test_paths, y_true, proba, list(class_names), thresholds)
     build_report(run_dir)
