@@ -201,7 +201,7 @@ def sweep_page(run_dir: Path, summary: dict) -> str:
         section("Summary", facts(items), "summary"),
         section("Accuracy vs. training images per class", embedded_figure(Path(run_dir) / "sweep.png", "sweep chart"),
                 "chart"),
-        section("Test accuracy (%), mean ± std over repeats (click a column to sort)",
+        section(f"Test {summary.get('metric', 'accuracy')} (%), mean ± std over repeats (click a column to sort)",
                 table(["code set", "head", *[f"N={n}" for n in ns]], rows), "table"),
     ])
 

@@ -29,7 +29,7 @@ from pipeline.codes import open_code_sets
 from pipeline.data import TEST, TRAIN, VAL
 from pipeline.errors import ParameterError, UserError
 from pipeline.heads import HEADS, make_head
-from pipeline.reports import build_report
+from pipeline.reports import build_report, evaluate_multi_label
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,18 @@ def parse_ns(values) -> list:
 
 
 def draw_train(labels: np.ndarray, split: np.ndarray, n, seed: int, repeat: int) -> np.ndarray:
-    """Indices of min(n, class size) training images of each class (all if n == 'all').
+    """Indices of min(n, class size) training images of each class (all if n == 'all'); a
+    multi-label set (``labels`` (N, labels) 0/1): n images with each label, the union of them.
 
     One permutation per (seed, repeat, class), so the draws for growing N are nested.
     """
     chosen = []
+    if np.ndim(labels) == 2:
+        for c in range(labels.shape[1]):
+            idx = np.flatnonzero((labels[:, c] > 0) & (split == TRAIN))
+            perm = np.random.default_rng([seed, repeat, int(c)]).permutation(idx)
+            chosen.append(perm if n == "all" else perm[:n])
+        return np.unique(np.concatenate(chosen + [np.zeros(0, np.int64)]))
     for c in np.unique(labels[split == TRAIN]):
         idx = np.flatnonzero((labels == c) & (split == TRAIN))
         perm = np.random.default_rng([seed, repeat, int(c)]).permutation(idx)
@@ -106,6 +113,10 @@ def run_one(path: str, head: str, n, repeat: int, seed: int, head_params: dict) 
                   classes=np.arange(len(cs.class_names)))
         pred = model.predict(cs.X[te])
         seconds = time.perf_counter() - t0
+    if cs.multi_label:  # the curve of a multi-label set is mAP (and macro F1 beside it)
+        m = evaluate_multi_label(cs.y[te], model.predict_proba(cs.X[te]), model.thresholds_, cs.class_names)
+        return {"n": n, "repeat": repeat, "head": head, "n_train": int(len(tr)), "accuracy": m["mAP"] or 0.0,
+                "mean_per_class_accuracy": m["macro_f1"], "seconds": round(seconds, 3)}
     return {"n": n, "repeat": repeat, "head": head, "n_train": int(len(tr)),
             "accuracy": float((pred == cs.y[te]).mean()),
             "mean_per_class_accuracy": float(balanced_accuracy_score(cs.y[te], pred)),
@@ -138,12 +149,15 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
     sets = []
     for path in map(str, code_paths):  # a+b: joined code sets, one curve
         cs = open_code_sets(path)
-        train_counts = np.bincount(cs.y[cs.split == TRAIN], minlength=len(cs.class_names))
+        train_counts = (cs.y[cs.split == TRAIN].sum(0) if cs.multi_label
+                        else np.bincount(cs.y[cs.split == TRAIN], minlength=len(cs.class_names)))
+        metric = "mAP" if cs.multi_label else "accuracy"
         if (cs.split == TEST).sum() == 0:
             raise UserError(f"{path}: the stored split has no test images")
         sets.append({"path": path, "label": _code_label(cs.attrs), "attrs": cs.attrs, "class_names": cs.class_names,
                      "n_classes": len(cs.class_names), "train_counts": train_counts.tolist(),
-                     "mean_train_per_class": float(train_counts.mean()), "split_digest": cs.split_digest()})
+                     "mean_train_per_class": float(train_counts.mean()), "split_digest": cs.split_digest(),
+                     "metric": metric})
         del cs
     for s in sets:
         largest = max(s["train_counts"])
@@ -204,7 +218,8 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
                                 "accuracy_per_repeat": acc.tolist(), "mean_per_class_accuracy_per_repeat": mpc.tolist(),
                                 "classes_with_fewer_than_n": s["capped"].get(str(n), []),
                                 "seconds_mean": float(np.mean([r["seconds"] for r in rs]))})
-    record = {"heads": list(heads), "ns": ns, "repeats": repeats, "seed": seed, "workers": workers,
+    metric = "mAP" if any(s["metric"] == "mAP" for s in sets) else "accuracy"
+    record = {"heads": list(heads), "ns": ns, "repeats": repeats, "seed": seed, "workers": workers, "metric": metric,
               "wall_seconds": round(wall, 2), "head_params": head_params,
               "code_sets": [{k: (v if k != "attrs" else {a: str(b) for a, b in v.items()}) for k, v in s.items()}
                             for s in sets],
@@ -212,16 +227,17 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
     (run_dir / "summary.json").write_text(json.dumps(record, indent=2))
     plot_sweep(summary, sets, run_dir / "sweep.png")
     build_report(run_dir)
-    logger.info(format_table(summary, ns))
+    logger.info(format_table(summary, ns, metric))
     logger.info(f"{len(tasks)} runs on {workers} worker(s) in {wall:.1f} s -> {run_dir}")
     return Run(run_dir, "sweep", {"summary": summary})
 
 
-def format_table(summary, ns) -> str:
+def format_table(summary, ns, metric: str = "accuracy") -> str:
     """Plain-text table: one row per code set and head, mean accuracy (and std) per N."""
     labels = sorted({(s["label"], s["head"]) for s in summary}, key=lambda x: (x[0], x[1]))
     width = max(len(f"{l} {h}") for l, h in labels)
-    lines = [f"{'code set / head':{width}s} " + " ".join(f"{'N=' + str(n):>12s}" for n in ns)]
+    lines = [f"test {metric} (%), mean ± std over repeats"]
+    lines += [f"{'code set / head':{width}s} " + " ".join(f"{'N=' + str(n):>12s}" for n in ns)]
     for l, h in labels:
         cells = []
         for n in ns:
@@ -245,20 +261,22 @@ def plot_sweep(summary, sets, path: Path) -> None:
         sd = np.array([s["accuracy_std"] for s in pts]) * 100
         (line,) = ax.plot(x, m, marker="o", label=f"{label} · {head}")
         ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.2)
-    chance = 100 / min(s["n_classes"] for s in sets)
-    ax.axhline(chance, color="grey", linestyle="--", label=f"chance ({chance:.1f}%)")
+    metric = sets[0].get("metric", "accuracy")
+    if metric == "accuracy":
+        chance = 100 / min(s["n_classes"] for s in sets)
+        ax.axhline(chance, color="grey", linestyle="--", label=f"chance ({chance:.1f}%)")
     ax.set_xscale("log")
     ns = sorted({s["n"] for s in summary if s["n"] != "all"})
     ticks = ns + ([all_x] if any(s["n"] == "all" for s in summary) else [])
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(n) for n in ns] + ([f"all\n(~{all_x:.0f})"] if len(ticks) > len(ns) else []))
     ax.minorticks_off()
-    ax.set_xlabel("training images per class (log scale)")
-    ax.set_ylabel("test accuracy (%), mean ± 1 std over repeats")
+    ax.set_xlabel(f"training images per {'label' if metric == 'mAP' else 'class'} (log scale)")
+    ax.set_ylabel(f"test {metric} (%), mean ± 1 std over repeats")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("accuracy vs. training images per class")
+    ax.set_title(f"{metric} vs. training images per {'label' if metric == 'mAP' else 'class'}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
