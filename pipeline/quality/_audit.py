@@ -185,6 +185,56 @@ def out_of_fold_probabilities(Z: np.ndarray, y: np.ndarray, n_classes: int, fold
     return proba
 
 
+def out_of_fold_label_probabilities(Z: np.ndarray, Y: np.ndarray, folds: int = FOLDS, components: int = COMPONENTS,
+                                    C: float = LABEL_C, seed: int = 0) -> np.ndarray:
+    """Multi-label: each image's probability of each label from one-vs-rest logistic regression
+    on the leading principal components that did not see it (``folds``-fold cross-validation)."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.multiclass import OneVsRestClassifier
+
+    dims = int(min(components, Z.shape[1], len(Z) - 1))
+    P = PCA(dims, svd_solver="randomized", random_state=seed).fit_transform(Z).astype(np.float32)
+    model = OneVsRestClassifier(LogisticRegression(C=C, max_iter=300))
+    with warnings.catch_warnings(), parallel_config(backend="threading"):
+        warnings.simplefilter("ignore")  # a label absent from a fold: a constant predictor
+        return cross_val_predict(model, P, Y.astype(int), cv=KFold(min(folds, len(Z)), shuffle=True,
+                                                                   random_state=seed), method="predict_proba")
+
+
+def label_set_view(cs):
+    """A multi-label code set seen as single-label over its label sets ("cat|dog" a class of its
+    own), for the steps that compare labels: duplicates (same set: within class) and reports."""
+    targets = np.asarray(cs.y) > 0
+    sets, y_sets = np.unique(targets, axis=0, return_inverse=True)
+    view = CodeView(cs, np.ones(len(cs), bool))
+    view.class_names = ["|".join(cs.class_names[j] for j in np.flatnonzero(s)) or "(no label)" for s in sets]
+    view.y, view.targets, view.sets = y_sets.reshape(-1), targets, sets
+    return view
+
+
+def set_probabilities(label_proba: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """The probability of each label set (rows of ``sets``) when labels are independent with the
+    given probabilities, normalised over the sets of the code set."""
+    p = np.clip(label_proba, 1e-6, 1 - 1e-6)
+    log = np.log(p) @ sets.T.astype(float) + np.log(1 - p) @ (1 - sets.T.astype(float))
+    log -= log.max(1, keepdims=True)
+    e = np.exp(log)
+    return e / e.sum(1, keepdims=True)
+
+
+def multi_label_issues(targets: np.ndarray, label_proba: np.ndarray) -> np.ndarray:
+    """Likely label errors of a multi-label set by confident learning (cleanlab, multi_label)."""
+    from cleanlab.filter import find_label_issues
+
+    labels = [np.flatnonzero(t).tolist() for t in targets]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(find_label_issues(labels, label_proba, multi_label=True,
+                                            return_indices_ranked_by="self_confidence"), np.int64)
+
+
 def label_issues(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
     """Indices of likely label errors by confident learning, the least likely given label first."""
 
@@ -225,12 +275,18 @@ class Findings:
 
 def find(Z: np.ndarray, y: np.ndarray, n_classes: int, threshold=THRESHOLD, cross_threshold=CROSS_THRESHOLD,
          neighbours=NEIGHBOURS, folds=FOLDS, outlier_fraction=OUTLIER_FRACTION, chunk_bytes=CHUNK_BYTES, seed=0,
-         progress=True) -> Findings:
-    """Every finding on the unit-length codes ``Z`` with labels ``y``."""
+         progress=True, targets=None, sets=None) -> Findings:
+    """Every finding on the unit-length codes ``Z`` with labels ``y`` (multi-label: ``y`` the
+    index of each image's label set among ``sets``, ``targets`` its labels)."""
     nb = nearest_neighbours(Z, y, neighbours, chunk_bytes, progress)
-    proba = out_of_fold_probabilities(Z, y, n_classes, folds, seed=seed, n_jobs=2)
+    if targets is None:
+        proba = out_of_fold_probabilities(Z, y, n_classes, folds, seed=seed, n_jobs=2)
+        issues = label_issues(y, proba)
+    else:
+        label_proba = out_of_fold_label_probabilities(Z, targets, folds, seed=seed)
+        proba, issues = set_probabilities(label_proba, sets), multi_label_issues(targets, label_proba)
     scores = outlier_scores(nb)
-    return Findings(nb, duplicate_pairs(nb, y, threshold, cross_threshold), proba, label_issues(y, proba), scores,
+    return Findings(nb, duplicate_pairs(nb, y, threshold, cross_threshold), proba, issues, scores,
                     np.argsort(-scores, kind="stable")[:int(round(outlier_fraction * len(y)))])
 
 
@@ -301,14 +357,19 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
     if not cs.labelled.all():
         logger.info(f"note: {int((~cs.labelled).sum())} unlabelled image(s) left out of the audit")
         cs = CodeView(cs, cs.labelled)
+    multi = cs.multi_label
+    if multi:  # label sets stand for classes; label issues from the labels themselves
+        cs = label_set_view(cs)
     if len(cs) < 3 or len(np.unique(cs.y)) < 2:
         raise UserError(f"{cs.path}: an audit needs at least 3 images in 2 classes")
     options = dict(threshold=threshold, cross_threshold=cross_threshold, neighbours=neighbours, folds=folds,
                    outlier_fraction=outlier_fraction, seed=seed)
     t0 = time.perf_counter()
-    logger.info(f"auditing {len(cs)} images of {len(cs.class_names)} classes ({cs.shape[1]} values per code) from {cs.path}")
+    kinds = f"{len(cs.class_names)} label sets of {cs.targets.shape[1]} labels" if multi else f"{len(cs.class_names)} classes"
+    logger.info(f"auditing {len(cs)} images of {kinds} ({cs.shape[1]} values per code) from {cs.path}")
     findings = find(unit_rows(cs.X), np.asarray(cs.y, np.int64), len(cs.class_names), chunk_bytes=chunk_bytes,
-                    progress=progress, **options)
+                    progress=progress, targets=cs.targets if multi else None, sets=cs.sets if multi else None,
+                    **options)
     summary = summarize(cs, findings, options, time.perf_counter() - t0)
 
     run_dir = new_run_dir(runs_dir, f"{str(cs.attrs.get('backbone')).replace('+', '-')}-audit")
