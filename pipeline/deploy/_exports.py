@@ -221,7 +221,9 @@ def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None
                            f"{100 * MIN_AGREEMENT[r.format]:.0f}%)")
     record = {"model": model_path.name, "image_size": size, "resize": resize, "input": "float32 (n, size, size, 3), 0..255",
               "keras_latency_ms": keras_ms, "onnx_opset": ONNX_OPSET,
-              "exports": [dataclasses.asdict(r) for r in results]}
+              "exports": [dataclasses.asdict(r) for r in results],
+              # multi-label: sigmoid outputs, label i present when its probability >= thresholds[i]
+              **({"task": "multi-label", "thresholds": info["thresholds"]} if info.get("task") == "multi-label" else {})}
     tmp = folder / "exports.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     durable_replace(tmp, folder / "exports.json")

@@ -52,7 +52,7 @@ def best_f1_thresholds(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
     positive among them (nothing to choose it on)."""
     from sklearn.metrics import precision_recall_curve
 
-    out = np.full(Y.shape[1], 0.5, np.float32)
+    out = np.full(Y.shape[1], 0.5)  # float64: the probabilities themselves, compared with >=
     for j in range(Y.shape[1]):
         if 0 < Y[:, j].sum():
             precision, recall, thresholds = precision_recall_curve(Y[:, j], P[:, j])
@@ -143,7 +143,7 @@ class _Head(ClassifierMixin, BaseEstimator):
             Y_val = (np.asarray(validation_data[1]) > 0).astype(np.float32)
         self._fit_multi(X, Y, X_val, Y_val)
         self.thresholds_ = (best_f1_thresholds(Y_val, self._proba(X_val)) if X_val is not None
-                            else np.full(Y.shape[1], 0.5, np.float32))
+                            else np.full(Y.shape[1], 0.5))
         return self
 
     def _fit_multi(self, X, Y, X_val, Y_val):
@@ -672,7 +672,7 @@ def load_head(folder):
         raise UserError(f"{folder} holds no saved head (head.json with head.keras or head.npz)")
     head.multi_label_ = bool(desc.get("multi_label", False))
     if head.multi_label_:
-        head.thresholds_ = np.asarray(desc.get("thresholds", []), np.float32)
+        head.thresholds_ = np.asarray(desc.get("thresholds", []), np.float64)
     head._restore(folder, state)
     if "classes" in desc:
         head.classes_, head.n_features_in_ = np.asarray(desc["classes"]), int(desc["n_features_in"])
