@@ -186,6 +186,9 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
     record = load_record(head_run, kind="head-on-codes")
     if "members" in record.get("code_attrs", {}):
         raise UserError(f"{head_run} is a head on joined code sets; fine-tuning takes a head on one code set")
+    if record.get("task") == "multi-label":
+        raise UserError(f"{head_run} is a multi-label head: fine-tuning takes single-label heads for now "
+                        f"(export and predict work on it)")
     model, trunk, head_model, record = classifier_from_head_run(head_run)
     attrs = record["code_attrs"]
     cs = CodeSet.load(record["codes"])
@@ -284,6 +287,8 @@ def scratch(codes, image_size=128, runs_dir="runs", **options):
         raise ParameterError("image_size", f"{image_size}: the from-scratch CNN needs at least 16 pixels")
     writable_folder(runs_dir, "--runs-dir")
     cs = open_code_sets(codes)
+    if cs.multi_label:
+        raise UserError(f"{cs.path} is a multi-label code set: the from-scratch baseline is single-label for now")
     positive_index(cs.class_names, options.positive_class)
     tr, va, te = _split_indices(cs)
     if len(va) == 0:
