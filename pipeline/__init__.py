@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 # this package, and most need only one stage of it.
 _API = {
     "generate_codes": "pipeline.codes", "load_codes": "pipeline.codes", "CodeSet": "pipeline.codes",
+    "read_folder": "pipeline.data", "LayoutOptions": "pipeline.data",
     "list_backbones": "pipeline.backbones", "list_layers": "pipeline.backbones",
     "train": "pipeline.runs", "sweep": "pipeline.runs", "finetune": "pipeline.runs", "scratch": "pipeline.runs",
     "compare_table": "pipeline.runs", "Run": "pipeline._records",

@@ -32,7 +32,6 @@ from pipeline import __version__
 from pipeline._files import writable_folder
 from pipeline.backbones import DEFAULT_BACKBONE
 from pipeline.codes._engines import compute
-from pipeline.codes._homes import claim_home
 from pipeline.codes._faults import fault_point
 from pipeline.codes._format import (
     FailedImage,
@@ -47,6 +46,7 @@ from pipeline.codes._format import (
     read_part,
     write_index,
 )
+from pipeline.codes._homes import claim_home
 from pipeline.codes._locks import writer_lock
 from pipeline.codes._plan import OutputPlan, Plan, labels_of, make_plan
 from pipeline.codes._runtimes import choose_runtime
@@ -227,7 +227,9 @@ def _commit_all(plan: Plan, split, split_attrs: dict, max_parts) -> list:
         collect_garbage(out.path)
         fault_point("output-done")
         logger.info(f"{out.path}: {len(content.rows)} images x {content.dim} values"
-                    + (f"; {len(content.failed)} unreadable image(s) skipped" if content.failed else ""))
+                    + (f"; {len(content.failed)} unreadable image(s) skipped" if content.failed else "")
+                    + (f" ({len(plan.ds.missing)} of them listed in the labels file and missing)"
+                       if plan.ds.missing else ""))
         failed = failed or content.failed
     return failed
 

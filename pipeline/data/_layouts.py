@@ -37,6 +37,7 @@ from pipeline.data._scan import (
     ImageFolder,
     fingerprint,
     scan,
+    walk_images,
 )
 from pipeline.errors import ParameterError, UserError
 
@@ -191,27 +192,6 @@ def _images_under(folder: Path, recursive: bool = True):
                 yield fn if rel_dir == "." else f"{rel_dir}/{fn}"
 
 
-def _all_images(root: Path) -> tuple[list[str], int, list]:
-    """Every nameable image under ``root`` (sorted), the number of other files, and the unnamable ones."""
-    paths, ignored, unnamable = [], 0, []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-        for fn in filenames:
-            if not (fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith(".")):
-                ignored += 1
-                continue
-            rel = fn if rel_dir == "." else f"{rel_dir}/{fn}"
-            try:
-                rel.encode("utf-8")
-            except UnicodeEncodeError:
-                unnamable.append((rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                                  "file name is not valid UTF-8"))
-                continue
-            paths.append(rel)
-    return sorted(paths, key=lambda r: r.split("/")), ignored, unnamable
-
-
 def _folder(root: Path, paths: list[str], labels, class_names, **fields) -> ImageFolder:
     prints = np.asarray([fingerprint(os.path.join(root, p)) for p in paths], np.int64).reshape(-1, 2)
     return ImageFolder(root, paths, np.asarray(labels, np.int32), list(class_names), prints, **fields)
@@ -223,7 +203,7 @@ class _ImageIndex:
 
     def __init__(self, root: Path, paths: list[str] | None = None):
         self.root = root
-        self.paths = paths if paths is not None else _all_images(root)[0]
+        self.paths = paths if paths is not None else walk_images(root)[0]
         self.exact = set(self.paths)
         self.by_name, self.by_stem = defaultdict(list), defaultdict(list)
         for p in self.paths:
@@ -247,9 +227,8 @@ class _ImageIndex:
         has_ext = base.lower().endswith(IMAGE_EXTENSIONS)
         pool = self.by_name.get(base, []) if has_ext else self.by_stem.get(base, [])
         if "/" in v:  # a path: keep the files whose path ends with it (without extension for an id)
-            tail = v if has_ext else v
-            pool = [p for p in pool if (p if has_ext else p.rsplit(".", 1)[0]).endswith("/" + tail) or
-                    (p if has_ext else p.rsplit(".", 1)[0]) == tail]
+            named = (lambda p: p) if has_ext else (lambda p: p.rsplit(".", 1)[0])
+            pool = [p for p in pool if named(p) == v or named(p).endswith("/" + v)]
         if len(pool) == 1:
             return pool[0]
         if len(pool) > 1 and strict:
@@ -297,7 +276,7 @@ def _split_folders(root: Path, options: LayoutOptions) -> ImageFolder:
     if len(names) < 2:
         raise UserError(f"{folders[TRAIN]} has {len(names)} class folder(s) with images; a classifier needs at least two")
     label_of = {n: i for i, n in enumerate(names)}
-    all_paths, ignored, unnamable = _all_images(root)
+    all_paths, ignored, unnamable = walk_images(root)
     paths, labels, split = [], [], []
     for p in all_paths:
         parts = p.split("/")
@@ -439,7 +418,7 @@ def _labels_file(root: Path, options: LayoutOptions) -> ImageFolder:
     if not table.rows:
         raise UserError(f"labels file {path} has a header and no rows")
     cols = _columns(table, options, path)
-    all_paths, ignored, unnamable = _all_images(root)
+    all_paths, ignored, unnamable = walk_images(root)
     index = _ImageIndex(root, all_paths)
     width = len(table.header)
     found: dict[str, list[str]] = {}
@@ -555,7 +534,7 @@ def _names(root: Path, options: LayoutOptions) -> ImageFolder:
     if options.task == "multi-label":
         raise ParameterError("task", "multi-label needs a labels file (a file name gives one class)")
     rx = options.compiled_pattern()
-    paths, ignored, unnamable = _all_images(root)
+    paths, ignored, unnamable = walk_images(root)
     classes = []
     for p in paths:
         m = rx.search(p.rsplit("/", 1)[-1])
@@ -580,7 +559,7 @@ def _names(root: Path, options: LayoutOptions) -> ImageFolder:
 
 
 def _unlabelled(root: Path) -> ImageFolder:
-    paths, ignored, unnamable = _all_images(root)
+    paths, ignored, unnamable = walk_images(root)
     if not paths:
         raise UserError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     ds = _folder(root, paths, np.full(len(paths), -1), [], ignored_files=ignored, unnamable=tuple(unnamable))
@@ -598,8 +577,8 @@ def _folders(root: Path, options: LayoutOptions) -> ImageFolder:
     ds.source = {"layout": "folders"}
     loose = list(_images_under(root, recursive=False))
     if loose:
-        ds.notes = (f"{len(loose)} image(s) at the top of {root.name}/ are in no class folder: computed, unlabelled "
-                    f"(e.g. {loose[0]})",)
+        ds.notes = ((f"{len(loose)} image(s) at the top of {root.name}/ are in no class folder: computed, "
+                     f"unlabelled (e.g. {loose[0]})"),)
         ds.paths = ds.paths + loose
         ds.labels = np.concatenate([ds.labels, np.full(len(loose), -1, np.int32)])
         ds.fingerprints = np.concatenate([ds.fingerprints, np.asarray([fingerprint(root / p) for p in loose],

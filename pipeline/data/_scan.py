@@ -84,37 +84,46 @@ def scan(root, exclude=()) -> ImageFolder:
         raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
     paths, labels, prints, names, empty, ignored, unnamable = [], [], [], [], [], 0, []
     for cdir in class_dirs:
-        found = []  # relative paths as strings: a million Path objects take seconds to sort
-        for dirpath, dirnames, filenames in os.walk(cdir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-            for fn in filenames:
-                if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith("."):
-                    found.append(f"{rel_dir}/{fn}")
-                else:
-                    ignored += 1
-        if not found:
+        found, skipped, bad = walk_images(root, cdir)
+        ignored += skipped
+        unnamable += bad
+        if not found and not bad:
             empty.append(cdir.name)
             continue
         label = len(names)
         names.append(cdir.name)
-        for rel in sorted(found, key=lambda r: r.split("/")):  # the order of sorted Paths
-            f = os.path.join(root, rel)
-            try:
-                rel.encode("utf-8")
-            except UnicodeEncodeError:
-                unnamable.append((rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                                  "file name is not valid UTF-8"))
-                continue
-            paths.append(rel)
-            labels.append(label)
-            prints.append(fingerprint(f))
+        paths += found
+        labels += [label] * len(found)
+        prints += [fingerprint(os.path.join(root, rel)) for rel in found]
     if len(names) < 2:
         which = f"only one class ({names[0]})" if names else "no images"
         raise UserError(f"data folder {root} has {which}; a classifier needs at least two classes "
                         f"with images ({', '.join(IMAGE_EXTENSIONS)})")
     return ImageFolder(root, paths, np.asarray(labels, np.int32), names,
                        np.asarray(prints, np.int64).reshape(-1, 2), ignored, tuple(empty), tuple(unnamable))
+
+
+def walk_images(root, under=None) -> tuple[list[str], int, list[tuple[str, str]]]:
+    """The image files under ``under`` (default ``root``), recursively, dot files and folders
+    skipped: their paths relative to ``root`` (posix, in the order of sorted Paths), the number
+    of other files, and (printable name, reason) of those that cannot be named in a code set."""
+    found, ignored, unnamable = [], 0, []  # strings: a million Path objects take seconds to sort
+    for dirpath, dirnames, filenames in os.walk(under or root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        for fn in filenames:
+            if not fn.lower().endswith(IMAGE_EXTENSIONS) or fn.startswith("."):
+                ignored += 1
+                continue
+            rel = fn if rel_dir == "." else f"{rel_dir}/{fn}"
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                unnamable.append((rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                                  "file name is not valid UTF-8"))
+                continue
+            found.append(rel)
+    return sorted(found, key=lambda r: r.split("/")), ignored, unnamable
 
 
 def fingerprint(path) -> tuple[int, int]:

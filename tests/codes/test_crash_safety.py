@@ -1,6 +1,6 @@
 """Stage 1 survives being killed at every step, interrupted, starved of disk, and run twice at once."""
-import re
 import os
+import re
 import resource
 import signal
 import subprocess

@@ -71,7 +71,7 @@ def test_split_folders_every_synonym(tmp_path, train, val, test):
     for p, s in zip(ds.paths, split):
         by_top.setdefault(p.split("/")[0].lower(), set()).add(int(s))
     assert by_top == {train: {TRAIN}, val: {VAL}, test: {TEST}}  # the folders decide, nothing drawn
-    assert ds.description.startswith(f"split folders ") and f"{test}/" in ds.description
+    assert ds.description.startswith("split folders ") and f"{test}/" in ds.description
 
 
 def test_split_folders_without_validation_draw_it_from_train_only(tmp_path):

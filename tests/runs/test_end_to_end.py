@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 from helpers import ROOT, run_script, user_env
@@ -58,3 +59,24 @@ def test_one_image_per_class_is_enough_on_the_sample(tmp_path_factory, head):
         model = make_head(head, **params).fit(cs.X[train], cs.y[train], validation_data=(cs.X[val], cs.y[val]),
                                               classes=np.arange(5))
         assert (model.predict(cs.X[test]) == cs.y[test]).mean() >= 0.8, (head, repeat)  # chance: 0.2
+
+
+def test_compare_marks_runs_made_on_different_splits(tmp_path):
+    from helpers import fake_codes
+
+    from pipeline.runs import compare_table, train
+
+    a, _, _ = fake_codes(tmp_path / "a.h5")
+    runs = tmp_path / "runs"
+    first, again = train(a, "prototype", runs_dir=runs), train(a, "logreg", runs_dir=runs)
+    assert first.record["split_digest"] == again.record["split_digest"] == CodeSet(a).split_digest()
+    table = compare_table(runs_dir=runs)
+    assert first.record["split_digest"][:8] in table and "different splits" not in table
+    b, _, split = fake_codes(tmp_path / "b.h5", seed=0)
+    with h5py.File(b, "r+") as f:  # the same images and labels, one test image moved to training
+        moved = split.copy()
+        moved[np.flatnonzero(split == 2)[0]] = 0
+        f["split"][...] = moved
+    other = train(b, "prototype", runs_dir=runs)
+    assert other.record["split_digest"] != first.record["split_digest"]
+    assert "tested on 2 different splits" in compare_table(runs_dir=runs)
