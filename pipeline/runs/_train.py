@@ -73,6 +73,9 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
                         f"{cs.nbytes() / 1e9:.2f} GB, more than --memory-limit {limit / 1e9:.2f} GB; raise it")
     if len(X_te) == 0 or len(np.unique(y_tr)) < 2:
         raise UserError(f"{codes_path}: the stored split has no test images or fewer than two training classes")
+    if cs.multi_label and positive_class is not None:
+        raise ParameterError("positive_class", "applies to single-label sets of two classes; this one is multi-label "
+                                               "(every label has its own average precision in the report)")
     if not cs.multi_label:
         positive_index(cs.class_names, positive_class)  # checked before training
     model = make_head(head, **head_params)
