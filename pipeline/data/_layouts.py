@@ -120,14 +120,24 @@ def read_folder(root, options: LayoutOptions | None = None) -> ImageFolder:
     if not root.is_dir():
         raise UserError(f"data path {root} is not a folder")
     if options.chosen != "auto":
-        return READERS[options.chosen](root, options)
+        return _one_line_names(READERS[options.chosen](root, options))
     tables, rejected = _labels_tables(root, options)
     try:
-        return READERS[_detect(root, tables)](root, options)
+        return _one_line_names(READERS[_detect(root, tables)](root, options))
     except UserError as exc:  # say why a table beside the images was not taken for their labels
         if not rejected:
             raise
         raise UserError(f"{exc}; {rejected[0][0]} was not read as a labels file: {rejected[0][1]}") from None
+
+
+def _one_line_names(ds: ImageFolder) -> ImageFolder:
+    """Class names go one per line into exported ``labels.txt`` files: a name holding a line break
+    (or another control character) would shift every name after it, so it is refused here."""
+    for name in ds.class_names:
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+            raise UserError(f"the class name {name!r} holds a line break or another control character; rename it "
+                            f"(class names are written one per line in exported labels.txt files)")
+    return ds
 
 
 # ------------------------------------------------------------------ detection

@@ -13,6 +13,7 @@ from pipeline.codes._worker import batches_of, read_batches
 from pipeline.data import IMAGE_EXTENSIONS
 from pipeline.deploy._models import export_head_run, load_model
 from pipeline.errors import ParameterError, UserError
+from pipeline.reports import to_cell
 
 logger = logging.getLogger(__name__)
 
@@ -93,4 +94,4 @@ def write_csv(rows, out: Path) -> None:
         w = csv.writer(fh)
         w.writerow(["path"] + [f"{kind}{i + 1}" for i in range(top_k) for kind in ("class", "prob")])
         for path, top in rows:
-            w.writerow([path] + [v for name, p in top for v in (name, f"{p:.6f}")])
+            w.writerow([to_cell(path)] + [v for name, p in top for v in (to_cell(name), f"{p:.6f}")])

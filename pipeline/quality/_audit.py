@@ -38,6 +38,7 @@ from pipeline._records import Run, new_run_dir
 from pipeline.codes import CodeView, open_code_sets
 from pipeline.data import SPLIT_NAMES
 from pipeline.errors import ParameterError, UserError
+from pipeline.reports import to_cell
 from pipeline.reports._pages import esc, facts, page, section, shot, table
 
 logger = logging.getLogger(__name__)
@@ -292,8 +293,9 @@ def find(Z: np.ndarray, y: np.ndarray, n_classes: int, threshold=THRESHOLD, cros
 
 def write_csvs(run_dir: Path, cs, f: Findings) -> None:
     """duplicates.csv, label_issues.csv and outliers.csv: one row per pair or image, paths
-    relative to the data folder as in the code set."""
-    paths, classes, y, split = cs.paths, list(cs.class_names), cs.y, cs.split
+    relative to the data folder as in the code set; names a spreadsheet would evaluate are
+    neutralised (:func:`~pipeline.reports.to_cell`)."""
+    paths, classes, y, split = [to_cell(p) for p in cs.paths], [to_cell(c) for c in cs.class_names], cs.y, cs.split
     where = lambda i: SPLIT_NAMES[int(split[i])]
     tables = {
         "duplicates.csv": (["kind", "similarity", "path_a", "class_a", "split_a", "path_b", "class_b", "split_b",

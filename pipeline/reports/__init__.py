@@ -2,9 +2,13 @@
 
 from pipeline.reports._html import GALLERY, PREDICTIONS, REPORT, build_report, read_predictions, write_predictions
 from pipeline.reports._metrics import evaluate, evaluate_multi_label, positive_index, summary, write_report
+from pipeline.reports._safe import from_cell, plain_text, to_cell
 
 __all__ = [
     "evaluate",
+    "from_cell",
+    "plain_text",
+    "to_cell",
     "evaluate_multi_label",
     "positive_index",
     "summary",

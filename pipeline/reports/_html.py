@@ -30,6 +30,7 @@ from pipeline.reports._pages import (
     shot,
     table,
 )
+from pipeline.reports._safe import from_cell, to_cell
 
 REPORT = "report.html"
 PREDICTIONS = "predictions.csv"
@@ -53,7 +54,8 @@ def write_predictions(run_dir: Path, paths, y_true, proba, class_names, threshol
         w = csv.writer(fh)
         w.writerow(PREDICTION_FIELDS)
         for p, t, k, row in zip(paths, y_true, pred, proba):
-            w.writerow([p, "test", class_names[t], class_names[k], f"{row[k]:.6f}", f"{row[t]:.6f}"])
+            w.writerow([to_cell(p), "test", to_cell(class_names[t]), to_cell(class_names[k]), f"{row[k]:.6f}",
+                        f"{row[t]:.6f}"])
 
 
 def _write_multi_label_predictions(run_dir, paths, Y, proba, names, thresholds) -> None:
@@ -67,9 +69,9 @@ def _write_multi_label_predictions(run_dir, paths, Y, proba, names, thresholds) 
             confidence = decided[wrong].max() if len(wrong) else decided.min()
             errors = "; ".join(f"{'false positive' if k[j] else 'false negative'} {names[j]} ({row[j]:.3f})"
                                for j in wrong[np.argsort(-decided[wrong])])
-            w.writerow([p, "test", "|".join(names[j] for j in np.flatnonzero(t)),
-                        "|".join(names[j] for j in np.flatnonzero(k)), f"{confidence:.6f}",
-                        f"{row[t].min():.6f}" if t.any() else "", errors])
+            w.writerow([to_cell(p), "test", to_cell("|".join(names[j] for j in np.flatnonzero(t))),
+                        to_cell("|".join(names[j] for j in np.flatnonzero(k))), f"{confidence:.6f}",
+                        f"{row[t].min():.6f}" if t.any() else "", to_cell(errors)])
 
 
 def read_predictions(run_dir: Path) -> list[dict] | None:
@@ -77,7 +79,7 @@ def read_predictions(run_dir: Path) -> list[dict] | None:
     if not path.is_file():
         return None
     with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+        return [{k: from_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def recompute_predictions(run_dir: Path, record: dict) -> bool:

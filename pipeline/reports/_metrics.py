@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ParameterError
+from pipeline.reports._safe import plain_text
 
 # Deferred on purpose: scikit-learn, matplotlib are imported inside the functions that use them, so
 # that commands and workers that never need them start without loading them.
@@ -129,6 +130,7 @@ def most_confused(confusion, class_names, k: int = 10) -> list[tuple[str, str, i
             if cm[i, j] > 0]
 
 
+@plain_text
 def plot_confusion(confusion, class_names, path: Path, title="") -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -151,6 +153,7 @@ def plot_confusion(confusion, class_names, path: Path, title="") -> None:
     plt.close(fig)
 
 
+@plain_text
 def plot_history(history: dict, path: Path, title="") -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -171,6 +174,7 @@ def plot_history(history: dict, path: Path, title="") -> None:
     plt.close(fig)
 
 
+@plain_text
 def plot_binary_curves(curves: dict, metrics: dict, path: Path, title="") -> None:
     """ROC and precision-recall curves of the positive class, side by side."""
     import matplotlib

@@ -29,7 +29,7 @@ from pipeline.codes import open_code_sets
 from pipeline.data import TEST, TRAIN, VAL
 from pipeline.errors import ParameterError, UserError
 from pipeline.heads import HEADS, make_head
-from pipeline.reports import build_report, evaluate_multi_label
+from pipeline.reports import build_report, evaluate_multi_label, plain_text
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +247,7 @@ def format_table(summary, ns, metric: str = "accuracy") -> str:
     return "\n".join(lines)
 
 
+@plain_text
 def plot_sweep(summary, sets, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")

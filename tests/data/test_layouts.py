@@ -326,3 +326,14 @@ def test_layout_options_are_checked():
         LayoutOptions(layout="tree").check()
     with pytest.raises(ParameterError, match="labels"):
         LayoutOptions(layout="names", labels="x.csv").check()
+
+
+def test_class_names_with_line_breaks_are_refused(tmp_path):
+    root = class_tree(tmp_path / "d", ("cat", "dog\nowl"))
+    with pytest.raises(UserError, match=r"class name 'dog\\nowl' holds a line break"):
+        read_folder(root)
+    flat_images(tmp_path / "f", ["a.jpg", "b.jpg"])
+    labels = tmp_path / "f" / "labels.csv"
+    labels.write_text('image,label\na.jpg,"x\r\ny"\nb.jpg,z\n')  # a quoted cell may hold a line break
+    with pytest.raises(UserError, match="holds a line break"):
+        read_folder(tmp_path / "f")
