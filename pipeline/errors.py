@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import numbers
 
 
 class UserError(Exception):
@@ -37,3 +38,14 @@ USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EA
 
 
 __all__ = ["USER_ERRNOS", "Interrupted", "ParameterError", "UserError", "one_line", "os_error_text"]
+
+
+MAX_SEED = 2**32 - 1  # NumPy's and Keras's seeds: 0 .. 2**32 - 1
+
+
+def check_seed(seed, parameter: str = "seed") -> None:
+    """A seed must be a whole number NumPy and Keras accept (a ParameterError naming it): checked
+    before any work, since a negative one fails only where it is first used."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or not 0 <= int(seed) <= MAX_SEED):
+        raise ParameterError(parameter, f"{seed!r}: give a whole number from 0 to {MAX_SEED}")

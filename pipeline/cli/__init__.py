@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import re
 import sys
@@ -14,7 +15,29 @@ from pathlib import Path
 from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS
 from pipeline.codes import CodeIdentity
 from pipeline.data import LAYOUTS, TASKS, LayoutOptions
-from pipeline.errors import UserError
+from pipeline.errors import MAX_SEED, UserError
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``inf`` and ``nan`` are refused where they are typed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def seed_value(text: str) -> int:
+    """argparse type: a seed NumPy and Keras accept, 0 .. 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text}: a seed is a whole number from 0 to {MAX_SEED}")
+    return value
 
 
 def default(fn, name: str):
@@ -118,7 +141,7 @@ def add_common_options(p, *, seed: str | None = None, runs_dir: bool = True, pro
     if runs_dir:
         p.add_argument("--runs-dir", default="runs", help="where run folders go")
     if seed:
-        p.add_argument("--seed", type=int, default=seed_default, help=f"seed of {seed}")
+        p.add_argument("--seed", type=seed_value, default=seed_default, help=f"seed of {seed}")
     if progress:
         p.add_argument("--no-progress", action="store_true", help=progress)
 

@@ -4,7 +4,7 @@ neighbours, computed in chunks); likely label errors (out-of-fold probabilities 
 learning); outliers. Writes duplicates.csv, label_issues.csv, outliers.csv, audit.json and a
 report.html gallery of each finding in a new run folder. The code set is named by --codes or found
 from the options that made it with `cnn-codes codes`."""
-from pipeline.cli import add_code_options, add_common_options, code_paths, default
+from pipeline.cli import add_code_options, add_common_options, code_paths, default, finite_float
 from pipeline.quality import _audit as audit
 
 HELP = "find near-duplicates, leakage, likely label errors and outliers in a data set from its codes"
@@ -15,13 +15,13 @@ NEEDS_TENSORFLOW = False
 def add_arguments(p):
     add_code_options(p, join=True)
     d = lambda name: default(audit.audit, name)
-    p.add_argument("--threshold", type=float, default=d("threshold"),
+    p.add_argument("--threshold", type=finite_float, default=d("threshold"),
                    help="cosine similarity from which two images of one class are near-duplicates")
-    p.add_argument("--cross-threshold", type=float, default=d("cross_threshold"),
+    p.add_argument("--cross-threshold", type=finite_float, default=d("cross_threshold"),
                    help="cosine similarity from which an image and its nearest image of another class are reported")
     p.add_argument("--neighbours", type=int, default=d("neighbours"), help="nearest neighbours looked at per image")
     p.add_argument("--folds", type=int, default=d("folds"), help="cross-validation folds of the label model")
-    p.add_argument("--outlier-fraction", type=float, default=d("outlier_fraction"),
+    p.add_argument("--outlier-fraction", type=finite_float, default=d("outlier_fraction"),
                    help="fraction of the images reported as outliers")
     p.add_argument("--gallery", type=int, default=d("gallery"), help="findings shown per gallery in report.html")
     add_common_options(p, seed="the folds and the principal components")

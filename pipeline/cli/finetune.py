@@ -2,7 +2,7 @@
 Without augmentation the activations at the cut point are cached once (stage 1 at that layer)
 and only the unfrozen top is trained on them: minutes on a CPU. Writes a run folder with
 model.keras (preprocessing + base + head, class names inside) and the report."""
-from pipeline.cli import add_common_options, default, training_options
+from pipeline.cli import add_common_options, default, finite_float, training_options
 from pipeline.cli.train import add_positive_class
 from pipeline.runs import FINETUNING, finetune
 
@@ -17,7 +17,7 @@ def add_arguments(p):
     g.add_argument("--unfreeze-blocks", type=int, default=f("unfreeze_blocks"),
                    help="train the last N blocks of the base (and what follows)")
     g.add_argument("--unfreeze-from", default=None, metavar="LAYER", help="train from this layer on instead")
-    p.add_argument("--learning-rate", type=float, default=f("learning_rate"),
+    p.add_argument("--learning-rate", type=finite_float, default=f("learning_rate"),
                    help="low, so the pretrained filters are not wrecked")
     p.add_argument("--optimizer", default=f("optimizer"), choices=["adam", "rmsprop"],
                    help="optimizer for the unfrozen layers")
@@ -26,7 +26,7 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=f("batch_size"), help="images per training step")
     p.add_argument("--augment", action="store_true",
                    help="random flip, rotation, zoom and shift of training images (runs the whole network each epoch)")
-    p.add_argument("--strength", type=float, default=f("strength"), help="augmentation strength (zoom/shift fraction)")
+    p.add_argument("--strength", type=finite_float, default=f("strength"), help="augmentation strength (zoom/shift fraction)")
     p.add_argument("--cache-dir", default=f("cache_dir"), help="where cut-point activations are cached")
     add_positive_class(p)
     add_common_options(p, seed="shuffling, augmentation and initialization",

@@ -1,7 +1,7 @@
 """Baseline: a small CNN trained from scratch on the same split as the cached codes: 4 x (conv
 32 3x3 + max-pool), dropout, Dense 256, dropout, softmax; Adam, early stopping on validation.
 Writes a run folder with model.keras and the report."""
-from pipeline.cli import add_code_options, add_common_options, code_paths, default, training_options
+from pipeline.cli import add_code_options, add_common_options, code_paths, default, finite_float, training_options
 from pipeline.cli.train import add_positive_class
 from pipeline.runs import SCRATCH, scratch
 
@@ -15,9 +15,9 @@ def add_arguments(p):
     p.add_argument("--epochs", type=int, default=f("epochs"), help="most epochs; early stopping on validation loss")
     p.add_argument("--patience", type=int, default=f("patience"), help="early-stopping patience, epochs")
     p.add_argument("--batch-size", type=int, default=f("batch_size"), help="images per training step")
-    p.add_argument("--learning-rate", type=float, default=f("learning_rate"), help="Adam learning rate")
+    p.add_argument("--learning-rate", type=finite_float, default=f("learning_rate"), help="Adam learning rate")
     p.add_argument("--augment", action="store_true", help="augment training images")
-    p.add_argument("--strength", type=float, default=f("strength"), help="augmentation strength (zoom/shift fraction)")
+    p.add_argument("--strength", type=finite_float, default=f("strength"), help="augmentation strength (zoom/shift fraction)")
     add_positive_class(p)
     add_common_options(p, seed="shuffling, augmentation and initialization",
                        progress="no progress bar / per-epoch lines")

@@ -2,7 +2,7 @@
 The code file is named by --codes, or found from the same options that made it with
 `cnn-codes codes`. Writes a run folder with the head, record.json, report.txt, confusion.png
 and history.png (roc_pr.png for two classes)."""
-from pipeline.cli import add_code_options, add_common_options, code_paths, default, parse_size
+from pipeline.cli import add_code_options, add_common_options, code_paths, default, finite_float, parse_size
 from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead
 from pipeline.runs import train
 
@@ -15,16 +15,16 @@ def add_head_options(p):
     """Options of the heads, their defaults the heads' own."""
     k = lambda name: default(SoftmaxHead.__init__, name)
     p.add_argument("--epochs", type=int, default=k("epochs"), help="Keras heads: most epochs (early stopping ends sooner)")
-    p.add_argument("--learning-rate", type=float, default=k("learning_rate"), help="Keras heads: Adam learning rate")
+    p.add_argument("--learning-rate", type=finite_float, default=k("learning_rate"), help="Keras heads: Adam learning rate")
     p.add_argument("--batch-size", type=int, default=k("batch_size"), help="Keras heads: batch size")
     p.add_argument("--patience", type=int, default=k("patience"), help="Keras heads: early-stopping patience, epochs")
-    p.add_argument("--min-delta", type=float, default=k("min_delta"),
+    p.add_argument("--min-delta", type=finite_float, default=k("min_delta"),
                    help="Keras heads: smallest loss improvement that counts for early stopping")
     p.add_argument("--hidden", type=int, nargs="+", default=list(default(MLPHead.__init__, "hidden")),
                    help="mlp: hidden layer sizes")
-    p.add_argument("--dropout", type=float, default=default(MLPHead.__init__, "dropout"),
+    p.add_argument("--dropout", type=finite_float, default=default(MLPHead.__init__, "dropout"),
                    help="mlp: dropout after each hidden layer")
-    p.add_argument("--Cs", type=float, nargs="+", default=list(default(LogRegHead.__init__, "Cs")),
+    p.add_argument("--Cs", type=finite_float, nargs="+", default=list(default(LogRegHead.__init__, "Cs")),
                    help="logreg: inverse regularization strengths to choose from on the validation set")
     p.add_argument("--class-weight", action="store_true", help="weight classes inversely to their frequency")
 

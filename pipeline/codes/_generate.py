@@ -53,7 +53,7 @@ from pipeline.codes._runtimes import choose_runtime
 from pipeline.codes._settings import CodeIdentity, ComputeOptions, split_options
 from pipeline.codes._worker import WorkSpec, default_decode_threads
 from pipeline.data import LayoutOptions, assign_split, content_digest, read_folder
-from pipeline.errors import USER_ERRNOS, Interrupted, UserError, os_error_text
+from pipeline.errors import USER_ERRNOS, Interrupted, UserError, check_seed, os_error_text
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
     settings, how, layout = split_options(options)
     reading = dataclasses.replace(reading, **layout, exclude=tuple(exclude) or reading.exclude)
     reading.check()
+    check_seed(seed)
     if identity is None:
         identity = CodeIdentity.of(backbone, (layers or [None])[0], (poolings or ["avg"])[0], weights, image_size,
                                    **settings)

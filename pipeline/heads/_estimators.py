@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pipeline.codes._codeset import CodeStream
-from pipeline.errors import UserError, one_line
+from pipeline.errors import ParameterError, UserError, check_seed, one_line
 from pipeline.heads._scaling import (
     ShrunkScaler,
     standardization,
@@ -76,6 +76,14 @@ def _keras_seed(seed: int) -> None:
 
 class HeadParameterError(UserError, ValueError):
     """A head parameter out of range: a ValueError for scikit-learn, one line for the CLI."""
+
+
+def _is_seed(seed) -> bool:
+    try:
+        check_seed(seed)
+    except ParameterError:
+        return False
+    return True
 
 
 def _require(ok: bool, name: str, rule: str, value) -> None:
@@ -196,10 +204,11 @@ class KerasHead(_Head):
         for name in ("epochs", "batch_size"):
             _require(int(getattr(self, name)) == getattr(self, name) and getattr(self, name) >= 1, name,
                      "a whole number >= 1", getattr(self, name))
-        _require(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
+        _require(0 < self.learning_rate < np.inf, "learning_rate", "a finite number > 0", self.learning_rate)
         _require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
         _require(self.patience >= 0, "patience", ">= 0", self.patience)
-        _require(self.min_delta >= 0, "min_delta", ">= 0", self.min_delta)
+        _require(0 <= self.min_delta < np.inf, "min_delta", "a finite number >= 0", self.min_delta)
+        _require(_is_seed(self.seed), "seed", "a whole number from 0 to 2**32 - 1", self.seed)
         _require(all(int(h) == h and h >= 1 for h in self._hidden()), "hidden", "whole numbers >= 1",
                  getattr(self, "hidden", None))
 
@@ -347,7 +356,9 @@ class LogRegHead(_Head):
         self.Cs, self.max_iter, self.class_weight, self.seed, self.verbose = Cs, max_iter, class_weight, seed, verbose
 
     def _check_params(self):
-        _require(len(self.Cs) > 0 and min(self.Cs) > 0, "Cs", "one or more positive numbers", self.Cs)
+        _require(len(self.Cs) > 0 and all(0 < c < np.inf for c in self.Cs), "Cs", "one or more finite numbers > 0",
+                 self.Cs)
+        _require(_is_seed(self.seed), "seed", "a whole number from 0 to 2**32 - 1", self.seed)
         _require(self.max_iter >= 1, "max_iter", ">= 1", self.max_iter)
 
     def _pipe(self, C):
@@ -533,7 +544,7 @@ class PrototypeHead(_Head):
         self.center, self.scale = center, scale
 
     def _check_params(self):
-        _require(self.scale > 0, "scale", "> 0", self.scale)
+        _require(0 < self.scale < np.inf, "scale", "> 0", self.scale)
 
     def _normalize(self, X):
         X = X - self.mean_ if self.center else X

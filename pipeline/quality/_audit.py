@@ -37,7 +37,7 @@ from pipeline._files import writable_folder
 from pipeline._records import Run, new_run_dir
 from pipeline.codes import CodeView, open_code_sets
 from pipeline.data import SPLIT_NAMES
-from pipeline.errors import ParameterError, UserError
+from pipeline.errors import ParameterError, UserError, check_seed
 from pipeline.reports import to_cell
 from pipeline.reports._pages import esc, facts, page, section, shot, table
 
@@ -354,6 +354,7 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
         raise ParameterError("outlier_fraction", "must be between 0 and 1")
     if gallery < 0:
         raise ParameterError("gallery", "must be 0 or more")
+    check_seed(seed)
     writable_folder(runs_dir, "--runs-dir")
     cs = open_code_sets(codes_path)
     if not cs.labelled.all():

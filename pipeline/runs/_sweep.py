@@ -27,7 +27,7 @@ from pipeline._records import Run, new_run_dir
 from pipeline._tf import quiet_tensorflow
 from pipeline.codes import open_code_sets
 from pipeline.data import TEST, TRAIN, VAL
-from pipeline.errors import ParameterError, UserError
+from pipeline.errors import ParameterError, UserError, check_seed
 from pipeline.heads import HEADS, make_head
 from pipeline.reports import build_report, evaluate_multi_label, plain_text
 
@@ -142,6 +142,7 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
         raise ParameterError("n_jobs", f"{n_jobs}: give a number of worker processes, or -1 for one per CPU core")
     if repeats < 1:
         raise ParameterError("repeats", "must be at least 1")
+    check_seed(seed)
     unknown = [h for h in heads if h not in HEADS]
     if unknown or not heads:
         raise UserError(f"unknown head(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(HEADS)}")

@@ -14,7 +14,7 @@ from pipeline._records import Run
 from pipeline.codes import JoinedCodeSet, open_code_sets
 from pipeline.codes._codeset import CodeStream
 from pipeline.data import TEST, TRAIN, VAL
-from pipeline.errors import ParameterError, UserError
+from pipeline.errors import ParameterError, UserError, check_seed
 from pipeline.heads import make_head
 from pipeline.reports import positive_index
 from pipeline.runs._folders import finish_run
@@ -38,6 +38,7 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
     Codes that take more than ``memory_limit`` bytes as float32 (default: half the RAM) are
     not loaded: the head is trained on them streamed from the file, a few blocks in memory at a
     time (:class:`~pipeline.codes._codeset.CodeStream`), with a note saying so."""
+    check_seed(head_params.get("seed"))
     writable_folder(runs_dir, "--runs-dir")
     cs = open_code_sets(codes)
     codes_path = cs.path

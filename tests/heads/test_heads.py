@@ -64,7 +64,7 @@ def test_heads_are_scikit_learn_estimators(name):
     ("softmax", {"epochs": 0}, "epochs must be a whole number >= 1"),
     ("mlp", {"hidden": (256, -3)}, "hidden must be whole numbers >= 1"),
     ("mlp", {"dropout": 1.0}, "dropout must be in [0, 1)"),
-    ("logreg", {"Cs": (0.1, -1)}, "Cs must be one or more positive numbers"),
+    ("logreg", {"Cs": (0.1, -1)}, "Cs must be one or more finite numbers > 0"),
     ("prototype", {"scale": 0}, "scale must be > 0"),
 ])
 def test_parameters_are_checked_in_fit_with_their_name(name, params, message):
