@@ -1,8 +1,8 @@
 """Stage 1: cached CNN codes. ``generate_codes`` plans, computes (locally or on Ray, on TensorFlow or
 OpenVINO) and commits code sets; ``CodeSet`` reads one."""
 
+from pipeline._faults import POINTS
 from pipeline.codes._codeset import CodeSet, CodeView, JoinedCodeSet, load_codes, open_code_sets
-from pipeline.codes._faults import POINTS
 from pipeline.codes._format import MAX_PARTS, parts_dir
 from pipeline.codes._generate import generate_codes
 from pipeline.codes._locks import writer_lock

@@ -31,8 +31,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline._faults import fault_point
 from pipeline._files import durable_replace
-from pipeline.codes._faults import fault_point
 from pipeline.errors import UserError
 
 FORMAT_VERSION = 2

@@ -29,10 +29,10 @@ import h5py
 import numpy as np
 
 from pipeline import __version__
+from pipeline._faults import fault_point
 from pipeline._files import writable_folder
 from pipeline.backbones import DEFAULT_BACKBONE
 from pipeline.codes._engines import compute
-from pipeline.codes._faults import fault_point
 from pipeline.codes._format import (
     FailedImage,
     Index,

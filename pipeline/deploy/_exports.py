@@ -184,7 +184,9 @@ def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None
         path = convert(model, fmt, folder / FILES[fmt])
         results.append(ExportResult(fmt, path.name, path.stat().st_size))
         logger.info(f"{fmt}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    (folder / "labels.txt").write_text("".join(f"{c}\n" for c in class_names))
+    labels = folder / ".labels.txt.tmp"
+    labels.write_text("".join(f"{c}\n" for c in class_names))  # one class per line (stage 1 refuses line breaks)
+    durable_replace(labels, folder / "labels.txt")
     runners = {r.format: runner(r.format, folder / r.file) for r in results}
     if check_limit != 0:
         root, paths = test_images(load_record(run_dir), check_limit)

@@ -8,12 +8,15 @@ own files inside the ``.keras`` zip, as ``cnn_codes.json``.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from pipeline._records import load_record
+from pipeline._faults import fault_point
+from pipeline._files import durable_replace
+from pipeline._records import load_record, process_alive
 from pipeline.backbones import build_base, get_backbone
 from pipeline.backbones._registry import POOLING_LAYERS, apply_preprocessing, code_layer_name
 from pipeline.codes import setting
@@ -127,9 +130,19 @@ def save_model(model, path, class_names, info: dict) -> Path:
     if path.suffix != ".keras":
         raise UserError(f"{path}: the model file name must end in .keras")
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    with zipfile.ZipFile(path, "a") as z:
-        z.writestr(META_NAME, json.dumps({"class_names": list(class_names), **info}, indent=2))
+    for stale in path.parent.glob(f".{path.stem}.*.tmp.keras"):  # left by a killed export
+        pid = stale.name.split(".")[-3]
+        if pid.isdigit() and not process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")  # whole or absent: written aside, then renamed
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as z:
+            z.writestr(META_NAME, json.dumps({"class_names": list(class_names), **info}, indent=2))
+        fault_point("export-tmp-written")
+        durable_replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

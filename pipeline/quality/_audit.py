@@ -34,7 +34,7 @@ from joblib import parallel_config
 from tqdm import tqdm
 
 from pipeline._files import writable_folder
-from pipeline._records import Run, new_run_dir
+from pipeline._records import Run, assembled_run
 from pipeline.codes import CodeView, open_code_sets
 from pipeline.data import SPLIT_NAMES
 from pipeline.errors import ParameterError, UserError, check_seed
@@ -375,10 +375,11 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
                     **options)
     summary = summarize(cs, findings, options, time.perf_counter() - t0)
 
-    run_dir = new_run_dir(runs_dir, f"{str(cs.attrs.get('backbone')).replace('+', '-')}-audit")
-    write_csvs(run_dir, cs, findings)
-    (run_dir / "audit.json").write_text(json.dumps(summary, indent=2))
-    write_audit_report(run_dir, summary, cs, findings, gallery)
+    with assembled_run(runs_dir, f"{str(cs.attrs.get('backbone')).replace('+', '-')}-audit") as run:
+        write_csvs(run.path, cs, findings)
+        (run.path / "audit.json").write_text(json.dumps(summary, indent=2))
+        write_audit_report(run.path, summary, cs, findings, gallery)
+    run_dir = run.path
     d = summary["duplicates"]
     logger.info(f"near-duplicates: {d['within_class']} pairs within classes (cosine >= {threshold:g}), "
                 f"{d['across_classes']} across classes (>= {cross_threshold:g}), {d['across_splits']} of them across "

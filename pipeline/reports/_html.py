@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline._files import durable_replace
-from pipeline._records import load_record
+from pipeline._records import load_record, run_name
 from pipeline.codes import open_code_sets
 from pipeline.codes._codeset import data_root_of
 from pipeline.data import TEST
@@ -154,7 +154,7 @@ def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
                   ("average precision", f"{m['average_precision']:.4f}")]
     items += [("images (train / validation / test)", f"{record.get('n_train')} / {record.get('n_val')} / {record.get('n_test')}"),
               ("classes", len(class_names)), ("training seconds", record.get("train_seconds")),
-              ("codes", record.get("codes", "")), ("run folder", Path(run_dir).name)]
+              ("codes", record.get("codes", "")), ("run folder", run_name(run_dir))]
     sections = [section("Summary", facts(items), "summary")]
     predictions = read_predictions(run_dir)
     if predictions is None and recompute_predictions(run_dir, record):
@@ -183,7 +183,7 @@ def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
         sections.append(section("Curves", curves, "curves"))
     options = {k: v for k, v in record.items() if k not in ("confusion", "metrics", "history", "test_paths", "class_names")}
     sections.append(section("Options", f"<pre>{esc(json.dumps(options, indent=2))}</pre>", "options"))
-    return page(record.get("title", Path(run_dir).name), sections)
+    return page(record.get("title", run_name(run_dir)), sections)
 
 
 def sweep_page(run_dir: Path, summary: dict) -> str:
@@ -198,7 +198,7 @@ def sweep_page(run_dir: Path, summary: dict) -> str:
         rows.append(row)
     items = [("heads", ", ".join(summary["heads"])), ("training images per class", ", ".join(map(str, ns))),
              ("repeats", summary["repeats"]), ("wall seconds", summary.get("wall_seconds")),
-             ("run folder", Path(run_dir).name)]
+             ("run folder", run_name(run_dir))]
     return page("training-size sweep", [
         section("Summary", facts(items), "summary"),
         section("Accuracy vs. training images per class", embedded_figure(Path(run_dir) / "sweep.png", "sweep chart"),

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline._records import RECORD_VERSION, Run, load_record, new_run_dir
+from pipeline._faults import fault_point
+from pipeline._records import RECORD_VERSION, Run, assembled_run, load_record
 from pipeline.errors import UserError
 from pipeline.reports import build_report, evaluate, evaluate_multi_label, summary, write_predictions, write_report
 
@@ -27,15 +28,17 @@ def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names,
     multi = np.ndim(y_true) == 2  # multi-label: a probability per label, decided by ``thresholds``
     metrics = (evaluate_multi_label(y_true, proba, thresholds, class_names) if multi
                else evaluate(y_true, proba, class_names, positive_class))
-    run_dir = new_run_dir(runs_dir, name)
-    save(run_dir)
     record = {"record_version": RECORD_VERSION, **record, "class_names": list(class_names),
               "history": history or {}, "data_root": str(data_root) if data_root else None}
     if multi:
         record.update(task="multi-label", thresholds=[float(t) for t in thresholds])
-    write_report(run_dir, record, metrics, class_names, history)
-    write_predictions(run_dir, test_paths, y_true, proba, list(class_names), thresholds)
-    build_report(run_dir)
+    with assembled_run(runs_dir, name) as run:  # appears whole, or not at all
+        save(run.path)
+        fault_point("run-head-saved")
+        write_report(run.path, record, metrics, class_names, history)
+        write_predictions(run.path, test_paths, y_true, proba, list(class_names), thresholds)
+        build_report(run.path)
+    run_dir = run.path
     logger.info(f"{record['title']}: {summary(metrics)}" + (f"; {detail}" if detail else "") + f" -> {run_dir}")
     return Run(run_dir, record["kind"], metrics)
 
@@ -43,7 +46,8 @@ def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names,
 def compare_table(run_dirs=None, runs_dir="runs") -> str:
     """A Markdown table of runs (default: every run under ``runs_dir``): kind, title, test
     accuracy, top-5, mean per-class accuracy, training seconds."""
-    folders = [Path(r) for r in run_dirs] if run_dirs else sorted(p.parent for p in Path(runs_dir).glob("*/record.json"))
+    folders = [Path(r) for r in run_dirs] if run_dirs else sorted(
+        p.parent for p in Path(runs_dir).glob("*/record.json") if not p.parent.name.startswith("."))  # not partial runs
     lines = ["| kind | model | test accuracy | top-5 | mean per-class | training s | split | run |",
              "|---|---|---|---|---|---|---|---|"]
     splits = []

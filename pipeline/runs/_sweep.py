@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from pipeline._files import writable_folder
-from pipeline._records import Run, new_run_dir
+from pipeline._records import Run, assembled_run
 from pipeline._tf import quiet_tensorflow
 from pipeline.codes import open_code_sets
 from pipeline.data import TEST, TRAIN, VAL
@@ -194,17 +194,6 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
     wall = time.perf_counter() - t0
     executor.shutdown(wait=True)
 
-    run_dir = new_run_dir(runs_dir, "sweep")
-    by_path = {s["path"]: s for s in sets}
-    fields = ["backbone", "layer", "pooling", "image_size", "head", "n", "repeat", "n_train", "accuracy",
-              "mean_per_class_accuracy", "seconds", "code_set"]
-    with open(run_dir / "sweep.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for row in rows:
-            a = by_path[row["code_set"]]["attrs"]
-            w.writerow({**{k: a.get(k) for k in ("backbone", "layer", "pooling", "image_size")},
-                        **{k: row[k] for k in fields if k in row}})
     summary = []
     for s in sets:
         for h in heads:
@@ -225,9 +214,22 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
               "code_sets": [{k: (v if k != "attrs" else {a: str(b) for a, b in v.items()}) for k, v in s.items()}
                             for s in sets],
               "summary": summary}
-    (run_dir / "summary.json").write_text(json.dumps(record, indent=2))
-    plot_sweep(summary, sets, run_dir / "sweep.png")
-    build_report(run_dir)
+    with assembled_run(runs_dir, "sweep") as run:  # appears whole, or not at all
+        run_dir = run.path
+        by_path = {s["path"]: s for s in sets}
+        fields = ["backbone", "layer", "pooling", "image_size", "head", "n", "repeat", "n_train", "accuracy",
+                  "mean_per_class_accuracy", "seconds", "code_set"]
+        with open(run_dir / "sweep.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            for row in rows:
+                a = by_path[row["code_set"]]["attrs"]
+                w.writerow({**{k: a.get(k) for k in ("backbone", "layer", "pooling", "image_size")},
+                            **{k: row[k] for k in fields if k in row}})
+        (run_dir / "summary.json").write_text(json.dumps(record, indent=2))
+        plot_sweep(summary, sets, run_dir / "sweep.png")
+        build_report(run_dir)
+    run_dir = run.path
     logger.info(format_table(summary, ns, metric))
     logger.info(f"{len(tasks)} runs on {workers} worker(s) in {wall:.1f} s -> {run_dir}")
     return Run(run_dir, "sweep", {"summary": summary})

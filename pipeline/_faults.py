@@ -3,7 +3,8 @@
 ``CNN_CODES_FAULT=<point>`` in the environment makes the process send itself SIGKILL the first
 time it reaches ``<point>``; ``<point>:<k>`` the k-th time. ``CNN_CODES_FAULT_SIGNAL=INT`` sends
 SIGINT instead (a Ctrl-C at that moment). Read here and nowhere else. The points of stage 1 are
-listed in :data:`POINTS`, in the order a run reaches them.
+listed in :data:`POINTS`, in the order a run reaches them; those of the commands that write run
+folders and exports in :data:`RUN_POINTS`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ POINTS = (
     "parts-cleaned",      # parts no index refers to deleted
     "output-done",        # one code set (layer, pooling) committed, the next not yet
     "compact-part-saved",  # a merged part written while compacting, the index not yet over it
+)
+RUN_POINTS = (
+    "run-head-saved",     # a head run's head saved in its folder, the run not yet complete (train)
+    "run-assembled",      # every file of a run written under its temporary name, not yet moved (train, sweep, audit)
+    "export-tmp-written",  # an exported file written under its temporary name, not yet renamed (export)
 )
 _seen: collections.Counter = collections.Counter()
 
