@@ -52,7 +52,7 @@ from pipeline.codes._plan import OutputPlan, Plan, labels_of, make_plan
 from pipeline.codes._runtimes import choose_runtime
 from pipeline.codes._settings import CodeIdentity, ComputeOptions, split_options
 from pipeline.codes._worker import WorkSpec, default_decode_threads
-from pipeline.data import LayoutOptions, assign_split, content_digest, read_folder
+from pipeline.data import IMAGE_EXTENSIONS, LayoutOptions, assign_split, content_digest, describe_skipped, read_folder
 from pipeline.errors import USER_ERRNOS, Interrupted, UserError, check_seed, os_error_text
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,9 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
     spec = WorkSpec(str(ds.root), identity, tuple((i.layer, i.pooling) for i in identities), str(weights), compute,
                     compute.decode_threads or default_decode_threads(), tuple(str(parts_dir(f)) for f in files),
                     tuple(json.dumps(a) for a in out_attrs))
+    if ds.skipped:
+        logger.info(f"note: {sum(ds.skipped.values())} file(s) under {ds.root} not read as images: "
+                    f"{describe_skipped(ds.skipped)} (images: {', '.join(IMAGE_EXTENSIONS)})")
     if ds.empty_classes:
         logger.info(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
     plan = None

@@ -311,7 +311,7 @@ def _split_folders(root: Path, options: LayoutOptions) -> ImageFolder:
            else "validation drawn from " + folders[TRAIN].name + "/")
     if TEST not in folders:
         how += "; no test folder: test images drawn from " + folders[TRAIN].name + "/"
-    ds = _folder(root, paths, labels, names, ignored_files=ignored, unnamable=tuple(unnamable))
+    ds = _folder(root, paths, labels, names, skipped=dict(ignored), unnamable=tuple(unnamable))
     ds.split = np.asarray(split, np.int8)
     ds.description = f"split folders {named} ({how}; {len(names)} classes)"
     ds.notes = tuple(notes)
@@ -507,7 +507,7 @@ def _labels_file(root: Path, options: LayoutOptions) -> ImageFolder:
             ls = np.flatnonzero(targets[i])
             labels[i] = ls[np.argmin(counts[ls])] if len(ls) else len(names)
     unlabelled = int((split == UNLABELLED).sum())
-    ds = _folder(root, paths, labels, names, ignored_files=ignored, unnamable=tuple(unnamable))
+    ds = _folder(root, paths, labels, names, skipped=dict(ignored), unnamable=tuple(unnamable))
     ds.split = split
     ds.targets = targets
     ds.missing = tuple(missing)
@@ -559,7 +559,7 @@ def _names(root: Path, options: LayoutOptions) -> ImageFolder:
                         f"at least two")
     label_of = {n: i for i, n in enumerate(names)}
     labels = [label_of[c] if c is not None else -1 for c in classes]
-    ds = _folder(root, paths, labels, names, ignored_files=ignored, unnamable=tuple(unnamable))
+    ds = _folder(root, paths, labels, names, skipped=dict(ignored), unnamable=tuple(unnamable))
     ds.split = np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
     unmatched = int((ds.labels < 0).sum())
     ds.description = (f"labels in file names, pattern {options.label_pattern!r} ({len(names)} classes; "
@@ -572,7 +572,7 @@ def _unlabelled(root: Path) -> ImageFolder:
     paths, ignored, unnamable = walk_images(root)
     if not paths:
         raise UserError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    ds = _folder(root, paths, np.full(len(paths), -1), [], ignored_files=ignored, unnamable=tuple(unnamable))
+    ds = _folder(root, paths, np.full(len(paths), -1), [], skipped=dict(ignored), unnamable=tuple(unnamable))
     ds.split = np.full(len(paths), UNLABELLED, np.int8)
     ds.description = f"unlabelled images ({len(paths)}; codes only: label them to train)"
     ds.source = {"layout": "unlabelled"}

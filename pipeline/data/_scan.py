@@ -1,6 +1,7 @@
 """Image folders (one sub-folder per class), stratified splits and robust image decoding."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -16,7 +17,7 @@ from pipeline.errors import ParameterError, UserError
 # Deferred on purpose: Pillow is imported inside the functions that use it, so that commands and
 # workers that never need it start without loading it.
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TRAIN, VAL, TEST = 0, 1, 2
 # Images without a label: label -1 and this split value in a code set, so that every reader that
 # selects TRAIN, VAL or TEST leaves them out.
@@ -39,7 +40,7 @@ class ImageFolder:
     labels: np.ndarray
     class_names: list[str]
     fingerprints: np.ndarray
-    ignored_files: int = 0
+    skipped: dict = dataclasses.field(default_factory=dict)  # files not read as images, by kind: {".txt": 3, ...}
     empty_classes: tuple[str, ...] = ()
     # Files that cannot even be named in a code set (not valid UTF-8): (printable name, reason).
     unnamable: tuple[tuple[str, str], ...] = ()
@@ -82,10 +83,10 @@ def scan(root, exclude=()) -> ImageFolder:
     class_dirs = [p for p in class_dirs if p.name not in set(exclude)]
     if not class_dirs:
         raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
-    paths, labels, prints, names, empty, ignored, unnamable = [], [], [], [], [], 0, []
+    paths, labels, prints, names, empty, skipped, unnamable = [], [], [], [], [], collections.Counter(), []
     for cdir in class_dirs:
-        found, skipped, bad = walk_images(root, cdir)
-        ignored += skipped
+        found, other, bad = walk_images(root, cdir)
+        skipped.update(other)
         unnamable += bad
         if not found and not bad:
             empty.append(cdir.name)
@@ -100,22 +101,45 @@ def scan(root, exclude=()) -> ImageFolder:
         raise UserError(f"data folder {root} has {which}; a classifier needs at least two classes "
                         f"with images ({', '.join(IMAGE_EXTENSIONS)})")
     return ImageFolder(root, paths, np.asarray(labels, np.int32), names,
-                       np.asarray(prints, np.int64).reshape(-1, 2), ignored, tuple(empty), tuple(unnamable))
+                       np.asarray(prints, np.int64).reshape(-1, 2), dict(skipped), tuple(empty), tuple(unnamable))
 
 
-def walk_images(root, under=None) -> tuple[list[str], int, list[tuple[str, str]]]:
-    """The image files under ``under`` (default ``root``), recursively, dot files and folders
-    skipped: their paths relative to ``root`` (posix, in the order of sorted Paths), the number
-    of other files, and (printable name, reason) of those that cannot be named in a code set."""
-    found, ignored, unnamable = [], 0, []  # strings: a million Path objects take seconds to sort
-    for dirpath, dirnames, filenames in os.walk(under or root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-        for fn in filenames:
-            if not fn.lower().endswith(IMAGE_EXTENSIONS) or fn.startswith("."):
-                ignored += 1
+def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[tuple[str, str]]]:
+    """The image files under ``under`` (default ``root``), recursively: their paths relative to
+    ``root`` (posix, in the order of sorted Paths); what was passed over, by kind (a file's
+    extension, ``hidden`` for dot files and folders, ``special file`` for pipes, sockets and
+    devices named like images, which are never opened); and (printable name, reason) of images
+    that cannot be named in a code set. Links to files are followed; links to folders are not
+    entered (a link loop cannot trap the walk)."""
+    found, skipped, unnamable = [], collections.Counter(), []  # strings: a million Paths take seconds to sort
+    stack = [(os.fspath(under or root), os.path.relpath(under or root, root).replace(os.sep, "/"))]
+    while stack:
+        folder, rel_dir = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            skipped["unreadable folder"] += 1
+            continue
+        for e in entries:
+            name = e.name
+            if name.startswith("."):
+                skipped["hidden"] += 1
                 continue
-            rel = fn if rel_dir == "." else f"{rel_dir}/{fn}"
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((e.path, rel))
+                    continue
+            except OSError:
+                pass
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                skipped[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
+                continue
+            # A pipe, socket or device is never opened (reading a pipe would wait forever). A link
+            # that leads nowhere is kept: listed as unreadable, tried again once it leads somewhere.
+            if not _is_regular(e) and os.path.exists(e.path):
+                skipped["special file"] += 1
+                continue
             try:
                 rel.encode("utf-8")
             except UnicodeEncodeError:
@@ -123,7 +147,20 @@ def walk_images(root, under=None) -> tuple[list[str], int, list[tuple[str, str]]
                                   "file name is not valid UTF-8"))
                 continue
             found.append(rel)
-    return sorted(found, key=lambda r: r.split("/")), ignored, unnamable
+    return sorted(found, key=lambda r: r.split("/")), skipped, unnamable
+
+
+def _is_regular(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()  # follows a link
+    except OSError:  # a link loop: kept, and listed as unreadable
+        return False
+
+
+def describe_skipped(skipped: dict, limit: int = 6) -> str:
+    """'3 .txt, 1 special file, 2 hidden' (the most frequent kinds first)."""
+    kinds = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {k}" for k, n in kinds[:limit]) + (" ..." if len(kinds) > limit else "")
 
 
 def fingerprint(path) -> tuple[int, int]:

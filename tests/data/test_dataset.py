@@ -15,7 +15,7 @@ def test_scan_finds_images_recursively_any_case_and_ignores_other_files(images):
     assert ds.class_names == ["class0", "class1", "class2"]
     assert len(ds) == 36 and list(ds.counts()) == [12, 12, 12]
     assert any(p.endswith(".JPG") for p in ds.paths) and any("/sub/" in p for p in ds.paths)
-    assert ds.ignored_files == 1
+    assert ds.skipped == {".txt": 1}
     assert ds.paths == sorted(ds.paths)
 
 

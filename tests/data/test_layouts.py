@@ -337,3 +337,18 @@ def test_class_names_with_line_breaks_are_refused(tmp_path):
     labels.write_text('image,label\na.jpg,"x\r\ny"\nb.jpg,z\n')  # a quoted cell may hold a line break
     with pytest.raises(UserError, match="holds a line break"):
         read_folder(tmp_path / "f")
+
+
+def test_special_files_are_never_opened_and_every_skipped_kind_is_counted(tmp_path):
+    import os
+
+    root = class_tree(tmp_path / "d")
+    os.mkfifo(root / "cat" / "pipe.jpg")  # reading it would wait forever
+    (root / "dog" / "notes.txt").write_text("x")
+    (root / "dog" / ".DS_Store").write_text("x")
+    image(root / "dog" / "scan.TIF")
+    (root / "dog" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    ds = read_folder(root)
+    assert "cat/pipe.jpg" not in ds.paths and "dog/scan.TIF" in ds.paths
+    assert "dog/gone.jpg" in ds.paths  # a link to nothing: listed as unreadable, tried again once it leads somewhere
+    assert ds.skipped == {"special file": 1, ".txt": 1, "hidden": 1}
