@@ -185,12 +185,16 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
     # on the order: each run has its own seed).
     order = sorted(range(len(tasks)), key=lambda i: (tasks[i][2] != "all", -(tasks[i][2] if tasks[i][2] != "all" else 0),
                                                       tasks[i][1] != "logreg"))
-    futures = {executor.submit(run_one, *tasks[i], seed, head_params): i for i in order}
-    with tqdm(total=len(tasks), unit="run", disable=not progress, desc="sweep") as bar:
-        for fut in as_completed(futures):
-            i = futures[fut]
-            rows[i] = dict(fut.result(), code_set=tasks[i][0])
-            bar.update()
+    try:
+        futures = {executor.submit(run_one, *tasks[i], seed, head_params): i for i in order}
+        with tqdm(total=len(tasks), unit="run", disable=not progress, desc="sweep") as bar:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                rows[i] = dict(fut.result(), code_set=tasks[i][0])
+                bar.update()
+    except BaseException:  # Ctrl-C, SIGTERM, an error: no worker outlives the command
+        executor.shutdown(wait=False, kill_workers=True)
+        raise
     wall = time.perf_counter() - t0
     executor.shutdown(wait=True)
 
