@@ -121,9 +121,12 @@ def read_folder(root, options: LayoutOptions | None = None) -> ImageFolder:
         raise UserError(f"data path {root} is not a folder")
     if options.chosen != "auto":
         return _one_line_names(READERS[options.chosen](root, options))
-    tables, rejected = _labels_tables(root, options)
+    tables, rejected, index = _labels_tables(root, options)
     try:
-        return _one_line_names(READERS[_detect(root, tables)](root, options))
+        layout = _detect(root, [t.path for t in tables])
+        if layout == "labels-file":  # the table and the walk of the folder already made: not twice
+            return _one_line_names(_labels_file(root, options, tables[0], index))
+        return _one_line_names(READERS[layout](root, options))
     except UserError as exc:  # say why a table beside the images was not taken for their labels
         if not rejected:
             raise
@@ -168,9 +171,10 @@ def _detect(root: Path, tables: list[Path]) -> str:
     return "folders"
 
 
-def _labels_tables(root: Path, options: LayoutOptions) -> tuple[list[Path], list[tuple[str, str]]]:
-    """The table files at the top of ``root`` whose rows name images under it, and the other
-    table files there with the reason each is not a labels file."""
+def _labels_tables(root: Path, options: LayoutOptions) -> tuple[list, list[tuple[str, str]], _ImageIndex | None]:
+    """The table files at the top of ``root`` whose rows name images under it (read), the other
+    table files there with the reason each is not a labels file, and the index of the folder's
+    images if one was needed to tell."""
     found, rejected, index = [], [], None
     for p in sorted(root.iterdir()):
         if p.is_file() and p.suffix.lower() in TABLE_EXTENSIONS and not p.name.startswith("."):
@@ -183,17 +187,17 @@ def _labels_tables(root: Path, options: LayoutOptions) -> tuple[list[Path], list
             names = [row[columns.image] for row in table.rows[:200] if columns.image < len(row)]
             index = index or _ImageIndex(root)
             if any(index.find(n, strict=False) for n in names):
-                found.append(p)
+                found.append(table)
             else:
                 rejected.append((p.name, "its rows name none of the images"))
-    return found, rejected
+    return found, rejected, index
 
 
 # ------------------------------------------------------------------ the image files
 
 def _images_under(folder: Path, recursive: bool = True):
     """Relative posix paths of the image files under ``folder`` (dot files and folders skipped),
-    sorted as sorted Paths would be, and the number of other files."""
+    one at a time: for "are there any" questions, which stop at the first."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
         rel_dir = os.path.relpath(dirpath, folder).replace(os.sep, "/")
@@ -211,9 +215,9 @@ class _ImageIndex:
     """Finds the image a labels file means: a path relative to the data folder, a bare file
     name anywhere under it, or an id without extension."""
 
-    def __init__(self, root: Path, paths: list[str] | None = None):
+    def __init__(self, root: Path):
         self.root = root
-        self.paths = paths if paths is not None else walk_images(root)[0]
+        self.paths, self.skipped, self.unnamable = walk_images(root)
         self.exact = set(self.paths)
         self.by_name, self.by_stem = defaultdict(list), defaultdict(list)
         for p in self.paths:
@@ -411,25 +415,29 @@ def _split_labels(cell: str, multi: bool) -> list[str]:
     return [cell] if cell else []
 
 
-def _labels_file(root: Path, options: LayoutOptions) -> ImageFolder:
-    if options.labels:
+def _labels_file(root: Path, options: LayoutOptions, table: _Table | None = None,
+                 index: _ImageIndex | None = None) -> ImageFolder:
+    """The labels-file layout; ``table`` and ``index``: the table and the folder's index when
+    detection has made them already."""
+    if table is None and options.labels:
         path = Path(options.labels)
         if not path.is_file():
             raise UserError(f"labels file {path} does not exist")
-    else:
-        tables, _ = _labels_tables(root, options)
+        table = _read_table(path)
+    elif table is None:
+        tables, _, index = _labels_tables(root, options)
         if not tables:
             candidates = [p.name for p in sorted(root.iterdir()) if p.suffix.lower() in TABLE_EXTENSIONS]
             raise UserError(f"{root} holds no table file whose rows name its images"
                             + (f" (read: {', '.join(candidates)})" if candidates else "")
                             + "; give one with --labels FILE")
-        path = tables[0]
-    table = _read_table(path)
+        table = tables[0]
+    path = table.path
     if not table.rows:
         raise UserError(f"labels file {path} has a header and no rows")
     cols = _columns(table, options, path)
-    all_paths, ignored, unnamable = walk_images(root)
-    index = _ImageIndex(root, all_paths)
+    index = index or _ImageIndex(root)
+    all_paths, ignored, unnamable = index.paths, index.skipped, index.unnamable
     width = len(table.header)
     found: dict[str, list[str]] = {}
     split_of: dict[str, int] = {}
