@@ -112,7 +112,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
     writable_folder(cache_dir, "--cache-dir")
     home = claim_home(cache_dir, data)
     files = [i.file_in(home) for i in identities]
-    split, seed = _split_to_use(files[0], ds, split, seed, resplit)
+    split, seed = _split_to_use(files[0], ds, split, seed, resplit or compute.overwrite)
     out_attrs = [dict(i.to_attrs(), weights=str(weights)) for i in identities]
     spec = WorkSpec(str(ds.root), identity, tuple((i.layer, i.pooling) for i in identities), str(weights), compute,
                     compute.decode_threads or default_decode_threads(), tuple(str(parts_dir(f)) for f in files),
@@ -182,7 +182,7 @@ DEFAULT_SPLIT = (0.7, 0.15, 0.15)
 def _split_to_use(file: Path, ds, split, seed, resplit: bool) -> tuple[tuple, int]:
     """The split fractions and seed of this run: those given, else the stored ones, else the
     defaults. A split other than the stored one is refused (runs before and after would not
-    share a test set) unless ``resplit``."""
+    share a test set) unless ``resplit`` (or ``--overwrite``, which replaces the code set)."""
     stored = {}
     if file.exists():
         try:
@@ -190,8 +190,18 @@ def _split_to_use(file: Path, ds, split, seed, resplit: bool) -> tuple[tuple, in
                 stored = {k: f.attrs[k] for k in ("split_fractions", "split_seed") if k in f.attrs}
         except OSError:
             stored = {}  # unreadable: the plan says so
-    old_split = tuple(json.loads(stored["split_fractions"])) if "split_fractions" in stored else None
-    old_seed = int(stored["split_seed"]) if "split_seed" in stored else None
+    try:
+        old_split = (tuple(float(x) for x in json.loads(stored["split_fractions"]))
+                     if "split_fractions" in stored else None)
+        old_seed = int(stored["split_seed"]) if "split_seed" in stored else None
+    except (TypeError, ValueError):
+        if resplit:  # replaced anyway: the given split, or the defaults
+            old_split = old_seed = None
+        else:
+            fractions, seed_ = str(stored.get("split_fractions")), str(stored.get("split_seed"))
+            raise UserError(f"cache file {file} states its split in a form this version cannot read (split_fractions "
+                            f"{fractions!r}, split_seed {seed_!r}); pass --resplit to draw a new split, or "
+                            f"--overwrite to replace the code set") from None
     new_split = tuple(split) if split is not None else old_split or DEFAULT_SPLIT
     new_seed = int(seed) if seed is not None else old_seed if old_seed is not None else 0
     drawn = ds.split is None or bool((ds.split < 0).any())
@@ -270,7 +280,8 @@ def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, spl
                   else json.loads(old["code_shape"]))
     runtimes = set(str(old["runtime"]).split("; ")) if kept and "runtime" in old else set()
     runtimes |= {p.runtime for p in with_codes}
-    content = IndexContent(rows, np.asarray([labels[r.path] for r in rows], np.uint8 if plan.ds.multi_label else np.int32),
+    label_type = np.uint8 if plan.ds.multi_label else np.int32  # multi-label: rows of 0/1 targets
+    content = IndexContent(rows, np.asarray([labels[r.path] for r in rows], label_type),
                            np.asarray([split_codes[r.path] for r in rows], np.int8), list(plan.ds.class_names),
                            failed, dim, out.attrs["dtype"])
     attrs = dict(out.attrs, **split_attrs, code_shape=json.dumps(list(code_shape)), versions=_versions(),

@@ -1,6 +1,7 @@
 """Stage 1 with the layouts: labels never cost a code, a code set belongs to one folder, a stored
 split is never replaced silently, the first line says how labels were read."""
 import csv
+import json
 import os
 import shutil
 
@@ -180,3 +181,19 @@ def test_unlabelled_folder_codes_then_train_refuses(tmp_path):
     assert "none of its 10 images has a label (layout unlabelled)" in r.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert TRAIN not in set(cs.split)
+
+
+@pytest.mark.slow
+def test_a_stored_split_in_an_unreadable_form_is_one_error_and_resplit_mends_it(tmp_path):
+    from pipeline.errors import UserError
+
+    data = make_images(tmp_path / "d", 2, 6)
+    kw = dict(FAST, cache_dir=tmp_path / "cache")
+    path = generate_codes(data, **kw)[0]
+    with h5py.File(path, "r+") as f:
+        f.attrs["split_fractions"] = "not json"
+    with pytest.raises(UserError, match="states its split in a form this version cannot read.*--resplit"):
+        generate_codes(data, **kw)
+    assert computed(data, resplit=True, **kw) == 0  # the codes kept, the split drawn anew
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs["split_fractions"]) == [0.7, 0.15, 0.15]
