@@ -99,7 +99,6 @@ def run_one(path: str, head: str, n, repeat: int, seed: int, head_params: dict) 
     """One (code set, head, N, repeat) run; returns its row of figures."""
     from sklearn.metrics import balanced_accuracy_score
 
-
     cs = _codes(path)
     tr = draw_train(cs.y, cs.split, n, seed, repeat)
     va, te = cs.split == VAL, cs.split == TEST
@@ -111,12 +110,13 @@ def run_one(path: str, head: str, n, repeat: int, seed: int, head_params: dict) 
         model = make_head(head, **params)
         model.fit(cs.X[tr], cs.y[tr], validation_data=(cs.X[va], cs.y[va]) if va.any() else None,
                   classes=np.arange(len(cs.class_names)))
-        pred = model.predict(cs.X[te])
+        proba = model.predict_proba(cs.X[te])  # predicted once: classes, or labels by their thresholds
         seconds = time.perf_counter() - t0
     if cs.multi_label:  # the curve of a multi-label set is mAP (and macro F1 beside it)
-        m = evaluate_multi_label(cs.y[te], model.predict_proba(cs.X[te]), model.thresholds_, cs.class_names)
+        m = evaluate_multi_label(cs.y[te], proba, model.thresholds_, cs.class_names)
         return {"n": n, "repeat": repeat, "head": head, "n_train": int(len(tr)), "accuracy": m["mAP"] or 0.0,
                 "mean_per_class_accuracy": m["macro_f1"], "seconds": round(seconds, 3)}
+    pred = model.classes_[proba.argmax(1)]
     return {"n": n, "repeat": repeat, "head": head, "n_train": int(len(tr)),
             "accuracy": float((pred == cs.y[te]).mean()),
             "mean_per_class_accuracy": float(balanced_accuracy_score(cs.y[te], pred)),
