@@ -16,12 +16,12 @@ from pipeline.data._scan import (
     content_digest,
     decode_rgb,
     describe_skipped,
-    walk_images,
     fingerprint,
     load_image,
     parse_split,
     scan,
     stratified_split,
+    walk_images,
 )
 
 __all__ = [

@@ -33,6 +33,7 @@ from pipeline.codes._worker import batches_of, read_batches
 from pipeline.data import TEST
 from pipeline.deploy._models import export_head_run, load_model
 from pipeline.errors import ParameterError, UserError, one_line
+from pipeline.heads import read_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,9 @@ def export_formats(run_dir, model_path, formats=FORMATS, check_limit: int | None
               "keras_latency_ms": keras_ms, "onnx_opset": ONNX_OPSET,
               "exports": [dataclasses.asdict(r) for r in results],
               # multi-label: sigmoid outputs, label i present when its probability >= thresholds[i]
-              **({"task": "multi-label", "thresholds": info["thresholds"]} if info.get("task") == "multi-label" else {})}
+              **({"task": "multi-label",
+                  "thresholds": read_thresholds(info.get("thresholds"), len(class_names), model_path).tolist()}
+                 if info.get("task") == "multi-label" else {})}
     tmp = folder / "exports.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     durable_replace(tmp, folder / "exports.json")

@@ -13,6 +13,7 @@ from pipeline.codes._worker import batches_of, read_batches
 from pipeline.data import IMAGE_EXTENSIONS
 from pipeline.deploy._models import export_head_run, load_model
 from pipeline.errors import ParameterError, UserError
+from pipeline.heads import read_thresholds
 from pipeline.reports import to_cell
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
     size = int(info["image_size"])
     root, paths = find_images(Path(target))
     k = min(top_k, len(class_names))
-    thresholds = np.asarray(info["thresholds"], np.float32) if info.get("task") == "multi-label" else None
+    thresholds = (read_thresholds(info.get("thresholds"), len(class_names), model_path)
+                  if info.get("task") == "multi-label" else None)
     mapper = make_mapper(model, runtime=runtime, batch_size=batch_size, image_size=size,
                          model_name=f"classifier {info.get('kind')}")
     rows = []

@@ -61,6 +61,18 @@ def best_f1_thresholds(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
     return out
 
 
+def read_thresholds(values, n_labels: int, source) -> np.ndarray:
+    """A multi-label head's thresholds as a file states them (a head.json, a model's metadata):
+    ``n_labels`` numbers from 0 to 1, or a :class:`UserError` naming ``source``."""
+    try:
+        out = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+        out = None
+    if out is None or out.shape != (n_labels,) or not np.all((out >= 0) & (out <= 1)):
+        raise UserError(f"{source}: the thresholds of its labels are not {n_labels} numbers from 0 to 1")
+    return out
+
+
 def _sigmoid(z):
     return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(np.float32)
 
@@ -682,11 +694,11 @@ def load_head(folder):
     else:
         raise UserError(f"{folder} holds no saved head (head.json with head.keras or head.npz)")
     head.multi_label_ = bool(desc.get("multi_label", False))
-    if head.multi_label_:
-        head.thresholds_ = np.asarray(desc.get("thresholds", []), np.float64)
     head._restore(folder, state)
     if "classes" in desc:
         head.classes_, head.n_features_in_ = np.asarray(desc["classes"]), int(desc["n_features_in"])
+        if head.multi_label_:
+            head.thresholds_ = read_thresholds(desc.get("thresholds"), len(head.classes_), f"{folder}/head.json")
     elif isinstance(head, KerasHead):  # a Keras head written before head.json: its layers say
         head.classes_ = np.arange(head.model_.output_shape[-1])
         head.n_features_in_ = int(head.model_.input_shape[-1])

@@ -89,3 +89,19 @@ def test_multi_label_code_set_end_to_end(tmp_path, logs):
     assert len(preds) == run.record["n_test"] and all("|" in p["true"] for p in preds)
     html = (run.path / "report.html").read_text()
     assert "Per label" in html and "mAP" in html and "false positives and false negatives" in html
+
+
+@pytest.mark.parametrize("bad", ["x", [0.5], [0.5, 0.5, 0.5, 2.0], None, [[0.5] * 4]])
+def test_a_head_file_with_malformed_thresholds_is_one_error(tmp_path, bad):
+    import json
+
+    from pipeline.errors import UserError
+
+    X, Y = separable()
+    make_head("prototype").fit(X[:300], Y[:300], validation_data=(X[300:], Y[300:])).save(tmp_path)
+    desc = json.loads((tmp_path / "head.json").read_text())
+    assert len(desc["thresholds"]) == 4 and load_head(tmp_path).thresholds_.shape == (4,)
+    desc["thresholds"] = bad
+    (tmp_path / "head.json").write_text(json.dumps(desc))
+    with pytest.raises(UserError, match="head.json: the thresholds of its labels are not 4 numbers from 0 to 1"):
+        load_head(tmp_path)
