@@ -14,9 +14,13 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, model_validator
+
+from pipeline._checked import ClassNames, Count, Fraction, Name, Schema, Seconds, Text, read_checked
 from pipeline._faults import fault_point
-from pipeline.errors import UserError, one_line
+from pipeline.errors import UserError
 
 RECORD_VERSION = 1  # 0: records written before the version was recorded (same fields)
 KINDS = ("head-on-codes", "finetune", "scratch")
@@ -103,22 +107,80 @@ def run_name(run_dir) -> str:
     return name[len(PARTIAL):].rsplit(".", 1)[0] if name.startswith(PARTIAL) else name
 
 
+AnyFloat = Annotated[float, Field(allow_inf_nan=True)]  # a diverged loss is NaN: what happened
+
+
+class RunMetrics(Schema):
+    """What every run measured on its test images (more fields are kept as they are)."""
+
+    n: Count
+    accuracy: Fraction
+    mean_per_class_accuracy: Fraction
+    top5_accuracy: Fraction | None = None
+    positive_class: Text | None = None
+
+
+class RunRecord(Schema):
+    """``record.json``: what a run was and what it measured. Fields beyond these are kept."""
+
+    record_version: Annotated[int, Field(ge=0)] = 0
+    kind: Literal[KINDS]
+    title: Text = ""
+    class_names: ClassNames
+    metrics: RunMetrics
+    confusion: list[list[Count]] | None = None
+    codes: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    code_attrs: dict[Name, Text] = {}
+    head: Name | None = None
+    head_params: dict[Name, Any] = {}
+    n_train: Count = 0
+    n_val: Count = 0
+    n_test: Count = 0
+    test_paths: list[Annotated[str, Field(max_length=4096)]] = []
+    train_seconds: Seconds | None = None
+    split_digest: Text | None = None
+    data_root: Text | None = None
+    history: dict[Name, list[AnyFloat | None] | dict[Name, AnyFloat | None]] = {}
+    task: Literal["single-label", "multi-label"] = "single-label"
+    thresholds: list[Fraction] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        k = len(self.class_names)
+        if self.confusion is not None and (len(self.confusion) != k or any(len(r) != k for r in self.confusion)):
+            raise ValueError(f"confusion is not {k} x {k}, one row and column per class")
+        if self.task == "multi-label" and (self.thresholds is None or len(self.thresholds) != k):
+            raise ValueError(f"a multi-label run needs thresholds, one per label ({k})")
+        if self.kind == "head-on-codes" and (self.codes is None or self.head is None):
+            raise ValueError("a head run names its codes and its head")
+        if len(self.test_paths) > self.n_test:
+            raise ValueError(f"test_paths lists {len(self.test_paths)} images, n_test says {self.n_test}")
+        return self
+
+
 def load_record(run_dir, kind: str | None = None) -> dict:
-    """The record of a run folder (of ``kind``, if given); one clear error for anything else."""
+    """The record of a run folder (of ``kind``, if given), checked against :class:`RunRecord`;
+    one clear error line naming the file and the field for anything else."""
     path = Path(run_dir) / "record.json"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no record.json)")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable run record ({one_line(exc)})") from None
-    if not isinstance(record, dict) or record.get("kind") not in KINDS:
-        raise UserError(f"{path} is not a run record of this project")
-    if record.get("record_version", 0) > RECORD_VERSION:
-        raise UserError(f"{path} was written by a newer version (record version {record['record_version']})")
+    version = _stated_version(path)
+    if version is not None and version > RECORD_VERSION:
+        raise UserError(f"{path} was written by a newer version (record version {version})")
+    record = read_checked(path, RunRecord, "run record").model_dump(exclude_unset=True)
     if kind and record["kind"] != kind:
         raise UserError(f"{run_dir} is a {record['kind']} run, not a {kind} run")
     return record
+
+
+def _stated_version(path: Path) -> int | None:
+    """The record version a file states, if it states a whole number (to say "newer version"
+    rather than list what a newer record holds that this one does not know)."""
+    try:
+        value = json.loads(path.read_bytes()[:1 << 20]).get("record_version") if path.stat().st_size < 1 << 20 else None
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ applications), their preprocessing, and feature models that turn images into cod
 
 from pipeline.backbones._registry import (
     DEFAULT_BACKBONE,
+    MAX_IMAGE_SIZE,
     POOLINGS,
     PREPROCESSING,
     REGISTRY,
@@ -19,6 +20,7 @@ from pipeline.backbones._torch_pickle import load_legacy_state_dict
 
 __all__ = [
     "DEFAULT_BACKBONE",
+    "MAX_IMAGE_SIZE",
     "POOLINGS",
     "PREPROCESSING",
     "REGISTRY",

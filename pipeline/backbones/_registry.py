@@ -22,6 +22,7 @@ from pipeline.errors import ParameterError, UserError
 # workers that never need it start without loading it.
 
 # How a layer's activations become one code: the one table of pooling names and Keras layers.
+MAX_IMAGE_SIZE = 4096  # pixels a side: 16 megapixels per image, far beyond what ImageNet bases are trained at
 POOLING_LAYERS = {"flatten": "Flatten", "avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}
 POOLINGS = tuple(POOLING_LAYERS)
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -169,6 +170,8 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
     size = image_size or backbone.input_size
     if size < backbone.min_size:
         raise ParameterError("image_size", f"{size} is too small for {backbone.name} (minimum {backbone.min_size})")
+    if size > MAX_IMAGE_SIZE:
+        raise ParameterError("image_size", f"{size} is larger than images this tool takes (at most {MAX_IMAGE_SIZE})")
     shape = (size, size, 3)
     keras.utils.set_random_seed(0)  # random weights must be identical in every run
     if backbone.offline_weights:

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.codes._format import parts_dir
+from pipeline.codes._format import CodeFileError, check_code_file, parts_dir
 from pipeline.data import RESIZES, UNLABELLED
 from pipeline.errors import UserError
 
@@ -94,16 +94,15 @@ class CodeSet(_Codes):
         try:
             with h5py.File(path, "r") as f:
                 # a multi-label set holds (N, labels) 0/1 ``targets`` instead of ``labels``
-                self.y = (f["targets"] if "targets" in f else f["labels"])[()].astype(np.int64)
-                self.split = f["split"][()]
-                self.paths = list(f["paths"].asstr()[()])
-                self.class_names = list(f["class_names"].asstr()[()])
+                self.y, self.split, self.paths, self.class_names = check_code_file(f, path)
                 self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
                 self.shape = tuple(f["codes"].shape)
                 self.dtype = np.dtype(f["codes"].dtype)
                 missing = [n for n in (f["part_names"].asstr()[()] if "part_names" in f else [])
                            if not (parts_dir(path) / n).is_file()]
-        except (OSError, KeyError) as exc:
+        except CodeFileError as exc:
+            raise UserError(f"{path} is not a valid code file: {exc}") from None
+        except (OSError, KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{path} is not a readable code file ({type(exc).__name__})") from None
         if missing:
             raise UserError(f"{path}: {len(missing)} of its part files are missing from {parts_dir(path)} "
@@ -177,9 +176,12 @@ class CodeSet(_Codes):
         codes = ds[start:stop].astype(np.float32, copy=False)
         if mask is not None:
             codes = codes[np.asarray(mask[start:stop], bool)]
-        if np.isnan(codes).any():  # the fill value: a part could not be read
-            raise UserError(f"{self.path}: some codes could not be read from its parts in "
-                            f"{parts_dir(self.path)}; run make codes again")
+        if not np.isfinite(codes).all():
+            if np.isnan(codes).any():  # the fill value: a part could not be read
+                raise UserError(f"{self.path}: some codes could not be read from its parts in "
+                                f"{parts_dir(self.path)}; run make codes again")
+            raise UserError(f"{self.path}: some codes are infinite (float16 codes overflow on some "
+                            f"backbones: make them again with --dtype float32)")
         return codes
 
     def _check_unchanged(self) -> None:

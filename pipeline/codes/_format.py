@@ -185,7 +185,7 @@ def read_index(path: Path) -> Index:
             if version > FORMAT_VERSION:
                 raise UserError(f"{path} was written by a newer version (format {version}); "
                                 f"update cnn-codes or pass --overwrite")
-            paths = f["paths"].asstr()[()]
+            labels, split, paths, class_names = check_code_file(f, path)
             fps = f["fingerprints"][()]
             digests = f["digests"][()] if "digests" in f else np.zeros(len(paths), np.uint64)
             if version >= 2:
@@ -201,9 +201,11 @@ def read_index(path: Path) -> Index:
                               f["failed_fingerprints"][()])}
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
             dim = f["codes"].shape[1]
-            labels = f["targets"][()] if "targets" in f else f["labels"][()]
-            split, class_names = f["split"][()], list(f["class_names"].asstr()[()])
-    except (OSError, KeyError, ValueError) as exc:
+            if fps.shape != (len(paths), 2) or digests.shape != (len(paths),) or len(parts) != len(paths):
+                raise CodeFileError("fingerprints, digests or row_part do not have a row per image")
+    except CodeFileError as exc:
+        raise UserError(f"cache file {path} is not a valid code set ({exc}); move it away or pass --overwrite") from None
+    except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
     rows = [Row(p, part, int(r), (int(fp[0]), int(fp[1])), int(d))
@@ -389,3 +391,75 @@ def compact(path: Path, content: IndexContent, attrs: dict, max_parts: int, writ
 
 
 # ------------------------------------------------------------------ reading a code set
+
+class CodeFileError(ValueError):
+    """A code file's datasets do not hold what a code set holds (the message names the dataset)."""
+
+
+def _strings(f, name: str, n: int | None = None) -> list[str]:
+    ds = f[name]
+    if ds.ndim != 1 or h5py.check_string_dtype(ds.dtype) is None:
+        raise CodeFileError(f"{name} is not a list of text")
+    if n is not None and ds.shape[0] != n:
+        raise CodeFileError(f"{name} has {ds.shape[0]} entries for {n} codes")
+    try:
+        return list(ds.asstr()[()])
+    except UnicodeDecodeError:
+        raise CodeFileError(f"{name} holds text that is not UTF-8") from None
+
+
+def _integers(f, name: str, shape: tuple, low: int, high: int) -> np.ndarray:
+    ds = f[name]
+    if ds.dtype.kind not in "iub" or ds.shape != shape:
+        raise CodeFileError(f"{name} is not {' x '.join(map(str, shape))} whole numbers")
+    values = ds[()].astype(np.int64)
+    if values.size and (values.min() < low or values.max() > high):
+        raise CodeFileError(f"{name} holds {int(values.min() if values.min() < low else values.max())}, "
+                            f"outside {low}..{high}")
+    return values
+
+
+def check_code_file(f, path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """(labels or targets, split, paths, class_names) of an open code file, each checked: shapes
+    that agree, labels within the classes, split values known, paths inside the data folder,
+    class names unique and on one line, and a ``codes`` dataset of floats whose parts (a
+    virtual dataset's sources) all lie in the code set's own parts folder. A
+    :class:`CodeFileError` naming the dataset for anything else."""
+    from pipeline.data import UNLABELLED, relative_inside
+
+    if "codes" not in f or not isinstance(f["codes"], h5py.Dataset):
+        raise CodeFileError("it has no codes")
+    codes = f["codes"]
+    if codes.ndim != 2 or codes.shape[1] < 1 or codes.dtype.kind != "f":
+        raise CodeFileError(f"codes are not a table of numbers ({codes.ndim}-D, {codes.dtype})")
+    n = codes.shape[0]
+    if codes.is_virtual:
+        own = parts_dir(path).name
+        for src in codes.virtual_sources():
+            folder, _, name = src.file_name.partition("/")
+            if folder != own or not name or "/" in name or name in (".", "..") or src.dset_name != "codes":
+                raise CodeFileError(f"its codes reach {src.file_name!r}, outside its parts folder {own}/")
+    if "part_names" in f and any("/" in p or "\\" in p or p in ("", ".", "..") for p in _strings(f, "part_names")):
+        raise CodeFileError("part_names are not file names inside its parts folder")
+    class_names = _strings(f, "class_names")
+    if not class_names or len(set(class_names)) != len(class_names) or any(
+            c in name for name in class_names for c in "\r\n\0"):
+        raise CodeFileError("class_names are not distinct one-line names")
+    paths = _strings(f, "paths", n)
+    for p in paths:
+        if p[:1] in ("/", "\\") or ".." in p or "\0" in p or ":" in p[:3]:
+            try:
+                relative_inside(p)
+            except ValueError as exc:
+                raise CodeFileError(f"paths: {exc}") from None
+    k = len(class_names)
+    split = _integers(f, "split", (n,), 0, UNLABELLED)
+    if "targets" in f:
+        labels = _integers(f, "targets", (n, k), 0, 1)
+    elif "labels" in f:
+        labels = _integers(f, "labels", (n,), -1, k - 1)
+        if np.any((labels < 0) & (split != UNLABELLED)):
+            raise CodeFileError("labels gives -1 (no label) to images in the train, validation or test part")
+    else:
+        raise CodeFileError("it has neither labels nor targets")
+    return labels, split, paths, class_names

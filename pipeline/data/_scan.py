@@ -5,7 +5,9 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import ntpath
 import os
+import posixpath
 import warnings
 import zlib
 from pathlib import Path
@@ -60,6 +62,18 @@ class ImageFolder:
 
     def counts(self) -> np.ndarray:
         return np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
+
+
+def relative_inside(path: str) -> str:
+    """``path`` as a path read from a file (a code set, predictions.csv) must be: relative and
+    staying inside the folder it is relative to. Links inside the data folder are followed like
+    any file of it; a path read from a file never leads out of it by itself (``..``, ``/``)."""
+    if "\0" in path or posixpath.isabs(path) or ntpath.isabs(path):
+        raise ValueError(f"{path[:80]!r} is not a path inside the data folder")
+    parts = path.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise ValueError(f"{path[:80]!r} leads out of the data folder")
+    return path
 
 
 def content_digest(path) -> int:

@@ -11,15 +11,19 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
+from pipeline._checked import ClassNames, Fraction, Schema, Text, check_json
 from pipeline._faults import fault_point
 from pipeline._files import durable_replace
-from pipeline._records import load_record, process_alive
-from pipeline.backbones import build_base, get_backbone
+from pipeline._records import KINDS, load_record, process_alive
+from pipeline.backbones import MAX_IMAGE_SIZE, build_base, get_backbone
 from pipeline.backbones._registry import POOLING_LAYERS, apply_preprocessing, code_layer_name
 from pipeline.codes import setting
+from pipeline.data import RESIZES
 from pipeline.errors import UserError, one_line
 from pipeline.heads import load_head
 
@@ -146,8 +150,27 @@ def save_model(model, path, class_names, info: dict) -> Path:
     return path
 
 
+class ModelInfo(Schema):
+    """``cnn_codes.json`` inside a model file: its classes and how it takes images."""
+
+    class_names: ClassNames
+    kind: Literal[KINDS]
+    image_size: Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)]
+    source: Text = ""
+    resize: Literal[RESIZES] = "squash"
+    task: Literal["single-label", "multi-label"] = "single-label"
+    thresholds: list[Fraction] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.task == "multi-label" and (self.thresholds is None or len(self.thresholds) != len(self.class_names)):
+            raise ValueError(f"a multi-label model needs thresholds, one per label ({len(self.class_names)})")
+        return self
+
+
 def load_model(path):
-    """(model, class_names, info) from a file written by :func:`save_model`."""
+    """(model, class_names, info) from a file written by :func:`save_model`; the metadata is
+    checked (:class:`ModelInfo`) and must fit the model's input and output."""
     import keras
 
     path = Path(path)
@@ -155,13 +178,22 @@ def load_model(path):
         raise UserError(f"no model file at {path}")
     try:
         with zipfile.ZipFile(path) as z:
-            meta = json.loads(z.read(META_NAME))
-    except (zipfile.BadZipFile, KeyError, ValueError):
+            if z.getinfo(META_NAME).file_size > 64 << 20:
+                raise UserError(f"{path}: its {META_NAME} is larger than a model's description can be")
+            text = z.read(META_NAME)
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError):
         raise UserError(f"{path} is not a model exported by this project (no {META_NAME} inside)") from None
+    info = check_json(text, ModelInfo, f"{path}: {META_NAME} is not valid")
     try:  # safe mode: Python code inside a model file someone hands us (a Lambda layer) is refused, not run
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         raise UserError(f"{path} was not loaded: {one_line(exc)}") from None
+    want_in, want_out = (None, info.image_size, info.image_size, 3), (None, len(info.class_names))
+    got_in, got_out = tuple(getattr(model, "input_shape", ())), tuple(getattr(model, "output_shape", ()))
+    if got_in != want_in or got_out != want_out:
+        raise UserError(f"{path}: the model takes {got_in} and gives {got_out}; its {META_NAME} says "
+                        f"{want_in} and {want_out}")
+    meta = info.model_dump(exclude_unset=True)
     return model, meta.pop("class_names"), meta
 
 

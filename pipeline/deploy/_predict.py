@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
+from pipeline._files import durable_replace
 from pipeline.codes import choose_runtime, setting
 from pipeline.codes._runtimes import make_mapper
 from pipeline.codes._worker import batches_of, read_batches
@@ -66,17 +68,22 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
                   if info.get("task") == "multi-label" else None)
     mapper = make_mapper(model, runtime=runtime, batch_size=batch_size, image_size=size,
                          model_name=f"classifier {info.get('kind')}")
-    rows = []
+    rows, failures = [], []
     batches = read_batches(root, paths, batches_of(len(paths), batch_size), size, 4,
                            setting(info, "resize"))
     for batch, (proba,) in mapper.map_batches(batches, images=lambda b: b.images):
-        for p, reason in batch.failures:
-            logger.warning(f"warning: skipped {root / p}: {reason}")
+        failures += batch.failures
         if len(batch.images):
             for i, pr in zip(batch.indices[batch.ok], proba):
                 top = np.argsort(-pr)[:k] if thresholds is None else [
                     j for j in np.argsort(-pr) if pr[j] >= thresholds[j]]
                 rows.append((str(root / paths[i]), [(class_names[j], float(pr[j])) for j in top]))
+    if not rows:  # nothing to show: the command cannot do what was asked
+        p, reason = failures[0]
+        raise UserError(f"{root / p}: not an image that can be read ({reason})" if len(paths) == 1 else
+                        f"{target}: none of its {len(paths)} images could be read (e.g. {root / p}: {reason})")
+    for p, reason in failures:
+        logger.warning(f"warning: skipped {root / p}: {reason}")
     return rows
 
 
@@ -92,8 +99,14 @@ def format_rows(rows, limit: int = 20, more_in=None) -> str:
 def write_csv(rows, out: Path) -> None:
     """One row per image: path, then class and probability of each of its top k."""
     top_k = max((len(top) for _, top in rows), default=0)
-    with open(out, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path"] + [f"{kind}{i + 1}" for i in range(top_k) for kind in ("class", "prob")])
-        for path, top in rows:
-            w.writerow([to_cell(path)] + [v for name, p in top for v in (to_cell(name), f"{p:.6f}")])
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # whole or absent: written aside, then renamed
+    try:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path"] + [f"{kind}{i + 1}" for i in range(top_k) for kind in ("class", "prob")])
+            for path, top in rows:
+                w.writerow([to_cell(path)] + [v for name, p in top for v in (to_cell(name), f"{p:.6f}")])
+        durable_replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -15,10 +15,13 @@ import copy
 import json
 import warnings
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from pipeline._checked import Fraction, Name, Schema, read_checked
 from pipeline.codes._codeset import CodeStream
 from pipeline.errors import ParameterError, UserError, check_seed, one_line
 from pipeline.heads._scaling import (
@@ -533,15 +536,15 @@ class LogRegHead(_Head):
         return path
 
     def _restore(self, folder: Path, state: dict) -> None:
-        arrays = _load_arrays(folder)
+        mean, var, scale, coef, intercept, classes, n_iter = _arrays(
+            folder, "mean", "var", "scale", "coef", "intercept", "classes", "n_iter")
         self.C_ = float(state["C_"])
         self.model_ = self._pipe(self.C_)
         scaler, clf = self.model_[0], self.model_[-1]
-        scaler.mean_, scaler.var_, scaler.scale_ = arrays["mean"], arrays["var"], arrays["scale"]
-        scaler.n_features_in_ = clf.n_features_in_ = arrays["coef"].shape[1]
+        scaler.mean_, scaler.var_, scaler.scale_ = mean, var, scale
+        scaler.n_features_in_ = clf.n_features_in_ = coef.shape[1]
         scaler.n_samples_seen_ = 0
-        clf.coef_, clf.intercept_, clf.classes_ = arrays["coef"], arrays["intercept"], arrays["classes"]
-        clf.n_iter_ = arrays["n_iter"]
+        clf.coef_, clf.intercept_, clf.classes_, clf.n_iter_ = coef, intercept, classes, n_iter
 
 
 class PrototypeHead(_Head):
@@ -636,23 +639,55 @@ class PrototypeHead(_Head):
         return path
 
     def _restore(self, folder: Path, state: dict) -> None:
-        arrays = _load_arrays(folder)
-        self.mean_, self.prototypes_, self.present_ = arrays["mean"], arrays["prototypes"], arrays["present"]
+        self.mean_, self.prototypes_, present = _arrays(folder, "mean", "prototypes", "present")
+        self.present_ = present.astype(bool)
 
 
 def _load_arrays(folder) -> dict:
+    """The arrays of ``head.npz``: numbers only (no pickle), finite."""
+    path = Path(folder) / "head.npz"
     try:
-        with np.load(Path(folder) / "head.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{folder}/head.npz is not a saved head ({one_line(exc)})") from None
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise UserError(f"{path} is not a saved head ({one_line(exc)})") from None
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf" or (a.dtype.kind == "f" and not np.isfinite(a).all()):
+            raise UserError(f"{path}: {k} is not an array of finite numbers")
+    return arrays
 
 
-def _read_description(folder) -> dict:
-    try:
-        return json.loads((Path(folder) / "head.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder}/head.json is not a head description ({one_line(exc)})") from None
+def _arrays(folder, *names) -> list:
+    arrays = _load_arrays(folder)
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise UserError(f"{Path(folder) / 'head.npz'} is not a saved head: it has no {missing[0]}")
+    return [arrays[n] for n in names]
+
+
+Param = bool | int | float | str | None | list[bool | int | float | str]
+
+
+class HeadDescription(Schema):
+    """``head.json``: which head, its parameters, its classes and state (arrays: head.npz or head.keras)."""
+
+    head: Literal[("softmax", "mlp", "logreg", "prototype")]
+    params: dict[Name, Param] = {}
+    classes: Annotated[list[Annotated[int, Field(ge=0, le=10**7)]], Field(min_length=1)] | None = None
+    n_features_in: Annotated[int, Field(ge=1, le=10**8)] | None = None
+    state: dict[Name, Param] = {}
+    history: dict[Name, Any] = {}
+    multi_label: bool = False
+    thresholds: list[Fraction] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if (self.classes is None) != (self.n_features_in is None):
+            raise ValueError("classes and n_features_in go together")
+        if self.multi_label and (self.thresholds is None or self.classes is None
+                                 or len(self.thresholds) != len(self.classes)):
+            raise ValueError("a multi-label head needs thresholds, one per label")
+        return self
 
 
 HEADS = {"softmax": SoftmaxHead, "mlp": MLPHead, "logreg": LogRegHead, "prototype": PrototypeHead}
@@ -672,36 +707,54 @@ def load_head(folder):
 
     Nothing in the folder is executed: arrays and JSON only, Keras files in safe mode. A
     ``head.joblib`` (a pickle, written by version 0.1.0 before this) is refused, not loaded.
+    Every file is checked (:class:`HeadDescription`, finite arrays) and the head is tried on
+    one code before it is returned: whatever is off is one :class:`UserError` naming the file.
     """
     folder = Path(folder)
+    where = f"{folder}/head.json"
     if (folder / "head.json").exists():
-        desc = _read_description(folder)
-        if desc.get("head") not in HEADS:
-            raise UserError(f"{folder}/head.json names an unknown head {desc.get('head')!r}")
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in desc.get("params", {}).items()}
+        desc = read_checked(folder / "head.json", HeadDescription, "head description", max_bytes=64 << 20)
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in desc.params.items()}
         try:
-            head = HEADS[desc["head"]](**params)
-        except TypeError as exc:
-            raise UserError(f"{folder}/head.json: parameters do not fit the {desc['head']} head ({exc})") from None
-        head.history_ = desc.get("history", {})
-        state = desc.get("state", {})
+            head = HEADS[desc.head](**params)
+            head._check_params()
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{where}: parameters do not fit the {desc.head} head ({one_line(exc)})") from None
+        head.history_ = desc.history
+        state = desc.state
     elif (folder / "head.keras").exists():  # written before head.json: a Keras head, parameters unknown
-        head, desc, state = SoftmaxHead(), {}, {}
+        head, desc, state = SoftmaxHead(), HeadDescription(head="softmax"), {}
         head.history_ = {}
     elif (folder / "head.joblib").exists():
         raise UserError(f"{folder}/head.joblib is a pickle written by an older version; loading it could run any "
                         f"code it holds, so it is not loaded: train the head again (make train)")
     else:
         raise UserError(f"{folder} holds no saved head (head.json with head.keras or head.npz)")
-    head.multi_label_ = bool(desc.get("multi_label", False))
-    head._restore(folder, state)
-    if "classes" in desc:
-        head.classes_, head.n_features_in_ = np.asarray(desc["classes"]), int(desc["n_features_in"])
+    head.multi_label_ = desc.multi_label
+    try:
+        head._restore(folder, state)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise UserError(f"{where}: its state does not fit the {desc.head} head ({one_line(exc)})") from None
+    if desc.classes is not None:
+        head.classes_, head.n_features_in_ = np.asarray(desc.classes), desc.n_features_in
         if head.multi_label_:
-            head.thresholds_ = read_thresholds(desc.get("thresholds"), len(head.classes_), f"{folder}/head.json")
+            head.thresholds_ = np.asarray(desc.thresholds, np.float64)
     elif isinstance(head, KerasHead):  # a Keras head written before head.json: its layers say
         head.classes_ = np.arange(head.model_.output_shape[-1])
         head.n_features_in_ = int(head.model_.input_shape[-1])
     else:
-        raise UserError(f"{folder}/head.json was written by an older version: train the head again")
+        raise UserError(f"{where} was written by an older version: train the head again")
+    _try_once(head, folder)
     return head
+
+
+def _try_once(head, folder) -> None:
+    """Probabilities for one code of zeros, one per class: arrays whose shapes do not fit each
+    other or the description are found here, not in a command halfway through its work."""
+    try:
+        p = head.predict_proba(np.zeros((1, head.n_features_in_), np.float32))
+        ok = p.shape == (1, len(head.classes_))
+    except Exception as exc:  # any library's error on arrays that do not fit: the files are wrong
+        raise UserError(f"{folder}: its head files do not fit each other ({one_line(exc)})") from None
+    if not ok:
+        raise UserError(f"{folder}: its head gives {p.shape[-1]} probabilities for {len(head.classes_)} classes")

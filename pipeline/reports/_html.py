@@ -11,15 +11,28 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from pipeline._checked import (
+    MAX_COUNT,
+    Fraction,
+    LaxSchema,
+    Name,
+    Schema,
+    Seconds,
+    Text,
+    problem,
+    read_checked,
+)
 from pipeline._files import durable_replace
 from pipeline._records import load_record, run_name
 from pipeline.codes import open_code_sets
 from pipeline.codes._codeset import data_root_of
-from pipeline.data import TEST
-from pipeline.errors import ParameterError, UserError
+from pipeline.data import TEST, relative_inside
+from pipeline.errors import ParameterError, UserError, one_line
 from pipeline.heads import load_head
 from pipeline.reports._pages import (
     embedded_figure,
@@ -74,12 +87,45 @@ def _write_multi_label_predictions(run_dir, paths, Y, proba, names, thresholds) 
                         f"{row[t].min():.6f}" if t.any() else "", to_cell(errors)])
 
 
+class PredictionRow(LaxSchema):
+    """One row of predictions.csv (cells are text: numbers are read from it)."""
+
+    path: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(relative_inside)]
+    split: Text = "test"
+    true: Text
+    predicted: Text
+    confidence: Fraction
+    true_probability: Fraction | None = None
+    errors: Text = ""
+
+    @field_validator("true_probability", mode="before")
+    @classmethod
+    def _blank(cls, v):
+        return None if v == "" else v
+
+
+_ROWS = TypeAdapter(list[PredictionRow])
+MAX_PREDICTIONS_BYTES = 1 << 30
+
+
 def read_predictions(run_dir: Path) -> list[dict] | None:
+    """The rows of a run's predictions.csv, each checked (:class:`PredictionRow`); None if the
+    run has none."""
     path = Path(run_dir) / PREDICTIONS
     if not path.is_file():
         return None
-    with open(path, newline="") as fh:
-        return [{k: from_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in csv.DictReader(fh)]
+    if path.stat().st_size > MAX_PREDICTIONS_BYTES:
+        raise UserError(f"{path} is larger than predictions of any test set ({path.stat().st_size:,} bytes)")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [{k: from_cell(v) for k, v in row.items() if isinstance(k, str) and isinstance(v, str)}
+                    for row in csv.DictReader(fh)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path} is not a readable predictions file ({one_line(exc)})") from None
+    try:
+        return [r.model_dump() for r in _ROWS.validate_python(rows)]
+    except ValidationError as exc:
+        raise UserError(f"{path} is not a valid predictions file: row {problem(exc)}") from None
 
 
 def recompute_predictions(run_dir: Path, record: dict) -> bool:
@@ -186,6 +232,34 @@ def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
     return page(record.get("title", run_name(run_dir)), sections)
 
 
+class SweepRow(Schema):
+    label: Text
+    head: Name
+    n: Annotated[int, Field(ge=1, le=MAX_COUNT)]
+    accuracy_mean: Fraction
+    accuracy_std: Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class SweepSummary(Schema):
+    """``summary.json`` of a sweep: what the report reads of it."""
+
+    heads: Annotated[list[Name], Field(min_length=1)]
+    ns: Annotated[list[Annotated[int, Field(ge=1, le=MAX_COUNT)]], Field(min_length=1)]
+    repeats: Annotated[int, Field(ge=1, le=MAX_COUNT)]
+    wall_seconds: Seconds | None = None
+    metric: Literal["accuracy", "mAP"] = "accuracy"
+    summary: list[SweepRow]
+
+    @model_validator(mode="after")
+    def _complete(self):
+        have = {(s.label, s.head, s.n) for s in self.summary}
+        for label, head in {(s.label, s.head) for s in self.summary}:
+            missing = [n for n in self.ns if (label, head, n) not in have]
+            if missing:
+                raise ValueError(f"summary has no row for {label} {head} at N={missing[0]}")
+        return self
+
+
 def sweep_page(run_dir: Path, summary: dict) -> str:
     ns = summary["ns"]
     labels = sorted({(s["label"], s["head"]) for s in summary["summary"]})
@@ -215,10 +289,8 @@ def build_report(run_dir, limit: int = GALLERY) -> Path:
     if limit < 0:
         raise ParameterError("gallery", "must be 0 or more")
     if (run_dir / "summary.json").is_file() and not (run_dir / "record.json").is_file():
-        try:
-            html = sweep_page(run_dir, json.loads((run_dir / "summary.json").read_text()))
-        except (ValueError, KeyError, TypeError, StopIteration):
-            raise UserError(f"{run_dir / 'summary.json'} is not a readable sweep summary") from None
+        summary = read_checked(run_dir / "summary.json", SweepSummary, "sweep summary")
+        html = sweep_page(run_dir, summary.model_dump())
     else:
         html = run_page(run_dir, load_record(run_dir), limit)
     out = run_dir / REPORT

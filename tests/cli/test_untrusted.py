@@ -123,7 +123,7 @@ def test_a_keras_head_with_code_inside_is_refused(run_folder, images, tmp_path, 
 def test_a_model_file_with_code_inside_is_refused(images, tmp_path, capsys):
     marker = tmp_path / "ran-lambda-model"
     path = save_model(lambda_model(marker, n_values=32 * 32 * 3), tmp_path / "evil.keras", ["a", "b", "c"],
-                      {"image_size": 32})
+                      {"image_size": 32, "kind": "scratch"})
     marker.unlink()
     assert_refused("predict", [images, "--model", path], capsys, marker, "was not loaded")
 
