@@ -147,12 +147,15 @@ class RunRecord(Schema):
     @model_validator(mode="after")
     def _consistent(self):
         k = len(self.class_names)
+        if self.task == "single-label" and self.confusion is None:
+            raise ValueError("a single-label run needs its confusion matrix")
         if self.confusion is not None and (len(self.confusion) != k or any(len(r) != k for r in self.confusion)):
             raise ValueError(f"confusion is not {k} x {k}, one row and column per class")
         if self.task == "multi-label" and (self.thresholds is None or len(self.thresholds) != k):
             raise ValueError(f"a multi-label run needs thresholds, one per label ({k})")
-        if self.kind == "head-on-codes" and (self.codes is None or self.head is None):
-            raise ValueError("a head run names its codes and its head")
+        if self.kind == "head-on-codes" and (self.codes is None or self.head is None
+                                             or "code_attrs" not in self.model_fields_set):
+            raise ValueError("a head run names its codes, their attributes and its head")
         if len(self.test_paths) > self.n_test:
             raise ValueError(f"test_paths lists {len(self.test_paths)} images, n_test says {self.n_test}")
         return self

@@ -198,6 +198,16 @@ def weights_cache_dir() -> Path:
     return Path(base)
 
 
+def _stated_sha256(meta_path: Path) -> str | None:
+    """The digest our note beside converted weights states; None if absent or unreadable (the
+    weights are then converted again)."""
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.stat().st_size < 1 << 16 else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    return meta.get("sha256") if isinstance(meta, dict) else None
+
+
 def load_converted_weights(model) -> dict:
     """Give ``model`` (built by :func:`build_efficientnet_lite`) its ImageNet weights.
 
@@ -215,7 +225,7 @@ def load_converted_weights(model) -> dict:
     cache = weights_cache_dir() / f"{name}-{src_sha[:12]}.weights.h5"
     meta_path = cache.with_suffix(".json")
     full = build_efficientnet_lite(name, include_top=True)
-    if cache.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("sha256") == _sha256(cache):
+    if cache.exists() and _stated_sha256(meta_path) == _sha256(cache):
         full.load_weights(cache)
     else:
         convert_state_dict(full, load_legacy_state_dict(str(src)))

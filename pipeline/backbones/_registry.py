@@ -252,6 +252,14 @@ def list_layers(backbone: str, image_size: int | None = None) -> list[tuple[str,
     return [(layer.name, tuple(layer.output.shape[1:]), layer.name in bb.suggested_layers) for layer in base.layers]
 
 
+def check_layer(backbone: Backbone, base, layer: str) -> str:
+    """``layer`` if the conv base has it, else a UserError naming the suggested ones."""
+    if layer not in set(layer_names(base)):
+        raise UserError(f"{backbone.name} has no layer {layer!r}; suggested: "
+                        f"{', '.join(backbone.suggested_layers)} (list all with --list-layers)")
+    return layer
+
+
 def build_feature_model(backbone: Backbone, outputs, weights="imagenet", image_size=None):
     """Keras model: raw RGB batch -> one code array per (layer, pooling) in ``outputs``.
 
@@ -261,11 +269,8 @@ def build_feature_model(backbone: Backbone, outputs, weights="imagenet", image_s
     import keras
 
     base = build_base(backbone, weights, image_size)
-    names = set(layer_names(base))
     for layer, pooling in outputs:
-        if layer not in names:
-            raise UserError(f"{backbone.name} has no layer {layer!r}; suggested: "
-                            f"{', '.join(backbone.suggested_layers)} (list all with --list-layers)")
+        check_layer(backbone, base, layer)
         if pooling not in POOLINGS:
             raise UserError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
     size = image_size or backbone.input_size

@@ -7,7 +7,7 @@ from pipeline.codes._format import MAX_PARTS, parts_dir
 from pipeline.codes._generate import generate_codes
 from pipeline.codes._locks import writer_lock
 from pipeline.codes._runtimes import PRECISIONS, RUNTIMES, choose_runtime
-from pipeline.codes._settings import DTYPES, ENGINES, TTAS, CodeIdentity, ComputeOptions, setting
+from pipeline.codes._settings import DTYPES, ENGINES, TTAS, CodeIdentity, ComputeOptions, setting, stated_making
 
 __all__ = [
     "MAX_PARTS",
@@ -29,4 +29,5 @@ __all__ = [
     "RUNTIMES",
     "choose_runtime",
     "TTAS",
+    "stated_making",
 ]

@@ -46,7 +46,7 @@ def _stated_owner(home: Path) -> str | None:
         info = json.loads((home / HOME_FILE).read_text())
         if isinstance(info, dict) and isinstance(info.get("data_root"), str):
             return info["data_root"]
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable: the code sets' own attribute says
         pass
     return None
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, get_backbone, weights_identity
+from pydantic import Field, Json, field_validator
+
+from pipeline._checked import Fraction, LaxSchema, Name, Text, check_value
+from pipeline.backbones import DEFAULT_BACKBONE, MAX_IMAGE_SIZE, POOLINGS, get_backbone, weights_identity
 from pipeline.codes._format import MAX_PARTS
 from pipeline.codes._homes import find_home
 from pipeline.codes._runtimes import PRECISIONS
@@ -160,6 +164,41 @@ def split_options(options: dict) -> tuple[dict, dict, dict]:
         if not any(name in g for g in groups):
             raise ParameterError(name, "is not an option of generate_codes")
     return tuple({k: v for k, v in options.items() if k in g} for g in groups)
+
+
+class StatedMaking(LaxSchema):
+    """A code set's making as its attributes state them (in the file, or copied as text into a
+    run's record): what exporting and fine-tuning rebuild the model from."""
+
+    backbone: Name
+    weights: Name
+    image_size: Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)]
+    layer: Name
+    pooling: Literal[POOLINGS]
+    preprocessing: Name
+    code_shape: Json[Annotated[list[Annotated[int, Field(ge=1, le=1 << 24)]], Field(min_length=1, max_length=3)]]
+    tta: Literal[TTAS] = "none"
+    resize: Literal[RESIZES] = "squash"
+    data_root: Text | None = None
+    split_fractions: Json[Annotated[list[Fraction], Field(min_length=3, max_length=3)]] | None = None
+    split_seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+
+    @field_validator("backbone")
+    @classmethod
+    def _known(cls, name):
+        get_backbone(name)  # a UserError naming the backbones there are
+        return name
+
+
+class JoinedMaking(LaxSchema):
+    members: Json[Annotated[list[StatedMaking], Field(min_length=1, max_length=64)]]
+
+
+def stated_making(attrs: dict, where: str) -> dict:
+    """``attrs`` if they state a making a model can be rebuilt from (:class:`StatedMaking`; a
+    joined set's: each member's); else a :class:`UserError` naming ``where`` and the field."""
+    check_value(attrs, JoinedMaking if "members" in attrs else StatedMaking, where)
+    return attrs
 
 
 def setting(info: dict, name: str):

@@ -21,8 +21,8 @@ from pipeline._faults import fault_point
 from pipeline._files import durable_replace
 from pipeline._records import KINDS, load_record, process_alive
 from pipeline.backbones import MAX_IMAGE_SIZE, build_base, get_backbone
-from pipeline.backbones._registry import POOLING_LAYERS, apply_preprocessing, code_layer_name
-from pipeline.codes import setting
+from pipeline.backbones._registry import POOLING_LAYERS, apply_preprocessing, check_layer, code_layer_name
+from pipeline.codes import setting, stated_making
 from pipeline.data import RESIZES
 from pipeline.errors import UserError, one_line
 from pipeline.heads import load_head
@@ -98,7 +98,7 @@ def _codes_of(images, attrs: dict, suffix: str = ""):
     bb = get_backbone(attrs["backbone"])
     size = int(attrs["image_size"])
     base = build_base(bb, attrs["weights"], size)
-    trunk = keras.Model(base.inputs, base.get_layer(attrs["layer"]).output, name=bb.name + suffix)
+    trunk = keras.Model(base.inputs, base.get_layer(check_layer(bb, base, attrs["layer"])).output, name=bb.name + suffix)
     pool = getattr(keras.layers, POOLING_LAYERS[attrs["pooling"]])
     name = code_layer_name(attrs["layer"], attrs["pooling"]) + suffix
 
@@ -203,7 +203,7 @@ def classifier_from_head_run(run_dir):
 
     run_dir = Path(run_dir)
     record = load_record(run_dir, kind="head-on-codes")
-    attrs = record["code_attrs"]
+    attrs = stated_making(record["code_attrs"], f"{run_dir}/record.json: code_attrs")
     members = json.loads(attrs["members"]) if "members" in attrs else [attrs]
     head_model = head_as_keras(load_head(run_dir), sum(_n_values(a) for a in members))
     if len(members) > 1:

@@ -57,7 +57,7 @@ def compare_table(run_dirs=None, runs_dir="runs") -> str:
         splits.append(str(r.get("split_digest", "?"))[:8])
         top5 = "n/a" if m.get("top5_accuracy") is None else f"{100 * m['top5_accuracy']:.2f}%"
         lines.append(f"| {r['kind']} | {r.get('title', folder.name)} | {100 * m['accuracy']:.2f}% | {top5} | "
-                     f"{100 * m['mean_per_class_accuracy']:.2f}% | {r.get('train_seconds', float('nan')):.1f} | "
+                     f"{100 * m['mean_per_class_accuracy']:.2f}% | {float('nan') if r.get('train_seconds') is None else r['train_seconds']:.1f} | "
                      f"{splits[-1]} | {folder.name} |")
     if len(lines) == 2:
         raise UserError(f"no finished runs to compare under {runs_dir}")

@@ -1,0 +1,184 @@
+"""Every kind of file the project reads back, mutated field by field, fed to every entry point
+that reads it: each mutant is either used as it is or refused in one ``error:`` line (exit 2),
+never a traceback.
+
+A mutant takes one field (at any depth up to three) and makes it missing, mistyped, out of
+range, huge, deeply nested or non-finite; the file as a whole is also emptied, truncated and
+nested 100,000 levels deep. File kinds: a run's ``record.json``, ``head.json`` and
+``head.npz``, ``predictions.csv``, a sweep's ``summary.json``, a model's ``cnn_codes.json``
+and a code set (its datasets and attributes).
+"""
+import copy
+import csv
+import io
+import json
+import math
+import shutil
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from helpers import FAST, make_images
+
+from pipeline.cli.main import main, run_cli
+from pipeline.codes import generate_codes
+from pipeline.deploy import META_NAME, save_model
+from pipeline.runs import sweep, train
+
+DEEP = "\x00deep\x00"
+VALUES = {
+    "text": "x", "whole number": 7, "negative": -1, "huge number": 10**40, "fraction": 0.5,
+    "largest float": 1e308, "infinite": math.inf, "not a number": math.nan, "null": None, "true": True,
+    "empty list": [], "empty object": {}, "nested 100,000 deep": DEEP, "200,000 characters": "a" * 200_000,
+    "100,000 numbers": [1] * 100_000, "path out of the folder": "../../../etc/passwd",
+}
+FILE_MUTANTS = {"empty file": "", "truncated": None, "not JSON": "{'no': quotes}", "a list": "[]",
+                "a number": "3", "nested 100,000 deep": "[" * 100_000 + "]" * 100_000}
+
+
+def dumps(doc) -> str:
+    deep = "[" * 100_000 + "]" * 100_000
+    return json.dumps(doc).replace(json.dumps(DEEP), deep)
+
+
+def field_paths(doc, depth=3, at=()):
+    """Paths to every field (dict keys; the first element of a list) down to ``depth``."""
+    if depth == 0:
+        return
+    if isinstance(doc, dict):
+        items = doc.items()
+    elif isinstance(doc, list) and doc:
+        items = [(0, doc[0])]
+    else:
+        return
+    for k, v in items:
+        yield at + (k,)
+        yield from field_paths(v, depth - 1, at + (k,))
+
+
+def mutated(doc, path, value, delete=False):
+    doc = copy.deepcopy(doc)
+    parent = doc
+    for k in path[:-1]:
+        parent = parent[k]
+    if delete:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return doc
+
+
+def json_mutants(doc):
+    """(name, file text) of every mutant of the JSON document ``doc``."""
+    text = json.dumps(doc, indent=2)
+    for name, mutant in FILE_MUTANTS.items():
+        yield name, text[:len(text) // 2] if mutant is None else mutant
+    for path in field_paths(doc):
+        where = ".".join(map(str, path))
+        yield f"{where} missing", dumps(mutated(doc, path, None, delete=True))
+        for name, value in VALUES.items():
+            yield f"{where} {name}", dumps(mutated(doc, path, value))
+
+
+def feed(module, argv, capsys):
+    """Run one entry point in process: (exit code, stderr lines); an exception that escapes
+    the command line's handling (a traceback for the user) is the outcome "traceback"."""
+    try:
+        run_cli(main, [module, *map(str, argv)])
+    except SystemExit as exc:
+        code = exc.code
+    except Reached:
+        raise
+    except Exception as exc:  # noqa: BLE001 - what a user would see as a traceback
+        capsys.readouterr()
+        return "traceback", [f"{type(exc).__name__}: {str(exc)[:200]}"]
+    else:
+        code = 0
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def check_outcomes(results, min_mutants):
+    """Every outcome used (0) or refused in one error line (2)."""
+    bad = [(name, module, code, err[-3:]) for name, module, code, err in results
+           if not (code == 0 or (code == 2 and len(err) == 1 and err[0].startswith("error: ")))]
+    assert not bad, f"{len(bad)} of {len(results)} mutant runs broke a promise, e.g. {bad[:3]}"
+    mutants = {name for name, *_ in results}
+    assert len(mutants) >= min_mutants, len(mutants)
+    refused = sum(code == 2 for _, _, code, _ in results)
+    assert 0 < refused < len(results)  # both outcomes occur: the mutants reach the checks, and pass them where harmless
+    return len(mutants), len(results)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A code set, a logistic-regression head run and a Keras (softmax) head run on it, a sweep
+    run, and a small model file (its metadata is what is mutated)."""
+    t = tmp_path_factory.mktemp("made")
+    data = make_images(t / "data", n_classes=3, per_class=8)
+    code_file = generate_codes(data, layers=["top_activation"], poolings=["avg"], cache_dir=t / "cache", **FAST)[0]
+    runs = t / "runs"
+    logreg = train(code_file, head="logreg", runs_dir=runs).path
+    softmax = train(code_file, head="softmax", runs_dir=runs, epochs=3).path
+    sweep_run = sweep([code_file], heads=["prototype"], ns=[1, 2], repeats=1, n_jobs=1, runs_dir=runs,
+                      progress=False).path
+    inputs = keras.Input((32, 32, 3))
+    small = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)))
+    model = save_model(small, t / "small.keras", ["class0", "class1", "class2"],
+                       {"kind": "scratch", "source": "test", "image_size": 32, "backbone": None, "resize": "squash"})
+    return dict(t=t, data=data, code_file=code_file, runs=runs, logreg=logreg, softmax=softmax, sweep=sweep_run,
+                model=model)
+
+
+def _copy_run(made, run, where):
+    dst = made["t"] / "mutants" / where
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(run, dst)
+    for p in ("model.keras", "model.tflite", "model.onnx", "exports.json", "report.html"):
+        (dst / p).unlink(missing_ok=True)
+    return dst
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """Export stops once its model is built and fine-tuning before it computes activations
+    (what follows reads no file of the run); conv bases of the same making are built once."""
+    import functools
+
+    import pipeline.deploy._models as models
+    import pipeline.runs._finetune as finetune
+
+    def stop(*a, **k):
+        raise Reached
+
+    monkeypatch.setattr(models, "save_model", stop)
+    monkeypatch.setattr(finetune, "_cut_activations", stop)
+    monkeypatch.setattr(models, "build_base", functools.lru_cache(maxsize=8)(models.build_base))
+
+
+class Reached(Exception):
+    """The entry point got past every read of the mutated file."""
+
+
+def feed_all(name, entries, capsys, results):
+    for module, argv in entries:
+        try:
+            code, err = feed(module, argv, capsys)
+        except Reached:
+            code, err = 0, []
+        results.append((name, module, code, err))
+
+
+@pytest.mark.slow
+def test_record_mutants_are_used_or_refused_in_one_line(made, capsys, stand_ins):
+    base = json.loads((made["logreg"] / "record.json").read_text())
+    run = _copy_run(made, made["logreg"], "record")
+    results = []
+    for name, text in json_mutants(base):
+        (run / "record.json").write_text(text)
+        feed_all(name, [("report", [run]), ("compare", ["--runs-dir", run.parent]),
+                        ("export", [run, "--formats", "keras"]), ("finetune", [run, "--epochs", "1"])], capsys, results)
+    n, runs = check_outcomes(results, 600)
+    print(f"record.json: {n} mutants, {runs} entry-point runs")
