@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -649,7 +650,7 @@ def _load_arrays(folder) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"{path} is not a saved head ({one_line(exc)})") from None
     for k, a in arrays.items():
         if a.dtype.kind not in "biuf" or (a.dtype.kind == "f" and not np.isfinite(a).all()):
@@ -744,8 +745,31 @@ def load_head(folder):
         head.n_features_in_ = int(head.model_.input_shape[-1])
     else:
         raise UserError(f"{where} was written by an older version: train the head again")
+    _check_shapes(head, folder)
     _try_once(head, folder)
     return head
+
+
+def _check_shapes(head, folder) -> None:
+    """Each saved array of the shape the head's description implies (D values in, K classes)."""
+    d, k = head.n_features_in_, len(head.classes_)
+    if isinstance(head, LogRegHead):
+        scaler, clf = head.model_[0], head.model_[-1]
+        trained = np.asarray(clf.classes_)  # single-label: the classes seen in training (a subset)
+        if trained.ndim != 1 or len(np.unique(trained)) != len(trained) or not np.isin(trained, np.arange(k)).all():
+            raise UserError(f"{folder}/head.npz: classes are not distinct class numbers below {k}")
+        m = len(trained)
+        rows = 1 if m == 2 and not head.multi_label_ else m
+        want = {"mean": (scaler.mean_, (d,)), "var": (scaler.var_, (d,)), "scale": (scaler.scale_, (d,)),
+                "coef": (clf.coef_, (rows, d)), "intercept": (clf.intercept_, (rows,))}
+    elif isinstance(head, PrototypeHead):
+        want = {"mean": (head.mean_, (d,)), "prototypes": (head.prototypes_, (k, d)), "present": (head.present_, (k,))}
+    else:
+        want = {}
+    for name, (array, shape) in want.items():
+        if np.shape(array) != shape:
+            raise UserError(f"{folder}/head.npz: {name} is {np.shape(array)}, not {shape} "
+                            f"({d} code values, {k} classes in head.json)")
 
 
 def _try_once(head, folder) -> None:

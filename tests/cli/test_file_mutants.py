@@ -182,3 +182,126 @@ def test_record_mutants_are_used_or_refused_in_one_line(made, capsys, stand_ins)
                         ("export", [run, "--formats", "keras"]), ("finetune", [run, "--epochs", "1"])], capsys, results)
     n, runs = check_outcomes(results, 600)
     print(f"record.json: {n} mutants, {runs} entry-point runs")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["logreg", "softmax"])
+def test_head_description_mutants_are_used_or_refused_in_one_line(made, capsys, stand_ins, head):
+    """head.json, read by export, fine-tuning, predict (through export) and report (recomputing
+    predictions when predictions.csv is gone)."""
+    run = _copy_run(made, made[head], f"head-{head}")
+    base = json.loads((run / "head.json").read_text())
+    (run / "predictions.csv").unlink()
+    results = []
+    for name, text in json_mutants(base):
+        (run / "head.json").write_text(text)
+        feed_all(name, [("export", [run, "--formats", "keras"]), ("finetune", [run, "--epochs", "1"]),
+                        ("predict", [made["data"] / "class0", "--model", run]), ("report", [run])], capsys, results)
+        (run / "predictions.csv").unlink(missing_ok=True)
+    n, runs = check_outcomes(results, 150)
+    print(f"head.json ({head}): {n} mutants, {runs} entry-point runs")
+
+
+def array_mutants(arrays: dict):
+    """(name, arrays) with one array missing, of text, of objects refused, reshaped, emptied,
+    non-finite, huge."""
+    for k, a in arrays.items():
+        def with_(v, k=k):
+            return {**arrays, k: v}
+        yield f"{k} missing", {n: v for n, v in arrays.items() if n != k}
+        yield f"{k} text", with_(np.array(["x"] * max(1, a.size)))
+        yield f"{k} flattened", with_(a.reshape(-1))
+        yield f"{k} extra axis", with_(a[None])
+        yield f"{k} empty", with_(a.reshape(-1)[:0])
+        yield f"{k} scalar", with_(np.asarray(a.reshape(-1)[0] if a.size else 0))
+        yield f"{k} one value more", with_(np.concatenate([a.reshape(-1), a.reshape(-1)[:1]]))
+        if a.dtype.kind == "f":
+            yield f"{k} NaN", with_(np.full_like(a, np.nan))
+            yield f"{k} infinite", with_(np.full_like(a, np.inf))
+            yield f"{k} huge", with_(np.full_like(a, 1e38))
+        yield f"{k} complex", with_(a.astype(np.complex64) if a.dtype.kind in "fiub" else a)
+
+
+@pytest.mark.slow
+def test_head_array_mutants_are_used_or_refused_in_one_line(made, capsys, stand_ins):
+    run = _copy_run(made, made["logreg"], "head-arrays")
+    with np.load(run / "head.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    (run / "predictions.csv").unlink()
+    results = []
+    mutants = list(array_mutants(arrays)) + [("not a zip", None), ("pickled objects", "pickle")]
+    for name, mutant in mutants:
+        if mutant is None:
+            (run / "head.npz").write_bytes(b"PK\x03\x04 truncated")
+        elif mutant == "pickle":
+            np.savez(run / "head.npz", **{**arrays, "coef": np.array([{"a": 1}], dtype=object)})
+        else:
+            np.savez(run / "head.npz", **mutant)
+        feed_all(name, [("export", [run, "--formats", "keras"]), ("report", [run])], capsys, results)
+        (run / "predictions.csv").unlink(missing_ok=True)
+    n, runs = check_outcomes(results, 60)
+    print(f"head.npz: {n} mutants, {runs} entry-point runs")
+
+
+def csv_mutants(rows: list[list[str]]):
+    """(name, CSV text): each cell of the header and of the first row replaced."""
+    def text(rs):
+        out = io.StringIO()
+        csv.writer(out).writerows(rs)
+        return out.getvalue()
+
+    yield "empty file", ""
+    yield "header only", text(rows[:1])
+    yield "not UTF-8", None
+    yield "one column", "path\nx.jpg\n"
+    for r in range(2):
+        for c in range(len(rows[r])):
+            where = f"{'header' if r == 0 else 'row 1'} {rows[0][c]}"
+            for name, value in {**{k: v for k, v in VALUES.items() if isinstance(v, (str, int, float))},
+                                "formula": "=1+1", "empty": "", "absolute path": "/etc/passwd"}.items():
+                mutated_rows = copy.deepcopy(rows)
+                mutated_rows[r][c] = str(value) if value != DEEP else "[" * 1000
+                yield f"{where} {name}", text(mutated_rows)
+            yield f"{where} missing", text([row[:c] + row[c + 1:] for row in rows])
+
+
+@pytest.mark.slow
+def test_predictions_mutants_are_used_or_refused_in_one_line(made, capsys):
+    run = _copy_run(made, made["logreg"], "predictions")
+    rows = list(csv.reader(io.StringIO((made["logreg"] / "predictions.csv").read_text())))
+    results = []
+    for name, text in csv_mutants(rows):
+        (run / "predictions.csv").write_bytes(b"path,true\n\xff\xfe,x\n" if text is None else text.encode())
+        feed_all(name, [("report", [run])], capsys, results)
+    n, runs = check_outcomes(results, 100)
+    print(f"predictions.csv: {n} mutants, {runs} entry-point runs")
+
+
+@pytest.mark.slow
+def test_sweep_summary_mutants_are_used_or_refused_in_one_line(made, capsys):
+    run = _copy_run(made, made["sweep"], "sweep")
+    base = json.loads((run / "summary.json").read_text())
+    results = []
+    for name, text in json_mutants(base):
+        (run / "summary.json").write_text(text)
+        feed_all(name, [("report", [run])], capsys, results)
+    n, runs = check_outcomes(results, 300)
+    print(f"summary.json: {n} mutants, {runs} entry-point runs")
+
+
+@pytest.mark.slow
+def test_model_metadata_mutants_are_used_or_refused_in_one_line(made, capsys):
+    """cnn_codes.json inside a model file, read by predict."""
+    with zipfile.ZipFile(made["model"]) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    base = json.loads(members[META_NAME])
+    path = made["t"] / "mutants" / "model.keras"
+    path.parent.mkdir(exist_ok=True)
+    results = []
+    for name, text in json_mutants(base):
+        with zipfile.ZipFile(path, "w") as z:
+            for n, b in members.items():
+                z.writestr(n, text if n == META_NAME else b)
+        feed_all(name, [("predict", [made["data"] / "class1", "--model", path])], capsys, results)
+    n, runs = check_outcomes(results, 100)
+    print(f"{META_NAME}: {n} mutants, {runs} entry-point runs")
