@@ -186,12 +186,14 @@ def read_index(path: Path) -> Index:
                 raise UserError(f"{path} was written by a newer version (format {version}); "
                                 f"update cnn-codes or pass --overwrite")
             labels, split, paths, class_names = check_code_file(f, path)
-            fps = f["fingerprints"][()]
-            digests = f["digests"][()] if "digests" in f else np.zeros(len(paths), np.uint64)
+            fps = _integers(f, "fingerprints", (len(paths), 2), -2**63, 2**63 - 1)
+            digests = (_integers(f, "digests", (len(paths),), 0, 2**64 - 1) if "digests" in f
+                       else np.zeros(len(paths), np.uint64))
             if version >= 2:
-                names = list(f["part_names"].asstr()[()])
-                parts = [names[i] for i in f["row_part"][()]]
-                rows_in = f["row_in_part"][()]
+                names = _strings(f, "part_names")
+                n = len(paths)
+                parts = [names[i] for i in _integers(f, "row_part", (n,), 0, len(names) - 1)]
+                rows_in = _integers(f, "row_in_part", (n,), 0, 2**31 - 1)
             else:
                 parts, rows_in = [""] * len(paths), np.arange(len(paths))
             failed = {}
@@ -412,11 +414,27 @@ def _integers(f, name: str, shape: tuple, low: int, high: int) -> np.ndarray:
     ds = f[name]
     if ds.dtype.kind not in "iub" or ds.shape != shape:
         raise CodeFileError(f"{name} is not {' x '.join(map(str, shape))} whole numbers")
-    values = ds[()].astype(np.int64)
+    values = ds[()]
+    if values.dtype.kind != "u" or values.dtype.itemsize < 8:
+        values = values.astype(np.int64)
     if values.size and (values.min() < low or values.max() > high):
         raise CodeFileError(f"{name} holds {int(values.min() if values.min() < low else values.max())}, "
                             f"outside {low}..{high}")
     return values
+
+
+def _attrs_problem(attrs: dict) -> str | None:
+    """What is wrong with the attributes a code set's readers parse (JSON, numbers), if anything."""
+    from pydantic import ValidationError
+
+    from pipeline._checked import problem
+    from pipeline.codes._settings import IndexAttrs
+
+    try:
+        IndexAttrs.model_validate({k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()})
+    except ValidationError as exc:
+        return f"attribute {problem(exc)}"
+    return None
 
 
 def check_code_file(f, path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
@@ -441,6 +459,9 @@ def check_code_file(f, path: Path) -> tuple[np.ndarray, np.ndarray, list[str], l
                 raise CodeFileError(f"its codes reach {src.file_name!r}, outside its parts folder {own}/")
     if "part_names" in f and any("/" in p or "\\" in p or p in ("", ".", "..") for p in _strings(f, "part_names")):
         raise CodeFileError("part_names are not file names inside its parts folder")
+    problem = _attrs_problem(dict(f.attrs))
+    if problem:
+        raise CodeFileError(problem)
     class_names = _strings(f, "class_names")
     if not class_names or len(set(class_names)) != len(class_names) or any(
             c in name for name in class_names for c in "\r\n\0"):

@@ -194,7 +194,7 @@ def _split_to_use(file: Path, ds, split, seed, resplit: bool) -> tuple[tuple, in
         old_split = (tuple(float(x) for x in json.loads(stored["split_fractions"]))
                      if "split_fractions" in stored else None)
         old_seed = int(stored["split_seed"]) if "split_seed" in stored else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         if resplit:  # replaced anyway: the given split, or the defaults
             old_split = old_seed = None
         else:
@@ -277,7 +277,7 @@ def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, spl
     with_codes = [p for p in parts if p.n_rows]
     dim = with_codes[0].dim if with_codes else out.index.dim
     code_shape = (with_codes[0].code_shape if with_codes and with_codes[0].code_shape is not None
-                  else json.loads(old["code_shape"]))
+                  else json.loads(old["code_shape"]) if "code_shape" in old else [dim])  # (checked when read)
     runtimes = set(str(old["runtime"]).split("; ")) if kept and "runtime" in old else set()
     runtimes |= {p.runtime for p in with_codes}
     label_type = np.uint8 if plan.ds.multi_label else np.int32  # multi-label: rows of 0/1 targets

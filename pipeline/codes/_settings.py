@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, Json, field_validator
 
@@ -192,6 +192,24 @@ class StatedMaking(LaxSchema):
 
 class JoinedMaking(LaxSchema):
     members: Json[Annotated[list[StatedMaking], Field(min_length=1, max_length=64)]]
+
+
+class IndexAttrs(LaxSchema):
+    """The attributes of a code file that its readers parse: JSON where JSON is stored, numbers
+    where numbers are (each optional: codes written by other means may not state them)."""
+
+    format_version: Annotated[int, Field(ge=1, le=1000)] = 1
+    code_shape: Json[Annotated[list[Annotated[int, Field(ge=1, le=1 << 24)]], Field(min_length=1, max_length=3)]] | None = None
+    split_fractions: Json[Annotated[list[Fraction], Field(min_length=3, max_length=3)]] | None = None
+    split_seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    layout: Json[dict[str, Any]] | None = None
+    members: Json[Annotated[list[dict[str, Any]], Field(min_length=1, max_length=64)]] | None = None
+    data_root: Text | None = None
+    image_size: Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)] | None = None
+    task: Literal["single-label", "multi-label"] = "single-label"
+    tta: Literal[TTAS] = "none"
+    resize: Literal[RESIZES] = "squash"
+    pooling: Literal[POOLINGS] | None = None
 
 
 def stated_making(attrs: dict, where: str) -> dict:

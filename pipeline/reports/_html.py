@@ -232,10 +232,13 @@ def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
     return page(record.get("title", run_name(run_dir)), sections)
 
 
+SweepN = Annotated[int, Field(ge=1, le=MAX_COUNT)] | Literal["all"]  # training images per class
+
+
 class SweepRow(Schema):
     label: Text
     head: Name
-    n: Annotated[int, Field(ge=1, le=MAX_COUNT)]
+    n: SweepN
     accuracy_mean: Fraction
     accuracy_std: Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -244,7 +247,7 @@ class SweepSummary(Schema):
     """``summary.json`` of a sweep: what the report reads of it."""
 
     heads: Annotated[list[Name], Field(min_length=1)]
-    ns: Annotated[list[Annotated[int, Field(ge=1, le=MAX_COUNT)]], Field(min_length=1)]
+    ns: Annotated[list[SweepN], Field(min_length=1)]
     repeats: Annotated[int, Field(ge=1, le=MAX_COUNT)]
     wall_seconds: Seconds | None = None
     metric: Literal["accuracy", "mAP"] = "accuracy"

@@ -127,6 +127,23 @@ def _code_label(cs_attrs: dict) -> str:
     return f"{cs_attrs.get('backbone')} {cs_attrs.get('layer')}/{cs_attrs.get('pooling')}"
 
 
+def _run_in_workers(tasks, order, rows, workers, seed, head_params, progress) -> None:
+    """The runs on ``workers`` processes (one BLAS thread each), results into ``rows``."""
+    _single_thread()  # also for this process's environment, inherited by the workers
+    executor = get_reusable_executor(max_workers=workers, initializer=_single_thread, reuse=False)
+    try:
+        futures = {executor.submit(run_one, *tasks[i], seed, head_params): i for i in order}
+        with tqdm(total=len(tasks), unit="run", disable=not progress, desc="sweep") as bar:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                rows[i] = dict(fut.result(), code_set=tasks[i][0])
+                bar.update()
+    except BaseException:  # Ctrl-C, SIGTERM, an error: no worker outlives the command
+        executor.shutdown(wait=False, kill_workers=True)
+        raise
+    executor.shutdown(wait=True)
+
+
 def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, seed=0, n_jobs=-1,
               runs_dir="runs", head_params=None, progress=True) -> Run:
     """Run the sweep; write sweep.csv, summary.json and sweep.png in a new run folder; return it.
@@ -177,26 +194,20 @@ def sweep(code_paths, heads=("softmax", "mlp", "logreg"), ns=None, repeats=5, se
 
     tasks = [(s["path"], h, n, r) for s in sets for h in heads for n in ns for r in range(repeats)]
     workers = max(1, min(len(tasks), cpu_count() if n_jobs in (None, -1) else int(n_jobs)))
-    _single_thread()  # also for this process's environment, inherited by the workers
-    executor = get_reusable_executor(max_workers=workers, initializer=_single_thread, reuse=False)
     t0 = time.perf_counter()
     rows = [None] * len(tasks)
     # Biggest runs first, so no worker is left with a long one at the end (results do not depend
     # on the order: each run has its own seed).
     order = sorted(range(len(tasks)), key=lambda i: (tasks[i][2] != "all", -(tasks[i][2] if tasks[i][2] != "all" else 0),
                                                       tasks[i][1] != "logreg"))
-    try:
-        futures = {executor.submit(run_one, *tasks[i], seed, head_params): i for i in order}
+    if workers == 1:  # in this process: a worker process would first spend seconds importing
         with tqdm(total=len(tasks), unit="run", disable=not progress, desc="sweep") as bar:
-            for fut in as_completed(futures):
-                i = futures[fut]
-                rows[i] = dict(fut.result(), code_set=tasks[i][0])
+            for i in order:
+                rows[i] = dict(run_one(*tasks[i], seed, head_params), code_set=tasks[i][0])
                 bar.update()
-    except BaseException:  # Ctrl-C, SIGTERM, an error: no worker outlives the command
-        executor.shutdown(wait=False, kill_workers=True)
-        raise
+    else:
+        _run_in_workers(tasks, order, rows, workers, seed, head_params, progress)
     wall = time.perf_counter() - t0
-    executor.shutdown(wait=True)
 
     summary = []
     for s in sets:

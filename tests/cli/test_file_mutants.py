@@ -104,7 +104,7 @@ def check_outcomes(results, min_mutants):
     """Every outcome used (0) or refused in one error line (2)."""
     bad = [(name, module, code, err[-3:]) for name, module, code, err in results
            if not (code == 0 or (code == 2 and len(err) == 1 and err[0].startswith("error: ")))]
-    assert not bad, f"{len(bad)} of {len(results)} mutant runs broke a promise, e.g. {bad[:3]}"
+    assert not bad, f"{len(bad)} of {len(results)} mutant runs broke a promise:\n" + "\n".join(map(str, bad))
     mutants = {name for name, *_ in results}
     assert len(mutants) >= min_mutants, len(mutants)
     refused = sum(code == 2 for _, _, code, _ in results)
@@ -305,3 +305,93 @@ def test_model_metadata_mutants_are_used_or_refused_in_one_line(made, capsys):
         feed_all(name, [("predict", [made["data"] / "class1", "--model", path])], capsys, results)
     n, runs = check_outcomes(results, 100)
     print(f"{META_NAME}: {n} mutants, {runs} entry-point runs")
+
+
+def dataset_mutants(f):
+    """(name, change(f)) for each dataset and attribute of an open code file."""
+    def replace(name, value):
+        def change(h):
+            if name in h:
+                del h[name]
+            h[name] = value
+        return change
+
+    def drop(name):
+        def change(h):
+            if name in h:
+                del h[name]
+        return change
+
+    for name in ("codes", "labels", "split", "paths", "class_names", "part_names", "row_part", "row_in_part",
+                 "fingerprints", "digests", "failed_paths"):
+        n = len(f["paths"])
+        yield f"{name} missing", drop(name)
+        yield f"{name} text", replace(name, np.array([b"x"] * n))
+        yield f"{name} whole numbers", replace(name, np.arange(n))
+        yield f"{name} fractions", replace(name, np.linspace(0, 1, n))
+        yield f"{name} one entry", replace(name, np.zeros(1))
+        yield f"{name} 2-D", replace(name, np.zeros((n, 2)))
+        yield f"{name} empty", replace(name, np.zeros(0))
+        yield f"{name} huge values", replace(name, np.full(n, 10**12))
+        yield f"{name} negative", replace(name, np.full(n, -5))
+        yield f"{name} NaN", replace(name, np.full(n, np.nan))
+    n, k = len(f["paths"]), len(f["class_names"])
+    yield "codes infinite", replace("codes", np.full(f["codes"].shape, np.inf, np.float32))
+    yield "codes 1-D", replace("codes", np.zeros(n, np.float32))
+    yield "codes 3-D", replace("codes", np.zeros((n, 2, 2), np.float32))
+    yield "labels beyond the classes", replace("labels", np.full(n, k + 3))
+    yield "labels as bytes", replace("labels", np.array([b"\x01"] * n))
+    yield "split 7", replace("split", np.full(n, 7, np.int8))
+    yield "paths absolute", replace("paths", np.array([b"/etc/passwd"] * n))
+    yield "paths out of the folder", replace("paths", np.array([b"../../x.jpg"] * n))
+    yield "class names duplicated", replace("class_names", np.array([b"a"] * k))
+    yield "class name with a line break", replace("class_names", np.array([b"a\nb"] + [b"c%d" % i for i in range(k - 1)]))
+    yield "part names out of the folder", replace("part_names", np.array([b"../../../x.h5"]))
+    yield "targets as well as labels", replace("targets", np.full((n, k + 1), 3))
+
+    def outside(h):  # codes reaching a file outside the parts folder
+        src = h5py.VirtualSource("../outside.h5", "codes", shape=h["codes"].shape)
+        layout = h5py.VirtualLayout(h["codes"].shape, dtype=h["codes"].dtype)
+        layout[:] = src[:]
+        del h["codes"]
+        h.create_virtual_dataset("codes", layout, fillvalue=np.nan)
+    yield "codes outside the parts folder", outside
+    for attr in ("code_shape", "split_fractions", "split_seed", "layout", "data_root", "image_size", "backbone",
+                 "layer", "pooling", "format_version", "task", "members", "resize", "tta"):
+        for label, value in (("text", "x"), ("number", 7), ("negative", -3), ("JSON list", "[1, 2"),
+                             ("deep", "[" * 100_000), ("huge", "a" * 100_000)):
+            def change(h, attr=attr, value=value):
+                h.attrs[attr] = value
+            yield f"attribute {attr} {label}", change
+        def gone(h, attr=attr):
+            if attr in h.attrs:
+                del h.attrs[attr]
+        yield f"attribute {attr} missing", gone
+
+
+@pytest.mark.slow
+def test_code_set_mutants_are_used_or_refused_in_one_line(made, capsys):
+    """A code set, read by train, sweep, audit and stage 1 (which reads its index to update it)."""
+    code_file, data, cache = made["code_file"], made["data"], made["t"] / "cache"
+    original = code_file.read_bytes()
+    runs = made["t"] / "mutants" / "codes-runs"
+    with h5py.File(code_file, "r") as f:
+        mutants = list(dataset_mutants(f))
+    (made["t"] / "cache" / "outside.h5").write_bytes(b"")
+    results = []
+    for name, change in mutants:
+        code_file.write_bytes(original)
+        with h5py.File(code_file, "a") as f:
+            change(f)
+        mutant = code_file.read_bytes()
+        for module, argv in (("train", ["--codes", code_file, "--head", "prototype", "--runs-dir", runs]),
+                             ("sweep", ["--codes", code_file, "--heads", "prototype", "--n", "1", "--repeats", "1",
+                                        "--jobs", "1", "--runs-dir", runs, "--no-progress"]),
+                             ("audit", ["--codes", code_file, "--runs-dir", runs, "--no-progress"]),
+                             ("codes", ["--data", data, "--cache-dir", cache, "--weights", "none", "--image-size", "32",
+                                        "--no-progress"])):
+            code_file.write_bytes(mutant)
+            feed_all(name, [(module, argv)], capsys, results)
+    code_file.write_bytes(original)
+    n, runs_ = check_outcomes(results, 150)
+    print(f"code set: {n} mutants, {runs_} entry-point runs")
