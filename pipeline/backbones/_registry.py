@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -157,6 +158,40 @@ def weights_identity(weights: str) -> str:
     if not path.is_file():
         raise ParameterError("weights", f"{weights}: no such file (use imagenet, none, or a weights file)")
     return "file-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+VALUES_PER_PIXEL = 100  # activations alive at once per input pixel, generous for ImageNet conv bases (measured
+#                        largest single activation: EfficientNet-Lite0 24, VGG16 64 values per pixel)
+
+
+def available_memory() -> int:
+    """Bytes this process can still get: the system's available memory, within a container's limit."""
+    try:
+        info = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+        free = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit, used = (open(f"/sys/fs/cgroup/memory.{n}").read().strip() for n in ("max", "current"))
+        if limit != "max":
+            free = min(free, int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def check_batch_memory(batch_size: int, image_size: int, copies: int = 1, training: bool = False,
+                       parameter: str = "batch_size") -> None:
+    """Refuse, before any work, a batch whose forward pass (or training step) could not have the
+    memory it needs: the kernel's out-of-memory killer would end the run without a word."""
+    need = batch_size * image_size ** 2 * VALUES_PER_PIXEL * 4 * copies * (3 if training else 1)
+    have = available_memory()
+    if need > have:
+        raise ParameterError(parameter, f"{batch_size} at {image_size} px needs about {need / 1e9:,.1f} GB "
+                                        f"({VALUES_PER_PIXEL} activation values per pixel, "
+                                        f"{'a training step' if training else 'a forward pass'}"
+                                        f"{f', {copies} at once' if copies > 1 else ''}); "
+                                        f"{have / 1e9:.1f} GB are available: use a smaller one")
 
 
 def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | None = None):

@@ -31,7 +31,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline._faults import fault_point
 from pipeline._files import writable_folder
-from pipeline.backbones import DEFAULT_BACKBONE
+from pipeline.backbones import DEFAULT_BACKBONE, check_batch_memory
 from pipeline.codes._engines import compute
 from pipeline.codes._format import (
     FailedImage,
@@ -100,6 +100,8 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
                                    **settings)
     compute = dataclasses.replace(compute or ComputeOptions(), **how)
     compute.check()
+    if compute.batch_size:  # (None: each runtime's own)
+        check_batch_memory(compute.batch_size, identity.image_size, copies=2 * compute.workers)  # 2 in flight each
     identities = [dataclasses.replace(identity, layer=l, pooling=p)
                   for l in (layers or [identity.layer]) for p in (poolings or [identity.pooling])]
     for i in identities:

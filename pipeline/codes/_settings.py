@@ -85,6 +85,8 @@ class CodeIdentity:
         """Every setting one of its choices, the pooling known (a ParameterError naming it)."""
         if self.pooling not in POOLINGS:
             raise ParameterError("pooling", f"{self.pooling}: choose one of {', '.join(POOLINGS)}")
+        if not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ParameterError("image_size", f"{self.image_size}: give 1 to {MAX_IMAGE_SIZE} pixels a side")
         for f in self.settings():
             if getattr(self, f.name) not in f.metadata["choices"]:
                 raise ParameterError(f.name, f"{getattr(self, f.name)}: choose one of "

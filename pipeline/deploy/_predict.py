@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline._files import durable_replace
+from pipeline.backbones import check_batch_memory
 from pipeline.codes import choose_runtime, setting
 from pipeline.codes._runtimes import make_mapper
 from pipeline.codes._worker import batches_of, read_batches
@@ -62,6 +63,7 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
     runtime = choose_runtime(runtime)
     model, class_names, info = load_model(model_file(model_path))
     size = int(info["image_size"])
+    check_batch_memory(batch_size, size, copies=2)  # two batches in flight
     root, paths = find_images(Path(target))
     k = min(top_k, len(class_names))
     thresholds = (read_thresholds(info.get("thresholds"), len(class_names), model_path)

@@ -168,6 +168,8 @@ def out_of_fold_probabilities(Z: np.ndarray, y: np.ndarray, n_classes: int, fold
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     counts = np.bincount(y, minlength=n_classes)
+    if counts.max() < 2:  # no class has two images: no model can be trained without the image it judges
+        return None
     folds = int(min(folds, max(2, counts[counts > 0].max())))
     dims = int(min(components, Z.shape[1], len(Z) - 1))
     P = PCA(dims, svd_solver="randomized", random_state=seed).fit_transform(Z).astype(np.float32)
@@ -272,6 +274,7 @@ class Findings:
     issues: np.ndarray       # likely label errors, the least likely given label first
     scores: np.ndarray       # outlier score of every image
     outliers: np.ndarray     # the images with the highest scores, highest first
+    label_model: bool = True  # False: no class has two images, label errors not estimated
 
 
 def find(Z: np.ndarray, y: np.ndarray, n_classes: int, threshold=THRESHOLD, cross_threshold=CROSS_THRESHOLD,
@@ -282,13 +285,17 @@ def find(Z: np.ndarray, y: np.ndarray, n_classes: int, threshold=THRESHOLD, cros
     nb = nearest_neighbours(Z, y, neighbours, chunk_bytes, progress)
     if targets is None:
         proba = out_of_fold_probabilities(Z, y, n_classes, folds, seed=seed, n_jobs=2)
-        issues = label_issues(y, proba)
+        if proba is None:  # not estimated: the given labels stand, nothing is flagged
+            proba, issues = np.eye(n_classes)[y], np.zeros(0, np.int64)
+        else:
+            issues = label_issues(y, proba)
     else:
         label_proba = out_of_fold_label_probabilities(Z, targets, folds, seed=seed)
         proba, issues = set_probabilities(label_proba, sets), multi_label_issues(targets, label_proba)
     scores = outlier_scores(nb)
     return Findings(nb, duplicate_pairs(nb, y, threshold, cross_threshold), proba, issues, scores,
-                    np.argsort(-scores, kind="stable")[:int(round(outlier_fraction * len(y)))])
+                    np.argsort(-scores, kind="stable")[:int(round(outlier_fraction * len(y)))],
+                    label_model=targets is not None or np.bincount(y).max() >= 2)
 
 
 def write_csvs(run_dir: Path, cs, f: Findings) -> None:
@@ -333,7 +340,7 @@ def summarize(cs, f: Findings, options: dict, seconds: float) -> dict:
                        "across_classes": sum(p.kind == "across classes" for p in f.pairs),
                        "across_splits": int(sum(split[p.a] != split[p.b] for p in f.pairs))},
         "class_pairs": [{"classes": list(k), "pairs": v} for k, v in class_pairs.most_common()],
-        "label_issues": int(len(f.issues)), "out_of_fold_accuracy": float((f.proba.argmax(1) == y).mean()),
+        "label_issues": int(len(f.issues)), "out_of_fold_accuracy": float((f.proba.argmax(1) == y).mean()) if f.label_model else None,
         "outliers": int(len(f.outliers)), "seconds": round(seconds, 2),
     }
 
@@ -386,9 +393,11 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
                 f"the split (leakage)" + ("; most across classes: " + ", ".join(
                     f"{'/'.join(c['classes'])} {c['pairs']}" for c in summary["class_pairs"][:3])
                     if summary["class_pairs"] else ""))
+    accuracy = summary["out_of_fold_accuracy"]
     logger.info(f"likely label errors: {summary['label_issues']} "
-                f"(out-of-fold accuracy {summary['out_of_fold_accuracy']:.4f}); "
-                f"outliers: {summary['outliers']}")
+                + (f"(out-of-fold accuracy {accuracy:.4f}); " if accuracy is not None else
+                   "(not estimated: no class has two images); ")
+                + f"outliers: {summary['outliers']}")
     logger.info(f"audited {len(cs)} images in {summary['seconds']:.1f} s -> {run_dir}")
     return Run(run_dir, "audit", summary)
 
@@ -396,9 +405,10 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
 def write_audit_report(run_dir: Path, summary: dict, cs, f: Findings, limit: int = GALLERY) -> Path:
     """report.html: the summary, the class pairs that share images, and a gallery of each finding."""
 
-    root, paths, classes, y, split = cs.data_root or Path("."), cs.paths, list(cs.class_names), cs.y, cs.split
+    root, paths, classes, y, split = cs.data_root, cs.paths, list(cs.class_names), cs.y, cs.split
     where = lambda i: SPLIT_NAMES[int(split[i])]
-    tile = lambda i, extra="": shot(root / paths[i], f"{esc(classes[y[i]])} · {where(i)}{extra}<br>"
+    # paths are checked to stay inside the data folder (CodeSet); no folder stated, no pictures
+    tile = lambda i, extra="": shot(root / paths[i] if root else None, f"{esc(classes[y[i]])} · {where(i)}{extra}<br>"
                                     f"<span class=\"path\">{esc(paths[i])}</span>", paths[i])
 
     def pair_gallery(chosen):
@@ -422,7 +432,8 @@ def write_audit_report(run_dir: Path, summary: dict, cs, f: Findings, limit: int
              (f"near-duplicate pairs across classes (cosine >= {o['cross_threshold']:g})", d["across_classes"]),
              ("near-duplicate pairs across the split (leakage)", d["across_splits"]),
              ("likely label errors", summary["label_issues"]),
-             ("out-of-fold accuracy of the label model", f"{100 * summary['out_of_fold_accuracy']:.2f}%"),
+             ("out-of-fold accuracy of the label model", "not estimated (no class has two images)"
+              if summary["out_of_fold_accuracy"] is None else f"{100 * summary['out_of_fold_accuracy']:.2f}%"),
              ("outliers shown", summary["outliers"]), ("seconds", summary["seconds"])]
     pairs, proba, suggested = f.pairs, f.proba, suggested_classes(f.proba, y)
     sections = [

@@ -178,7 +178,9 @@ def gallery(predictions: list[dict], data_root: Path | None, limit: int = GALLER
                    + (f"{esc(p['errors'])}<br>" if p.get("errors") else
                       f"true class: {100 * float(p['true_probability'] or 'nan'):.1f}%<br>")
                    + f"<span class=\"path\">{esc(p['path'])}</span>")
-        tiles.append(shot(Path(data_root or ".") / p["path"], caption, f"{p['path']}: {p['true']} taken for {p['predicted']}"))
+        # the path is checked to stay inside the data folder (PredictionRow); no folder, no picture
+        image = Path(data_root) / p["path"] if data_root else None
+        tiles.append(shot(image, caption, f"{p['path']}: {p['true']} taken for {p['predicted']}"))
     more = f"<p>{len(wrong)} misclassified test images; the {len(tiles)} most confident mistakes are shown.</p>"
     return more + "<div class=\"gallery\">\n" + "\n".join(tiles) + "\n</div>"
 

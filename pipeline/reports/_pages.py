@@ -100,9 +100,9 @@ def thumbnail(path: Path, size: int = THUMBNAIL) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def shot(image: Path, caption_html: str, alt: str) -> str:
+def shot(image: Path | None, caption_html: str, alt: str) -> str:
     """One gallery tile: the thumbnail (or a placeholder) and a caption (HTML, already escaped)."""
-    uri = thumbnail(image)
+    uri = thumbnail(image) if image is not None else None
     pic = (f"<img src=\"{uri}\" alt=\"{esc(alt)}\">" if uri else
            "<div class=\"missing\">image not readable</div>")
     return f"<figure class=\"shot\">{pic}<figcaption>{caption_html}</figcaption></figure>"

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline._files import writable_folder
 from pipeline._records import load_record
-from pipeline.backbones import get_backbone
+from pipeline.backbones import MAX_IMAGE_SIZE, check_batch_memory, get_backbone
 from pipeline.backbones._registry import code_layer_name
 from pipeline.codes import CodeSet, generate_codes, open_code_sets, setting
 from pipeline.data import TEST, TRAIN, VAL, augmentation, image_dataset
@@ -196,6 +196,7 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
                                   or record.get("metrics", {}).get("positive_class"))
     positive_index(cs.class_names, options.positive_class)
     size, resize = int(attrs["image_size"]), setting(attrs, "resize")
+    check_batch_memory(options.batch_size, size, training=True)
     cut = cut_layer(trunk, attrs["backbone"], unfreeze_blocks, unfreeze_from)
     tail = keras.Model(trunk.get_layer(cut).output, trunk.output, name="tail")
     _set_trainable(trunk, tail.layers, head_model)
@@ -285,6 +286,9 @@ def scratch(codes, image_size=128, runs_dir="runs", **options):
     options = TrainingOptions.merged(SCRATCH, options)
     if image_size < 16:  # four 2x2 poolings
         raise ParameterError("image_size", f"{image_size}: the from-scratch CNN needs at least 16 pixels")
+    if image_size > MAX_IMAGE_SIZE:
+        raise ParameterError("image_size", f"{image_size} is larger than images this tool takes (at most {MAX_IMAGE_SIZE})")
+    check_batch_memory(options.batch_size, image_size, training=True)
     writable_folder(runs_dir, "--runs-dir")
     cs = open_code_sets(codes)
     if cs.multi_label:
