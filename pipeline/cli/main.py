@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from pipeline._tf import quiet_tensorflow
 from pipeline.cli import FORMATTER, Parser, flag_of
@@ -71,8 +72,20 @@ def shim(command: str) -> None:
     exit_without_teardown(lambda: run_cli(lambda argv: main([command, *(sys.argv[1:] if argv is None else argv)])))
 
 
+_TERMINATED = []
+
+
+def _on_sigterm(signum, frame):
+    """SIGTERM ends a command as Ctrl-C does (what is computed is kept, workers are stopped),
+    with exit code 143."""
+    _TERMINATED.append(signum)
+    raise KeyboardInterrupt
+
+
 def run_cli(main, argv=None) -> None:
     """Run an entry point's ``main(argv)`` and turn user errors into one line + exit code."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = main(argv)
     except ParameterError as exc:
@@ -116,7 +129,8 @@ def _interrupted(message: str) -> None:
     """One line and exit 130, at once: destructors and exit handlers that a Ctrl-C caught
     half-way would print tracebacks of their own (what must be kept is on disk already)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    print("interrupted" + (f": {message}" if message else ""), file=sys.stderr)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(("terminated" if _TERMINATED else "interrupted") + (f": {message}" if message else ""), file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(143 if _TERMINATED else 130)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import signal
 import threading
 import time
 from typing import Callable
@@ -151,8 +152,11 @@ def _ray(spec, partitions, *, bar, on_ready) -> ComputeStats:
         raise ParameterError("engine", "ray needs Ray: pip install 'cnn-codes[ray]'") from None
     started = not ray.is_initialized()
     if started:
+        on_term = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            if threading.current_thread() is threading.main_thread() and callable(on_term):
+                signal.signal(signal.SIGTERM, on_term)  # Ray's own handler dumps a stack trace and exits 1
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise UserError(f"could not start or join Ray (--ray-address {ray_address or 'none: a local instance'})"
                             f": {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

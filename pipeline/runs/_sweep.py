@@ -130,6 +130,10 @@ def _code_label(cs_attrs: dict) -> str:
 def _run_in_workers(tasks, order, rows, workers, seed, head_params, progress) -> None:
     """The runs on ``workers`` processes (one BLAS thread each), results into ``rows``."""
     _single_thread()  # also for this process's environment, inherited by the workers
+    # loky's resource tracker (a process of its own) warns of the locks of workers stopped on Ctrl-C:
+    # nothing a user can act on, so it is silenced there (the command says "interrupted")
+    tracker = "ignore::UserWarning:joblib.externals.loky.backend.resource_tracker"
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), tracker]))
     executor = get_reusable_executor(max_workers=workers, initializer=_single_thread, reuse=False)
     try:
         futures = {executor.submit(run_one, *tasks[i], seed, head_params): i for i in order}

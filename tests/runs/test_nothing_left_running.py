@@ -1,11 +1,12 @@
-"""Ctrl-C during a sweep ends its worker processes with it (they once ran on for about 50 s)."""
+"""Ctrl-C or SIGTERM during a sweep or a stage-1 run on Ray ends its worker processes with it
+(a sweep's once ran on for about 50 s), each checked by PID."""
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import CNN_CODES, ROOT, fake_codes, user_env
+from helpers import CNN_CODES, ROOT, fake_codes, make_images, user_env
 
 pytestmark = pytest.mark.slow
 
@@ -33,24 +34,51 @@ def alive(pid: int) -> bool:
     return state != "Z"  # a zombie has ended; only its parent has not read its status
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_ctrl_c_during_a_sweep_leaves_no_worker_running(tmp_path):
-    codes, _, _ = fake_codes(tmp_path / "codes.h5", per_class=(300, 300, 300, 300), dim=256)
-    proc = subprocess.Popen([CNN_CODES, "sweep", "--codes", str(codes), "--heads", "mlp", "--repeats", "50",
-                             "--jobs", "2", "--runs-dir", str(tmp_path / "runs"), "--no-progress"],
-                            cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+
+
+def stop_and_check(proc, workers_wanted: int, sig, code: int, word: str, settle: float = 2.0) -> set[int]:
+    """Wait for ``workers_wanted`` child processes, send ``sig``, check the command ended with
+    ``code`` and one line starting with ``word``, and that none of its children is alive 5 s later."""
     workers = set()
-    deadline = time.time() + 120
-    while time.time() < deadline and len(workers) < 2:
+    deadline = time.time() + 180
+    while time.time() < deadline and len(workers) < workers_wanted:
         workers = {p for p in descendants(proc.pid) if alive(p)}
         time.sleep(0.5)
-    assert len(workers) >= 2, "the sweep never started its workers"
-    time.sleep(2)  # the workers are busy
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert len(workers) >= workers_wanted, "the command never started its workers"
+    time.sleep(settle)  # the workers are busy
+    workers |= {p for p in descendants(proc.pid) if alive(p)}
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(word), err
     ended = time.time()
     while time.time() < ended + 5 and any(alive(p) for p in workers):
         time.sleep(0.2)
     assert not [p for p in workers if alive(p)], "workers still running 5 s after the command ended"
+    return workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig, code, word", SIGNALS)
+def test_a_signal_during_a_sweep_leaves_no_worker_running(tmp_path, sig, code, word):
+    codes, _, _ = fake_codes(tmp_path / "codes.h5", per_class=(300, 300, 300, 300), dim=256)
+    proc = subprocess.Popen([CNN_CODES, "sweep", "--codes", str(codes), "--heads", "mlp", "--repeats", "50",
+                             "--jobs", "2", "--runs-dir", str(tmp_path / "runs"), "--no-progress"],
+                            cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop_and_check(proc, 2, sig, code, word)
     assert not list((tmp_path / "runs").glob("*/summary.json"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig, code, word", SIGNALS)
+def test_a_signal_during_stage_1_on_ray_leaves_no_process_running(tmp_path, sig, code, word):
+    pytest.importorskip("ray")
+    data = make_images(tmp_path / "data", n_classes=2, per_class=400)
+    proc = subprocess.Popen([CNN_CODES, "codes", "--data", str(data), "--cache-dir", str(tmp_path / "cache"),
+                             "--weights", "none", "--image-size", "96", "--engine", "ray", "--workers", "2",
+                             "--batch-size", "4", "--no-progress"],
+                            cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ray's own processes (its store, scheduler, the two actors) and the decoders: all end with it
+    workers = stop_and_check(proc, 5, sig, code, word, settle=15.0)
+    assert len(workers) >= 5
