@@ -85,6 +85,8 @@ def read_checked(path, schema: type[BaseModel], what: str, max_bytes: int = 256 
     """The file at ``path`` (JSON) checked against ``schema``; a :class:`UserError` naming the
     file and the field for anything off. Returns the validated model."""
     path = Path(path)
+    if not path.is_file():  # a pipe or a device would block the read or never end it
+        raise UserError(f"{path} is not a {what}: not a regular file")
     try:
         size = path.stat().st_size
         if size > max_bytes:

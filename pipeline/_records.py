@@ -165,7 +165,7 @@ def load_record(run_dir, kind: str | None = None) -> dict:
     """The record of a run folder (of ``kind``, if given), checked against :class:`RunRecord`;
     one clear error line naming the file and the field for anything else."""
     path = Path(run_dir) / "record.json"
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{run_dir} is not a run folder (no record.json)")
     version = _stated_version(path)
     if version is not None and version > RECORD_VERSION:
@@ -180,7 +180,8 @@ def _stated_version(path: Path) -> int | None:
     """The record version a file states, if it states a whole number (to say "newer version"
     rather than list what a newer record holds that this one does not know)."""
     try:
-        value = json.loads(path.read_bytes()[:1 << 20]).get("record_version") if path.stat().st_size < 1 << 20 else None
+        value = (json.loads(path.read_bytes()).get("record_version")
+                 if path.is_file() and path.stat().st_size < 1 << 20 else None)
     except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) else None

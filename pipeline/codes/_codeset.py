@@ -90,6 +90,8 @@ class CodeSet(_Codes):
         path = Path(path)
         if not path.exists():
             raise UserError(f"no cached codes at {path}; run make codes first")
+        if not path.is_file():
+            raise UserError(f"{path} is not a code file: not a regular file")
         _raise_open_files_limit()
         try:
             with h5py.File(path, "r") as f:

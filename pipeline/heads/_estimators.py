@@ -323,6 +323,8 @@ class KerasHead(_Head):
 
     def _restore(self, folder: Path, state: dict) -> None:
         import keras
+        if not (Path(folder) / "head.keras").is_file():
+            raise UserError(f"{folder}/head.keras is not a saved head: not a regular file")
         try:  # safe mode: a Lambda layer (Python bytecode) in a shared file is refused, not run
             self.model_ = keras.saving.load_model(Path(folder) / "head.keras", compile=False, safe_mode=True)
         except Exception as exc:
@@ -647,6 +649,8 @@ class PrototypeHead(_Head):
 def _load_arrays(folder) -> dict:
     """The arrays of ``head.npz``: numbers only (no pickle), finite."""
     path = Path(folder) / "head.npz"
+    if not path.is_file():
+        raise UserError(f"{path} is not a saved head: not a regular file")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -191,6 +191,10 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
                         f"(export and predict work on it)")
     model, trunk, head_model, record = classifier_from_head_run(head_run)
     attrs = record["code_attrs"]
+    missing = [k for k in ("data_root", "split_fractions", "split_seed") if not attrs.get(k)]
+    if missing:
+        raise UserError(f"{head_run}/record.json: its codes do not state their {missing[0]} (made by other means "
+                        f"than stage 1?): fine-tuning reads the images again and needs it")
     cs = CodeSet.load(record["codes"])
     options = dataclasses.replace(options, positive_class=options.positive_class
                                   or record.get("metrics", {}).get("positive_class"))

@@ -17,15 +17,11 @@ import shutil
 import zipfile
 
 import h5py
-import keras
 import numpy as np
 import pytest
-from helpers import FAST, make_images
 
 from pipeline.cli.main import main, run_cli
-from pipeline.codes import generate_codes
-from pipeline.deploy import META_NAME, save_model
-from pipeline.runs import sweep, train
+from pipeline.deploy import META_NAME
 
 DEEP = "\x00deep\x00"
 VALUES = {
@@ -110,26 +106,6 @@ def check_outcomes(results, min_mutants):
     refused = sum(code == 2 for _, _, code, _ in results)
     assert 0 < refused < len(results)  # both outcomes occur: the mutants reach the checks, and pass them where harmless
     return len(mutants), len(results)
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    """A code set, a logistic-regression head run and a Keras (softmax) head run on it, a sweep
-    run, and a small model file (its metadata is what is mutated)."""
-    t = tmp_path_factory.mktemp("made")
-    data = make_images(t / "data", n_classes=3, per_class=8)
-    code_file = generate_codes(data, layers=["top_activation"], poolings=["avg"], cache_dir=t / "cache", **FAST)[0]
-    runs = t / "runs"
-    logreg = train(code_file, head="logreg", runs_dir=runs).path
-    softmax = train(code_file, head="softmax", runs_dir=runs, epochs=3).path
-    sweep_run = sweep([code_file], heads=["prototype"], ns=[1, 2], repeats=1, n_jobs=1, runs_dir=runs,
-                      progress=False).path
-    inputs = keras.Input((32, 32, 3))
-    small = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)))
-    model = save_model(small, t / "small.keras", ["class0", "class1", "class2"],
-                       {"kind": "scratch", "source": "test", "image_size": 32, "backbone": None, "resize": "squash"})
-    return dict(t=t, data=data, code_file=code_file, runs=runs, logreg=logreg, softmax=softmax, sweep=sweep_run,
-                model=model)
 
 
 def _copy_run(made, run, where):
