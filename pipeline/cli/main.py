@@ -47,6 +47,9 @@ def _console_logging() -> None:
     if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
         root.addHandler(_ConsoleHandler())
     root.setLevel(logging.INFO)
+    # printed once, by this handler: a library that configures the root logger (the ONNX
+    # converter does) would print every line a second time
+    root.propagate = False
 
 
 def main(argv=None) -> int:
