@@ -186,3 +186,12 @@ def assert_same_codes(a, b, rtol=1e-5, ordered=True, keys=PUBLIC):
     for k in keys:
         np.testing.assert_array_equal(da[k], db[k], err_msg=k)
     assert_codes_close(da["codes"], db["codes"], rtol=rtol)
+
+
+def dataset_replaced(name, value):
+    """A change of an open HDF5 file: dataset ``name`` (made if missing) now holds ``value``."""
+    def change(f):
+        if name in f:
+            del f[name]
+        f[name] = value
+    return change

@@ -19,6 +19,7 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
+from helpers import dataset_replaced
 
 from pipeline.cli.main import main, run_cli
 from pipeline.deploy import META_NAME
@@ -285,13 +286,7 @@ def test_model_metadata_mutants_are_used_or_refused_in_one_line(made, capsys):
 
 def dataset_mutants(f):
     """(name, change(f)) for each dataset and attribute of an open code file."""
-    def replace(name, value):
-        def change(h):
-            if name in h:
-                del h[name]
-            h[name] = value
-        return change
-
+    replace = dataset_replaced
     def drop(name):
         def change(h):
             if name in h:

@@ -12,6 +12,7 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
+from helpers import dataset_replaced
 
 from pipeline.cli.main import main, run_cli
 from pipeline.deploy import META_NAME
@@ -46,14 +47,6 @@ def _code_copy(w, name, change):
         f.attrs["format_version"] = 1
         change(f)
     return dst
-
-
-def _set(name, value):
-    def change(f):
-        if name in f:
-            del f[name]
-        f[name] = value
-    return change
 
 
 def _model_copy(w, name, change=None, raw=None):
@@ -188,21 +181,21 @@ def cases(w):
         ("sweep accuracy negative", "report", [summary("acc", lambda d: d["summary"][0].update(accuracy_mean=-1))],
          "accuracy_mean"),
         # code sets
-        ("labels as bytes", "train", ["--codes", _code_copy(w, "labels-bytes", _set("labels", np.array(
+        ("labels as bytes", "train", ["--codes", _code_copy(w, "labels-bytes", dataset_replaced("labels", np.array(
             [b"x"] * 24)))], "labels"),
-        ("paths as whole numbers", "train", ["--codes", _code_copy(w, "paths-int", _set("paths", np.arange(24)))],
+        ("paths as whole numbers", "train", ["--codes", _code_copy(w, "paths-int", dataset_replaced("paths", np.arange(24)))],
          "paths"),
-        ("a label beyond the classes", "train", ["--codes", _code_copy(w, "label-9", _set("labels", np.full(
+        ("a label beyond the classes", "train", ["--codes", _code_copy(w, "label-9", dataset_replaced("labels", np.full(
             24, 9)))], "labels"),
-        ("codes 1-D", "train", ["--codes", _code_copy(w, "codes-1d", _set("codes", np.zeros(24, np.float32)))],
+        ("codes 1-D", "train", ["--codes", _code_copy(w, "codes-1d", dataset_replaced("codes", np.zeros(24, np.float32)))],
          "codes"),
-        ("codes holding inf", "train", ["--codes", _code_copy(w, "codes-inf", _set("codes", np.full(
+        ("codes holding inf", "train", ["--codes", _code_copy(w, "codes-inf", dataset_replaced("codes", np.full(
             (24, 1280), np.inf, np.float32)))], "infinite"),
-        ("split value 9", "audit", ["--codes", _code_copy(w, "split-9", _set("split", np.full(24, 9, np.int8))),
+        ("split value 9", "audit", ["--codes", _code_copy(w, "split-9", dataset_replaced("split", np.full(24, 9, np.int8))),
                                     "--runs-dir", h / "runs"], "split"),
-        ("paths out of the data folder", "audit", ["--codes", _code_copy(w, "paths-out", _set("paths", np.array(
+        ("paths out of the data folder", "audit", ["--codes", _code_copy(w, "paths-out", dataset_replaced("paths", np.array(
             [f"../../x{i}.jpg".encode() for i in range(24)]))), "--runs-dir", h / "runs"], "data folder"),
-        ("class names repeated in a code set", "sweep", ["--codes", _code_copy(w, "dup", _set("class_names", np.array(
+        ("class names repeated in a code set", "sweep", ["--codes", _code_copy(w, "dup", dataset_replaced("class_names", np.array(
             [b"a", b"a", b"b"]))), "--n", "1", "--jobs", "1"], "class_names"),
         ("codes reaching a file outside the parts folder", "train", ["--codes", _code_copy(w, "outside", _outside)],
          "outside its parts folder"),
