@@ -230,10 +230,14 @@ def load_converted_weights(model) -> dict:
     else:
         convert_state_dict(full, load_legacy_state_dict(str(src)))
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.stem + ".tmp.weights.h5")
+        # Two commands converting at once (first use) each write their own temporary files and
+        # move them into place whole: the conversion is deterministic, so either result is right.
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.weights.h5")
+        meta_tmp = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
         full.save_weights(tmp)
+        meta_tmp.write_text(json.dumps({"source": str(src), "source_sha256": src_sha, "sha256": _sha256(tmp)}))
         os.replace(tmp, cache)
-        meta_path.write_text(json.dumps({"source": str(src), "source_sha256": src_sha, "sha256": _sha256(cache)}))
+        os.replace(meta_tmp, meta_path)
     for layer in model.layers:
         if layer.weights:
             layer.set_weights(full.get_layer(layer.name).get_weights())
