@@ -72,10 +72,15 @@ def run(a):
         for name, shape, suggested in list_layers(a.backbone, a.image_size):
             print(f"{name:40s} {shape}" + ("  (suggested)" if suggested else ""))
         return 0
+    compute_codes(a)
+    return 0
+
+
+def compute_codes(a) -> list:
+    """Stage 1 as the options ``a`` of this command ask (also for commands that start with it)."""
     settings = {f.name: getattr(a, f.name) for f in CodeIdentity.settings()}
     compute = ComputeOptions(**{f.name: getattr(a, f.name) for f in dataclasses.fields(ComputeOptions)
                                 if f.name not in ("wait",)}, wait=not a.no_wait)
-    generate_codes(a.data, a.backbone, a.layer, a.pooling, a.weights, a.image_size, a.cache_dir, a.exclude,
-                   parse_split(a.split) if a.split else None, a.seed, resplit=a.resplit, progress=not a.no_progress,
-                   compute=compute, reading=layout_options(a), **settings)
-    return 0
+    return generate_codes(a.data, a.backbone, a.layer, a.pooling, a.weights, a.image_size, a.cache_dir, a.exclude,
+                          parse_split(a.split) if a.split else None, a.seed, resplit=a.resplit,
+                          progress=not a.no_progress, compute=compute, reading=layout_options(a), **settings)

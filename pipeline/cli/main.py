@@ -12,7 +12,8 @@ from pipeline._tf import quiet_tensorflow
 from pipeline.cli import FORMATTER, Parser, flag_of
 from pipeline.errors import USER_ERRNOS, Interrupted, ParameterError, UserError, one_line, os_error_text
 
-SUBCOMMANDS = ("codes", "train", "sweep", "finetune", "scratch", "export", "predict", "compare", "report", "audit")
+SUBCOMMANDS = ("codes", "train", "sweep", "finetune", "scratch", "export", "predict", "compare", "report", "audit",
+               "suggest")
 
 
 def parser() -> Parser:

@@ -1,0 +1,51 @@
+"""The next unlabelled images worth labelling, for people who label with another tool: stage 1
+on DATA (only what is missing is computed; images without a label in its labels file, or loose
+beside class folders, are the pool), then the choice of --strategy, written to --out as a CSV
+whose first column is each image's path relative to DATA, best first."""
+import csv
+import os
+from pathlib import Path
+
+from pipeline._files import durable_replace
+from pipeline.cli import codes, seed_value
+from pipeline.codes import CodeSet
+from pipeline.data import UNLABELLED
+from pipeline.errors import ParameterError
+from pipeline.label import STRATEGIES, select_next
+
+HELP = "the next unlabelled images to label, as a CSV"
+
+
+def add_arguments(p):
+    codes.add_arguments(p)
+    p.add_argument("--n", type=int, required=True, help="how many images to suggest")
+    p.add_argument("--out", required=True, help="CSV file to write (path relative to DATA, rank, strategy)")
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES,
+                   help="random; coverage (typical images of dense regions, for the first labels); margin (those "
+                        "the current labels leave least certain); auto (coverage while labels are few, then margin "
+                        "with diversity)")
+    p.add_argument("--draw-seed", type=seed_value, default=0,
+                   help="seed of the choice (random draws, k-means); --seed is the split's, as in codes")
+
+
+def run(a):
+    if a.n < 1:
+        raise ParameterError("n", "must be at least 1")
+    out = Path(a.out)
+    if out.is_dir():
+        raise ParameterError("out", f"{out} is a folder: give a file name")
+    cs = CodeSet(codes.compute_codes(a)[0])
+    choice = select_next(cs, a.n, a.strategy, a.draw_seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # whole or absent; read back as data: no cell escaping
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "rank", "strategy"])
+            for rank, row in enumerate(choice.rows, 1):
+                w.writerow([cs.paths[row], rank, choice.strategy])
+        durable_replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"{len(choice.rows)} of {int((cs.split == UNLABELLED).sum())} unlabelled images suggested ({choice.strategy}) -> {out}")
+    return 0
