@@ -9,7 +9,6 @@ Fields a schema does not name are kept (newer versions may add some) but must st
 nesting limit of the JSON parser (pydantic's, 200 levels)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,24 +17,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pipeline.errors import UserError
 
 MAX_COUNT = 10**12  # images, rows, epochs: far beyond any real set, far below what breaks arithmetic
-MAX_NAME = 4096      # characters in a class name or a relative path
 
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
-Positive = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Seconds = Annotated[float, Field(ge=0.0, le=1e9)]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+Name = Annotated[str, Field(min_length=1, max_length=4096)]  # a class name, a relative path
 Text = Annotated[str, Field(max_length=1 << 20)]
-
-
-def _finite_or_none(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        raise ValueError("must be a finite number")
-    return v
-
-
-# A loss or accuracy curve: numbers, NaN allowed (a diverged loss is what happened), no nesting.
-Curve = list[float]
 
 
 class Schema(BaseModel):
@@ -66,7 +53,6 @@ def no_line_breaks(value: str) -> str:
 
 ClassName = Annotated[Name, AfterValidator(no_line_breaks)]
 ClassNames = Annotated[list[ClassName], Field(min_length=1, max_length=10**7), AfterValidator(unique)]
-Finite = Annotated[float, AfterValidator(_finite_or_none)]
 
 
 def problem(exc: ValidationError) -> str:
