@@ -234,7 +234,7 @@ def multi_label_issues(targets: np.ndarray, label_proba: np.ndarray) -> np.ndarr
     labels = [np.flatnonzero(t).tolist() for t in targets]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(find_label_issues(labels, label_proba, multi_label=True,
+        return np.asarray(find_label_issues(labels, label_proba, multi_label=True, n_jobs=1,
                                             return_indices_ranked_by="self_confidence"), np.int64)
 
 
@@ -250,7 +250,10 @@ def label_issues(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
     p = p / np.maximum(p.sum(1, keepdims=True), 1e-12)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(find_label_issues(remap[y], p, return_indices_ranked_by="self_confidence"), np.int64)
+        # n_jobs=1: cleanlab's processes are forked from this one, whose TensorFlow and OpenVINO
+        # threads may hold locks at that moment; a forked child then waits on them for ever
+        return np.asarray(find_label_issues(remap[y], p, n_jobs=1, return_indices_ranked_by="self_confidence"),
+                          np.int64)
 
 
 def suggested_classes(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
