@@ -170,7 +170,8 @@ def load_record(run_dir, kind: str | None = None) -> dict:
     version = _stated_version(path)
     if version is not None and version > RECORD_VERSION:
         raise UserError(f"{path} was written by a newer version (record version {version})")
-    record = read_checked(path, RunRecord, "run record").model_dump(exclude_unset=True)
+    read_checked(path, RunRecord, "run record")  # checked, then read as plain JSON: one copy in memory at a time
+    record = json.loads(path.read_bytes())
     if kind and record["kind"] != kind:
         raise UserError(f"{run_dir} is a {record['kind']} run, not a {kind} run")
     return record

@@ -463,7 +463,7 @@ def check_code_file(f, path: Path) -> tuple[np.ndarray, np.ndarray, list[str], l
     if problem:
         raise CodeFileError(problem)
     class_names = _strings(f, "class_names")
-    if not class_names or len(set(class_names)) != len(class_names) or any(
+    if len(set(class_names)) != len(class_names) or any(
             c in name for name in class_names for c in "\r\n\0"):
         raise CodeFileError("class_names are not distinct one-line names")
     paths = _strings(f, "paths", n)
@@ -474,7 +474,7 @@ def check_code_file(f, path: Path) -> tuple[np.ndarray, np.ndarray, list[str], l
             except ValueError as exc:
                 raise CodeFileError(f"paths: {exc}") from None
     k = len(class_names)
-    split = _integers(f, "split", (n,), 0, UNLABELLED)
+    split = _integers(f, "split", (n,), 0, UNLABELLED).astype(f["split"].dtype)  # as stored (int8): a row each
     if "targets" in f:
         labels = _integers(f, "targets", (n, k), 0, 1)
     elif "labels" in f:

@@ -202,8 +202,8 @@ class IndexAttrs(LaxSchema):
 
     format_version: Annotated[int, Field(ge=1, le=1000)] = 1
     code_shape: Json[Annotated[list[Annotated[int, Field(ge=1, le=1 << 24)]], Field(min_length=1, max_length=3)]] | None = None
-    split_fractions: Json[Annotated[list[Fraction], Field(min_length=3, max_length=3)]] | None = None
-    split_seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    # (split_fractions and split_seed: stage 1 reads them with a message of its own, and
+    # --resplit mends them; a model rebuilt from them checks them in StatedMaking)
     layout: Json[dict[str, Any]] | None = None
     members: Json[Annotated[list[dict[str, Any]], Field(min_length=1, max_length=64)]] | None = None
     data_root: Text | None = None

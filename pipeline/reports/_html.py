@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from pipeline._checked import (
     MAX_COUNT,
@@ -104,7 +104,6 @@ class PredictionRow(LaxSchema):
         return None if v == "" else v
 
 
-_ROWS = TypeAdapter(list[PredictionRow])
 MAX_PREDICTIONS_BYTES = 1 << 30
 
 
@@ -116,16 +115,18 @@ def read_predictions(run_dir: Path) -> list[dict] | None:
         return None
     if path.stat().st_size > MAX_PREDICTIONS_BYTES:
         raise UserError(f"{path} is larger than predictions of any test set ({path.stat().st_size:,} bytes)")
-    try:
+    rows = []
+    try:  # row by row: a test set of many images is not held twice
         with open(path, newline="", encoding="utf-8") as fh:
-            rows = [{k: from_cell(v) for k, v in row.items() if isinstance(k, str) and isinstance(v, str)}
-                    for row in csv.DictReader(fh)]
+            for i, row in enumerate(csv.DictReader(fh), 1):
+                cells = {k: from_cell(v) for k, v in row.items() if isinstance(k, str) and isinstance(v, str)}
+                try:
+                    rows.append(PredictionRow.model_validate(cells).model_dump())
+                except ValidationError as exc:
+                    raise UserError(f"{path} is not a valid predictions file: row {i}: {problem(exc)}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{path} is not a readable predictions file ({one_line(exc)})") from None
-    try:
-        return [r.model_dump() for r in _ROWS.validate_python(rows)]
-    except ValidationError as exc:
-        raise UserError(f"{path} is not a valid predictions file: row {problem(exc)}") from None
+    return rows
 
 
 def recompute_predictions(run_dir: Path, record: dict) -> bool:
