@@ -196,6 +196,11 @@ def _split_to_use(file: Path, ds, split, seed, resplit: bool) -> tuple[tuple, in
         old_split = (tuple(float(x) for x in json.loads(stored["split_fractions"]))
                      if "split_fractions" in stored else None)
         old_seed = int(stored["split_seed"]) if "split_seed" in stored else None
+        if old_seed is not None and not 0 <= old_seed < 2**32:
+            raise ValueError("a seed is a whole number from 0 to 2**32 - 1")
+        if old_split is not None and (len(old_split) != 3 or not all(0 <= x <= 1 for x in old_split)
+                                      or not 0.999 <= sum(old_split) <= 1.001):
+            raise ValueError("three fractions from 0 to 1 that sum to 1")
     except (TypeError, ValueError, RecursionError):
         if resplit:  # replaced anyway: the given split, or the defaults
             old_split = old_seed = None

@@ -37,15 +37,18 @@ def alive(pid: int) -> bool:
 SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
 
 
-def stop_and_check(proc, workers_wanted: int, sig, code: int, word: str, settle: float = 2.0) -> set[int]:
-    """Wait for ``workers_wanted`` child processes, send ``sig``, check the command ended with
-    ``code`` and one line starting with ``word``, and that none of its children is alive 5 s later."""
+def stop_and_check(proc, workers_wanted: int, sig, code: int, word: str, settle: float = 2.0,
+                   busy=lambda: True) -> set[int]:
+    """Wait for ``workers_wanted`` child processes and for ``busy()`` (proof of work under way),
+    send ``sig``, check the command ended with ``code`` and one line starting with ``word``, and
+    that none of its children is alive 5 s later."""
     workers = set()
     deadline = time.time() + 180
-    while time.time() < deadline and len(workers) < workers_wanted:
+    while time.time() < deadline and (len(workers) < workers_wanted or not busy()):
         workers = {p for p in descendants(proc.pid) if alive(p)}
+        assert proc.poll() is None, "the command ended before it could be stopped"
         time.sleep(0.5)
-    assert len(workers) >= workers_wanted, "the command never started its workers"
+    assert len(workers) >= workers_wanted and busy(), "the command never started its workers"
     time.sleep(settle)  # the workers are busy
     workers |= {p for p in descendants(proc.pid) if alive(p)}
     proc.send_signal(sig)
@@ -76,9 +79,13 @@ def test_a_signal_during_stage_1_on_ray_leaves_no_process_running(tmp_path, sig,
     pytest.importorskip("ray")
     data = make_images(tmp_path / "data", n_classes=2, per_class=400)
     proc = subprocess.Popen([CNN_CODES, "codes", "--data", str(data), "--cache-dir", str(tmp_path / "cache"),
-                             "--weights", "none", "--image-size", "96", "--engine", "ray", "--workers", "2",
-                             "--batch-size", "4", "--no-progress"],
+                             "--weights", "none", "--image-size", "224", "--engine", "ray", "--workers", "2",
+                             "--batch-size", "4", "--partition-size", "16", "--no-progress"],
                             cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Ray's own processes (its store, scheduler, the two actors) and the decoders: all end with it
-    workers = stop_and_check(proc, 5, sig, code, word, settle=15.0)
+    # Ray's own processes (its store, scheduler, the two actors) and the decoders: all end with it.
+    # Signalled once the first parts are saved (the actors computing), not after a fixed time: on
+    # a fast machine 800 small images were all done before a fixed wait ended.
+    def busy():
+        return len(list((tmp_path / "cache").glob("*/*/*.parts/*"))) >= 2
+    workers = stop_and_check(proc, 5, sig, code, word, settle=1.0, busy=busy)
     assert len(workers) >= 5
