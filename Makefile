@@ -29,7 +29,7 @@ RUN      ?= $(lastword $(sort $(wildcard $(RUNS)/*-$(BACKBONE)-$(HEAD))))
 IMG      ?= examples/caltech5
 MODEL    ?= $(RUN)
 
-.PHONY: codes train sweep finetune scratch export predict compare report audit test bench help
+.PHONY: codes train sweep finetune scratch export predict compare report audit label test bench help
 help:
 	@echo "make codes [DATA=.. BACKBONE=.. LAYER=.. POOLING=avg|max|flatten WEIGHTS=.. IMAGE_SIZE=.. SPLIT=70/15/15"
 	@echo "            LAYOUT=folders|split-folders|labels-file|names|unlabelled LABELS=labels.csv] (docs/data.md)"
@@ -38,6 +38,7 @@ help:
 	@echo "make finetune [RUN=runs/<head run>, default the newest $(BACKBONE) $(HEAD) run]  make scratch"
 	@echo "make report [RUN=.., default the newest $(BACKBONE) $(HEAD) run; a sweep: RUN=runs/<time>-sweep]"
 	@echo "make audit [DATA=.. and the code options, or CODES=a.h5]: near-duplicates, leakage, label errors, outliers"
+	@echo "make label [DATA=.. LABELS=labels.csv and the code options]: a local app to label what matters next"
 	@echo "make export [RUN=..]   make predict IMG=image-or-folder [MODEL=run folder or .keras file]   make compare"
 	@echo "make test | make bench"
 
@@ -70,6 +71,9 @@ report:
 
 audit:
 	$(CNN) audit $(if $(CODES),--codes $(CODES),$(CODE_OPTS)) --runs-dir $(RUNS) $(ARGS)
+
+label:
+	$(CNN) label $(CODE_OPTS) $(LAYOUT_OPTS) $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q

@@ -27,6 +27,7 @@ RUN_POINTS = (
     "run-head-saved",     # a head run's head saved in its folder, the run not yet complete (train)
     "run-assembled",      # every file of a run written under its temporary name, not yet moved (train, sweep, audit)
     "export-tmp-written",  # an exported file written under its temporary name, not yet renamed (export)
+    "labels-tmp-written",  # a labels file written under its temporary name, not yet renamed (label)
 )
 _seen: collections.Counter = collections.Counter()
 

@@ -76,11 +76,13 @@ def run(a):
     return 0
 
 
-def compute_codes(a) -> list:
-    """Stage 1 as the options ``a`` of this command ask (also for commands that start with it)."""
+def compute_codes(a, reading=None, progress=None) -> list:
+    """Stage 1 as the options ``a`` of this command ask (also for commands that start with it);
+    ``reading``, ``progress``: other layout options, progress bars than those given."""
     settings = {f.name: getattr(a, f.name) for f in CodeIdentity.settings()}
     compute = ComputeOptions(**{f.name: getattr(a, f.name) for f in dataclasses.fields(ComputeOptions)
                                 if f.name not in ("wait",)}, wait=not a.no_wait)
     return generate_codes(a.data, a.backbone, a.layer, a.pooling, a.weights, a.image_size, a.cache_dir, a.exclude,
                           parse_split(a.split) if a.split else None, a.seed, resplit=a.resplit,
-                          progress=not a.no_progress, compute=compute, reading=layout_options(a), **settings)
+                          progress=not a.no_progress if progress is None else progress, compute=compute,
+                          reading=layout_options(a) if reading is None else reading, **settings)

@@ -13,7 +13,7 @@ from pipeline.cli import FORMATTER, Parser, flag_of
 from pipeline.errors import USER_ERRNOS, Interrupted, ParameterError, UserError, one_line, os_error_text
 
 SUBCOMMANDS = ("codes", "train", "sweep", "finetune", "scratch", "export", "predict", "compare", "report", "audit",
-               "suggest")
+               "suggest", "label")
 
 
 def parser() -> Parser:

@@ -1,0 +1,187 @@
+"""A labels file as the labelling app edits it: one image's labels set or removed at a time, the
+file written whole (temporary file, fsync, rename) in the form it was found in.
+
+The table keeps its delimiter, columns, column order and the rows of images it does not touch;
+an image named by a bare file name or an id keeps that name. A new image gets a row naming it by
+its path relative to the data folder; a table with a split column gives it ``train``, ``val`` or
+``test`` by a hash of that path (70/15/15, the same every time), so labels added later never move
+an image from one split to another. Multi-label cells are joined by the separator the file
+already uses (``|`` in a new file); a table of 0/1 columns gets a column for a new label.
+
+Images a person excluded (not worth a label: broken, off-topic) have no row, so every command
+leaves them out as unlabelled, and are listed one per line in ``<labels stem>.excluded.txt``
+beside the labels file, so the app does not offer them again.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from pipeline._faults import fault_point
+from pipeline._files import durable_replace
+from pipeline.data._layouts import (
+    MULTI_SEPARATORS,
+    LayoutOptions,
+    _columns,
+    _ImageIndex,
+    _read_table,
+    _split_labels,
+    _Table,
+)
+from pipeline.errors import UserError
+
+NEW_HEADER = ["path", "label"]
+MAX_NAME = 200
+
+
+def check_class_name(name: str, multi: bool = False) -> str:
+    """``name`` stripped, if it can be a class: not empty, on one line, at most 200 characters
+    (multi-label: without the separators a cell joins labels with)."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError("a class name cannot be empty")
+    name = name.strip()
+    if any(c in name for c in "\r\n\x00") or len(name) > MAX_NAME:
+        raise UserError(f"a class name is one line of at most {MAX_NAME} characters (not {name[:40]!r})")
+    if multi and any(s in name for s in MULTI_SEPARATORS):
+        raise UserError(f"a label of a multi-label set cannot hold {' '.join(MULTI_SEPARATORS)} (not {name!r})")
+    return name
+
+
+def excluded_file(labels_path: Path) -> Path:
+    labels_path = Path(labels_path)
+    return labels_path.with_name(labels_path.stem + ".excluded.txt")
+
+
+def _split_word(rel: str) -> str:
+    h = int.from_bytes(hashlib.blake2b(rel.encode(), digest_size=8).digest(), "big") / 2**64
+    return "train" if h < 0.70 else "val" if h < 0.85 else "test"
+
+
+class LabelsTable:
+    """The labels file ``path`` of the images under ``root`` (read as stage 1 reads it, with
+    ``options``); ``seed``: the labels to start a new file with when there is none yet (those
+    the folder's layout gives), ``multi``: whether a new file is multi-label."""
+
+    def __init__(self, path, root, options: LayoutOptions | None = None, seed: dict | None = None,
+                 multi: bool = False):
+        self.path, self.root = Path(path), Path(root)
+        options = options or LayoutOptions()
+        self.index = _ImageIndex(self.root)
+        if self.path.is_file():
+            self.table = _read_table(self.path)
+            cols = _columns(self.table, options, self.path)
+            self.image_col, self.label_col, self.split_col, self.onehot = cols.image, cols.label, cols.split, cols.onehot
+            cells = [r[cols.label] for r in self.table.rows if cols.label is not None and cols.label < len(r)]
+            self.multi = (cols.label is None or options.task == "multi-label"
+                          or (options.task != "single-label" and any(any(s in c for s in MULTI_SEPARATORS)
+                                                                    for c in cells)))
+            self.separator = next((s for s in MULTI_SEPARATORS if any(s in c for c in cells)), "|")
+        else:
+            self.table = _Table(self.path, list(NEW_HEADER), [], ",")
+            self.image_col, self.label_col, self.split_col, self.onehot = 0, 1, None, []
+            self.multi, self.separator = multi, "|"
+            for rel, labels in sorted((seed or {}).items()):
+                if labels or multi:
+                    self.table.rows.append([rel, self._cell(labels)])
+        width = len(self.table.header)
+        self.table.rows = [r + [""] * (width - len(r)) for r in self.table.rows]
+        self.excluded = self._read_excluded()
+
+    # ---------------------------------------------------------------- reading
+
+    def _rows_of(self) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        for i, row in enumerate(self.table.rows):
+            rel = self.index.find(row[self.image_col], strict=False)
+            if rel is not None:
+                found.setdefault(rel, []).append(i)
+        return found
+
+    def labels(self) -> dict[str, list[str]]:
+        """Every image the file labels (relative path) with its labels."""
+        out: dict[str, list[str]] = {}
+        for rel, rows in self._rows_of().items():
+            got: list[str] = []
+            for i in rows:
+                row = self.table.rows[i]
+                if self.label_col is not None:
+                    got += _split_labels(row[self.label_col], self.multi) if row[self.label_col] else []
+                else:
+                    got += [self.table.header[c] for c in self.onehot if row[c].lower() in ("1", "1.0", "true")]
+            out[rel] = sorted(set(got)) if self.multi else got[:1]
+        return out
+
+    def _read_excluded(self) -> set[str]:
+        f = excluded_file(self.path)
+        if not f.is_file():
+            return set()
+        try:
+            return {ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{f} cannot be read as a list of images ({exc})") from None
+
+    # ---------------------------------------------------------------- editing
+
+    def _cell(self, labels) -> str:
+        return self.separator.join(labels) if self.multi else (labels[0] if labels else "")
+
+    def set(self, rel: str, labels: list[str] | None, excluded: bool = False) -> None:
+        """Give image ``rel`` these labels (None or []: no row, unlabelled), in memory."""
+        labels = [check_class_name(x, self.multi) for x in (labels or [])]
+        if not self.multi and len(labels) > 1:
+            raise UserError(f"{rel}: one class per image in a single-label set (not {len(labels)})")
+        rows = self._rows_of().get(rel, [])
+        if labels:
+            for name in labels:  # a 0/1 table gets a column for a label it does not have
+                if self.label_col is None and name not in self.table.header:
+                    self.table.header.append(name)
+                    self.onehot.append(len(self.table.header) - 1)
+                    for r in self.table.rows:
+                        r.append("0")
+            if rows:
+                row = self.table.rows[rows[0]]
+            else:
+                row = [""] * len(self.table.header)
+                row[self.image_col] = rel
+                self.index.exact.add(rel)  # an image added since the folder was read
+                if self.split_col is not None:
+                    row[self.split_col] = _split_word(rel)
+                self.table.rows.append(row)
+            if self.label_col is not None:
+                row[self.label_col] = self._cell(labels)
+            else:
+                for c in self.onehot:
+                    row[c] = "1" if self.table.header[c] in labels else "0"
+            drop = set(rows[1:])
+        else:
+            drop = set(rows)
+        self.table.rows = [r for i, r in enumerate(self.table.rows) if i not in drop]
+        (self.excluded.add if excluded else self.excluded.discard)(rel)
+
+    # ---------------------------------------------------------------- writing
+
+    def write(self) -> None:
+        """The labels file, then the list of excluded images, each whole or unchanged."""
+        import csv
+
+        def whole(dst: Path, fill) -> None:
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+            try:
+                with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                    fill(fh)
+                fault_point("labels-tmp-written")
+                durable_replace(tmp, dst)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        def table(fh):
+            w = csv.writer(fh, delimiter=self.table.delimiter, lineterminator="\n")
+            w.writerow(self.table.header)
+            w.writerows(self.table.rows)
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        whole(self.path, table)
+        f = excluded_file(self.path)
+        if self.excluded or f.exists():
+            whole(f, lambda fh: fh.write("".join(f"{rel}\n" for rel in sorted(self.excluded))))

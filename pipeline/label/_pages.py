@@ -1,0 +1,199 @@
+"""The labelling app's three pages: plain HTML and JavaScript, no build step. Every request they
+make carries the session's token (query and ``X-Token`` header); names are set as text, never
+as markup."""
+
+_HEAD = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>cnn-codes label: {title}</title>
+<style>
+body{{font:14px system-ui,sans-serif;margin:0;color:#222;background:#fafafa}}
+nav{{background:#233;padding:8px 14px}} nav a{{color:#dee;margin-right:16px;text-decoration:none}}
+nav a.on{{color:#fff;font-weight:bold}} main{{padding:12px 16px}}
+.grid{{display:flex;flex-wrap:wrap;gap:10px}}
+.card{{background:#fff;border:2px solid #ddd;border-radius:6px;padding:6px;width:200px}}
+.card.cur{{border-color:#2a7}} .card.done{{opacity:.45}} .card img{{width:200px;height:160px;object-fit:contain;background:#eee}}
+.tag{{display:inline-block;background:#e6f2ec;border-radius:3px;padding:1px 5px;margin:1px}}
+.tag.pick{{background:#2a7;color:#fff}} .muted{{color:#777}} .keys span{{margin-right:10px}}
+button{{margin:2px}} table{{border-collapse:collapse}} td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}}
+.pair{{display:flex;gap:10px;margin-bottom:10px}} #msg{{color:#a33;min-height:1.2em}}
+</style></head><body>
+<nav><a href="label" id="nav-label">Label next</a><a href="review" id="nav-review">Review</a>
+<a href="progress" id="nav-progress">Progress</a><span id="status" class="muted"></span></nav>
+<main><div id="msg"></div>{body}</main>
+<script>
+const TOKEN = new URLSearchParams(location.search).get('token') || '';
+for (const a of document.querySelectorAll('nav a')) a.href = a.getAttribute('href') + '?token=' + encodeURIComponent(TOKEN);
+document.getElementById('nav-{page}').className = 'on';
+function q(path) {{ return path + (path.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(TOKEN); }}
+async function api(path, body) {{
+  const init = body === undefined ? {{headers: {{'X-Token': TOKEN}}}} :
+    {{method: 'POST', headers: {{'X-Token': TOKEN, 'Content-Type': 'application/json'}}, body: JSON.stringify(body)}};
+  const r = await fetch(q(path), init);
+  const data = await r.json().catch(() => ({{}}));
+  if (!r.ok) {{ say(data.error || ('error ' + r.status)); throw new Error(data.error || r.status); }}
+  return data;
+}}
+function say(t) {{ document.getElementById('msg').textContent = t || ''; }}
+function el(tag, attrs, ...kids) {{
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {{}})) {{ if (k === 'on') for (const [ev, f] of Object.entries(v)) e.addEventListener(ev, f); else e.setAttribute(k, v); }}
+  for (const k of kids) e.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  return e;
+}}
+function img(path) {{ return el('img', {{src: q('image/' + path.split('/').map(encodeURIComponent).join('/')), alt: path, title: path}}); }}
+</script>
+{script}
+</body></html>"""
+
+_LABEL_BODY = """<h2>Label next <span id="strategy" class="muted"></span></h2>
+<div class="keys muted"><span>1-9: class (0: 10th)</span><span>Enter: accept the suggestion</span><span>s: skip</span>
+<span>x: exclude</span><span>u: undo</span><span>&larr; &rarr;: move</span><span>n: new class</span></div>
+<p id="classes"></p><div class="grid" id="grid"></div>
+<p><input id="newclass" placeholder="new class name"> <button id="addclass">add class</button></p>"""
+
+_LABEL_SCRIPT = """<script>
+let batch = [], cur = 0, classes = [], multi = false, mine = [];
+async function loadClasses() {
+  const p = await api('api/progress'); classes = p.classes; multi = p.multi_label;
+  const box = document.getElementById('classes'); box.textContent = '';
+  classes.forEach((c, i) => box.append(el('span', {class: 'tag'}, (i < 10 ? ((i + 1) % 10) + ': ' : '') + c)));
+  document.getElementById('status').textContent = p.labelled + ' of ' + p.images + ' labelled';
+}
+async function nextBatch() {
+  await loadClasses();
+  const b = await api('api/next');
+  batch = b.images.map(x => ({...x, picked: multi ? [...x.suggested] : x.suggested.slice(0, 1), done: null}));
+  cur = 0; document.getElementById('strategy').textContent = b.strategy ? '(' + b.strategy + ', ' + b.pool + ' in the pool)' : '';
+  if (!batch.length) say('every image has a label, is skipped or is excluded');
+  draw();
+}
+function draw() {
+  const g = document.getElementById('grid'); g.textContent = '';
+  batch.forEach((x, i) => {
+    const tags = el('div');
+    for (const c of classes) if (x.picked.includes(c) || x.proba[c] !== undefined)
+      tags.append(el('span', {class: 'tag' + (x.picked.includes(c) ? ' pick' : '')}, c + (x.proba[c] !== undefined ? ' ' + Math.round(100 * x.proba[c]) + '%' : '')));
+    const state = x.done ? el('div', {class: 'muted'}, x.done) : el('div', {class: 'muted'}, x.suggested.length ? 'suggested' : 'no suggestion yet');
+    g.append(el('div', {class: 'card' + (i === cur ? ' cur' : '') + (x.done ? ' done' : ''), 'data-path': x.path,
+                        on: {click: () => { cur = i; draw(); }}}, img(x.path), el('div', {}, x.path), tags, state));
+  });
+}
+function advance() {
+  const open = batch.findIndex((x, i) => i > cur && !x.done);
+  const any = batch.findIndex(x => !x.done);
+  if (any < 0) { nextBatch(); return; }
+  cur = open >= 0 ? open : any; draw();
+}
+async function decide(labels, exclude) {
+  const x = batch[cur]; if (!x) return;
+  const d = await api('api/decide', {path: x.path, labels: labels, exclude: !!exclude});
+  mine.push({id: d.id, index: cur}); x.done = exclude ? 'excluded' : 'labelled ' + labels.join(', ');
+  advance();
+}
+async function undo() {
+  const last = mine.pop(); if (!last) { say('nothing of this page to undo'); return; }
+  await api('api/undo', {id: last.id});
+  if (batch[last.index]) { batch[last.index].done = null; cur = last.index; }
+  say('undone'); draw();
+}
+document.addEventListener('keydown', async (e) => {
+  if (e.target.tagName === 'INPUT') return;
+  const x = batch[cur]; say('');
+  try {
+    if (/^[0-9]$/.test(e.key)) {
+      const i = (Number(e.key) + 9) % 10; if (i >= classes.length || !x) return;
+      if (multi) { x.picked = x.picked.includes(classes[i]) ? x.picked.filter(c => c !== classes[i]) : [...x.picked, classes[i]]; draw(); }
+      else await decide([classes[i]]);
+    } else if (e.key === 'Enter' && x) { if (x.picked.length || multi) await decide(x.picked); else say('no suggestion: press a class key'); }
+    else if (e.key === 's' && x) { await api('api/skip', {path: x.path}); x.done = 'skipped'; advance(); }
+    else if (e.key === 'x' && x) await decide([], true);
+    else if (e.key === 'u' || e.key === 'Backspace') { e.preventDefault(); await undo(); }
+    else if (e.key === 'ArrowRight') { cur = Math.min(cur + 1, batch.length - 1); draw(); }
+    else if (e.key === 'ArrowLeft') { cur = Math.max(cur - 1, 0); draw(); }
+    else if (e.key === 'n') { e.preventDefault(); document.getElementById('newclass').focus(); }
+  } catch (err) {}
+});
+document.getElementById('addclass').onclick = async () => {
+  const box = document.getElementById('newclass');
+  try { await api('api/class', {name: box.value}); box.value = ''; await loadClasses(); draw(); } catch (err) {}
+};
+nextBatch();
+</script>"""
+
+_REVIEW_BODY = """<h2>Review</h2><p class="muted" id="note"></p>
+<h3>Likely label errors <span class="muted">(given &rarr; suggested)</span></h3><div class="grid" id="issues"></div>
+<h3>Same photo, two classes or both sides of the split</h3><div id="pairs"></div>
+<h3>Outliers</h3><div class="grid" id="outliers"></div>"""
+
+_REVIEW_SCRIPT = """<script>
+let classes = [];
+function actions(path, given, suggested) {
+  const box = el('div');
+  if (suggested) box.append(el('button', {class: 'accept', on: {click: () => act(path, [suggested])}}, 'accept ' + suggested));
+  box.append(el('button', {class: 'keep', on: {click: () => act(path, [given])}}, 'keep ' + given));
+  const pick = el('select', {class: 'other'}, el('option', {value: ''}, 'another class...'));
+  for (const c of classes) pick.append(el('option', {value: c}, c));
+  pick.addEventListener('change', () => pick.value && act(path, [pick.value]));
+  box.append(pick, el('button', {class: 'exclude', on: {click: () => act(path, [], true)}}, 'exclude'));
+  return box;
+}
+async function act(path, labels, exclude) {
+  await api('api/decide', {path: path, labels: labels, exclude: !!exclude});
+  say((exclude ? 'excluded ' : 'labelled ' + labels.join(', ') + ': ') + path); load();
+}
+async function load() {
+  classes = (await api('api/progress')).classes;
+  const r = await api('api/review');
+  document.getElementById('note').textContent = r.note;
+  const issues = document.getElementById('issues'); issues.textContent = '';
+  for (const x of r.issues) issues.append(el('div', {class: 'card issue', 'data-path': x.path}, img(x.path), el('div', {}, x.path),
+    el('div', {}, x.given + ' \\u2192 ' + x.suggested + ' (p given ' + x.p_given + ')'), actions(x.path, x.given, x.suggested)));
+  const pairs = document.getElementById('pairs'); pairs.textContent = '';
+  for (const p of r.pairs) pairs.append(el('div', {class: 'pair'},
+    el('div', {class: 'card'}, img(p.a), el('div', {}, p.a + ': ' + p.given_a), actions(p.a, p.given_a, p.given_a !== p.given_b ? p.given_b : null)),
+    el('div', {class: 'card'}, img(p.b), el('div', {}, p.b + ': ' + p.given_b), actions(p.b, p.given_b, p.given_a !== p.given_b ? p.given_a : null)),
+    el('div', {class: 'muted'}, 'cosine ' + p.similarity + (p.across_split ? ', across the split' : ''))));
+  const outliers = document.getElementById('outliers'); outliers.textContent = '';
+  for (const x of r.outliers) outliers.append(el('div', {class: 'card'}, img(x.path), el('div', {}, x.path + ': ' + x.given), actions(x.path, x.given, null)));
+}
+load();
+</script>"""
+
+_PROGRESS_BODY = """<h2>Progress</h2><p id="summary"></p><svg id="curve" width="520" height="240"></svg>
+<table id="counts"><thead><tr><th>class</th><th>labels</th></tr></thead><tbody></tbody></table>"""
+
+_PROGRESS_SCRIPT = """<script>
+async function load() {
+  const p = await api('api/progress');
+  const last = p.curve.length ? p.curve[p.curve.length - 1][1] : null;
+  document.getElementById('summary').textContent = p.labelled + ' of ' + p.images + ' images labelled, ' + p.excluded +
+    ' excluded; estimated ' + p.metric + ' (cross-validated on the labelled images): ' + (last === null ? 'not yet (two labels per class needed)' : last.toFixed(3)) +
+    (p.note ? '; ' + p.note : '');
+  const body = document.querySelector('#counts tbody'); body.textContent = '';
+  p.classes.forEach((c, i) => body.append(el('tr', {}, el('td', {}, c), el('td', {}, p.counts[i]))));
+  const svg = document.getElementById('curve'); svg.textContent = '';
+  const ns = 'http://www.w3.org/2000/svg', W = 520, H = 240, m = 36;
+  const maxN = Math.max(1, ...p.curve.map(c => c[0]));
+  const X = n => m + (W - 2 * m) * n / maxN, Y = a => H - m - (H - 2 * m) * a;
+  const line = (x1, y1, x2, y2) => { const l = document.createElementNS(ns, 'line'); for (const [k, v] of Object.entries({x1, y1, x2, y2, stroke: '#999'})) l.setAttribute(k, v); svg.append(l); };
+  const text = (x, y, t) => { const e = document.createElementNS(ns, 'text'); e.setAttribute('x', x); e.setAttribute('y', y); e.setAttribute('font-size', 11); e.textContent = t; svg.append(e); };
+  line(m, H - m, W - m, H - m); line(m, m, m, H - m); text(4, Y(1) + 4, '1.0'); text(4, Y(0) + 4, '0.0');
+  text(W / 2 - 30, H - 8, 'labels (' + maxN + ')');
+  if (p.curve.length) {
+    const path = document.createElementNS(ns, 'polyline');
+    path.setAttribute('points', p.curve.map(c => X(c[0]) + ',' + Y(c[1])).join(' '));
+    path.setAttribute('fill', 'none'); path.setAttribute('stroke', '#2a7'); path.setAttribute('stroke-width', 2); svg.append(path);
+  }
+}
+load(); setInterval(load, 10000);
+</script>"""
+
+PAGES = {
+    "label": ("Label next", _LABEL_BODY, _LABEL_SCRIPT),
+    "review": ("Review", _REVIEW_BODY, _REVIEW_SCRIPT),
+    "progress": ("Progress", _PROGRESS_BODY, _PROGRESS_SCRIPT),
+}
+
+
+def render(page: str) -> str:
+    title, body, script = PAGES[page]
+    return _HEAD.format(title=title, body=body, page=page, script=script)

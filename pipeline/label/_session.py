@@ -1,0 +1,366 @@
+"""What the labelling app knows and does, without the web: the codes of every image, the labels
+file and its decisions (with undo), the next batch, the current model's suggestions, the review's
+findings and the progress curve. Thread-safe: requests from two tabs and the background refresh
+take one lock for every change, so no decision is lost.
+
+The codes come from stage 1 (``make_codes``: what is missing is computed, labels and split live
+in the index only). A decision changes the labels file at once (written whole); the code set
+follows when the background refresh runs stage 1 again (0 images to compute), which also takes
+in images added to the folder meanwhile.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.data import UNLABELLED, LayoutOptions, walk_images
+from pipeline.data._edit import LabelsTable, check_class_name
+from pipeline.errors import UserError
+from pipeline.label._select import _reduced, select_next
+
+logger = logging.getLogger(__name__)
+
+REVIEW_LIMIT = 60  # findings of each kind on the review page
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """One decision, as undo needs it: the image's labels and exclusion before and after."""
+
+    id: int
+    path: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    was_excluded: bool
+    excluded: bool
+
+
+@dataclasses.dataclass
+class _View:
+    """The in-memory labels over the codes, in the shape :func:`select_next` reads."""
+
+    path: Path
+    paths: list[str]
+    class_names: list[str]
+    multi_label: bool
+    y: np.ndarray
+    split: np.ndarray
+    X: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def rows(self, mask) -> np.ndarray:
+        return self.X[mask]
+
+
+class LabelSession:
+    """``make_codes(options)``: stage 1 on the folder with these layout options, returning the
+    code set (a :class:`~pipeline.codes.CodeSet`); ``labels_path``: where decisions go."""
+
+    def __init__(self, root, labels_path, make_codes: Callable, options: LayoutOptions,
+                 strategy: str = "auto", seed: int = 0, batch: int = 12, codes_set=None):
+        self.root, self.labels_path = Path(root), Path(labels_path)
+        self.make_codes, self.options = make_codes, options
+        self.strategy, self.seed, self.batch = strategy, seed, batch
+        self.lock = threading.RLock()
+        self.history: list[Decision] = []
+        self.skipped: set[str] = set()
+        self.reviewed: set[str] = set()
+        self.curve: list[tuple[int, float]] = []
+        self.note = ""
+        self.findings: dict | None = None
+        self._dirty = False
+        self._next_id = 1
+        self._stop = threading.Event()
+        self._load(codes_set if codes_set is not None else make_codes(options))
+
+    # ---------------------------------------------------------------- codes and labels
+
+    def _layout(self) -> LayoutOptions:
+        """Once the app has a labels file, stage 1 reads that file (whatever else the folder holds)."""
+        if self.labels_path.is_file():
+            return dataclasses.replace(self.options, layout="auto", labels=str(self.labels_path), label_pattern=None)
+        return self.options
+
+    def _load(self, cs) -> None:
+        X = cs.rows(np.ones(len(cs), bool)).astype(np.float32)
+        given = {}
+        for i, p in enumerate(cs.paths):
+            if cs.split[i] != UNLABELLED:
+                given[p] = ([cs.class_names[j] for j in np.flatnonzero(cs.targets[i])] if cs.multi_label
+                            else [cs.class_names[cs.y[i]]])
+        with self.lock:  # the file read under the lock: a decision written meanwhile is in it
+            table = LabelsTable(self.labels_path, self.root, self._layout(), seed=given, multi=cs.multi_label)
+            self.codes_path, self.paths, self.X = cs.path, list(cs.paths), X
+            self.where = {p: i for i, p in enumerate(self.paths)}
+            self.table = table
+            self.classes = sorted(set(getattr(self, "classes", [])) | set(cs.class_names)
+                                  | {x for v in table.labels().values() for x in v})
+            self.Z = _reduced(X, self.seed) if len(X) > 1 else X
+            self._model = None
+
+    @property
+    def multi(self) -> bool:
+        return self.table.multi
+
+    def labels(self) -> dict[str, list[str]]:
+        with self.lock:
+            return {p: v for p, v in self.table.labels().items() if p in self.where}
+
+    def view(self) -> _View:
+        with self.lock:
+            labels = self.labels()
+            names = self.classes
+            col = {c: j for j, c in enumerate(names)}
+            n = len(self.paths)
+            split = np.full(n, UNLABELLED, np.int8)
+            if self.multi:
+                y = np.zeros((n, max(1, len(names))), np.uint8)
+            else:
+                y = np.full(n, -1, np.int64)
+            for p, v in labels.items():
+                i = self.where[p]
+                if not v and not self.multi:
+                    continue
+                split[i] = 0
+                if self.multi:
+                    y[i, [col[x] for x in v]] = 1
+                else:
+                    y[i] = col[v[0]]
+            return _View(self.codes_path, self.paths, list(names), self.multi, y, split, self.X)
+
+    # ---------------------------------------------------------------- decisions
+
+    def decide(self, path: str, labels: list[str] | None, exclude: bool = False) -> Decision:
+        """Give ``path`` these labels (or exclude it), write the labels file whole, remember it for undo."""
+        with self.lock:
+            if path not in self.where:
+                raise UserError(f"{path}: not an image of this data set")
+            labels = [check_class_name(x, self.multi) for x in (labels or [])]
+            before = tuple(self.table.labels().get(path, []))
+            was_excluded = path in self.table.excluded
+            for name in labels:
+                if name not in self.classes:
+                    self.classes = sorted(set(self.classes) | {name})
+            self.table.set(path, [] if exclude else labels, excluded=exclude)
+            self.table.write()
+            d = Decision(self._next_id, path, before, tuple([] if exclude else labels), was_excluded, exclude)
+            self._next_id += 1
+            self.history.append(d)
+            self.skipped.discard(path)
+            self.reviewed.add(path)
+            self._model, self._dirty = None, True
+            return d
+
+    def undo(self, decision_id: int | None = None) -> Decision | None:
+        """Take back a decision (the last one if no id): the image gets what it had before."""
+        with self.lock:
+            if not self.history:
+                return None
+            d = (self.history[-1] if decision_id is None
+                 else next((x for x in self.history if x.id == decision_id), None))
+            if d is None:
+                raise UserError(f"no decision {decision_id} to undo")
+            self.table.set(d.path, list(d.before), excluded=d.was_excluded)
+            self.table.write()
+            self.history.remove(d)
+            self.reviewed.discard(d.path)
+            self._model, self._dirty = None, True
+            return d
+
+    def skip(self, path: str) -> None:
+        with self.lock:
+            self.skipped.add(path)
+
+    def add_class(self, name: str) -> str:
+        with self.lock:
+            name = check_class_name(name, self.multi)
+            self.classes = sorted(set(self.classes) | {name})
+            return name
+
+    # ---------------------------------------------------------------- the model and the next batch
+
+    def _fit(self, view: _View):
+        """A logistic regression on the labelled codes (reduced), or None while it cannot learn."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+
+        if self._model is not None:
+            return self._model
+        lab = view.split != UNLABELLED
+        if self.multi:
+            keep = view.y[lab].min(0) != view.y[lab].max(0) if lab.sum() else np.zeros(0, bool)
+            if lab.sum() < 2 or not keep.any():
+                return None
+            model = OneVsRestClassifier(LogisticRegression(C=1.0, max_iter=500)).fit(self.Z[lab], view.y[lab][:, keep])
+            self._model = (model, np.flatnonzero(keep))
+        else:
+            if len(np.unique(view.y[lab])) < 2:
+                return None
+            model = LogisticRegression(C=1.0, max_iter=500).fit(self.Z[lab], view.y[lab])
+            self._model = (model, model.classes_)
+        return self._model
+
+    def suggest(self, rows: np.ndarray, view: _View) -> list[dict]:
+        """The model's class probabilities for these rows: for each, the classes most likely first."""
+        fitted = self._fit(view)
+        out = []
+        if fitted is None:
+            return [{"suggested": [], "proba": {}} for _ in rows]
+        model, cols = fitted
+        P = model.predict_proba(self.Z[rows])
+        for p in P:
+            proba = {view.class_names[c]: float(v) for c, v in zip(cols, p)}
+            if self.multi:
+                suggested = [k for k, v in proba.items() if v >= 0.5]
+            else:
+                suggested = [max(proba, key=proba.get)]
+            out.append({"suggested": suggested, "proba": dict(sorted(proba.items(), key=lambda kv: -kv[1])[:5])})
+        return out
+
+    def next_batch(self, n: int | None = None, taken=()) -> dict:
+        """The next images to label (none already labelled, skipped, excluded or in ``taken``),
+        each with the current model's suggestion; records a point of the progress curve."""
+        with self.lock:
+            view = self.view()
+            skip = {self.where[p] for p in set(self.skipped) | set(self.table.excluded) | set(taken)
+                    if p in self.where}
+            pool = len(set(np.flatnonzero(view.split == UNLABELLED).tolist()) - skip)
+            if pool <= 0:
+                return {"images": [], "strategy": None, "pool": 0}
+            if self.multi and not (view.split != UNLABELLED).any() and not view.class_names:
+                view.y = np.zeros((len(view.paths), 1), np.uint8)
+            choice = select_next(view, int(n or self.batch), self.strategy, self.seed + len(self.history), exclude=skip)
+            hints = self.suggest(choice.rows, view)
+            images = [{"path": self.paths[r], **h} for r, h in zip(choice.rows, hints)]
+            return {"images": images, "strategy": choice.strategy, "pool": pool}
+
+    # ---------------------------------------------------------------- progress
+
+    def estimate(self, view: _View | None = None) -> float | None:
+        """Cross-validated accuracy (multi-label: mean average precision) of the model on the
+        labelled images, None while a class has fewer than two of them."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+
+        view = view or self.view()
+        lab = view.split != UNLABELLED
+        Z, y = self.Z[lab], view.y[lab]
+        if self.multi:
+            from sklearn.metrics import average_precision_score
+            from sklearn.multiclass import OneVsRestClassifier
+            keep = (y.sum(0) >= 2) & (y.sum(0) <= len(y) - 2)
+            if len(y) < 4 or not keep.any():
+                return None
+            P = cross_val_predict(OneVsRestClassifier(LogisticRegression(max_iter=500)), Z, y[:, keep],
+                                  cv=KFold(min(5, len(y)), shuffle=True, random_state=0), method="predict_proba")
+            return float(average_precision_score(y[:, keep], P, average="macro"))
+        counts = np.bincount(y) if len(y) else np.zeros(0)
+        counts = counts[counts > 0]
+        if len(counts) < 2 or counts.min() < 2:
+            return None
+        cv = StratifiedKFold(int(min(5, counts.min())), shuffle=True, random_state=0)
+        pred = cross_val_predict(LogisticRegression(max_iter=500), Z, y, cv=cv)
+        return float((pred == y).mean())
+
+    def progress(self) -> dict:
+        with self.lock:
+            view = self.view()
+            lab = view.split != UNLABELLED
+            counts = (view.y[lab].sum(0).tolist() if self.multi else
+                      np.bincount(view.y[lab], minlength=len(view.class_names)).tolist() if lab.any()
+                      else [0] * len(view.class_names))
+            n = int(lab.sum())
+            if not self.curve or self.curve[-1][0] != n:
+                accuracy = self.estimate(view)
+                if accuracy is not None:
+                    self.curve.append((n, accuracy))
+            return {"classes": view.class_names, "counts": counts, "labelled": n, "images": len(view.paths),
+                    "excluded": len(self.table.excluded), "skipped": len(self.skipped),
+                    "decisions": len(self.history), "curve": self.curve, "multi_label": self.multi,
+                    "metric": "mean average precision" if self.multi else "accuracy",
+                    "labels_file": str(self.labels_path), "codes": str(self.codes_path), "note": self.note}
+
+    # ---------------------------------------------------------------- review
+
+    def review(self) -> dict:
+        """The audit's findings on the labelled images: likely label errors (given, suggested),
+        copies across classes and across the split, outliers; those decided on left out."""
+        from pipeline.quality._audit import find, suggested_classes, unit_rows
+
+        with self.lock:
+            view = self.view()
+            lab = np.flatnonzero(view.split != UNLABELLED)
+            if self.multi or len(lab) < 3 or len(np.unique(view.y[lab])) < 2:
+                return {"issues": [], "pairs": [], "outliers": [],
+                        "note": "the review needs at least 3 labelled images of 2 classes (single-label sets)"}
+            X, y = self.X[lab], view.y[lab]
+            names = view.class_names
+            reviewed = set(self.reviewed) | set(self.table.excluded)
+            split = self._stored_split()
+        f = find(unit_rows(X), y, len(names), progress=False)
+        suggested = suggested_classes(f.proba, y)
+        issues = [{"path": self.paths[lab[i]], "given": names[y[i]], "suggested": names[suggested[i]],
+                   "p_given": round(float(f.proba[i, y[i]]), 3)}
+                  for i in f.issues if self.paths[lab[i]] not in reviewed][:REVIEW_LIMIT]
+        pairs = []
+        for p in f.pairs:
+            a, b = self.paths[lab[p.a]], self.paths[lab[p.b]]
+            leak = split.get(a) is not None and split.get(b) is not None and split[a] != split[b]
+            if (p.kind == "across classes" or leak) and not {a, b} & reviewed:
+                pairs.append({"a": a, "b": b, "given_a": names[y[p.a]], "given_b": names[y[p.b]],
+                              "similarity": round(p.similarity, 4), "kind": p.kind,
+                              "across_split": bool(leak)})
+        outliers = [{"path": self.paths[lab[i]], "given": names[y[i]], "score": round(float(f.scores[i]), 4)}
+                    for i in f.outliers if self.paths[lab[i]] not in reviewed][:REVIEW_LIMIT]
+        return {"issues": issues, "pairs": pairs[:REVIEW_LIMIT], "outliers": outliers, "note": ""}
+
+    def _stored_split(self) -> dict[str, int]:
+        from pipeline.codes import CodeSet
+        try:
+            cs = CodeSet(self.codes_path)
+            return {p: int(s) for p, s in zip(cs.paths, cs.split) if s != UNLABELLED}
+        except UserError:
+            return {}
+
+    # ---------------------------------------------------------------- the background refresh
+
+    def refresh(self) -> bool:
+        """Stage 1 again if decisions were made or images added or removed since the last time:
+        the index takes the labels (no code computed) and new images get codes. True if it ran."""
+        paths, _, _ = walk_images(self.root)
+        with self.lock:
+            if not self._dirty and set(paths) == set(self.paths):
+                return False
+            self._dirty = False  # a decision made while stage 1 runs sets it again
+        try:
+            cs = self.make_codes(self._layout())
+        except UserError as exc:
+            with self.lock:
+                self.note = f"the code set waits: {exc}"
+            return False
+        self._load(cs)
+        with self.lock:
+            self.note = ""
+        return True
+
+    def run_refresher(self, every: float) -> threading.Thread:
+        def loop():
+            while not self._stop.wait(every):
+                try:
+                    self.refresh()
+                except Exception as exc:  # keep serving; say why the codes did not follow
+                    logger.warning(f"warning: background codes: {type(exc).__name__}: {exc}")
+        t = threading.Thread(target=loop, name="codes-refresh", daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        self._stop.set()
+
