@@ -93,7 +93,7 @@ class LabelSession:
         given = {}
         for i, p in enumerate(cs.paths):
             if cs.split[i] != UNLABELLED:
-                given[p] = ([cs.class_names[j] for j in np.flatnonzero(cs.targets[i])] if cs.multi_label
+                given[p] = ([cs.class_names[j] for j in np.flatnonzero(cs.y[i])] if cs.multi_label
                             else [cs.class_names[cs.y[i]]])
         with self.lock:  # the file read under the lock: a decision written meanwhile is in it
             table = LabelsTable(self.labels_path, self.root, self._layout(), seed=given, multi=cs.multi_label)

@@ -1,0 +1,93 @@
+"""The labelling app's session without the web: what a batch offers, what a decision, an undo,
+a skip and an exclusion change, multi-label sets, and the codes following the labels file."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import FAST, make_images
+
+from pipeline.codes import CodeSet, generate_codes
+from pipeline.data import UNLABELLED, LayoutOptions
+from pipeline.errors import UserError
+from pipeline.label._session import LabelSession
+
+pytestmark = pytest.mark.slow
+
+
+def folder(tmp_path: Path, cells) -> Path:
+    """Three colours of 8 images in one folder; the first 3 of colour c named in tags.csv with cells[c]."""
+    src = make_images(tmp_path / "src", n_classes=3, per_class=8)
+    root = tmp_path / "data"
+    root.mkdir()
+    rows = []
+    for c in range(3):
+        for i, p in enumerate(sorted((src / f"class{c}").rglob("*.*"))):
+            shutil.copy(p, root / f"c{c}_{i}{p.suffix}")
+            if i < 3:
+                rows.append(f"c{c}_{i}{p.suffix},{cells[c]}\n")
+    (root / "tags.csv").write_text("image,tags\n" + "".join(rows))
+    return root
+
+
+def session(tmp_path, root, stats=None):
+    fast = {k: v for k, v in FAST.items() if k != "backbone"}
+
+    def make(reading):
+        return CodeSet(generate_codes(root, cache_dir=tmp_path / "cache", reading=reading, stats=stats, **fast)[0])
+    return LabelSession(root, root / "tags.csv", make, LayoutOptions(), batch=4)
+
+
+def rows_of(path):
+    return dict(line.split(",") for line in path.read_text().splitlines()[1:])
+
+
+def test_batches_offer_only_the_pool_and_decisions_skips_exclusions_and_undo_change_it(tmp_path):
+    root = folder(tmp_path, ["red", "green", "blue"])
+    stats = {}
+    s = session(tmp_path, root, stats)
+    labelled = set(rows_of(root / "tags.csv"))
+    batch = [x["path"] for x in s.next_batch(15)["images"]]
+    assert len(batch) == 15 and len(set(batch)) == 15 and not set(batch) & labelled
+    hints = s.next_batch(15)["images"]
+    right = sum(x["suggested"][0] == {"0": "red", "1": "green", "2": "blue"}[x["path"][1]] for x in hints)
+    assert right >= 12, hints  # the colours are learnt from 9 labels: suggestions worth preselecting
+    s.decide(batch[0], ["green"])
+    s.skip(batch[1])
+    s.decide(batch[2], [], exclude=True)
+    offered = {x["path"] for x in s.next_batch(15)["images"]}
+    assert len(offered) == 12 and not offered & {batch[0], batch[1], batch[2]}
+    assert rows_of(root / "tags.csv")[batch[0]] == "green" and batch[2] not in rows_of(root / "tags.csv")
+    assert (root / "tags.excluded.txt").read_text() == f"{batch[2]}\n"
+    s.undo()  # the exclusion taken back: in the pool again
+    assert (root / "tags.excluded.txt").read_text() == ""
+    assert batch[2] in {x["path"] for x in s.next_batch(15)["images"]}
+    with pytest.raises(UserError, match="not an image of this data set"):
+        s.decide("../elsewhere.png", ["red"])
+    assert s.progress()["labelled"] == 10 and s.progress()["counts"] == [3, 4, 3]  # blue, green, red
+
+    # the code set follows: stage 1 again, nothing computed, the index holds the decision
+    assert stats["images"] == 24
+    stats.clear()
+    assert s.refresh()
+    assert stats.get("images", 0) == 0  # nothing computed (stage 1 says so only when it computes)
+    cs = CodeSet(s.codes_path)
+    i = cs.paths.index(batch[0])
+    assert cs.split[i] != UNLABELLED and cs.class_names[cs.y[i]] == "green"
+
+
+def test_a_multi_label_set_takes_several_labels_and_reports_mean_average_precision(tmp_path):
+    root = folder(tmp_path, ["sky|sea", "sea", "boat|sky"])
+    s = session(tmp_path, root)
+    assert s.multi
+    batch = s.next_batch(4)["images"]
+    assert all(isinstance(x["suggested"], list) for x in batch)
+    d = s.decide(batch[0]["path"], ["sea", "boat"])
+    assert rows_of(root / "tags.csv")[batch[0]["path"]] == "sea|boat"
+    p = s.progress()
+    assert p["metric"] == "mean average precision" and p["counts"] == [3 + 1, 3 + 3 + 1, 3 + 3]  # boat, sea, sky
+    assert 0 < p["curve"][-1][1] <= 1
+    s.undo(d.id)
+    assert batch[0]["path"] not in rows_of(root / "tags.csv")
+    cs = CodeSet(s.codes_path)
+    assert cs.multi_label and np.asarray(cs.y).shape[1] == 3
