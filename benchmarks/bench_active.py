@@ -7,8 +7,9 @@ The images of ``--data`` (default: Caltech-101 from ../shared) get their codes b
 then for each seed: a fixed stratified 30% of the images is the test set, the rest the pool; one
 label per class (drawn) to start; then batches of K labels (one per class on average) chosen by
 each strategy of :func:`pipeline.label.select_next` from the pool, the true labels as the oracle,
-up to ``B`` labels per class. After every batch a logistic regression (standardized codes, as the
-``logreg`` head) is trained on the labels so far and scored on the test set.
+up to ``B`` labels per class. After every batch a logistic regression (as the audit's label model: C = 10 on the 256
+leading principal components of the unit-length codes, fitted on the pool without labels) is
+trained on the labels so far and scored on the test set.
 
 Prints, per strategy, the mean accuracy at 1, 2, 5, 10, 20 labels per class, and for R = 5, 10,
 20 labels per class the line ``auto vs random: L labels for the accuracy random reaches with R
@@ -32,6 +33,8 @@ from pipeline.label import select_next
 
 STRATEGIES = ("random", "coverage", "margin", "auto")
 POINTS = (1, 2, 5, 10, 20)
+COMPONENTS = 256  # as the audit's label model (pipeline.quality._audit), with its C
+LABEL_C = 10.0
 
 
 class Simulated:
@@ -57,11 +60,8 @@ class Simulated:
 
 def accuracy(X, y, lab, test) -> float:
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
-    model.fit(X[lab], y[lab])
+    model = LogisticRegression(C=LABEL_C, max_iter=300).fit(X[lab], y[lab])
     return float((model.predict(X[test]) == y[test]).mean())
 
 
@@ -69,9 +69,15 @@ def simulate(X, y, class_names, strategy, seed, budget) -> list[tuple[int, float
     """(labels, test accuracy) after the first labels and after every batch."""
     from sklearn.model_selection import train_test_split
 
+    from sklearn.decomposition import PCA
+
     K = len(class_names)
     rows = np.arange(len(y))
     pool_rows, test = train_test_split(rows, test_size=0.3, stratify=y, random_state=seed)
+    # unit-length codes on the leading principal components of the pool (fitted without labels, as
+    # the audit's label model sees them): the same choices, a head trained in a second
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    X = PCA(min(COMPONENTS, X.shape[1]), svd_solver="randomized", random_state=seed).fit(X[pool_rows]).transform(X)
     Xp, yp = X[pool_rows], y[pool_rows]
     sim = Simulated(Xp, yp, class_names, Path("simulated"))
     rng = np.random.default_rng(seed)

@@ -7,8 +7,8 @@
   pick worse than random (it has seen too little to be uncertain about the right things).
 - ``margin``: the images a logistic regression trained on the labelled codes is least sure of
   (the smallest gap between its two most probable classes; multi-label: a label closest to 0.5).
-- ``auto``: coverage while fewer than two images per class are labelled, then margin with
-  diversity: the ``5 n`` least certain images cut into ``n`` clusters, the least certain of each.
+- ``auto``: coverage while fewer than two images per class are labelled on average, then margin
+  with diversity: the ``2 n`` least certain images cut into ``n`` clusters, the least certain of each.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pipeline.errors import ParameterError, UserError
 
 STRATEGIES = ("auto", "random", "margin", "coverage")
 COMPONENTS = 64     # principal components the codes are reduced to for clustering and the model
-CANDIDATES = 5      # auto: candidates per chosen image among the least certain
+CANDIDATES = 2      # auto: candidates per chosen image among the least certain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,9 @@ def select_next(codes, n: int, strategy: str = "auto", seed: int = 0, exclude=()
     else:
         counts = np.bincount(y[labelled], minlength=len(codes.class_names)) if len(labelled) else np.zeros(1)
         enough = (counts > 0).sum() >= 2
-        few = counts[counts > 0].min() < 2 if enough else True
+        # fewer than two labels per class on average; not "some class has fewer than two": coverage
+        # may leave a rare class at one label for long, and margin then does better (bench_active)
+        few = len(labelled) < 2 * (counts > 0).sum() if enough else True
     if strategy == "auto":
         strategy_used = "coverage" if few or not enough else "margin"
     else:
