@@ -55,8 +55,8 @@ def run(a):
         import uvicorn  # noqa: F401
     except ImportError:
         raise UserError("the labelling app needs its web server: pip install 'cnn-codes[label]'") from None
-    from pipeline.label._app import listen, make_app, new_token, serve
-    from pipeline.label._session import LabelSession
+    from pipeline.label import LabelSession, make_app
+    from pipeline.label._app import listen, new_token, serve
 
     first = [True]
 

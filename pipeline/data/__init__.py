@@ -1,6 +1,7 @@
 """Data: finding the images and their classes, the train/validation/test split, decoding."""
 
 from pipeline.data._decode import augmentation, image_dataset
+from pipeline.data._edit import LabelsTable, check_class_name, excluded_file
 from pipeline.data._layouts import LAYOUTS, SPLIT_WORDS, TASKS, LayoutOptions, read_folder
 from pipeline.data._scan import (
     IMAGE_EXTENSIONS,
@@ -35,6 +36,9 @@ __all__ = [
     "ImageError",
     "ImageFolder",
     "LAYOUTS",
+    "LabelsTable",
+    "check_class_name",
+    "excluded_file",
     "LayoutOptions",
     "SPLIT_WORDS",
     "TASKS",

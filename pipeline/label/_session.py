@@ -18,8 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.data import UNLABELLED, LayoutOptions, walk_images
-from pipeline.data._edit import LabelsTable, check_class_name
+from pipeline.data import UNLABELLED, LabelsTable, LayoutOptions, check_class_name, walk_images
 from pipeline.errors import UserError
 from pipeline.label._select import _reduced, select_next
 
@@ -292,7 +291,7 @@ class LabelSession:
     def review(self) -> dict:
         """The audit's findings on the labelled images: likely label errors (given, suggested),
         copies across classes and across the split, outliers; those decided on left out."""
-        from pipeline.quality._audit import find, suggested_classes, unit_rows
+        from pipeline.quality import find, suggested_classes, unit_rows
 
         with self.lock:
             view = self.view()

@@ -8,7 +8,7 @@ import pytest
 from helpers import make_images
 
 from pipeline.data import UNLABELLED, LayoutOptions, read_folder
-from pipeline.data._edit import LabelsTable, check_class_name, excluded_file
+from pipeline.data import LabelsTable, check_class_name, excluded_file
 from pipeline.errors import UserError
 
 
@@ -114,7 +114,7 @@ def test_a_kill_while_writing_leaves_the_file_as_it_was(flat):
     t.set(images[1], ["dog"])
     t.write()
     before = path.read_bytes()
-    code = ("import sys; from pipeline.data._edit import LabelsTable; "
+    code = ("import sys; from pipeline.data import LabelsTable; "
             "t = LabelsTable(sys.argv[1], sys.argv[2]); t.set(sys.argv[3], ['dog']); t.write()")
     env = dict(os.environ, CNN_CODES_FAULT="labels-tmp-written")
     done = subprocess.run([sys.executable, "-c", code, str(path), str(flat), images[2]], env=env)

@@ -10,7 +10,7 @@ from helpers import FAST, make_images
 from pipeline.codes import CodeSet, generate_codes
 from pipeline.data import UNLABELLED, LayoutOptions
 from pipeline.errors import UserError
-from pipeline.label._session import LabelSession
+from pipeline.label import LabelSession
 
 pytestmark = pytest.mark.slow
 
