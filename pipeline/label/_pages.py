@@ -46,9 +46,10 @@ function img(path) {{ return el('img', {{src: q('image/' + path.split('/').map(e
 
 _LABEL_BODY = """<h2>Label next <span id="strategy" class="muted"></span></h2>
 <div class="keys muted"><span>1-9: class (0: 10th)</span><span>Enter: accept the suggestion</span><span>s: skip</span>
-<span>x: exclude</span><span>u: undo</span><span>&larr; &rarr;: move</span><span>n: new class</span></div>
-<p id="classes"></p><div class="grid" id="grid"></div>
-<p><input id="newclass" placeholder="new class name"> <button id="addclass">add class</button></p>"""
+<span>x: exclude</span><span>u: undo</span><span>&larr; &rarr;: move</span><span>c: any class by name (a new one too)</span></div>
+<p id="classes"></p>
+<p><input id="classname" list="classlist" placeholder="class name, Enter: label the current image"><datalist id="classlist"></datalist></p>
+<div class="grid" id="grid"></div>"""
 
 _LABEL_SCRIPT = """<script>
 let batch = [], cur = 0, classes = [], multi = false, mine = [];
@@ -56,6 +57,8 @@ async function loadClasses() {
   const p = await api('api/progress'); classes = p.classes; multi = p.multi_label;
   const box = document.getElementById('classes'); box.textContent = '';
   classes.forEach((c, i) => box.append(el('span', {class: 'tag'}, (i < 10 ? ((i + 1) % 10) + ': ' : '') + c)));
+  const list = document.getElementById('classlist'); list.textContent = '';
+  for (const c of classes) list.append(el('option', {value: c}));
   document.getElementById('status').textContent = p.labelled + ' of ' + p.images + ' labelled';
 }
 async function nextBatch() {
@@ -109,13 +112,21 @@ document.addEventListener('keydown', async (e) => {
     else if (e.key === 'u' || e.key === 'Backspace') { e.preventDefault(); await undo(); }
     else if (e.key === 'ArrowRight') { cur = Math.min(cur + 1, batch.length - 1); draw(); }
     else if (e.key === 'ArrowLeft') { cur = Math.max(cur - 1, 0); draw(); }
-    else if (e.key === 'n') { e.preventDefault(); document.getElementById('newclass').focus(); }
+    else if (e.key === 'c' || e.key === 'n') { e.preventDefault(); document.getElementById('classname').focus(); }
   } catch (err) {}
 });
-document.getElementById('addclass').onclick = async () => {
-  const box = document.getElementById('newclass');
-  try { await api('api/class', {name: box.value}); box.value = ''; await loadClasses(); draw(); } catch (err) {}
-};
+document.getElementById('classname').addEventListener('keydown', async (e) => {
+  const box = e.target;
+  if (e.key === 'Escape') { box.blur(); return; }
+  if (e.key !== 'Enter' || !box.value.trim() || !batch[cur]) return;
+  const name = box.value.trim();
+  try {
+    if (!classes.includes(name)) { await api('api/class', {name: name}); await loadClasses(); }
+    if (multi) { const x = batch[cur]; x.picked = x.picked.includes(name) ? x.picked.filter(c => c !== name) : [...x.picked, name]; draw(); }
+    else await decide([name]);
+    box.value = ''; box.blur();
+  } catch (err) {}
+});
 nextBatch();
 </script>"""
 

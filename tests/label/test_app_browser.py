@@ -1,6 +1,6 @@
 """The labelling app in a real browser (Debian's chromium through chromium-driver and Selenium):
-a batch labelled with the keyboard, one decision undone, a planted mislabelled image fixed on the
-review page; the labels file then holds exactly those decisions, and a head trained on it scores
+a batch labelled with the keyboard, one decision undone and made again through the class box, a
+planted mislabelled image fixed on the review page; the labels file then holds exactly those decisions, and a head trained on it scores
 what a head trained on a labels file written by hand with the same labels scores."""
 import re
 import shutil
@@ -69,6 +69,10 @@ def test_label_a_batch_with_the_keyboard_undo_one_and_fix_a_planted_error(tmp_pa
         body.send_keys("u")  # undo: back to that image, its row gone
         wait.until(lambda d: path not in rows_of(labels_file))
         wait.until(lambda d: current()[0] == path)
+        body.send_keys("c")  # the class box, for classes beyond the number keys
+        driver.switch_to.active_element.send_keys("class0\n")
+        wait.until(lambda d: rows_of(labels_file).get(path) == "class0")
+        decided[path] = "class0"
 
         driver.get(app.url.replace("/label?", "/review?"))
         accept = wait.until(lambda d: d.find_elements(
