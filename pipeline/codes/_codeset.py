@@ -232,6 +232,7 @@ class CodeStream:
             for s in range(0, len(y), batch_size):
                 take = perm[s:s + batch_size]
                 yield X[take], y[take]
+            X = y = None  # freed before the next stretch is read: one stretch in memory, not two
 
 
 class JoinedCodeSet(_Codes):

@@ -57,7 +57,9 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
         X_va, y_va = cs.part(VAL)
         X_te, y_te = cs.part(TEST)
     else:
-        budget = max(256, limit // (4 * cs.shape[1] * 4))  # a quarter of the limit; the rest for copies
+        # a sixth of the limit: a block being read, its selected rows and the block the head still
+        # holds can be in memory at once, besides what the head and TensorFlow need
+        budget = max(256, limit // (6 * cs.shape[1] * 4))
         X_tr, X_va, X_te = (CodeStream(cs, cs.split == s, budget) for s in (TRAIN, VAL, TEST))
         y_tr, y_va, y_te = X_tr.y, X_va.y, X_te.y
         logger.info(f"note: the codes take {cs.nbytes() / 1e9:.2f} GB as float32, more than --memory-limit "
