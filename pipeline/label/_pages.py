@@ -162,7 +162,7 @@ async function load() {
   for (const p of r.pairs) pairs.append(el('div', {class: 'pair'},
     el('div', {class: 'card'}, img(p.a), el('div', {}, p.a + ': ' + p.given_a), actions(p.a, p.given_a, p.given_a !== p.given_b ? p.given_b : null)),
     el('div', {class: 'card'}, img(p.b), el('div', {}, p.b + ': ' + p.given_b), actions(p.b, p.given_b, p.given_a !== p.given_b ? p.given_a : null)),
-    el('div', {class: 'muted'}, 'cosine ' + p.similarity + (p.across_split ? ', across the split' : ''))));
+    el('div', {class: 'muted'}, p.tier + ', cosine ' + p.similarity + (p.across_split ? ', across the split' : ''))));
   const outliers = document.getElementById('outliers'); outliers.textContent = '';
   for (const x of r.outliers) outliers.append(el('div', {class: 'card'}, img(x.path), el('div', {}, x.path + ': ' + x.given), actions(x.path, x.given, null)));
 }

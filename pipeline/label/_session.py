@@ -314,7 +314,7 @@ class LabelSession:
             leak = split.get(a) is not None and split.get(b) is not None and split[a] != split[b]
             if (p.kind == "across classes" or leak) and not {a, b} & reviewed:
                 pairs.append({"a": a, "b": b, "given_a": names[y[p.a]], "given_b": names[y[p.b]],
-                              "similarity": round(p.similarity, 4), "kind": p.kind,
+                              "similarity": round(p.similarity, 4), "kind": p.kind, "tier": p.tier,
                               "across_split": bool(leak)})
         outliers = [{"path": self.paths[lab[i]], "given": names[y[i]], "score": round(float(f.scores[i]), 4)}
                     for i in f.outliers if self.paths[lab[i]] not in reviewed][:REVIEW_LIMIT]

@@ -77,6 +77,28 @@ def test_pairs_follow_the_two_thresholds_and_come_once():
     assert duplicate_pairs(nb, y, threshold=0.999, cross_threshold=0.9) == []
 
 
+def test_cross_class_pairs_are_ranked_copies_then_mutual_then_look_alikes():
+    """A hub of class B that many class-A images resemble (look-alikes, up to cosine 0.93) is
+    listed after a pair that are each other's nearest in the other class (0.86), and an exact
+    copy across the classes comes first."""
+    def at(cos, axis):  # a unit vector at cosine ``cos`` from e0, towards ``axis``
+        v = np.zeros(8, np.float32)
+        v[0], v[axis] = cos, np.sqrt(1 - cos ** 2)
+        return v
+    e = np.eye(8, dtype=np.float32)
+    rows = [e[0]]                                                      # 0 (B): the hub
+    rows += [at(c, k) for c, k in ((0.93, 1), (0.92, 2), (0.91, 3))]  # 1-3 (A): each nearest to the hub
+    rows += [e[4], 0.86 * e[4] + np.sqrt(1 - 0.86 ** 2) * e[6]]        # 4 (A), 5 (B): each other's nearest
+    rows += [e[7], e[7]]                                               # 6 (A), 7 (B): one photograph
+    Z = unit_rows(np.array(rows, np.float32))
+    y = np.array([1, 0, 0, 0, 0, 1, 0, 1])
+    pairs = duplicate_pairs(nearest_neighbours(Z, y, k=3, progress=False), y, threshold=0.99, cross_threshold=0.8)
+    ranked = [(p.tier, p.a, p.b) for p in pairs]
+    assert ranked == [("copy", 6, 7), ("mutual", 0, 1), ("mutual", 4, 5), ("look-alike", 0, 2),
+                      ("look-alike", 0, 3)], ranked
+    assert pairs[2].similarity < pairs[3].similarity  # ranked above a more similar look-alike
+
+
 def test_audit_options_are_checked_by_name(tmp_path):
     path = synthetic_codes(tmp_path / "c.h5", 50, 8, 3)
     for kw in (dict(threshold=1.5), dict(cross_threshold=-2), dict(neighbours=0), dict(folds=1),
@@ -199,5 +221,10 @@ def test_audit_finds_the_faces_faces_easy_pairs_with_its_defaults(tmp_path):
                   if {row["class_a"], row["class_b"]} == {"Faces", "Faces_easy"}
                   and row["path_a"].split("/")[1] == row["path_b"].split("/")[1]}
     assert len(same_photo) >= 250  # of 435
+    order = [("copy", "mutual", "look-alike").index(row["tier"]) for row in cross]
+    assert order == sorted(order)  # copies, then mutual pairs (one photograph, two labels), then look-alikes
+    mutual = [row for row in cross if row["tier"] == "mutual"]
+    assert len(mutual) >= 200
+    assert sum(row["path_a"].split("/")[1] == row["path_b"].split("/")[1] for row in mutual) >= 0.85 * len(mutual)
     summary = json.loads((run / "audit.json").read_text())
     assert summary["class_pairs"][0]["classes"] == ["Faces", "Faces_easy"]
