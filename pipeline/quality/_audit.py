@@ -80,8 +80,8 @@ class Pair:
 # threshold alone (a fine-grained set has many natural look-alikes at any threshold):
 # - copy: cosine >= COPY (exact and near-exact copies; every within-class pair reported is one);
 # - mutual: each image is the other's nearest image of another class (on Caltech-101's Lite0
-#   codes 277 pairs, 250 of them Faces/Faces_easy croppings of one photograph; a person confirmed
-#   92% by eye against 65% of all 508 cross-class pairs at 0.80: docs/report-and-audit.md);
+#   codes 273 pairs, 246 of them Faces/Faces_easy croppings of one photograph; copies and mutual
+#   pairs one photograph in 92% by eye, against 65% of all 508 at 0.80: docs/report-and-audit.md);
 # - look-alike: the rest (ketch/schooner, rose/tulip), listed last.
 TIERS = ("copy", "mutual", "look-alike")
 COPY = 0.97
