@@ -50,7 +50,7 @@ from pipeline.codes._homes import claim_home
 from pipeline.codes._locks import writer_lock
 from pipeline.codes._plan import OutputPlan, Plan, labels_of, make_plan
 from pipeline.codes._runtimes import choose_runtime
-from pipeline.codes._settings import CodeIdentity, ComputeOptions, split_options
+from pipeline.codes._settings import CodeIdentity, ComputeOptions, StoredSplit, split_options
 from pipeline.codes._worker import WorkSpec, default_decode_threads
 from pipeline.data import IMAGE_EXTENSIONS, LayoutOptions, assign_split, content_digest, describe_skipped, read_folder
 from pipeline.errors import USER_ERRNOS, Interrupted, UserError, check_seed, os_error_text
@@ -192,15 +192,12 @@ def _split_to_use(file: Path, ds, split, seed, resplit: bool) -> tuple[tuple, in
                 stored = {k: f.attrs[k] for k in ("split_fractions", "split_seed") if k in f.attrs}
         except OSError:
             stored = {}  # unreadable: the plan says so
-    try:
-        old_split = (tuple(float(x) for x in json.loads(stored["split_fractions"]))
-                     if "split_fractions" in stored else None)
-        old_seed = int(stored["split_seed"]) if "split_seed" in stored else None
-        if old_seed is not None and not 0 <= old_seed < 2**32:
-            raise ValueError("a seed is a whole number from 0 to 2**32 - 1")
-        if old_split is not None and (len(old_split) != 3 or not all(0 <= x <= 1 for x in old_split)
-                                      or not 0.999 <= sum(old_split) <= 1.001):
-            raise ValueError("three fractions from 0 to 1 that sum to 1")
+    try:  # the schema a model rebuilt from the codes reads them with (pydantic's errors are ValueErrors)
+        checked = StoredSplit.model_validate(stored)
+        old_split = tuple(checked.split_fractions) if checked.split_fractions is not None else None
+        old_seed = checked.split_seed
+        if old_split is not None and not 0.999 <= sum(old_split) <= 1.001:
+            raise ValueError("the fractions of a split sum to 1")
     except (TypeError, ValueError, RecursionError):
         if resplit:  # replaced anyway: the given split, or the defaults
             old_split = old_seed = None

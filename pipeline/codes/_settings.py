@@ -20,7 +20,7 @@ from pipeline.codes._format import MAX_PARTS
 from pipeline.codes._homes import find_home
 from pipeline.codes._runtimes import PRECISIONS
 from pipeline.data import RESIZES, LayoutOptions
-from pipeline.errors import ParameterError
+from pipeline.errors import MAX_SEED, ParameterError
 
 TTAS = ("none", "flip")
 ENGINES = ("local", "ray")
@@ -168,7 +168,15 @@ def split_options(options: dict) -> tuple[dict, dict, dict]:
     return tuple({k: v for k, v in options.items() if k in g} for g in groups)
 
 
-class StatedMaking(LaxSchema):
+class StoredSplit(LaxSchema):
+    """How a code set's split was drawn, as its attributes state it (stage 1 reads it back to keep
+    the split; a model rebuilt from the codes, to redraw it)."""
+
+    split_fractions: Json[Annotated[list[Fraction], Field(min_length=3, max_length=3)]] | None = None
+    split_seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+
+
+class StatedMaking(StoredSplit):
     """A code set's making as its attributes state them (in the file, or copied as text into a
     run's record): what exporting and fine-tuning rebuild the model from."""
 
@@ -182,8 +190,6 @@ class StatedMaking(LaxSchema):
     tta: Literal[TTAS] = "none"
     resize: Literal[RESIZES] = "squash"
     data_root: Text | None = None
-    split_fractions: Json[Annotated[list[Fraction], Field(min_length=3, max_length=3)]] | None = None
-    split_seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
 
     @field_validator("backbone")
     @classmethod

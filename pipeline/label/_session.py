@@ -73,7 +73,6 @@ class LabelSession:
         self.reviewed: set[str] = set()
         self.curve: list[tuple[int, float]] = []
         self.note = ""
-        self.findings: dict | None = None
         self._dirty = False
         self._next_id = 1
         self._stop = threading.Event()
@@ -94,14 +93,15 @@ class LabelSession:
             if cs.split[i] != UNLABELLED:
                 given[p] = ([cs.class_names[j] for j in np.flatnonzero(cs.y[i])] if cs.multi_label
                             else [cs.class_names[cs.y[i]]])
+        Z = _reduced(X, self.seed) if len(X) > 1 else X  # before the lock: decisions go on meanwhile
         with self.lock:  # the file read under the lock: a decision written meanwhile is in it
             table = LabelsTable(self.labels_path, self.root, self._layout(), seed=given, multi=cs.multi_label)
-            self.codes_path, self.paths, self.X = cs.path, list(cs.paths), X
+            self.codes_path, self.paths, self.X, self.Z = cs.path, list(cs.paths), X, Z
+            self.stored_split = np.asarray(cs.split)  # the code set's, for leakage across it
             self.where = {p: i for i, p in enumerate(self.paths)}
             self.table = table
             self.classes = sorted(set(getattr(self, "classes", [])) | set(cs.class_names)
                                   | {x for v in table.labels().values() for x in v})
-            self.Z = _reduced(X, self.seed) if len(X) > 1 else X
             self._model = None
 
     @property
@@ -132,7 +132,8 @@ class LabelSession:
                     y[i, [col[x] for x in v]] = 1
                 else:
                     y[i] = col[v[0]]
-            return _View(self.codes_path, self.paths, list(names), self.multi, y, split, self.X)
+            # the reduced codes: select_next reduces what it is given, and these are reduced already
+            return _View(self.codes_path, self.paths, list(names), self.multi, y, split, self.Z)
 
     # ---------------------------------------------------------------- decisions
 
@@ -302,7 +303,7 @@ class LabelSession:
             X, y = self.X[lab], view.y[lab]
             names = view.class_names
             reviewed = set(self.reviewed) | set(self.table.excluded)
-            split = self._stored_split()
+            split = self.stored_split[lab]
         f = find(unit_rows(X), y, len(names), progress=False)
         suggested = suggested_classes(f.proba, y)
         issues = [{"path": self.paths[lab[i]], "given": names[y[i]], "suggested": names[suggested[i]],
@@ -311,7 +312,7 @@ class LabelSession:
         pairs = []
         for p in f.pairs:
             a, b = self.paths[lab[p.a]], self.paths[lab[p.b]]
-            leak = split.get(a) is not None and split.get(b) is not None and split[a] != split[b]
+            leak = UNLABELLED not in (split[p.a], split[p.b]) and split[p.a] != split[p.b]
             if (p.kind == "across classes" or leak) and not {a, b} & reviewed:
                 pairs.append({"a": a, "b": b, "given_a": names[y[p.a]], "given_b": names[y[p.b]],
                               "similarity": round(p.similarity, 4), "kind": p.kind, "tier": p.tier,
@@ -319,14 +320,6 @@ class LabelSession:
         outliers = [{"path": self.paths[lab[i]], "given": names[y[i]], "score": round(float(f.scores[i]), 4)}
                     for i in f.outliers if self.paths[lab[i]] not in reviewed][:REVIEW_LIMIT]
         return {"issues": issues, "pairs": pairs[:REVIEW_LIMIT], "outliers": outliers, "note": ""}
-
-    def _stored_split(self) -> dict[str, int]:
-        from pipeline.codes import CodeSet
-        try:
-            cs = CodeSet(self.codes_path)
-            return {p: int(s) for p, s in zip(cs.paths, cs.split) if s != UNLABELLED}
-        except UserError:
-            return {}
 
     # ---------------------------------------------------------------- the background refresh
 
