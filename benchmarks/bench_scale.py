@@ -1,6 +1,6 @@
 """Stage 1 at scale: full build, updates that cost what changed, memory, engines.
 
-    python benchmarks/bench_scale.py [--images 200000] [--work /tmp/bench_scale] [--caltech PATH]
+    python benchmarks/bench_scale.py [--images 200000] [--sample 100000] [--work /tmp/bench_scale] [--caltech PATH]
 
 1. A synthetic data set of ``--images`` small generated images (10 classes), coded with random
    weights at 32 px (stage 1 then runs at thousands of images/s): the full build's time, bytes
@@ -8,7 +8,10 @@
 2. Add 1% new images, then remove 1%: each update's time and bytes written, also as a fraction
    of the full build.
 3. A head trained on these codes with a memory cap half their size (out of core): peak RSS.
-4. With ``--caltech``: Caltech-101 images/s with the local engine and with Ray on 2 workers.
+4. The audit of these codes (``cnn-codes audit``, approximate neighbours above 50,000 images): its
+   time, peak RSS and findings; and, on a random sample of ``--sample`` of the codes, the exact
+   search against the approximate one (``bench_audit.exact_against_approximate``: recall of pairs).
+5. With ``--caltech``: Caltech-101 images/s with the local engine and with Ray on 2 workers.
 
 Each step runs in a process of its own, which reports its own peak RSS (VmHWM) and the bytes
 it wrote (``wchar`` of /proc/self/io, every write the process made).
@@ -103,6 +106,36 @@ def run_step(*args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def audit_at_scale(code_set: Path, work: Path, sample: int) -> None:
+    """The audit of every code (time, peak RSS, findings), then exact against approximate on a sample."""
+    import h5py
+
+    from bench_audit import audited, exact_against_approximate
+    from pipeline.codes import CodeSet
+
+    shutil.rmtree(work / "runs-audit", ignore_errors=True)
+    seconds, peak, run = audited(code_set, work / "runs-audit")
+    s = json.loads((run / "audit.json").read_text())
+    print(f"\naudit of {s['images']} codes of {CodeSet(code_set).shape[1]} values: {seconds:.1f} s, peak RSS "
+          f"{peak:.2f} GB; neighbours: {s['neighbours']}")
+    print(f"  near-duplicates: {s['duplicates']}; likely label errors: {s['label_issues']}; outliers: {s['outliers']}")
+
+    cs = CodeSet(code_set)
+    rng = np.random.default_rng(0)
+    keep = np.zeros(len(cs), bool)
+    keep[rng.choice(len(cs), min(sample, len(cs)), replace=False)] = True
+    path = work / f"sample-{int(keep.sum())}.h5"
+    with h5py.File(path, "w") as f:  # a minimal code set: no attributes, images absent
+        f["codes"] = cs.rows(keep)
+        f["labels"], f["split"] = cs.y[keep], cs.split[keep]
+        f.create_dataset("paths", data=[p for p, k in zip(cs.paths, keep) if k], dtype=h5py.string_dtype())
+        f.create_dataset("class_names", data=cs.class_names, dtype=h5py.string_dtype())
+    print(f"\nexact against approximate on a random {int(keep.sum())} of these codes:")
+    shutil.rmtree(work / "runs-exact", ignore_errors=True)
+    shutil.rmtree(work / "runs-approximate", ignore_errors=True)
+    exact_against_approximate(path, work)
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -113,6 +146,8 @@ def main():
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
     p.add_argument("--caltech", type=Path, default=ROOT.parent / "shared/data/caltech101/101_ObjectCategories")
     p.add_argument("--keep", action="store_true", help="reuse the generated images of an earlier run")
+    p.add_argument("--sample", type=int, default=100_000, help="codes on which exact and approximate audits are compared")
+    p.add_argument("--skip", nargs="*", default=[], choices=["heads", "audit", "caltech"], help="steps left out")
     p.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.step:
@@ -175,12 +210,18 @@ def main():
     base = run_step("baseline", "-", "-", "softmax", 0)
     print(f"| (TensorFlow and Keras loaded, a head trained on 100 codes) | - | - | {base['seconds']:.1f} | - | "
           f"{base['peak_rss_mb']:.0f} |")
-    for head, limit in (("logreg", cap), ("softmax", cap), ("prototype", cap), ("softmax", 4 * code_bytes)):
+    in_memory = 4 * code_bytes if 4 * code_bytes < 16e9 else None  # the in-memory fit needs about 4x the codes
+    for head, limit in (("logreg", cap), ("softmax", cap), ("prototype", cap), ("softmax", in_memory)):
+        if "heads" in a.skip or limit is None:
+            continue
         r = run_step("train", code_set, a.work / "runs", head, limit)
         print(f"| {head} | {limit / 1e6:.0f} MB | {'yes' if limit < code_bytes else 'no'} | {r['seconds']:.1f} | "
               f"{r['accuracy']:.4f} | {r['peak_rss_mb']:.0f} |")
 
-    if a.caltech.is_dir():
+    if "audit" not in a.skip:
+        audit_at_scale(code_set, a.work, a.sample)
+
+    if a.caltech.is_dir() and "caltech" not in a.skip:
         print("\nCaltech-101 (all images), Lite0 ImageNet weights at 224 px, default runtime")
         print("| engine | workers | images | loop s | img/s |")
         print("|---|---|---|---|---|")

@@ -1,11 +1,13 @@
 """Audit a data set from its cached codes: near-duplicate pairs within a class, across classes and
-across the train/validation/test split (leakage), by cosine similarity of the codes (exact nearest
-neighbours, computed in chunks); likely label errors (out-of-fold probabilities and confident
+across the train/validation/test split (leakage), by cosine similarity of the codes (nearest
+neighbours: exact, in chunks, up to 50,000 images; above, approximate on the codes' 256 leading
+principal directions through a faiss index, the pairs found measured again on the codes); likely label errors (out-of-fold probabilities and confident
 learning); outliers. Writes duplicates.csv, label_issues.csv, outliers.csv, audit.json and a
 report.html gallery of each finding in a new run folder. The code set is named by --codes or found
 from the options that made it with `cnn-codes codes`."""
 from pipeline.cli import add_code_options, add_common_options, code_paths, default, finite_float
 from pipeline.quality import _audit as audit
+from pipeline.quality._neighbours import EXACT_LIMIT, SEARCHES
 
 HELP = "find near-duplicates, leakage, likely label errors and outliers in a data set from its codes"
 
@@ -23,6 +25,9 @@ def add_arguments(p):
     p.add_argument("--folds", type=int, default=d("folds"), help="cross-validation folds of the label model")
     p.add_argument("--outlier-fraction", type=finite_float, default=d("outlier_fraction"),
                    help="fraction of the images reported as outliers")
+    p.add_argument("--search", choices=SEARCHES, default=d("search"),
+                   help=f"nearest neighbours: exact (O(N^2)), approximate (faiss, O(N)), or auto: exact up to "
+                        f"{EXACT_LIMIT} images")
     p.add_argument("--gallery", type=int, default=d("gallery"), help="findings shown per gallery in report.html")
     add_common_options(p, seed="the folds and the principal components")
 
@@ -31,5 +36,6 @@ def run(a):
     codes = code_paths(a)
     audit.audit(codes if len(codes) > 1 else codes[0], runs_dir=a.runs_dir, threshold=a.threshold,
                       cross_threshold=a.cross_threshold, neighbours=a.neighbours, folds=a.folds,
-                      outlier_fraction=a.outlier_fraction, gallery=a.gallery, seed=a.seed, progress=not a.no_progress)
+                      outlier_fraction=a.outlier_fraction, gallery=a.gallery, seed=a.seed, progress=not a.no_progress,
+                      search=a.search)
     return 0

@@ -58,6 +58,17 @@ class _Codes:
                 h.update(f"{p}\0{s}\n".encode())
         return h.hexdigest()
 
+    def blocks(self, mask=None, block: int = 8192):
+        """(row indices, float32 codes) of the selected rows, ``block`` rows at a time (codes held
+        in memory: from them; a code set on disk streams them from the file)."""
+        X = self.X
+        for s in range(0, len(X), block):
+            sel = np.arange(s, min(s + block, len(X)))
+            if mask is not None:
+                sel = sel[np.asarray(mask[s:s + block], bool)]
+            if len(sel):
+                yield sel, X[sel]
+
     def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
         m = self.split == which
         return self.rows(m), self.y[m]
@@ -299,7 +310,28 @@ class CodeView(_Codes):
         return self._X
 
     def rows(self, mask=None) -> np.ndarray:
+        """The selected rows; streamed from the source while the view's codes are not held."""
+        if self._X is None and mask is not None:
+            return self.source.rows(self._of_source(mask))
         return self.X if mask is None else self.X[mask]
+
+    def blocks(self, mask=None, block: int = 8192):
+        """As :meth:`CodeSet.blocks`, row indices the view's own; streamed from the source while
+        the view's codes are not held."""
+        if self._X is not None:
+            yield from super().blocks(mask, block)
+            return
+        position = np.cumsum(self._mask) - 1  # source row -> view row
+        for sel, codes in self.source.blocks(self._of_source(mask), block):
+            yield position[sel], codes
+
+    def _of_source(self, mask) -> np.ndarray:
+        """The view's row mask as a mask of the source's rows."""
+        if mask is None:
+            return self._mask
+        full = np.zeros(len(self._mask), bool)
+        full[self._mask] = np.asarray(mask, bool)
+        return full
 
 
 def open_code_sets(codes):

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from joblib import parallel_config
+from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
 
 from pipeline._files import writable_folder
@@ -38,6 +38,8 @@ from pipeline._records import Run, assembled_run
 from pipeline.codes import CodeView, open_code_sets
 from pipeline.data import SPLIT_NAMES
 from pipeline.errors import ParameterError, UserError, check_seed
+from pipeline.quality._neighbours import (CHUNK_BYTES, EXACT_LIMIT, SEARCHES, Neighbours, approximate,
+                                         nearest_neighbours)
 from pipeline.reports import to_cell
 from pipeline.reports._pages import esc, facts, page, section, shot, table
 
@@ -50,24 +52,15 @@ THRESHOLD = 0.95        # within a class: near-copies only
 CROSS_THRESHOLD = 0.80  # across classes (calibrated on EfficientNet-Lite top codes: see README)
 NEIGHBOURS = 10
 FOLDS = 5
-COMPONENTS = 256        # principal components the label model sees
+COMPONENTS = 256        # principal components the label model sees (and approximate neighbours)
+SAMPLE = 50_000         # images whose codes give the principal directions at scale
 LABEL_C = 10.0          # its inverse regularization (chosen by out-of-fold accuracy on Caltech-101 and subsets)
+LABEL_CAP = 50_000      # training images per fold of the label model (see out_of_fold)
 OUTLIER_FRACTION = 0.01
-CHUNK_BYTES = 512 * 2**20  # temporary memory of the neighbour search
 GALLERY = 48
 
 
-@dataclasses.dataclass
-class Neighbours:
-    """Nearest neighbours of every image: ``index``/``similarity`` (N, k) over all other images,
-    best first; ``other_index``/``other_similarity`` (N,) the nearest in another class (-1 if none)."""
-    index: np.ndarray
-    similarity: np.ndarray
-    other_index: np.ndarray
-    other_similarity: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Pair:
     kind: str  # "within class" or "across classes"
     a: int
@@ -94,81 +87,115 @@ def unit_rows(X: np.ndarray) -> np.ndarray:
     return Z
 
 
-def nearest_neighbours(Z: np.ndarray, y: np.ndarray, k: int = NEIGHBOURS, chunk_bytes: int = CHUNK_BYTES,
-                       progress: bool = True) -> Neighbours:
-    """Exact cosine nearest neighbours of the unit rows ``Z``, a chunk of rows at a time: what a
-    chunk needs (its similarity block, float32, and in the worst case the partition's int64
-    indices and a mask: 13 bytes per image pair) stays under ``chunk_bytes``, whatever the number of images."""
-
-    n = len(Z)
-    k = max(1, min(k, n - 1))
-    rows = max(1, min(n, chunk_bytes // (13 * n)))
-    members = {c: np.flatnonzero(y == c) for c in np.unique(y)}
-    index = np.empty((n, k), np.int64)
-    sim = np.empty((n, k), np.float32)
-    other = np.full(n, -1, np.int64)
-    other_sim = np.full(n, -np.inf, np.float32)
-    for s in tqdm(range(0, n, rows), desc="neighbours", unit="chunk", disable=not progress, leave=False):
-        e = min(s + rows, n)
-        S = Z[s:e] @ Z.T
-        S[np.arange(e - s), np.arange(s, e)] = -np.inf  # not its own neighbour
-        index[s:e], sim[s:e] = top_k(S, k)
-        for c in np.unique(y[s:e]):  # hide the row's own class: what is left is the nearest in another
-            S[np.ix_(np.flatnonzero(y[s:e] == c), members[c])] = -np.inf
-        best = S.argmax(1)
-        best_sim = S[np.arange(e - s), best]
-        other[s:e] = np.where(np.isfinite(best_sim), best, -1)
-        other_sim[s:e] = best_sim
-        del S
-    return Neighbours(index, sim, other, other_sim)
-
-
-def top_k(S: np.ndarray, k: int, stride: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices and values of the ``k`` largest values of each row of ``S``, largest first.
-
-    Partitioning whole rows is what a neighbour search spends its time on; instead the k-th
-    largest of every ``stride``-th column bounds each row's k-th largest from below, and only
-    the few values at or above that bound are sorted."""
-    r, n = S.shape
-    above = None
-    if n >= 4 * stride * (k + 1):
-        bound = np.partition(S[:, ::stride], -k, axis=1)[:, -k]
-        above = S >= bound[:, None]  # at least k per row: those of the sample
-        if np.count_nonzero(above) > r * n // 16:  # many ties (copies of one image): partition instead
-            above = None
-    if above is None:
-        top = np.argpartition(S, n - k, axis=1)[:, n - k:]
-    else:
-        rows, cols = np.divmod(np.flatnonzero(above), n)  # 5x faster than a 2-D nonzero
-        del above
-        order = np.lexsort((-S[rows, cols], rows))
-        rows, cols = rows[order], cols[order]
-        first = np.searchsorted(rows, np.arange(r))
-        top = cols[first[:, None] + np.arange(k)]
-    vals = np.take_along_axis(S, top, 1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
-
-
 def duplicate_pairs(nb: Neighbours, y: np.ndarray, threshold: float = THRESHOLD,
-                    cross_threshold: float = CROSS_THRESHOLD) -> list[Pair]:
+                    cross_threshold: float = CROSS_THRESHOLD, cosines=None) -> list[Pair]:
     """Within-class pairs at ``threshold`` or more among the neighbours; each image with its
-    nearest other-class image at ``cross_threshold`` or more. Each pair once, most similar first."""
-    found = {}
+    nearest other-class image at ``cross_threshold`` or more. Each pair once, most similar first.
+    ``cosines(a, b)``, if given, measures the found pairs again (the codes themselves where the
+    neighbours were found on reduced ones); pairs below their threshold then are dropped."""
+    low = min(threshold, cross_threshold)
     rows, cols = np.nonzero(nb.similarity >= threshold)
-    for i, c in zip(rows, cols):
-        j = int(nb.index[i, c])
-        if y[i] == y[j]:
-            found[(min(i, j), max(i, j))] = ("within class", float(nb.similarity[i, c]))
-    for i in np.flatnonzero((nb.other_index >= 0) & (nb.other_similarity >= min(threshold, cross_threshold))):
-        j = int(nb.other_index[i])
-        found[(min(i, j), max(i, j))] = ("across classes", float(nb.other_similarity[i]))
-    pairs = []
-    for (a, b), (kind, s) in found.items():
-        mutual = nb.other_index[a] == b and nb.other_index[b] == a
-        tier = "copy" if kind == "within class" or s >= COPY else "mutual" if mutual else "look-alike"
-        pairs.append(Pair(kind, int(a), int(b), s, tier))
-    return sorted(pairs, key=lambda p: (TIERS.index(p.tier), -p.similarity, p.a, p.b))
+    j = nb.index[rows, cols]
+    within = y[rows] == y[j]
+    a = np.concatenate([rows[within], np.flatnonzero((nb.other_index >= 0) & (nb.other_similarity >= low))])
+    b = np.concatenate([j[within], nb.other_index[a[within.sum():]]])
+    sim = np.concatenate([nb.similarity[rows, cols][within], nb.other_similarity[a[within.sum():]]])
+    a, b = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((-sim, b, a))  # each pair once, at its highest similarity
+    a, b, sim = a[order], b[order], sim[order]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    a, b, sim = a[first], b[first], sim[first].astype(np.float64)
+    across = y[a] != y[b]
+    if cosines is not None and len(a):
+        sim = np.asarray(cosines(a, b), np.float64)
+        keep = sim >= np.where(across, low, threshold)
+        a, b, sim, across = a[keep], b[keep], sim[keep], across[keep]
+    mutual = (nb.other_index[a] == b) & (nb.other_index[b] == a)
+    tier = np.where(~across | (sim >= COPY), 0, np.where(mutual, 1, 2))
+    order = np.lexsort((b, a, -sim, tier))
+    return [Pair("across classes" if across[i] else "within class", int(a[i]), int(b[i]), float(sim[i]),
+                 TIERS[tier[i]]) for i in order]
+
+
+def reduced_unit_codes(cs, components: int = COMPONENTS, sample: int = SAMPLE, seed: int = 0,
+                       progress: bool = True) -> np.ndarray:
+    """The unit-length codes projected on their ``components`` leading principal directions
+    (not centred: inner products are what is kept), then unit length again; streamed from the
+    code set a block at a time, the directions found on a random ``sample`` of the images. Memory:
+    (N, components) float32, not the (N, D) of the codes."""
+    from sklearn.utils.extmath import randomized_svd
+
+    n, d = cs.shape
+    if d <= components:
+        return unit_rows(cs.rows())
+    rng = np.random.default_rng(seed)
+    pick = np.zeros(n, bool)
+    pick[rng.choice(n, min(n, sample), replace=False)] = True
+    _, _, Vt = randomized_svd(unit_rows(cs.rows(pick)), components, random_state=seed)
+    V = np.ascontiguousarray(Vt.T, np.float32)
+    out = np.empty((n, components), np.float32)
+    bar = tqdm(total=n, desc="reducing", unit="code", disable=not progress, leave=False)
+    for sel, codes in cs.blocks():
+        out[sel] = unit_rows(codes) @ V
+        bar.update(len(sel))
+    bar.close()
+    return unit_rows(out)
+
+
+def exact_cosines(cs, a: np.ndarray, b: np.ndarray, budget_bytes: int = CHUNK_BYTES):
+    """Cosine similarities of the pairs (a[i], b[i]) on the codes themselves, read from the code
+    set; None when their images' codes would take more than ``budget_bytes``."""
+    need = np.unique(np.concatenate([a, b]))
+    if len(need) * cs.shape[1] * 4 > budget_bytes:
+        logger.info(f"note: the {len(a)} pairs found are {len(need)} images, more than "
+                    f"{budget_bytes >> 20} MB of codes: their similarities are those of the reduced codes")
+        return None
+    mask = np.zeros(len(cs), bool)
+    mask[need] = True
+    F = unit_rows(cs.rows(mask))  # rows in the order of need
+    a, b = np.searchsorted(need, a), np.searchsorted(need, b)
+    out = np.empty(len(a), np.float32)
+    step = max(1, budget_bytes // (8 * F.shape[1] * 4))  # a pair's two rows: bounded temporaries
+    for s in range(0, len(a), step):
+        out[s:s + step] = np.einsum("ij,ij->i", F[a[s:s + step]], F[b[s:s + step]])
+    return out
+
+
+def label_features(Z: np.ndarray, components: int = COMPONENTS, seed: int = 0) -> np.ndarray:
+    """What the label model sees: the leading principal components of the codes; codes of
+    ``components`` values or fewer (reduced already) as they are: a rotation changes nothing for an
+    L2-regularised logistic regression, whose intercept takes the centring."""
+    if Z.shape[1] <= components:
+        return np.asarray(Z, np.float32)
+    from sklearn.decomposition import PCA
+    dims = int(min(components, len(Z) - 1))
+    return PCA(dims, svd_solver="randomized", random_state=seed).fit_transform(Z).astype(np.float32)
+
+
+def out_of_fold(model, P: np.ndarray, target: np.ndarray, splits, columns: int, cap: int = LABEL_CAP,
+                seed: int = 0, n_jobs: int | None = None) -> np.ndarray:
+    """Each image's probabilities (``columns`` of them) from ``model`` fitted on the other folds of
+    ``splits``: on at most ``cap`` of their images, drawn at random, so that the label model's cost
+    stops growing with the data set (predicting grows linearly). Folds fitted in threads, not
+    processes: no worker process outlives the command (it would hold its output pipe open) and
+    the codes are not copied."""
+    from sklearn.base import clone
+
+    rng = np.random.default_rng(seed)
+    folds = [(np.sort(rng.choice(train, cap, replace=False)) if len(train) > cap else train, test)
+             for train, test in splits]
+
+    def fold(train, test):
+        fitted = clone(model).fit(P[train], target[train])
+        return test, fitted.classes_, fitted.predict_proba(P[test])
+
+    out = np.zeros((len(P), columns))
+    with warnings.catch_warnings(), parallel_config(backend="threading"):
+        warnings.simplefilter("ignore")  # classes smaller than the folds; lbfgs stopping at max_iter
+        for test, classes, proba in Parallel(n_jobs)(delayed(fold)(tr, te) for tr, te in folds):
+            out[np.ix_(test, classes)] = proba  # a class no training image had: probability 0
+    return out
 
 
 def out_of_fold_probabilities(Z: np.ndarray, y: np.ndarray, n_classes: int, folds: int = FOLDS,
@@ -179,47 +206,32 @@ def out_of_fold_probabilities(Z: np.ndarray, y: np.ndarray, n_classes: int, fold
     stratified cross-validation. Components are not standardized: scaled up, the many small ones
     are noise the model overfits (out-of-fold accuracy 89% instead of 96% on 500 images)."""
 
-    from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(y, minlength=n_classes)
     if counts.max() < 2:  # no class has two images: no model can be trained without the image it judges
         return None
     folds = int(min(folds, max(2, counts[counts > 0].max())))
-    dims = int(min(components, Z.shape[1], len(Z) - 1))
-    P = PCA(dims, svd_solver="randomized", random_state=seed).fit_transform(Z).astype(np.float32)
-    model = LogisticRegression(C=C, max_iter=300)
-
-    # Threads, not processes: no worker processes outlive the command (they would hold its output
-    # pipe open) and the codes are not copied.
-    with warnings.catch_warnings(), parallel_config(backend="threading"):
-        warnings.simplefilter("ignore")  # classes smaller than the folds; lbfgs stopping at max_iter
-        proba = cross_val_predict(model, P, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                                  method="predict_proba", n_jobs=n_jobs)
-    if proba.shape[1] < n_classes:  # a class with no image in the code set
-        full = np.zeros((len(y), n_classes))
-        full[:, np.unique(y)] = proba
-        proba = full
-    return proba
+    P = label_features(Z, components, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes smaller than the folds
+        splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(P, y))
+    return out_of_fold(LogisticRegression(C=C, max_iter=300), P, y, splits, n_classes, seed=seed, n_jobs=n_jobs)
 
 
 def out_of_fold_label_probabilities(Z: np.ndarray, Y: np.ndarray, folds: int = FOLDS, components: int = COMPONENTS,
                                     C: float = LABEL_C, seed: int = 0) -> np.ndarray:
     """Multi-label: each image's probability of each label from one-vs-rest logistic regression
     on the leading principal components that did not see it (``folds``-fold cross-validation)."""
-    from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.model_selection import KFold
     from sklearn.multiclass import OneVsRestClassifier
 
-    dims = int(min(components, Z.shape[1], len(Z) - 1))
-    P = PCA(dims, svd_solver="randomized", random_state=seed).fit_transform(Z).astype(np.float32)
-    model = OneVsRestClassifier(LogisticRegression(C=C, max_iter=300))
-    with warnings.catch_warnings(), parallel_config(backend="threading"):
-        warnings.simplefilter("ignore")  # a label absent from a fold: a constant predictor
-        return cross_val_predict(model, P, Y.astype(int), cv=KFold(min(folds, len(Z)), shuffle=True,
-                                                                   random_state=seed), method="predict_proba")
+    P = label_features(Z, components, seed)
+    splits = KFold(min(folds, len(Z)), shuffle=True, random_state=seed).split(P)
+    return out_of_fold(OneVsRestClassifier(LogisticRegression(C=C, max_iter=300)), P, Y.astype(int), splits,
+                       Y.shape[1], seed=seed)
 
 
 def label_set_view(cs):
@@ -281,7 +293,7 @@ def suggested_classes(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def outlier_scores(nb: Neighbours) -> np.ndarray:
     """Mean cosine distance to the nearest neighbours: high for images unlike any other."""
-    return 1.0 - nb.similarity.mean(1)
+    return 1.0 - nb.similarity.mean(1, dtype=np.float64)
 
 
 @dataclasses.dataclass
@@ -298,10 +310,13 @@ class Findings:
 
 def find(Z: np.ndarray, y: np.ndarray, n_classes: int, threshold=THRESHOLD, cross_threshold=CROSS_THRESHOLD,
          neighbours=NEIGHBOURS, folds=FOLDS, outlier_fraction=OUTLIER_FRACTION, chunk_bytes=CHUNK_BYTES, seed=0,
-         progress=True, targets=None, sets=None) -> Findings:
+         progress=True, targets=None, sets=None, search="auto", cosines=None) -> Findings:
     """Every finding on the unit-length codes ``Z`` with labels ``y`` (multi-label: ``y`` the
-    index of each image's label set among ``sets``, ``targets`` its labels)."""
-    nb = nearest_neighbours(Z, y, neighbours, chunk_bytes, progress)
+    index of each image's label set among ``sets``, ``targets`` its labels). Neighbours exact or
+    approximate as ``search`` says; ``cosines(a, b)`` measures the pairs found again (see
+    :func:`duplicate_pairs`)."""
+    nb = nearest_neighbours(Z, y, neighbours, chunk_bytes, progress, search=search,
+                            floor=min(threshold, cross_threshold), seed=seed)
     if targets is None:
         proba = out_of_fold_probabilities(Z, y, n_classes, folds, seed=seed, n_jobs=2)
         if proba is None:  # not estimated: the given labels stand, nothing is flagged
@@ -312,7 +327,7 @@ def find(Z: np.ndarray, y: np.ndarray, n_classes: int, threshold=THRESHOLD, cros
         label_proba = out_of_fold_label_probabilities(Z, targets, folds, seed=seed)
         proba, issues = set_probabilities(label_proba, sets), multi_label_issues(targets, label_proba)
     scores = outlier_scores(nb)
-    return Findings(nb, duplicate_pairs(nb, y, threshold, cross_threshold), proba, issues, scores,
+    return Findings(nb, duplicate_pairs(nb, y, threshold, cross_threshold, cosines), proba, issues, scores,
                     np.argsort(-scores, kind="stable")[:int(round(outlier_fraction * len(y)))],
                     label_model=targets is not None or np.bincount(y).max() >= 2)
 
@@ -354,7 +369,7 @@ def summarize(cs, f: Findings, options: dict, seconds: float) -> dict:
     return {
         "kind": "audit", "codes": str(cs.path), "code_attrs": {k: str(v) for k, v in cs.attrs.items()},
         "data_root": str(cs.data_root) if cs.data_root else None, "images": len(cs), "classes": len(classes),
-        "options": {**options, "components": COMPONENTS, "C": LABEL_C},
+        "options": {**options, "components": COMPONENTS, "C": LABEL_C}, "neighbours": f.neighbours.method,
         "duplicates": {"within_class": sum(p.kind == "within class" for p in f.pairs),
                        "across_classes": sum(p.kind == "across classes" for p in f.pairs),
                        "across_splits": int(sum(split[p.a] != split[p.b] for p in f.pairs)),
@@ -368,8 +383,13 @@ def summarize(cs, f: Findings, options: dict, seconds: float) -> dict:
 
 def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_threshold: float = CROSS_THRESHOLD,
                 neighbours: int = NEIGHBOURS, folds: int = FOLDS, outlier_fraction: float = OUTLIER_FRACTION,
-                gallery: int = GALLERY, chunk_bytes: int = CHUNK_BYTES, seed: int = 0, progress: bool = True) -> Run:
-    """Audit a code set; write the findings in a new run folder and return its :class:`Run`."""
+                gallery: int = GALLERY, chunk_bytes: int = CHUNK_BYTES, seed: int = 0, progress: bool = True,
+                search: str = "auto") -> Run:
+    """Audit a code set; write the findings in a new run folder and return its :class:`Run`.
+
+    ``search``: "exact" nearest neighbours, "approximate" (on the codes reduced to their leading
+    principal directions, pairs then measured on the codes themselves), or "auto": exact up to
+    ``EXACT_LIMIT`` images."""
 
     for name, v in (("threshold", threshold), ("cross_threshold", cross_threshold)):
         if not -1.0 <= v <= 1.0:
@@ -382,6 +402,8 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
         raise ParameterError("outlier_fraction", "must be between 0 and 1")
     if gallery < 0:
         raise ParameterError("gallery", "must be 0 or more")
+    if search not in SEARCHES:
+        raise ParameterError("search", f"{search!r}: one of {', '.join(SEARCHES)}")
     check_seed(seed)
     writable_folder(runs_dir, "--runs-dir")
     cs = open_code_sets(codes_path)
@@ -394,13 +416,21 @@ def audit(codes_path, runs_dir="runs", threshold: float = THRESHOLD, cross_thres
     if len(cs) < 3 or len(np.unique(cs.y)) < 2:
         raise UserError(f"{cs.path}: an audit needs at least 3 images in 2 classes")
     options = dict(threshold=threshold, cross_threshold=cross_threshold, neighbours=neighbours, folds=folds,
-                   outlier_fraction=outlier_fraction, seed=seed)
+                   outlier_fraction=outlier_fraction, seed=seed, search=search)
     t0 = time.perf_counter()
     kinds = f"{len(cs.class_names)} label sets of {cs.targets.shape[1]} labels" if multi else f"{len(cs.class_names)} classes"
     logger.info(f"auditing {len(cs)} images of {kinds} ({cs.shape[1]} values per code) from {cs.path}")
-    findings = find(unit_rows(cs.X), np.asarray(cs.y, np.int64), len(cs.class_names), chunk_bytes=chunk_bytes,
+    if approximate(len(cs), search):
+        logger.info(f"note: approximate nearest neighbours on the codes' {COMPONENTS} leading principal directions"
+                    + (f" (more than {EXACT_LIMIT} images; --search exact for the exact search, O(N^2))"
+                       if search == "auto" else ""))
+        Z, cosines = reduced_unit_codes(cs, seed=seed, progress=progress), lambda a, b: exact_cosines(cs, a, b)
+    else:
+        Z, cosines = unit_rows(cs.X), None
+    findings = find(Z, np.asarray(cs.y, np.int64), len(cs.class_names), chunk_bytes=chunk_bytes,
                     progress=progress, targets=cs.targets if multi else None, sets=cs.sets if multi else None,
-                    **options)
+                    cosines=cosines, **options)
+    del Z
     summary = summarize(cs, findings, options, time.perf_counter() - t0)
 
     with assembled_run(runs_dir, f"{str(cs.attrs.get('backbone')).replace('+', '-')}-audit") as run:
@@ -459,7 +489,8 @@ def write_audit_report(run_dir: Path, summary: dict, cs, f: Findings, limit: int
              ("likely label errors", summary["label_issues"]),
              ("out-of-fold accuracy of the label model", "not estimated (no class has two images)"
               if summary["out_of_fold_accuracy"] is None else f"{100 * summary['out_of_fold_accuracy']:.2f}%"),
-             ("outliers shown", summary["outliers"]), ("seconds", summary["seconds"])]
+             ("outliers shown", summary["outliers"]), ("nearest neighbours", summary.get("neighbours", "exact")),
+             ("seconds", summary["seconds"])]
     pairs, proba, suggested = f.pairs, f.proba, suggested_classes(f.proba, y)
     sections = [
         section("Summary", facts(items), "summary"),

@@ -19,7 +19,8 @@ from helpers import (
 from pipeline.data import SPLIT_NAMES, TEST, TRAIN, VAL
 from pipeline.errors import ParameterError
 from pipeline.quality import audit
-from pipeline.quality._audit import duplicate_pairs, nearest_neighbours, top_k, unit_rows
+from pipeline.quality._audit import duplicate_pairs, unit_rows
+from pipeline.quality._neighbours import nearest_neighbours, top_k
 
 quiet = dict(progress=False)
 
