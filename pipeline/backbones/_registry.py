@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from pipeline._tf import quiet_tensorflow
 from pipeline.backbones._lite import VARIANTS, block_output_layers, build_efficientnet_lite, load_converted_weights
 from pipeline.errors import ParameterError, UserError
 
@@ -200,6 +201,7 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
     ``weights``: 'imagenet', 'none' (random, seeded so runs agree) or a path to a Keras weights
     file for this architecture.
     """
+    quiet_tensorflow()  # the first model a process builds imports TensorFlow: without its start-up chatter
     import keras
 
     size = image_size or backbone.input_size

@@ -10,6 +10,10 @@ from pipeline.data import parse_split
 
 HELP = "stage 1: cache the CNN codes of every image of a folder"
 
+# TensorFlow is imported (quietly) only where a Keras model is built: an update whose converted
+# OpenVINO model is cached never loads it.
+NEEDS_TENSORFLOW = False
+
 
 def add_arguments(p):
     g = lambda name: default(generate_codes, name)

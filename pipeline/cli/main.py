@@ -16,13 +16,15 @@ SUBCOMMANDS = ("codes", "train", "sweep", "finetune", "scratch", "export", "pred
                "suggest", "label")
 
 
-def parser() -> Parser:
+def parser(only: str | None = None) -> Parser:
+    """The command line; ``only``: that subcommand's alone (its module alone imported: the heads'
+    scikit-learn and SciPy cost a command that never uses them seconds of start-up)."""
     p = Parser(prog="cnn-codes", description=__doc__ + " Cache the CNN codes of a frozen ImageNet conv base "
                "once (codes), then train heads on them in seconds (train, sweep), fine-tune, export and predict. "
                "cache/ and runs/ are relative to the current directory unless given.",
                formatter_class=FORMATTER)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
-    for name in SUBCOMMANDS:
+    for name in SUBCOMMANDS if only is None else (only,):
         module = importlib.import_module(f".{name}", __package__)
         doc = module.__doc__.strip()
         sp = sub.add_parser(name, help=module.HELP, description=doc, formatter_class=FORMATTER)
@@ -54,7 +56,8 @@ def _console_logging() -> None:
 
 
 def main(argv=None) -> int:
-    a = parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    a = parser(args[0] if args and args[0] in SUBCOMMANDS else None).parse_args(args)
     _console_logging()
     if getattr(a.module, "NEEDS_TENSORFLOW", True):
         quiet_tensorflow()

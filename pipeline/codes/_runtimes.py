@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from pipeline._tf import quiet_tensorflow
 from pipeline.backbones._lite import weights_cache_dir
 from pipeline.errors import ParameterError, UserError
 
@@ -58,8 +59,15 @@ def openvino_core():
 
 
 def tensorflow_gpus() -> int:
+    """GPUs TensorFlow sees; 0 without importing it (seconds) where no GPU driver exposes a device."""
+    if not any(Path(p).exists() for p in GPU_DEVICES):
+        return 0
+    quiet_tensorflow()
     import tensorflow as tf
     return len(tf.config.list_physical_devices("GPU"))
+
+
+GPU_DEVICES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")  # CUDA, ROCm, WSL
 
 
 def choose_runtime(runtime: str, precision: str = "fp32", *, gpus: int | None = None,
@@ -123,6 +131,50 @@ class ConversionKey:
         return Path(root) / f"{self.model.split()[0]}-{digest}"
 
 
+@dataclasses.dataclass(frozen=True)
+class SourceKey:
+    """What a converted model is made from, known without building the Keras model (which costs
+    an update seconds of importing TensorFlow): the outputs, sizes, precision, where the weights
+    come from, and the versions of what builds and converts the model, this project's code among
+    them. It names the conversion (:class:`ConversionKey`) made from the same source before."""
+
+    model: str
+    image_size: int
+    batch_size: int
+    weights: str
+    precision: str
+    versions: str
+
+    def file(self, root: Path) -> Path:
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return Path(root) / "by-source" / f"{digest}.json"
+
+
+def converted_from_source(source: SourceKey, cache_root: Path | None = None):
+    """(OpenVINO model, code shapes) converted earlier from ``source``; None if there is none or
+    it cannot be read (then it is converted again)."""
+    root = cache_root or conversion_cache()
+    try:
+        note = json.loads(source.file(root).read_text())
+        xml = root / str(note["folder"]) / "model.xml"
+        shapes = [tuple(int(d) for d in shape) for shape in note["shapes"]]
+        if note["source"] != dataclasses.asdict(source) or not xml.is_file():
+            return None
+        return openvino_core().read_model(xml), shapes
+    except Exception:  # absent, damaged or foreign: convert again
+        return None
+
+
+def remember_source(source: SourceKey, folder: Path, shapes, cache_root: Path | None = None) -> None:
+    """Note that ``source`` converts to the model in ``folder`` (written whole: temporary file, rename)."""
+    path = source.file(cache_root or conversion_cache())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"source": dataclasses.asdict(source), "folder": Path(folder).name,
+                               "shapes": [list(s) for s in shapes]}))
+    os.replace(tmp, path)
+
+
 def weights_sha256(model) -> str:
     h = hashlib.sha256()
     for w in model.get_weights():
@@ -170,12 +222,18 @@ class OpenVINOMapper:
     name = "openvino"
 
     def __init__(self, model, batch_size: int, image_size: int, model_name: str, precision: str = "fp32",
-                 requests: int = 2, cache_root: Path | None = None):
+                 requests: int = 2, cache_root: Path | None = None, converted=None):
+        """``model``: the Keras model, converted (or read from the conversion cache); or None and
+        ``converted`` the OpenVINO model read already (:func:`converted_from_source`)."""
         import openvino as ov
 
         self.batch_size = batch_size
-        key = ConversionKey(model_name, image_size, batch_size, weights_sha256(model), precision, ov.__version__)
-        ov_model, self.reused = convert_to_openvino(model, key, cache_root)
+        if converted is not None:
+            ov_model, self.reused, self.folder = converted, True, None
+        else:
+            key = ConversionKey(model_name, image_size, batch_size, weights_sha256(model), precision, ov.__version__)
+            ov_model, self.reused = convert_to_openvino(model, key, cache_root)
+            self.folder = key.folder(cache_root or conversion_cache())
         self.compiled = openvino_core().compile_model(ov_model, "CPU", {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],  # else BF16 wherever the CPU has it
             "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(requests)})

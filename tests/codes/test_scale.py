@@ -204,3 +204,40 @@ def test_heads_train_out_of_core_beyond_a_memory_cap(head, tmp_path):
     proba = restored.predict_proba(X[test])
     np.testing.assert_allclose(np.asarray(restored.to_keras()(X[test][:64])), proba[:64], atol=1e-4)
     assert (restored.classes_[proba.argmax(1)] == y[test]).mean() == pytest.approx(accuracy, abs=1e-6)
+
+
+# Runs one command in a process of its own; reports what it wrote (every byte: wchar of
+# /proc/self/io) and whether TensorFlow was imported.
+MEASURED = ("import json, sys; from pipeline.cli.main import main; code = main(sys.argv[1:]); "
+            "io = dict(l.split(': ') for l in open('/proc/self/io').read().splitlines()); "
+            "print(json.dumps({'code': code, 'written': int(io['wchar']), 'tensorflow': 'tensorflow' in sys.modules}))")
+
+
+def measured_codes(data, cache):
+    done = subprocess.run([sys.executable, "-c", MEASURED, "codes", "--data", str(data), "--cache-dir", str(cache),
+                           "--weights", "none", "--image-size", "32", "--no-progress"], env=user_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    *lines, last = done.stdout.splitlines()
+    return json.loads(last), "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_an_update_grows_with_the_change_not_with_the_data_set(tmp_path):
+    """Five images added to 300 and to 900: the same work (five computed, their part written),
+    bytes written that barely grow with the data set (the index: a few bytes per image), and
+    no TensorFlow once the converted model is cached."""
+    written = {}
+    for n in (300, 900):
+        data = make_images(tmp_path / f"d{n}", n_classes=3, per_class=n // 3, seed=n)
+        build, _ = measured_codes(data, tmp_path / f"c{n}")
+        for i, source in enumerate(sorted((data / "class2").glob("*.png"))[:5]):
+            (data / "class1" / f"new{i}.png").write_bytes(source.read_bytes())
+        update, out = measured_codes(data, tmp_path / f"c{n}")
+        assert f"5 of {n + 5} images to compute ({n} cached, 5 new)" in out and "computed 5 images" in out
+        assert not update["tensorflow"]  # the conversion was cached by the build
+        written[n] = (build["written"], update["written"])
+    (build_s, update_s), (build_l, update_l) = written[300], written[900]
+    assert build_l > 1.8 * build_s > 0  # the measure sees the data set grow
+    assert update_s < 0.1 * build_s and update_l < 0.04 * build_l
+    assert update_l < 1.3 * update_s, written  # three times the data set, about the same update
