@@ -16,6 +16,9 @@ from pipeline.label import STRATEGIES
 
 HELP = "a local web app to label the images worth labelling, and fix the audit's findings"
 
+# Stage 1 imports TensorFlow (quietly) only where it builds a Keras model (see codes).
+NEEDS_TENSORFLOW = False
+
 
 def add_arguments(p):
     codes.add_arguments(p)

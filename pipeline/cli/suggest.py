@@ -15,6 +15,9 @@ from pipeline.label import STRATEGIES, select_next
 
 HELP = "the next unlabelled images to label, as a CSV"
 
+# Stage 1 imports TensorFlow (quietly) only where it builds a Keras model (see codes).
+NEEDS_TENSORFLOW = False
+
 
 def add_arguments(p):
     codes.add_arguments(p)
