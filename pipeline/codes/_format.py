@@ -151,7 +151,7 @@ def read_part(file: Path) -> PartInfo:
 
 # ------------------------------------------------------------------ the index
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # a million of them: half the memory, faster to make
 class Row:
     """One image of a code set: where its code is (part file and row) and what the image was."""
 
@@ -210,8 +210,9 @@ def read_index(path: Path) -> Index:
     except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
-    rows = [Row(p, part, int(r), (int(fp[0]), int(fp[1])), int(d))
-            for p, part, r, fp, d in zip(paths, parts, rows_in, fps, digests)]
+    # Python integers from the arrays at once (a million rows: seconds less than one by one)
+    rows = list(map(Row, paths, parts, np.asarray(rows_in).tolist(), map(tuple, np.asarray(fps).tolist()),
+                    np.asarray(digests).tolist()))
     return Index(Path(path), rows, failed, attrs, dim, version, labels, split, class_names)
 
 

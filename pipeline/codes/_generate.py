@@ -265,7 +265,9 @@ def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, spl
     if kept and out.index.format_version < 2:  # the old file becomes the first part, as it is
         legacy = adopt_legacy(out.path)
         kept = [dataclasses.replace(r, part=legacy) for r in kept]
-    rows = [Row(r.path, r.part, r.row, plan.fingerprints[r.path], r.digest or content_digest(plan.ds.root / r.path))
+    fingerprints = plan.fingerprints
+    rows = [r if r.digest and r.fingerprint == fingerprints[r.path] else  # unchanged: the same row
+            Row(r.path, r.part, r.row, fingerprints[r.path], r.digest or content_digest(plan.ds.root / r.path))
             for r in kept]
     for part in parts:
         rows += [Row(p, part.name, i, tuple(int(v) for v in fp), int(d))

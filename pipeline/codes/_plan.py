@@ -139,7 +139,7 @@ def cut(paths: list[str], target: int) -> list[tuple[int, int]]:
 
 def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, overwrite=False, verify=False,
               target: int | None = None) -> Plan:
-    current = {p: (int(fp[0]), int(fp[1])) for p, fp in zip(ds.paths, ds.fingerprints)}
+    current = dict(zip(ds.paths, map(tuple, np.asarray(ds.fingerprints).tolist())))
     digests: dict[str, int] = {}
 
     def digest_of(p: str) -> int:  # each image hashed at most once per plan (0: unreadable)
@@ -151,7 +151,10 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
         return digests[p]
 
     outputs = [_plan_output(f, a, ds, current, digest_of, overwrite, verify) for f, a in zip(files, out_attrs)]
-    todo = [p for p in ds.paths if any(p not in o.usable and p not in o.failed for o in outputs)]
+    if len(outputs) == 1:  # the usual case, without a generator per image
+        todo = [p for p in ds.paths if p not in outputs[0].usable and p not in outputs[0].failed]
+    else:
+        todo = [p for p in ds.paths if any(p not in o.usable and p not in o.failed for o in outputs)]
     known = set().union(*({r.path for r in o.index.rows} | set(o.index.failed) for o in outputs if o.index))
     on_disk = set(ds.paths)
     counts = {

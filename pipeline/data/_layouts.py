@@ -207,7 +207,8 @@ def _images_under(folder: Path, recursive: bool = True):
 
 
 def _folder(root: Path, paths: list[str], labels, class_names, **fields) -> ImageFolder:
-    prints = np.asarray([fingerprint(os.path.join(root, p)) for p in paths], np.int64).reshape(-1, 2)
+    base = os.path.join(os.fspath(root), "")
+    prints = np.asarray([fingerprint(base + p) for p in paths], np.int64).reshape(-1, 2)
     return ImageFolder(root, paths, np.asarray(labels, np.int32), list(class_names), prints, **fields)
 
 

@@ -98,6 +98,7 @@ def scan(root, exclude=()) -> ImageFolder:
     if not class_dirs:
         raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
     paths, labels, prints, names, empty, skipped, unnamable = [], [], [], [], [], collections.Counter(), []
+    base = os.path.join(os.fspath(root), "")  # joined as strings: a million Path joins take seconds
     for cdir in class_dirs:
         found, other, bad = walk_images(root, cdir)
         skipped.update(other)
@@ -109,7 +110,7 @@ def scan(root, exclude=()) -> ImageFolder:
         names.append(cdir.name)
         paths += found
         labels += [label] * len(found)
-        prints += [fingerprint(os.path.join(root, rel)) for rel in found]
+        prints += [fingerprint(base + rel) for rel in found]
     if len(names) < 2:
         which = f"only one class ({names[0]})" if names else "no images"
         raise UserError(f"data folder {root} has {which}; a classifier needs at least two classes "
@@ -161,7 +162,8 @@ def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[
                                   "file name is not valid UTF-8"))
                 continue
             found.append(rel)
-    return sorted(found, key=lambda r: r.split("/")), skipped, unnamable
+    # "/" as the smallest character sorts as the lists of parts would, without making a list per path
+    return sorted(found, key=lambda r: r.replace("/", "\0")), skipped, unnamable
 
 
 def _is_regular(entry: os.DirEntry) -> bool:

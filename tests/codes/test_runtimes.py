@@ -146,6 +146,7 @@ def test_a_failed_conversion_falls_back_to_tensorflow_with_a_note(logs, images, 
     def cannot_convert(*a, **k):
         raise RuntimeError("unsupported operation")
     monkeypatch.setattr("pipeline.codes._runtimes.convert_to_openvino", cannot_convert)
+    monkeypatch.setattr("pipeline.codes._worker.converted_from_source", lambda source: None)  # not cached
     path = generate_codes(images, cache_dir=tmp_path, runtime="openvino", **FAST)[0]
     assert any(l.startswith("note: OpenVINO could not convert") for l in logs), logs
     assert CodeSet.load(path).attrs["runtime"].startswith("TensorFlow")
