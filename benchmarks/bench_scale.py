@@ -147,7 +147,8 @@ def main():
     p.add_argument("--caltech", type=Path, default=ROOT.parent / "shared/data/caltech101/101_ObjectCategories")
     p.add_argument("--keep", action="store_true", help="reuse the generated images of an earlier run")
     p.add_argument("--sample", type=int, default=100_000, help="codes on which exact and approximate audits are compared")
-    p.add_argument("--skip", nargs="*", default=[], choices=["heads", "audit", "caltech"], help="steps left out")
+    p.add_argument("--skip", nargs="*", default=[], choices=["build", "heads", "audit", "caltech"],
+                   help="steps left out (build: updates of the code set an earlier run built, with --keep)")
     p.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.step:
@@ -172,11 +173,16 @@ def main():
         t0 = time.perf_counter()
         make_images(data, missing, seed=len(missing))
         print(f"generated {len(missing)} images of 24x24 px in {time.perf_counter() - t0:.0f} s")
-    shutil.rmtree(cache, ignore_errors=True)
     for extra in data.glob("class*/new*.jpg"):
         extra.unlink()
     results = {}
-    results["build"] = run_step("codes", data, cache, "local", 1)
+    if "build" in a.skip:  # the build of an earlier run (--keep): its figures, its cache brought up to date
+        results["build"] = json.loads((a.work / "build.json").read_text())
+        run_step("codes", data, cache, "local", 1)
+    else:
+        shutil.rmtree(cache, ignore_errors=True)
+        results["build"] = run_step("codes", data, cache, "local", 1)
+        (a.work / "build.json").write_text(json.dumps(results["build"]))
     code_set = next(p for p in cache.rglob("*.h5") if not p.parent.name.endswith(".parts"))
     results["build"]["cache_bytes"] = folder_bytes(cache)
     k = n // 100

@@ -92,7 +92,8 @@ def duplicate_pairs(nb: Neighbours, y: np.ndarray, threshold: float = THRESHOLD,
     """Within-class pairs at ``threshold`` or more among the neighbours; each image with its
     nearest other-class image at ``cross_threshold`` or more. Each pair once, most similar first.
     ``cosines(a, b)``, if given, measures the found pairs again (the codes themselves where the
-    neighbours were found on reduced ones); pairs below their threshold then are dropped."""
+    neighbours were found on reduced ones); pairs below their threshold then are dropped. Where
+    it returns None, the similarities the neighbours were found with stand."""
     low = min(threshold, cross_threshold)
     rows, cols = np.nonzero(nb.similarity >= threshold)
     j = nb.index[rows, cols]
@@ -107,8 +108,9 @@ def duplicate_pairs(nb: Neighbours, y: np.ndarray, threshold: float = THRESHOLD,
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
     a, b, sim = a[first], b[first], sim[first].astype(np.float64)
     across = y[a] != y[b]
-    if cosines is not None and len(a):
-        sim = np.asarray(cosines(a, b), np.float64)
+    measured = cosines(a, b) if cosines is not None and len(a) else None  # None: too many to read again
+    if measured is not None:
+        sim = np.asarray(measured, np.float64)
         keep = sim >= np.where(across, low, threshold)
         a, b, sim, across = a[keep], b[keep], sim[keep], across[keep]
     mutual = (nb.other_index[a] == b) & (nb.other_index[b] == a)

@@ -54,6 +54,8 @@ def test_approximate_search_finds_the_pairs_of_the_exact_one(tmp_path):
     assert np.allclose([got[k].similarity for k in common], [want[k].similarity for k in common], atol=1e-4)
     assert [got[k].tier for k in common] == [want[k].tier for k in common]
     assert len(set(got) - set(want)) <= 0.01 * len(want)  # measured on the codes again: few pairs beyond
+    as_found = duplicate_pairs(near, y, cosines=lambda a, b: None)  # too many to measure again: as found
+    assert {(p.a, p.b) for p in as_found} == {(p.a, p.b) for p in duplicate_pairs(near, y)}
 
     # the nearest neighbour, and the nearest of another class, of the images that have a close one
     # (the rest have many at about the same distance, in any order)
