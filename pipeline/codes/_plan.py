@@ -108,7 +108,12 @@ def _plan_output(path: Path, attrs: dict, ds: ImageFolder, current: dict, digest
 
     folder = parts_dir(path)
     lost = {n for n in {r.part for r in index.rows} if n and not (folder / n).is_file()}  # computed again
-    usable = {r.path: r for r in index.rows if r.part not in lost and unchanged(r.path, r.fingerprint, r.digest)}
+    if verify:
+        usable = {r.path: r for r in index.rows if r.part not in lost and unchanged(r.path, r.fingerprint, r.digest)}
+    else:  # the same size and time: unchanged, without a call per image; the others are looked at
+        same = {r.path: r for r in index.rows if current.get(r.path) == r.fingerprint}
+        usable = {r.path: r for r in index.rows if (r.path in same or unchanged(r.path, r.fingerprint, r.digest))
+                  and r.part not in lost} if lost or len(same) < len(index.rows) else same
     failed = {p: f for p, f in index.failed.items() if current.get(p) == tuple(f.fingerprint) and p not in usable}
     return OutputPlan(path, attrs, index, usable, failed)
 
@@ -155,14 +160,16 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
         todo = [p for p in ds.paths if p not in outputs[0].usable and p not in outputs[0].failed]
     else:
         todo = [p for p in ds.paths if any(p not in o.usable and p not in o.failed for o in outputs)]
-    known = set().union(*({r.path for r in o.index.rows} | set(o.index.failed) for o in outputs if o.index))
+    indexed = set().union(*({r.path for r in o.index.rows} for o in outputs if o.index))
+    known = indexed.union(*(o.index.failed for o in outputs if o.index))
     on_disk = set(ds.paths)
+    first_failed = outputs[0].failed  # usually none: no pass over the paths for them
     counts = {
-        "cached": len(ds.paths) - len(todo) - sum(p in outputs[0].failed for p in ds.paths),
+        "cached": len(ds.paths) - len(todo) - (sum(p in first_failed for p in ds.paths) if first_failed else 0),
         "new": sum(p not in known for p in todo),
         "changed": sum(p in known for p in todo),
-        "removed": len({r.path for o in outputs if o.index for r in o.index.rows} - on_disk),
-        "failed": sum(p in outputs[0].failed and p not in todo for p in ds.paths),
+        "removed": len(indexed - on_disk),
+        "failed": sum(p in first_failed and p not in todo for p in ds.paths) if first_failed else 0,
     }
     identity = CodeIdentity.from_attrs(out_attrs[0]).model_key()
     partitions = []
