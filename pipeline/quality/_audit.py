@@ -21,6 +21,7 @@ set), ``audit.json`` and ``report.html`` (a gallery of each finding) in ``runs/<
 from __future__ import annotations
 
 import collections
+import collections.abc
 import csv
 import dataclasses
 import json
@@ -80,6 +81,28 @@ TIERS = ("copy", "mutual", "look-alike")
 COPY = 0.97
 
 
+class Pairs(collections.abc.Sequence):
+    """Pairs of images as columns, most worth a look first: a million pairs are arrays, not a
+    million records. Items are :class:`Pair`; a slice or a boolean mask gives ``Pairs``."""
+
+    def __init__(self, a, b, similarity, across, tier):
+        self.a, self.b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        self.similarity = np.asarray(similarity, np.float64)
+        self.across, self.tier = np.asarray(across, bool), np.asarray(tier, np.int8)  # tier: index in TIERS
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice) or np.ndim(i):
+            return Pairs(self.a[i], self.b[i], self.similarity[i], self.across[i], self.tier[i])
+        return Pair("across classes" if self.across[i] else "within class", int(self.a[i]), int(self.b[i]),
+                    float(self.similarity[i]), TIERS[self.tier[i]])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, collections.abc.Sequence) and list(self) == list(other)
+
+
 def unit_rows(X: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length, float32, in place where X is already float32."""
     Z = np.asarray(X, np.float32)
@@ -88,7 +111,7 @@ def unit_rows(X: np.ndarray) -> np.ndarray:
 
 
 def duplicate_pairs(nb: Neighbours, y: np.ndarray, threshold: float = THRESHOLD,
-                    cross_threshold: float = CROSS_THRESHOLD, cosines=None) -> list[Pair]:
+                    cross_threshold: float = CROSS_THRESHOLD, cosines=None) -> Pairs:
     """Within-class pairs at ``threshold`` or more among the neighbours; each image with its
     nearest other-class image at ``cross_threshold`` or more. Each pair once, most similar first.
     ``cosines(a, b)``, if given, measures the found pairs again (the codes themselves where the
@@ -116,8 +139,7 @@ def duplicate_pairs(nb: Neighbours, y: np.ndarray, threshold: float = THRESHOLD,
     mutual = (nb.other_index[a] == b) & (nb.other_index[b] == a)
     tier = np.where(~across | (sim >= COPY), 0, np.where(mutual, 1, 2))
     order = np.lexsort((b, a, -sim, tier))
-    return [Pair("across classes" if across[i] else "within class", int(a[i]), int(b[i]), float(sim[i]),
-                 TIERS[tier[i]]) for i in order]
+    return Pairs(a[order], b[order], sim[order], across[order], tier[order])
 
 
 def reduced_unit_codes(cs, components: int = COMPONENTS, sample: int = SAMPLE, seed: int = 0,
@@ -302,7 +324,7 @@ def outlier_scores(nb: Neighbours) -> np.ndarray:
 class Findings:
     """What an audit found, as indices into the code set."""
     neighbours: Neighbours
-    pairs: list[Pair]
+    pairs: Pairs
     proba: np.ndarray        # out-of-fold class probabilities (N, classes)
     issues: np.ndarray       # likely label errors, the least likely given label first
     scores: np.ndarray       # outlier score of every image
@@ -343,9 +365,7 @@ def write_csvs(run_dir: Path, cs, f: Findings) -> None:
     tables = {
         "duplicates.csv": (["kind", "similarity", "path_a", "class_a", "split_a", "path_b", "class_b", "split_b",
                             "leakage", "tier"],
-                           ([p.kind, f"{p.similarity:.4f}", paths[p.a], classes[y[p.a]], where(p.a), paths[p.b],
-                             classes[y[p.b]], where(p.b), "yes" if split[p.a] != split[p.b] else "no", p.tier]
-                            for p in f.pairs)),
+                           pair_rows(f.pairs, paths, classes, y, split)),
         "label_issues.csv": (["rank", "path", "split", "given_class", "given_probability", "suggested_class",
                               "suggested_probability"],
                              ([r, paths[i], where(i), classes[y[i]], f"{f.proba[i, y[i]]:.4f}", classes[s],
@@ -363,21 +383,43 @@ def write_csvs(run_dir: Path, cs, f: Findings) -> None:
             w.writerows(rows)
 
 
+def pair_rows(pairs: Pairs, paths, classes, y, split, chunk: int = 100_000):
+    """The rows of duplicates.csv, made a chunk of pairs at a time from the columns."""
+    kinds, names = ("within class", "across classes"), list(SPLIT_NAMES)
+    for s in range(0, len(pairs), chunk):
+        p = pairs[s:s + chunk]
+        sa, sb = split[p.a], split[p.b]
+        yield from ([kinds[x], f"{sim:.4f}", paths[a], classes[ya], names[xa], paths[b], classes[yb], names[xb],
+                     "yes" if xa != xb else "no", TIERS[t]]
+                    for x, sim, a, b, ya, yb, xa, xb, t in zip(
+                        p.across.tolist(), p.similarity.tolist(), p.a.tolist(), p.b.tolist(), y[p.a].tolist(),
+                        y[p.b].tolist(), sa.tolist(), sb.tolist(), p.tier.tolist()))
+
+
+def class_pair_counts(pairs: Pairs, y, classes) -> list[dict]:
+    """Pairs across classes per pair of classes (names in order), most first (ties: first found first)."""
+    across = pairs[pairs.across]
+    rank = np.argsort(np.argsort(np.asarray(classes, object)))  # each class's place in name order
+    ya, yb = np.asarray(y)[across.a], np.asarray(y)[across.b]
+    lo, hi = np.where(rank[ya] <= rank[yb], ya, yb), np.where(rank[ya] <= rank[yb], yb, ya)
+    keys, first, counts = np.unique(lo * len(classes) + hi, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))
+    return [{"classes": [classes[keys[i] // len(classes)], classes[keys[i] % len(classes)]], "pairs": int(counts[i])}
+            for i in order]
+
+
 def summarize(cs, f: Findings, options: dict, seconds: float) -> dict:
     """audit.json: the code set, the options and the counts; class pairs that share images."""
-    classes, y, split = list(cs.class_names), cs.y, cs.split
-    class_pairs = collections.Counter(tuple(sorted((classes[y[p.a]], classes[y[p.b]])))
-                                      for p in f.pairs if p.kind == "across classes")
+    classes, y, split, pairs = list(cs.class_names), cs.y, cs.split, f.pairs
+    by_tier = np.bincount(pairs.tier[pairs.across], minlength=len(TIERS))
     return {
         "kind": "audit", "codes": str(cs.path), "code_attrs": {k: str(v) for k, v in cs.attrs.items()},
         "data_root": str(cs.data_root) if cs.data_root else None, "images": len(cs), "classes": len(classes),
         "options": {**options, "components": COMPONENTS, "C": LABEL_C}, "neighbours": f.neighbours.method,
-        "duplicates": {"within_class": sum(p.kind == "within class" for p in f.pairs),
-                       "across_classes": sum(p.kind == "across classes" for p in f.pairs),
-                       "across_splits": int(sum(split[p.a] != split[p.b] for p in f.pairs)),
-                       "across_classes_by_tier": {t: sum(p.kind == "across classes" and p.tier == t for p in f.pairs)
-                                                  for t in TIERS}},
-        "class_pairs": [{"classes": list(k), "pairs": v} for k, v in class_pairs.most_common()],
+        "duplicates": {"within_class": int((~pairs.across).sum()), "across_classes": int(pairs.across.sum()),
+                       "across_splits": int((split[pairs.a] != split[pairs.b]).sum()),
+                       "across_classes_by_tier": {t: int(by_tier[k]) for k, t in enumerate(TIERS)}},
+        "class_pairs": class_pair_counts(pairs, y, classes),
         "label_issues": int(len(f.issues)), "out_of_fold_accuracy": float((f.proba.argmax(1) == y).mean()) if f.label_model else None,
         "outliers": int(len(f.outliers)), "seconds": round(seconds, 2),
     }
@@ -500,10 +542,10 @@ def write_audit_report(run_dir: Path, summary: dict, cs, f: Findings, limit: int
                 table(["class", "other class", "pairs"], [[*c["classes"], c["pairs"]] for c in summary["class_pairs"]])
                 if summary["class_pairs"] else "<p>None found.</p>", "class-pairs"),
         section("Near-duplicates across the split (leakage)",
-                pair_gallery([p for p in pairs if split[p.a] != split[p.b]]), "leakage"),
+                pair_gallery(pairs[split[pairs.a] != split[pairs.b]]), "leakage"),
         section("Near-duplicates across classes (copies, then mutual pairs, then look-alikes)",
-                pair_gallery([p for p in pairs if p.kind == "across classes"]), "across-classes"),
-        section("Near-duplicates within classes", pair_gallery([p for p in pairs if p.kind == "within class"]),
+                pair_gallery(pairs[pairs.across]), "across-classes"),
+        section("Near-duplicates within classes", pair_gallery(pairs[~pairs.across]),
                 "within-class"),
         section("Likely label errors (the least likely given label first)", image_gallery(
             f.issues, lambda i: f"<br><span class=\"bad\">given {esc(classes[y[i]])} ({100 * proba[i, y[i]]:.1f}%)</span>"
