@@ -116,10 +116,17 @@ def top_k(S: np.ndarray, k: int, stride: int = 16) -> tuple[np.ndarray, np.ndarr
     return np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
 
 
+def _faiss():
+    """faiss, without the lines its loader logs at INFO about the builds it tries first."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+    return faiss
+
+
 def ivf_index(Z: np.ndarray, seed: int = 0, progress: bool = True):
     """A faiss inverted-file index of the unit rows ``Z`` (inner product, 8-bit scalar quantizer),
     its lists trained on a sample; ``nprobe`` set to ``PROBES``."""
-    import faiss
+    faiss = _faiss()
 
     n, d = Z.shape
     lists = max(1, n // LIST_SIZE)
@@ -137,7 +144,7 @@ def ivf_index(Z: np.ndarray, seed: int = 0, progress: bool = True):
 def approximate_neighbours(Z: np.ndarray, y: np.ndarray, k: int, floor: float = -1.0, seed: int = 0,
                            progress: bool = True) -> Neighbours:
     """Approximate cosine nearest neighbours of the unit rows ``Z`` through :func:`ivf_index`."""
-    import faiss
+    faiss = _faiss()
 
     n = len(Z)
     k = max(1, min(k, n - 1))
