@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline._tf import quiet_tensorflow
 from pipeline.backbones._torch_pickle import load_legacy_state_dict
 
 # Deferred on purpose: Keras is imported inside the functions that use it, so that commands and
@@ -87,7 +86,6 @@ def build_efficientnet_lite(name: str, input_shape=(None, None, 3), include_top:
     shape (batch, height, width, 3). Output: the final conv block ``top_activation``
     (batch, h/32, w/32, 1280), or with ``include_top`` the 1000 ImageNet logits.
     """
-    quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
     import keras
     from keras import layers
 

@@ -58,7 +58,6 @@ class Backbone:
 
 def _keras_app(attr):
     def build(input_shape, weights):
-        quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
         import keras
         return getattr(keras.applications, attr)(include_top=False, weights=weights, input_shape=input_shape)
     return build
@@ -123,7 +122,6 @@ PREPROCESSING = {
 def Preprocess(mode: str, name: str = "preprocess"):
     """A built-in Keras layer for one preprocessing mode (None for 'none'), so that any model
     containing it loads with plain ``keras.saving.load_model``, no custom objects needed."""
-    quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
     import keras
 
     if mode not in PREPROCESSING:
@@ -203,7 +201,7 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
     ``weights``: 'imagenet', 'none' (random, seeded so runs agree) or a path to a Keras weights
     file for this architecture.
     """
-    quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
+    quiet_tensorflow()  # where stage 1 first imports TensorFlow: without its start-up chatter
     import keras
 
     size = image_size or backbone.input_size
@@ -255,7 +253,6 @@ def _calibrate_random(base) -> None:
     on a forward pass was tried first: its statistics changed in the last bits with the thread
     count, and the codes with them).
     """
-    quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
     import keras
     import numpy as np
 
@@ -277,7 +274,6 @@ def code_layer_name(layer: str, pooling: str) -> str:
 
 def pooling_layer(pooling: str, layer: str):
     """The Keras layer that turns ``layer``'s activations into codes (named by :func:`code_layer_name`)."""
-    quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
     import keras
     return getattr(keras.layers, POOLING_LAYERS[pooling])(name=code_layer_name(layer, pooling))
 
@@ -307,7 +303,7 @@ def build_feature_model(backbone: Backbone, outputs, weights="imagenet", image_s
     Returns (model, code_shapes) where code_shapes[i] is the layer's activation shape before
     pooling, e.g. (5, 5, 2048).
     """
-    quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
+    quiet_tensorflow()  # where stage 1 first imports TensorFlow: without its start-up chatter
     import keras
 
     base = build_base(backbone, weights, image_size)

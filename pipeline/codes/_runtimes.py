@@ -62,7 +62,7 @@ def tensorflow_gpus() -> int:
     """GPUs TensorFlow sees; 0 without importing it (seconds) where no GPU driver exposes a device."""
     if not any(Path(p).exists() for p in GPU_DEVICES):
         return 0
-    quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
+    quiet_tensorflow()  # where stage 1 first imports TensorFlow: without its start-up chatter
     import tensorflow as tf
     return len(tf.config.list_physical_devices("GPU"))
 
@@ -98,7 +98,6 @@ class TensorFlowMapper:
     name = "tensorflow"
 
     def __init__(self, model, batch_size: int):
-        quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
         import tensorflow as tf
         self.batch_size = batch_size
         self._fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), autograph=False)
@@ -196,7 +195,6 @@ def convert_to_openvino(model, key: ConversionKey, cache_root: Path | None = Non
     xml = folder / "model.xml"
     if xml.is_file() and (folder / "key.json").is_file():
         return openvino_core().read_model(xml), True
-    quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
     import tensorflow as tf
 
     # A traced function converts in a third of the time of an exported SavedModel.

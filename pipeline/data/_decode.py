@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline._tf import quiet_tensorflow
 from pipeline.data._scan import RESIZES, ImageError, load_image
 
 # Deferred on purpose: Keras, TensorFlow are imported inside the functions that use them, so that
@@ -18,7 +17,6 @@ from pipeline.data._scan import RESIZES, ImageError, load_image
 
 def augmentation(strength: float = 0.1, seed: int = 0):
     """Random horizontal flip, rotation (±strength·180°), zoom and shift (±strength) as one layer."""
-    quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
     import keras
     return keras.Sequential([
         keras.layers.RandomFlip("horizontal", seed=seed),
@@ -37,7 +35,6 @@ def image_dataset(root, paths, labels, size: int, batch_size: int, shuffle: bool
     :func:`~pipeline.data._scan.load_image`). An image that fails to decode here (it decoded
     when its codes were cached) gives a black image rather than stopping a long training run.
     """
-    quiet_tensorflow()  # first import: without TensorFlow's start-up chatter
     import tensorflow as tf
 
     root = Path(root)
