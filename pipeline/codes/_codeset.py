@@ -59,15 +59,24 @@ class _Codes:
         return h.hexdigest()
 
     def blocks(self, mask=None, block: int = 8192):
-        """(row indices, float32 codes) of the selected rows, ``block`` rows at a time (codes held
-        in memory: from them; a code set on disk streams them from the file)."""
+        """(row indices, float32 codes) of the selected rows, ``block`` rows at a time: memory
+        bounded by the block, whatever the code set's size (a code set on disk streams them from
+        its file, :meth:`_reader`)."""
+        with self._reader() as read:
+            for s in range(0, self.shape[0], block):
+                sel = np.arange(s, min(s + block, self.shape[0]))
+                if mask is not None:
+                    sel = sel[np.asarray(mask[s:s + block], bool)]
+                    if not len(sel):
+                        continue
+                yield sel, read(s, s + block, mask)
+
+    @contextlib.contextmanager
+    def _reader(self):
+        """read(start, stop, mask): the codes of rows start..stop where ``mask`` is true; here
+        from the codes held in memory."""
         X = self.X
-        for s in range(0, len(X), block):
-            sel = np.arange(s, min(s + block, len(X)))
-            if mask is not None:
-                sel = sel[np.asarray(mask[s:s + block], bool)]
-            if len(sel):
-                yield sel, X[sel]
+        yield lambda s, e, mask: X[s:e] if mask is None else X[s:e][np.asarray(mask[s:e], bool)]
 
     def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
         m = self.split == which
@@ -147,17 +156,11 @@ class CodeSet(_Codes):
             at += len(codes)
         return out
 
-    def blocks(self, mask=None, block: int = 8192):
-        """(row indices, float32 codes) of the selected rows, ``block`` file rows at a time:
-        memory bounded by the block, whatever the code set's size."""
+    @contextlib.contextmanager
+    def _reader(self):
+        """As :meth:`_Codes._reader`, from the file (read whether or not ``X`` is held)."""
         with self._codes() as ds:
-            for s in range(0, self.shape[0], block):
-                sel = np.arange(s, min(s + block, self.shape[0]))
-                if mask is not None:
-                    sel = sel[np.asarray(mask[s:s + block], bool)]
-                    if not len(sel):
-                        continue
-                yield sel, self._read(ds, s, s + block, mask)
+            yield lambda s, e, mask: self._read(ds, s, e, mask)
 
     def read_ranges(self, ranges, mask=None) -> tuple[np.ndarray, np.ndarray]:
         """Float32 codes of the file rows in ``ranges`` [(start, stop), ...] where ``mask`` is

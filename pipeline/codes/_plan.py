@@ -108,12 +108,9 @@ def _plan_output(path: Path, attrs: dict, ds: ImageFolder, current: dict, digest
 
     folder = parts_dir(path)
     lost = {n for n in {r.part for r in index.rows} if n and not (folder / n).is_file()}  # computed again
-    if verify:
-        usable = {r.path: r for r in index.rows if r.part not in lost and unchanged(r.path, r.fingerprint, r.digest)}
-    else:  # the same size and time: unchanged, without a call per image; the others are looked at
-        same = {r.path: r for r in index.rows if current.get(r.path) == r.fingerprint}
-        usable = {r.path: r for r in index.rows if (r.path in same or unchanged(r.path, r.fingerprint, r.digest))
-                  and r.part not in lost} if lost or len(same) < len(index.rows) else same
+    # the same size and time (the usual case) decided without a call per image
+    usable = {r.path: r for r in index.rows if r.part not in lost and (
+        (not verify and current.get(r.path) == r.fingerprint) or unchanged(r.path, r.fingerprint, r.digest))}
     failed = {p: f for p, f in index.failed.items() if current.get(p) == tuple(f.fingerprint) and p not in usable}
     return OutputPlan(path, attrs, index, usable, failed)
 
