@@ -78,6 +78,7 @@ class Pair:
 #   pairs one photograph in 92% by eye, against 65% of all 508 at 0.80: docs/report-and-audit.md);
 # - look-alike: the rest (ketch/schooner, rose/tulip), listed last.
 TIERS = ("copy", "mutual", "look-alike")
+KINDS = ("within class", "across classes")  # a pair's kind by whether its images' classes differ
 COPY = 0.97
 
 
@@ -96,7 +97,7 @@ class Pairs(collections.abc.Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice) or np.ndim(i):
             return Pairs(self.a[i], self.b[i], self.similarity[i], self.across[i], self.tier[i])
-        return Pair("across classes" if self.across[i] else "within class", int(self.a[i]), int(self.b[i]),
+        return Pair(KINDS[int(self.across[i])], int(self.a[i]), int(self.b[i]),
                     float(self.similarity[i]), TIERS[self.tier[i]])
 
     def __eq__(self, other) -> bool:
@@ -121,9 +122,10 @@ def duplicate_pairs(nb: Neighbours, y: np.ndarray, threshold: float = THRESHOLD,
     rows, cols = np.nonzero(nb.similarity >= threshold)
     j = nb.index[rows, cols]
     within = y[rows] == y[j]
-    a = np.concatenate([rows[within], np.flatnonzero((nb.other_index >= 0) & (nb.other_similarity >= low))])
-    b = np.concatenate([j[within], nb.other_index[a[within.sum():]]])
-    sim = np.concatenate([nb.similarity[rows, cols][within], nb.other_similarity[a[within.sum():]]])
+    other = np.flatnonzero((nb.other_index >= 0) & (nb.other_similarity >= low))
+    a = np.concatenate([rows[within], other])
+    b = np.concatenate([j[within], nb.other_index[other]])
+    sim = np.concatenate([nb.similarity[rows, cols][within], nb.other_similarity[other]])
     a, b = np.minimum(a, b), np.maximum(a, b)
     order = np.lexsort((-sim, b, a))  # each pair once, at its highest similarity
     a, b, sim = a[order], b[order], sim[order]
@@ -385,11 +387,11 @@ def write_csvs(run_dir: Path, cs, f: Findings) -> None:
 
 def pair_rows(pairs: Pairs, paths, classes, y, split, chunk: int = 100_000):
     """The rows of duplicates.csv, made a chunk of pairs at a time from the columns."""
-    kinds, names = ("within class", "across classes"), list(SPLIT_NAMES)
+    names = list(SPLIT_NAMES)
     for s in range(0, len(pairs), chunk):
         p = pairs[s:s + chunk]
         sa, sb = split[p.a], split[p.b]
-        yield from ([kinds[x], f"{sim:.4f}", paths[a], classes[ya], names[xa], paths[b], classes[yb], names[xb],
+        yield from ([KINDS[x], f"{sim:.4f}", paths[a], classes[ya], names[xa], paths[b], classes[yb], names[xb],
                      "yes" if xa != xb else "no", TIERS[t]]
                     for x, sim, a, b, ya, yb, xa, xb, t in zip(
                         p.across.tolist(), p.similarity.tolist(), p.a.tolist(), p.b.tolist(), y[p.a].tolist(),
