@@ -96,14 +96,14 @@ class PartWriter:
         self.codes.resize(n + len(codes), axis=0)
         self.codes[n:] = codes
         self.paths += list(paths)
-        self.fingerprints += [tuple(fp) for fp in fingerprints]
+        self.fingerprints.append(np.asarray(fingerprints, np.int64).reshape(-1, 2))
         self.digests += list(digests)
         self.failed += failed
 
     def close(self, runtime: str) -> Path:
         f = self.f
         f.create_dataset("paths", data=self.paths, dtype=STR)
-        f.create_dataset("fingerprints", data=np.asarray(self.fingerprints, np.int64).reshape(-1, 2))
+        f.create_dataset("fingerprints", data=np.concatenate(self.fingerprints or [np.zeros((0, 2), np.int64)]))
         f.create_dataset("digests", data=np.asarray(self.digests, np.uint64))
         f.create_dataset("failed_paths", data=[x.path for x in self.failed], dtype=STR)
         f.create_dataset("failed_reasons", data=[x.reason for x in self.failed], dtype=STR)
@@ -141,33 +141,73 @@ class PartInfo:
 def read_part(file: Path) -> PartInfo:
     with h5py.File(file, "r") as f:
         return PartInfo(Path(file).name, list(f["paths"].asstr()[()]), f["fingerprints"][()], f["digests"][()],
-                        [FailedImage(p, r, tuple(int(v) for v in fp)) for p, r, fp in
-                         zip(f["failed_paths"].asstr()[()], f["failed_reasons"].asstr()[()],
-                             f["failed_fingerprints"][()])],
-                        f["codes"].shape[0], f["codes"].shape[1],
+                        _failed(f), f["codes"].shape[0], f["codes"].shape[1],
                         json.loads(f.attrs["code_shape"]) if "code_shape" in f.attrs else None,
                         str(f.attrs.get("runtime", "unknown")))
 
 
+def _failed(f) -> list[FailedImage]:
+    if "failed_fingerprints" not in f:  # before it (0.1.0): failures are retried
+        return []
+    return [FailedImage(p, r, tuple(fp)) for p, r, fp in
+            zip(f["failed_paths"].asstr()[()], f["failed_reasons"].asstr()[()],
+                np.asarray(f["failed_fingerprints"][()], np.int64).reshape(-1, 2).tolist())]
+
+
 # ------------------------------------------------------------------ the index
 
-@dataclasses.dataclass(slots=True)  # a million of them: half the memory, faster to make
-class Row:
-    """One image of a code set: where its code is (part file and row) and what the image was."""
+@dataclasses.dataclass
+class Rows:
+    """Where the codes of a code set's images are, as columns (a million images: a few arrays,
+    not a million objects): image i's code is row ``row[i]`` of part file
+    ``part_names[part[i]]``; ``fingerprints[i]`` and ``digests[i]`` are what the image was."""
 
-    path: str
-    part: str                     # part file name; "" for a format-1 file's own rows
-    row: int
-    fingerprint: tuple[int, int]
-    digest: int                   # 0: unknown (files of version 0.1.0)
+    part_names: list[str]         # "" for a format-1 file's own rows
+    part: np.ndarray              # (n,) int32, into part_names
+    row: np.ndarray               # (n,) int32
+    fingerprints: np.ndarray      # (n, 2) int64: size in bytes, mtime in ns
+    digests: np.ndarray           # (n,) uint64; 0: unknown (files of version 0.1.0)
+
+    @classmethod
+    def of_part(cls, name: str, fingerprints, digests) -> Rows:
+        n = len(digests)
+        return cls([name], np.zeros(n, np.int32), np.arange(n, dtype=np.int32),
+                   np.asarray(fingerprints, np.int64).reshape(-1, 2), np.asarray(digests, np.uint64))
+
+    def __len__(self) -> int:
+        return len(self.part)
+
+    def take(self, which) -> Rows:
+        """The rows selected by a mask or by indices, in that order."""
+        return Rows(self.part_names, self.part[which], self.row[which], self.fingerprints[which], self.digests[which])
+
+    def names(self) -> list[str]:
+        """The part names in use, sorted."""
+        return sorted({self.part_names[i] for i in np.unique(self.part).tolist()})
+
+    def renumbered(self, names: list[str]) -> np.ndarray:
+        """Each row's part as an index into ``names`` (which must hold every part in use)."""
+        number = {n: i for i, n in enumerate(names)}
+        return np.asarray([number.get(n, -1) for n in self.part_names], np.int32)[self.part]
+
+    @staticmethod
+    def concat(pieces: list[Rows]) -> Rows:
+        names = sorted({n for p in pieces for n in p.part_names})
+        if not pieces:
+            return Rows(names, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 2), np.int64),
+                        np.zeros(0, np.uint64))
+        return Rows(names, np.concatenate([p.renumbered(names) for p in pieces]),
+                    np.concatenate([p.row for p in pieces]).astype(np.int32),
+                    np.concatenate([p.fingerprints for p in pieces]), np.concatenate([p.digests for p in pieces]))
 
 
 @dataclasses.dataclass
 class Index:
-    """A committed code set as stage 1 sees it: its rows, known-unreadable images, attributes."""
+    """A committed code set as stage 1 sees it: its images and rows, known-unreadable images, attributes."""
 
     path: Path
-    rows: list[Row]
+    paths: list[str]
+    rows: Rows
     failed: dict[str, FailedImage]
     attrs: dict
     dim: int
@@ -186,34 +226,26 @@ def read_index(path: Path) -> Index:
                 raise UserError(f"{path} was written by a newer version (format {version}); "
                                 f"update cnn-codes or pass --overwrite")
             labels, split, paths, class_names = check_code_file(f, path)
-            fps = _integers(f, "fingerprints", (len(paths), 2), -2**63, 2**63 - 1)
-            digests = (_integers(f, "digests", (len(paths),), 0, 2**64 - 1) if "digests" in f
-                       else np.zeros(len(paths), np.uint64))
+            n = len(paths)
+            fps = _integers(f, "fingerprints", (n, 2), -2**63, 2**63 - 1)
+            digests = (_integers(f, "digests", (n,), 0, 2**64 - 1) if "digests" in f
+                       else np.zeros(n, np.uint64))
             if version >= 2:
                 names = _strings(f, "part_names")
-                n = len(paths)
-                parts = [names[i] for i in _integers(f, "row_part", (n,), 0, len(names) - 1)]
-                rows_in = _integers(f, "row_in_part", (n,), 0, 2**31 - 1)
+                part = _integers(f, "row_part", (n,), 0, len(names) - 1).astype(np.int32)
+                row = _integers(f, "row_in_part", (n,), 0, 2**31 - 1).astype(np.int32)
             else:
-                parts, rows_in = [""] * len(paths), np.arange(len(paths))
-            failed = {}
-            if "failed_fingerprints" in f:  # before it (0.1.0): failures are retried
-                failed = {p: FailedImage(p, r, tuple(int(v) for v in fp)) for p, r, fp in
-                          zip(f["failed_paths"].asstr()[()], f["failed_reasons"].asstr()[()],
-                              f["failed_fingerprints"][()])}
+                names, part, row = [""], np.zeros(n, np.int32), np.arange(n, dtype=np.int32)
+            failed = {x.path: x for x in _failed(f)}
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
             dim = f["codes"].shape[1]
-            if fps.shape != (len(paths), 2) or digests.shape != (len(paths),) or len(parts) != len(paths):
-                raise CodeFileError("fingerprints, digests or row_part do not have a row per image")
     except CodeFileError as exc:
         raise UserError(f"cache file {path} is not a valid code set ({exc}); move it away or pass --overwrite") from None
     except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
-    # Python integers from the arrays at once (a million rows: seconds less than one by one)
-    rows = list(map(Row, paths, parts, np.asarray(rows_in).tolist(), map(tuple, np.asarray(fps).tolist()),
-                    np.asarray(digests).tolist()))
-    return Index(Path(path), rows, failed, attrs, dim, version, labels, split, class_names)
+    rows = Rows(names, part, row, fps.astype(np.int64), digests.astype(np.uint64))
+    return Index(Path(path), paths, rows, failed, attrs, dim, version, labels, split, class_names)
 
 
 def legacy_part_name(path: Path) -> str:
@@ -243,7 +275,8 @@ def adopt_legacy(path: Path) -> str:
 class IndexContent:
     """Everything a new index holds besides its attributes."""
 
-    rows: list[Row]
+    paths: list[str]
+    rows: Rows
     labels: np.ndarray            # (N,) int; a multi-label set: (N, labels) 0/1, stored as ``targets``
     split: np.ndarray
     class_names: list[str]
@@ -252,53 +285,59 @@ class IndexContent:
     dtype: str
 
 
-def _segments(rows: list[Row]):
+def _segments(part: np.ndarray, row: np.ndarray):
     """Runs of consecutive rows of one part: (part, first row in part, count, first code-set row)."""
-    out = []
-    for i, r in enumerate(rows):
-        if out and out[-1][0] == r.part and out[-1][1] + out[-1][2] == r.row:
-            out[-1][2] += 1
-        else:
-            out.append([r.part, r.row, 1, i])
-    return out
+    if not len(part):
+        return []
+    starts = np.flatnonzero(np.r_[True, (part[1:] != part[:-1]) | (row[1:] != row[:-1] + 1)])
+    stops = np.r_[starts[1:], len(part)]
+    return list(zip(part[starts].tolist(), row[starts].tolist(), (stops - starts).tolist(), starts.tolist()))
 
 
 def _column(f, name: str, data: np.ndarray, dtype=None) -> None:
     data = data if dtype is None else data.astype(dtype)
-    f.create_dataset(name, data=data, dtype=dtype, chunks=(min(len(data), 65536), *data.shape[1:]),
+    f.create_dataset(name, data=data, dtype=dtype, chunks=(max(1, min(len(data), 65536)), *data.shape[1:]),
                      compression="gzip", compression_opts=1, shuffle=True)
+
+
+def _encoded(paths: list[str], chunk: int = 65536) -> np.ndarray:
+    """The paths as one array of UTF-8 bytes (fixed width), for the index; encoded a chunk at a
+    time (an array of a million paths as text takes four bytes a character)."""
+    pieces = [np.char.encode(np.asarray(paths[i:i + chunk], dtype=str), "utf-8") for i in range(0, len(paths), chunk)]
+    return np.concatenate(pieces) if pieces else np.zeros(0, "S1")
 
 
 def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
     """Write the index of a code set (format 2) under a temporary name, then move it into place."""
     folder = parts_dir(path)
     rows = content.rows
-    names = sorted({r.part for r in rows})
-    number = {n: i for i, n in enumerate(names)}
+    names = rows.names()
+    part = rows.renumbered(names)
     shapes = {}
     for n in names:
         with h5py.File(folder / n, "r") as f:
             shapes[n] = f["codes"].shape
     tmp = _unique_tmp(path)
-    check_room(path, sum(len(r.path) + 80 for r in rows) + 64 * len(names),
+    paths = _encoded(content.paths)
+    check_room(path, paths.nbytes + 80 * len(rows) + 64 * len(names),
                kept=f"the computed parts are kept in {folder}: make room and run the same command again")
     try:
         with h5py.File(tmp, "w") as f:
             n = len(rows)
             layout = h5py.VirtualLayout((n, content.dim), dtype=content.dtype)
-            for part, start, count, at in _segments(rows):
-                src = h5py.VirtualSource(f"{folder.name}/{part}", "codes", shape=shapes[part])
+            for p, start, count, at in _segments(part, rows.row):
+                src = h5py.VirtualSource(f"{folder.name}/{names[p]}", "codes", shape=shapes[names[p]])
                 layout[at:at + count] = src[start:start + count]
             f.create_virtual_dataset("codes", layout, fillvalue=np.nan)
             # per-image columns compressed: the index is rewritten by every update
-            paths = np.array([r.path.encode() for r in rows])
-            _column(f, "paths", paths, dtype=h5py.string_dtype("utf-8", paths.dtype.itemsize))
+            _column(f, "paths", paths, dtype=h5py.string_dtype("utf-8", max(1, paths.dtype.itemsize)))
+            del paths
             # A multi-label set has no ``labels``: a reader that knows one label per image cannot
             # mistake it for a single-label set (attribute task = multi-label).
             _column(f, "targets" if content.labels.ndim == 2 else "labels", content.labels)
             _column(f, "split", content.split)
-            _column(f, "fingerprints", np.asarray([r.fingerprint for r in rows], np.int64).reshape(-1, 2))
-            _column(f, "digests", np.asarray([r.digest for r in rows], np.uint64))
+            _column(f, "fingerprints", rows.fingerprints.astype(np.int64).reshape(-1, 2))
+            _column(f, "digests", rows.digests.astype(np.uint64))
             f.create_dataset("class_names", data=content.class_names, dtype=STR)
             failed = sorted(content.failed, key=lambda x: x.path)
             f.create_dataset("failed_paths", data=[x.path for x in failed], dtype=STR)
@@ -306,8 +345,8 @@ def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
             f.create_dataset("failed_fingerprints",
                              data=np.asarray([x.fingerprint for x in failed], np.int64).reshape(-1, 2))
             f.create_dataset("part_names", data=names, dtype=STR)
-            _column(f, "row_part", np.asarray([number[r.part] for r in rows], np.int32))
-            _column(f, "row_in_part", np.asarray([r.row for r in rows], np.int32))
+            _column(f, "row_part", part)
+            _column(f, "row_in_part", rows.row.astype(np.int32))
             f.attrs.update(attrs, format_version=FORMAT_VERSION, parts=folder.name)
         fault_point("index-tmp-written")
         durable_replace(tmp, path)
@@ -342,8 +381,8 @@ def collect_garbage(path: Path) -> None:
     fault_point("parts-cleaned")
 
 
-def needs_compaction(rows: list[Row], max_parts: int) -> bool:
-    return len({r.part for r in rows}) > max_parts
+def needs_compaction(rows: Rows, max_parts: int) -> bool:
+    return len(rows.names()) > max_parts
 
 
 def compact(path: Path, content: IndexContent, attrs: dict, max_parts: int, write_attrs: dict) -> IndexContent:
@@ -352,43 +391,41 @@ def compact(path: Path, content: IndexContent, attrs: dict, max_parts: int, writ
     Each new part is written whole before the index refers to it; the old ones go with the next
     garbage collection."""
     folder = parts_dir(path)
-    live: dict[str, int] = {}
-    for r in content.rows:
-        live[r.part] = live.get(r.part, 0) + 1
-    target = -(-len(content.rows) // max(1, max_parts // 2))  # rows per part at half the limit
-    merging = {p for p, n in live.items() if n < target}
+    rows = content.rows
+    names = rows.names()
+    part = rows.renumbered(names)
+    live = np.bincount(part, minlength=len(names))
+    target = -(-len(rows) // max(1, max_parts // 2))  # rows per part at half the limit
+    merging = np.flatnonzero(live < target)
     if len(merging) < 2:
-        merging = set(sorted(live, key=lambda p: (live[p], p))[:2])
-    moving = [r for r in content.rows if r.part in merging]
-    new_rows, rename = [], {}
+        merging = np.array(sorted(range(len(names)), key=lambda p: (live[p], names[p]))[:2])
+    moving = np.flatnonzero(np.isin(part, merging))
+    new_part, new_row, new_names = part.copy(), rows.row.copy(), list(names)
     for s in range(0, len(moving), target):
         chunk = moving[s:s + target]
-        digest = hashlib.blake2b(json.dumps([(r.path, r.fingerprint) for r in chunk]).encode(), digest_size=8)
+        paths = [content.paths[i] for i in chunk.tolist()]
+        fps = rows.fingerprints[chunk]
+        digest = hashlib.blake2b(json.dumps([[p, fp] for p, fp in zip(paths, fps.tolist())]).encode(),
+                                 digest_size=8)
         part_id = "merged-" + digest.hexdigest()
         writer = PartWriter(folder, part_id, content.dim, content.dtype, len(chunk), write_attrs)
         try:
             block = np.empty((len(chunk), content.dim), content.dtype)
-            for part in sorted({r.part for r in chunk}):  # each source part read once
-                with h5py.File(folder / part, "r") as f:
+            for p in np.unique(part[chunk]).tolist():  # each source part read once
+                with h5py.File(folder / names[p], "r") as f:
                     codes = f["codes"][()]
-                for j, r in enumerate(chunk):
-                    if r.part == part:
-                        block[j] = codes[r.row]
-                        rename[(r.part, r.row)] = (writer.final.name, j)
-            writer.append(block, [r.path for r in chunk], [r.fingerprint for r in chunk],
-                          [r.digest for r in chunk], [])
+                mine = part[chunk] == p
+                block[mine] = codes[rows.row[chunk][mine]]
+            writer.append(block, paths, fps, rows.digests[chunk], [])
             writer.close(str(attrs.get("runtime", "unknown")))
         except BaseException:
             writer.abort()
             raise
         fault_point("compact-part-saved")
-    for r in content.rows:
-        if r.part in merging:
-            part, row = rename[(r.part, r.row)]
-            new_rows.append(Row(r.path, part, row, r.fingerprint, r.digest))
-        else:
-            new_rows.append(r)
-    content = dataclasses.replace(content, rows=new_rows)
+        new_part[chunk] = len(new_names)
+        new_row[chunk] = np.arange(len(chunk))
+        new_names.append(writer.final.name)
+    content = dataclasses.replace(content, rows=Rows(new_names, new_part, new_row, rows.fingerprints, rows.digests))
     write_index(path, content, attrs)
     return content
 

@@ -35,9 +35,8 @@ from pipeline.backbones import DEFAULT_BACKBONE, check_batch_memory
 from pipeline.codes._engines import compute
 from pipeline.codes._format import (
     FailedImage,
-    Index,
     IndexContent,
-    Row,
+    Rows,
     adopt_legacy,
     collect_garbage,
     compact,
@@ -48,7 +47,7 @@ from pipeline.codes._format import (
 )
 from pipeline.codes._homes import claim_home
 from pipeline.codes._locks import writer_lock
-from pipeline.codes._plan import OutputPlan, Plan, labels_of, make_plan
+from pipeline.codes._plan import OutputPlan, Plan, make_plan
 from pipeline.codes._runtimes import choose_runtime
 from pipeline.codes._settings import CodeIdentity, ComputeOptions, StoredSplit, split_options
 from pipeline.codes._worker import WorkSpec, default_decode_threads
@@ -229,19 +228,17 @@ def _label_attrs(ds, split, seed) -> dict:
                 task="multi-label" if ds.multi_label else "single-label")
 
 
-def _commit_all(plan: Plan, split, split_attrs: dict, max_parts) -> list:
+def _commit_all(plan: Plan, split: np.ndarray, split_attrs: dict, max_parts) -> list:
     """Commit every code set of the plan; returns the unreadable images of the first."""
-    split_codes = dict(zip(plan.ds.paths, split.tolist()))
-    labels = labels_of(plan.ds)
     failed = []
     for out in plan.outputs:
-        content, attrs = _new_index(out, plan, labels, split_codes, split_attrs)
-        if not _same_index(out.index, content, dict(split_attrs, **out.attrs, data_root=attrs["data_root"])):
+        content, images, attrs = _new_index(out, plan, split, split_attrs)
+        if not _same_index(out, images, content, dict(split_attrs, **out.attrs, data_root=attrs["data_root"])):
             write_index(out.path, content, attrs)
         if needs_compaction(content.rows, max_parts):  # also when a run was killed before it compacted
             part_attrs = dict(CodeIdentity.from_attrs(out.attrs).to_attrs(), code_shape=attrs["code_shape"])
             content = compact(out.path, content, attrs, max_parts, part_attrs)
-            logger.info(f"note: merged small parts of {out.path.name}: {len({r.part for r in content.rows})} parts now")
+            logger.info(f"note: merged small parts of {out.path.name}: {len(content.rows.names())} parts now")
         collect_garbage(out.path)
         fault_point("output-done")
         logger.info(f"{out.path}: {len(content.rows)} images x {content.dim} values"
@@ -252,56 +249,73 @@ def _commit_all(plan: Plan, split, split_attrs: dict, max_parts) -> list:
     return failed
 
 
-def _new_index(out: OutputPlan, plan: Plan, labels: dict, split_codes: dict, split_attrs: dict):
+def _new_index(out: OutputPlan, plan: Plan, split: np.ndarray, split_attrs: dict):
     """The rows of one code set after this run: kept rows (in their order), then the rows of
-    this run's partitions (in plan order); unreadable images kept or newly found."""
-    folder = parts_dir(out.path)
-    parts = [read_part(folder / f"part-{p.id}.h5") for p in plan.partitions]
-    # An image this code set already holds unchanged keeps its row (computed again only for
-    # another code set of the run, or before an interruption).
-    fresh = {p for part in parts for p in part.paths if p not in out.usable} | {
-        f.path for part in parts for f in part.failed}
-    kept = [r for r in (out.index.rows if out.index else []) if r.path in out.usable and r.path not in fresh]
-    if kept and out.index.format_version < 2:  # the old file becomes the first part, as it is
-        legacy = adopt_legacy(out.path)
-        kept = [dataclasses.replace(r, part=legacy) for r in kept]
-    fingerprints = plan.fingerprints
-    rows = [r if r.digest and r.fingerprint == fingerprints[r.path] else  # unchanged: the same row
-            Row(r.path, r.part, r.row, fingerprints[r.path], r.digest or content_digest(plan.ds.root / r.path))
-            for r in kept]
-    for part in parts:
-        rows += [Row(p, part.name, i, tuple(int(v) for v in fp), int(d))
-                 for i, (p, fp, d) in enumerate(zip(part.paths, part.fingerprints, part.digests)) if p in fresh]
-    failed = [f for p, f in out.failed.items() if p not in fresh] + [f for part in parts for f in part.failed]
-    failed += [FailedImage(name, "listed in the labels file, not found", (-1, -1)) for name in plan.ds.missing]
-    if not rows:
+    this run's partitions (in plan order); unreadable images kept or newly found. Returns the
+    content, each row's image (its position in the data set) and the attributes."""
+    ds, folder = plan.ds, parts_dir(out.path)
+    fresh = np.zeros(len(ds), bool)  # images whose row comes from this run's parts (or that failed now)
+    pieces, images, new_failed, with_codes = [], [], [], []
+    for p in plan.partitions:
+        part = read_part(folder / f"part-{p.id}.h5")
+        at = plan.positions(part.paths)
+        # An image this code set already holds unchanged keeps its row (computed again only for
+        # another code set of the run, or before an interruption).
+        new = (at >= 0) & ~out.cached[np.maximum(at, 0)]
+        fresh[at[new]] = True
+        fresh[plan.positions([f.path for f in part.failed if f.path in plan.position])] = True
+        pieces.append(Rows.of_part(part.name, part.fingerprints, part.digests).take(new))
+        images.append(at[new])
+        new_failed += part.failed
+        if part.n_rows:
+            with_codes.append(dataclasses.replace(part, paths=[]))  # its shape and runtime
+    kept = np.flatnonzero(out.usable & ~fresh[np.maximum(out.at, 0)])
+    if len(kept):
+        rows, at = out.index.rows.take(kept), out.at[kept]
+        if out.index.format_version < 2:  # the old file becomes the first part, as it is
+            rows.part_names = [adopt_legacy(out.path)]
+        # unchanged images keep their row; one whose time changed over the same bytes records its new time
+        now = ds.fingerprints[at]
+        stale = np.flatnonzero((rows.digests == 0) | (rows.fingerprints != now).any(axis=1))
+        rows.fingerprints[stale] = now[stale]
+        for i in stale[rows.digests[stale] == 0].tolist():
+            rows.digests[i] = content_digest(ds.root / ds.paths[at[i]])
+        pieces.insert(0, rows)
+        images.insert(0, at)
+    rows = Rows.concat(pieces)
+    images = np.concatenate(images) if images else np.zeros(0, np.int64)
+    failed = [f for p, f in out.failed.items() if not fresh[plan.position[p]]] + new_failed
+    failed += [FailedImage(name, "listed in the labels file, not found", (-1, -1)) for name in ds.missing]
+    if not len(rows):
         if out.index is None:  # nothing to keep: no code set, no parts
             collect_garbage(out.path)
-        raise UserError(f"none of the {len(plan.ds)} images under {plan.ds.root} could be read"
+        raise UserError(f"none of the {len(ds)} images under {ds.root} could be read"
                         + (f" (e.g. {failed[0].path}: {failed[0].reason})" if failed else ""))
     old = out.index.attrs if out.index else {}
-    with_codes = [p for p in parts if p.n_rows]
     dim = with_codes[0].dim if with_codes else out.index.dim
     code_shape = (with_codes[0].code_shape if with_codes and with_codes[0].code_shape is not None
                   else json.loads(old["code_shape"]) if "code_shape" in old else [dim])  # (checked when read)
-    runtimes = set(str(old["runtime"]).split("; ")) if kept and "runtime" in old else set()
+    runtimes = set(str(old["runtime"]).split("; ")) if len(kept) and "runtime" in old else set()
     runtimes |= {p.runtime for p in with_codes}
-    label_type = np.uint8 if plan.ds.multi_label else np.int32  # multi-label: rows of 0/1 targets
-    content = IndexContent(rows, np.asarray([labels[r.path] for r in rows], label_type),
-                           np.asarray([split_codes[r.path] for r in rows], np.int8), list(plan.ds.class_names),
-                           failed, dim, out.attrs["dtype"])
+    # multi-label: rows of 0/1 targets
+    labels = ds.targets[images].astype(np.uint8) if ds.multi_label else np.asarray(ds.labels)[images].astype(np.int32)
+    content = IndexContent([ds.paths[i] for i in images.tolist()], rows, labels,
+                           np.asarray(split)[images].astype(np.int8), list(ds.class_names), failed, dim,
+                           out.attrs["dtype"])
     attrs = dict(out.attrs, **split_attrs, code_shape=json.dumps(list(code_shape)), versions=_versions(),
-                 runtime="; ".join(sorted(runtimes)) or "unknown", data_root=str(plan.ds.root.resolve()),
+                 runtime="; ".join(sorted(runtimes)) or "unknown", data_root=str(ds.root.resolve()),
                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    return content, attrs
+    return content, images, attrs
 
 
-def _same_index(index: Index | None, content: IndexContent, attrs: dict) -> bool:
+def _same_index(out: OutputPlan, images: np.ndarray, content: IndexContent, attrs: dict) -> bool:
     """True when the committed index (as the plan read it) already says exactly this: then it
     is not rewritten."""
-    return (index is not None and index.format_version >= 2
-            and [(r.path, r.part, r.row, r.fingerprint) for r in index.rows]
-            == [(r.path, r.part, r.row, r.fingerprint) for r in content.rows]
+    index = out.index
+    return (index is not None and index.format_version >= 2 and np.array_equal(out.at, images)
+            and np.array_equal(index.rows.renumbered(content.rows.part_names), content.rows.part)
+            and np.array_equal(index.rows.row, content.rows.row)
+            and np.array_equal(index.rows.fingerprints, content.rows.fingerprints)
             and np.array_equal(index.labels, content.labels) and np.array_equal(index.split, content.split)
             and index.class_names == content.class_names
             and sorted(index.failed) == sorted(x.path for x in content.failed)

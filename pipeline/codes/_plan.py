@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.codes._format import FailedImage, Index, Row, parts_dir, read_index
+from pipeline.codes._format import FailedImage, Index, parts_dir, read_index
 from pipeline.codes._settings import CodeIdentity
 from pipeline.data import ImageFolder, content_digest
 from pipeline.errors import ParameterError, UserError
@@ -30,13 +31,13 @@ from pipeline.errors import ParameterError, UserError
 STATES = ("cached", "new", "changed", "removed", "failed")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Partition:
     """One unit of work: images to compute, with the fingerprints they had when planned."""
 
     id: str
     paths: tuple[str, ...]
-    fingerprints: tuple[tuple[int, int], ...]
+    fingerprints: np.ndarray          # (n, 2) int64
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -44,12 +45,15 @@ class Partition:
 
 @dataclasses.dataclass
 class OutputPlan:
-    """One code set (layer, pooling) of the run: what of it is kept as it is."""
+    """One code set (layer, pooling) of the run: what of it is kept as it is. Per image and per
+    row, as arrays: a million images are a few arrays, not a million records."""
 
     path: Path
     attrs: dict
     index: Index | None
-    usable: dict[str, Row]            # cached rows whose image is unchanged
+    at: np.ndarray                    # each index row's image (position in the data set); -1: gone
+    usable: np.ndarray                # each index row: its image is unchanged (the row is kept)
+    cached: np.ndarray                # each image of the data set: it has a usable row
     failed: dict[str, FailedImage]    # known unreadable, unchanged since
 
     def staged(self, partition: Partition) -> bool:
@@ -63,7 +67,7 @@ class Plan:
     partitions: list[Partition]       # every partition of the new and changed images, in data-set order
     pending: list[Partition]          # those whose parts are not all written yet
     counts: dict[str, int]            # images per state
-    fingerprints: dict[str, tuple[int, int]]  # of every image on disk now, by path
+    position: dict[str, int]          # each image's position in the data set, by path
 
     @property
     def n_todo(self) -> int:
@@ -71,6 +75,10 @@ class Plan:
 
     def describe(self) -> str:
         return ", ".join(f"{self.counts[s]} {s}" for s in STATES if self.counts[s])
+
+    def positions(self, paths) -> np.ndarray:
+        """Where each of ``paths`` is in the data set; -1 where it is not on disk."""
+        return np.fromiter(map(self.position.get, paths, itertools.repeat(-1)), np.int64, len(paths))
 
 
 def check_identity(index: Index, attrs: dict) -> None:
@@ -87,32 +95,34 @@ def check_identity(index: Index, attrs: dict) -> None:
                         f"pass --overwrite to replace it or --cache-dir to keep both")
 
 
-def _plan_output(path: Path, attrs: dict, ds: ImageFolder, current: dict, digest_of, overwrite: bool,
-                 verify: bool) -> OutputPlan:
+def _plan_output(path: Path, attrs: dict, plan: Plan, digest_of, overwrite: bool, verify: bool) -> OutputPlan:
     """What of one code set can be kept. "Changed", as make and rsync decide it: another size,
     or another modification time and other bytes (a copied or re-extracted image keeps its
     code). ``verify`` re-hashes every image, so that bytes changed behind an unchanged size and
     time are noticed too."""
+    ds = plan.ds
     index = None if overwrite or not path.exists() else read_index(path)
     if index is None:
-        return OutputPlan(path, attrs, None, {}, {})
+        return OutputPlan(path, attrs, None, np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(len(ds), bool), {})
     check_identity(index, attrs)
-
-    def unchanged(p: str, fingerprint, digest: int) -> bool:
-        now = current.get(p)
-        if now is None or now[0] != fingerprint[0]:
-            return False
-        if now == tuple(fingerprint) and not verify:
-            return True
-        return digest != 0 and digest_of(p) == digest
-
+    rows, at = index.rows, plan.positions(index.paths)
     folder = parts_dir(path)
-    lost = {n for n in {r.part for r in index.rows} if n and not (folder / n).is_file()}  # computed again
-    # the same size and time (the usual case) decided without a call per image
-    usable = {r.path: r for r in index.rows if r.part not in lost and (
-        (not verify and current.get(r.path) == r.fingerprint) or unchanged(r.path, r.fingerprint, r.digest))}
-    failed = {p: f for p, f in index.failed.items() if current.get(p) == tuple(f.fingerprint) and p not in usable}
-    return OutputPlan(path, attrs, index, usable, failed)
+    lost = np.array([bool(n) and not (folder / n).is_file() for n in rows.part_names])  # computed again
+    on = (at >= 0) & ~lost[rows.part]
+    now = ds.fingerprints[np.maximum(at, 0)]
+    # the same size and time (the usual case) decided for all rows at once
+    usable = on & (now == rows.fingerprints).all(axis=1) & (not verify)
+    # the same size, another time (or --verify): the same bytes?
+    for i in np.flatnonzero(on & ~usable & (now[:, 0] == rows.fingerprints[:, 0]) & (rows.digests != 0)).tolist():
+        usable[i] = digest_of(index.paths[i]) == int(rows.digests[i])
+    cached = np.zeros(len(ds), bool)
+    cached[at[usable]] = True
+    failed = {}
+    for p, f in index.failed.items():
+        i = plan.position.get(p)
+        if i is not None and not cached[i] and tuple(ds.fingerprints[i].tolist()) == tuple(f.fingerprint):
+            failed[p] = f
+    return OutputPlan(path, attrs, index, at, usable, cached, failed)
 
 
 def partition_size(n_todo: int) -> int:
@@ -141,7 +151,8 @@ def cut(paths: list[str], target: int) -> list[tuple[int, int]]:
 
 def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, overwrite=False, verify=False,
               target: int | None = None) -> Plan:
-    current = dict(zip(ds.paths, map(tuple, np.asarray(ds.fingerprints).tolist())))
+    ds.fingerprints = np.asarray(ds.fingerprints, np.int64).reshape(-1, 2)
+    plan = Plan(ds, [], [], [], {}, dict(zip(ds.paths, range(len(ds.paths)))))
     digests: dict[str, int] = {}
 
     def digest_of(p: str) -> int:  # each image hashed at most once per plan (0: unreadable)
@@ -152,34 +163,34 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
                 digests[p] = 0
         return digests[p]
 
-    outputs = [_plan_output(f, a, ds, current, digest_of, overwrite, verify) for f, a in zip(files, out_attrs)]
-    if len(outputs) == 1:  # the usual case, without a generator per image
-        todo = [p for p in ds.paths if p not in outputs[0].usable and p not in outputs[0].failed]
-    else:
-        todo = [p for p in ds.paths if any(p not in o.usable and p not in o.failed for o in outputs)]
-    indexed = set().union(*({r.path for r in o.index.rows} for o in outputs if o.index))
-    known = indexed.union(*(o.index.failed for o in outputs if o.index))
-    on_disk = set(ds.paths)
-    first_failed = outputs[0].failed  # usually none: no pass over the paths for them
-    counts = {
-        "cached": len(ds.paths) - len(todo) - (sum(p in first_failed for p in ds.paths) if first_failed else 0),
-        "new": sum(p not in known for p in todo),
-        "changed": sum(p in known for p in todo),
-        "removed": len(indexed - on_disk),
-        "failed": sum(p in first_failed and p not in todo for p in ds.paths) if first_failed else 0,
+    plan.outputs = [_plan_output(f, a, plan, digest_of, overwrite, verify) for f, a in zip(files, out_attrs)]
+    n = len(ds.paths)
+    need, known, failed_first = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+    removed: set[str] = set()
+    for k, o in enumerate(plan.outputs):
+        done = o.cached.copy()
+        done[plan.positions(list(o.failed))] = True
+        need |= ~done
+        if k == 0:
+            failed_first[plan.positions(list(o.failed))] = True
+        if o.index:
+            known[o.at[o.at >= 0]] = True
+            known[plan.positions([p for p in o.index.failed if p in plan.position])] = True
+            removed.update(o.index.paths[i] for i in np.flatnonzero(o.at < 0).tolist())
+    todo = np.flatnonzero(need)
+    plan.counts = {
+        "cached": n - len(todo) - int(failed_first.sum()),
+        "new": int((~known[todo]).sum()),
+        "changed": int(known[todo].sum()),
+        "removed": len(removed),
+        "failed": int((failed_first & ~need).sum()),
     }
     identity = CodeIdentity.from_attrs(out_attrs[0]).model_key()
-    partitions = []
-    for start, stop in cut(todo, target or partition_size(len(todo))):
-        paths = tuple(todo[start:stop])
-        fps = tuple(current[p] for p in paths)
-        digest = hashlib.blake2b(json.dumps([identity, paths, fps], sort_keys=True).encode(), digest_size=8)
-        partitions.append(Partition(digest.hexdigest(), paths, fps))
+    todo_paths = [ds.paths[i] for i in todo.tolist()]
+    for start, stop in cut(todo_paths, target or partition_size(len(todo))):
+        paths, fps = tuple(todo_paths[start:stop]), ds.fingerprints[todo[start:stop]]
+        digest = hashlib.blake2b(json.dumps([identity, paths, fps.tolist()], sort_keys=True).encode(), digest_size=8)
+        plan.partitions.append(Partition(digest.hexdigest(), paths, fps))
     # --overwrite recomputes all (part files of the same id are replaced by equal ones)
-    pending = [p for p in partitions if overwrite or not all(o.staged(p) for o in outputs)]
-    return Plan(ds, outputs, partitions, pending, counts, current)
-
-
-def labels_of(ds: ImageFolder) -> dict:
-    """Each image's label (multi-label: its row of 0/1 targets), by path."""
-    return dict(zip(ds.paths, (ds.targets if ds.multi_label else np.asarray(ds.labels)).tolist()))
+    plan.pending = [p for p in plan.partitions if overwrite or not all(o.staged(p) for o in plan.outputs)]
+    return plan

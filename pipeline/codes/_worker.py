@@ -180,7 +180,7 @@ class Worker:
         partition's result once its part files are in place."""
         s, ident = self.spec, self.spec.identity
         paths = [p for part in partitions for p in part.paths]
-        fingerprints = [fp for part in partitions for fp in part.fingerprints]
+        fingerprints = np.concatenate([np.asarray(part.fingerprints, np.int64).reshape(-1, 2) for part in partitions])
         owner = np.repeat(np.arange(len(partitions)), [len(p) for p in partitions])
         left = np.array([len(p) for p in partitions])
         writers: dict[int, list[PartWriter]] = {}
@@ -201,12 +201,12 @@ class Worker:
                                       for d, a, c, shape in zip(s.part_dirs, s.part_attrs, codes, self.shapes)]
                     ok = mine & batch.ok
                     good = batch.indices[ok]
-                    bad = [FailedImage(paths[i], failures[paths[i]], fingerprints[i])
+                    bad = [FailedImage(paths[i], failures[paths[i]], tuple(fingerprints[i].tolist()))
                            for i in batch.indices[mine & ~batch.ok]]
                     digests = [d for d, m in zip(batch.digests, mine[batch.ok]) if m]
                     for w, c in zip(writers[k], codes):
                         w.append(c[rows[ok]].astype(ident.dtype), [paths[i] for i in good],
-                                 [fingerprints[i] for i in good], digests, bad)
+                                 fingerprints[good], digests, bad)
                     failed.setdefault(k, []).extend(bad)
                     large.setdefault(k, []).extend(batch.large if k == ks[0] else [])  # (for one note only)
                     left[k] -= int(mine.sum())

@@ -35,7 +35,7 @@ from pipeline.data._scan import (
     UNLABELLED,
     VAL,
     ImageFolder,
-    fingerprint,
+    fingerprints,
     scan,
     walk_images,
 )
@@ -207,9 +207,8 @@ def _images_under(folder: Path, recursive: bool = True):
 
 
 def _folder(root: Path, paths: list[str], labels, class_names, **fields) -> ImageFolder:
-    base = os.path.join(os.fspath(root), "")
-    prints = np.asarray([fingerprint(base + p) for p in paths], np.int64).reshape(-1, 2)
-    return ImageFolder(root, paths, np.asarray(labels, np.int32), list(class_names), prints, **fields)
+    return ImageFolder(root, paths, np.asarray(labels, np.int32), list(class_names), fingerprints(root, paths),
+                       **fields)
 
 
 class _ImageIndex:
@@ -600,8 +599,7 @@ def _folders(root: Path, options: LayoutOptions) -> ImageFolder:
                      f"unlabelled (e.g. {loose[0]})"),)
         ds.paths = ds.paths + loose
         ds.labels = np.concatenate([ds.labels, np.full(len(loose), -1, np.int32)])
-        ds.fingerprints = np.concatenate([ds.fingerprints, np.asarray([fingerprint(root / p) for p in loose],
-                                                                      np.int64).reshape(-1, 2)])
+        ds.fingerprints = np.concatenate([ds.fingerprints, fingerprints(root, loose)])
         ds.split = np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
     return ds
 

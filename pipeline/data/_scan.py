@@ -97,8 +97,7 @@ def scan(root, exclude=()) -> ImageFolder:
     class_dirs = [p for p in class_dirs if p.name not in set(exclude)]
     if not class_dirs:
         raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
-    paths, labels, prints, names, empty, skipped, unnamable = [], [], [], [], [], collections.Counter(), []
-    base = os.path.join(os.fspath(root), "")  # joined as strings: a million Path joins take seconds
+    paths, labels, names, empty, skipped, unnamable = [], [], [], [], collections.Counter(), []
     for cdir in class_dirs:
         found, other, bad = walk_images(root, cdir)
         skipped.update(other)
@@ -110,13 +109,12 @@ def scan(root, exclude=()) -> ImageFolder:
         names.append(cdir.name)
         paths += found
         labels += [label] * len(found)
-        prints += [fingerprint(base + rel) for rel in found]
     if len(names) < 2:
         which = f"only one class ({names[0]})" if names else "no images"
         raise UserError(f"data folder {root} has {which}; a classifier needs at least two classes "
                         f"with images ({', '.join(IMAGE_EXTENSIONS)})")
-    return ImageFolder(root, paths, np.asarray(labels, np.int32), names,
-                       np.asarray(prints, np.int64).reshape(-1, 2), dict(skipped), tuple(empty), tuple(unnamable))
+    return ImageFolder(root, paths, np.asarray(labels, np.int32), names, fingerprints(root, paths), dict(skipped),
+                       tuple(empty), tuple(unnamable))
 
 
 def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[tuple[str, str]]]:
@@ -187,6 +185,24 @@ def fingerprint(path) -> tuple[int, int]:
     except OSError:
         return (-1, -1)
     return (st.st_size, st.st_mtime_ns)
+
+
+def fingerprints(root, paths: list[str]) -> np.ndarray:
+    """:func:`fingerprint` of each of ``paths`` (relative to ``root``) as an (n, 2) array: the
+    paths joined as strings and the numbers gathered in two lists, since a million images are
+    stat'ed at every update (a Path, a call and a tuple per image cost as much as the stat)."""
+    base, stat = os.path.join(os.fspath(root), ""), os.stat
+    sizes, times = [], []
+    for rel in paths:
+        try:
+            st = stat(base + rel)
+        except OSError:
+            sizes.append(-1)
+            times.append(-1)
+            continue
+        sizes.append(st.st_size)
+        times.append(st.st_mtime_ns)
+    return np.column_stack([np.array(sizes, np.int64), np.array(times, np.int64)]).reshape(-1, 2)
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
