@@ -206,7 +206,7 @@ class Index:
     """A committed code set as stage 1 sees it: its images and rows, known-unreadable images, attributes."""
 
     path: Path
-    paths: list[str]
+    paths: list[str] | None       # None once the plan has mapped them to the data set's images
     rows: Rows
     failed: dict[str, FailedImage]
     attrs: dict
@@ -295,12 +295,12 @@ def _segments(part: np.ndarray, row: np.ndarray):
 
 
 def _column(f, name: str, data: np.ndarray, dtype=None) -> None:
-    data = data if dtype is None else data.astype(dtype)
+    data = data if dtype is None else data.view(dtype)  # (text: the same bytes, marked UTF-8 for h5py)
     f.create_dataset(name, data=data, dtype=dtype, chunks=(max(1, min(len(data), 65536)), *data.shape[1:]),
                      compression="gzip", compression_opts=1, shuffle=True)
 
 
-def _encoded(paths: list[str], chunk: int = 65536) -> np.ndarray:
+def _encoded(paths: list[str], chunk: int = 16384) -> np.ndarray:
     """The paths as one array of UTF-8 bytes (fixed width), for the index; encoded a chunk at a
     time (an array of a million paths as text takes four bytes a character)."""
     pieces = [np.char.encode(np.asarray(paths[i:i + chunk], dtype=str), "utf-8") for i in range(0, len(paths), chunk)]
@@ -336,8 +336,8 @@ def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
             # mistake it for a single-label set (attribute task = multi-label).
             _column(f, "targets" if content.labels.ndim == 2 else "labels", content.labels)
             _column(f, "split", content.split)
-            _column(f, "fingerprints", rows.fingerprints.astype(np.int64).reshape(-1, 2))
-            _column(f, "digests", rows.digests.astype(np.uint64))
+            _column(f, "fingerprints", rows.fingerprints.astype(np.int64, copy=False).reshape(-1, 2))
+            _column(f, "digests", rows.digests.astype(np.uint64, copy=False))
             f.create_dataset("class_names", data=content.class_names, dtype=STR)
             failed = sorted(content.failed, key=lambda x: x.path)
             f.create_dataset("failed_paths", data=[x.path for x in failed], dtype=STR)
@@ -346,7 +346,7 @@ def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
                              data=np.asarray([x.fingerprint for x in failed], np.int64).reshape(-1, 2))
             f.create_dataset("part_names", data=names, dtype=STR)
             _column(f, "row_part", part)
-            _column(f, "row_in_part", rows.row.astype(np.int32))
+            _column(f, "row_in_part", rows.row.astype(np.int32, copy=False))
             f.attrs.update(attrs, format_version=FORMAT_VERSION, parts=folder.name)
         fault_point("index-tmp-written")
         durable_replace(tmp, path)

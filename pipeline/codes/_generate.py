@@ -258,12 +258,13 @@ def _new_index(out: OutputPlan, plan: Plan, split: np.ndarray, split_attrs: dict
     pieces, images, new_failed, with_codes = [], [], [], []
     for p in plan.partitions:
         part = read_part(folder / f"part-{p.id}.h5")
-        at = plan.positions(part.paths)
+        at = p.positions(part.paths)
         # An image this code set already holds unchanged keeps its row (computed again only for
         # another code set of the run, or before an interruption).
         new = (at >= 0) & ~out.cached[np.maximum(at, 0)]
         fresh[at[new]] = True
-        fresh[plan.positions([f.path for f in part.failed if f.path in plan.position])] = True
+        failed_at = p.positions([f.path for f in part.failed])
+        fresh[failed_at[failed_at >= 0]] = True
         pieces.append(Rows.of_part(part.name, part.fingerprints, part.digests).take(new))
         images.append(at[new])
         new_failed += part.failed
@@ -284,7 +285,7 @@ def _new_index(out: OutputPlan, plan: Plan, split: np.ndarray, split_attrs: dict
         images.insert(0, at)
     rows = Rows.concat(pieces)
     images = np.concatenate(images) if images else np.zeros(0, np.int64)
-    failed = [f for p, f in out.failed.items() if not fresh[plan.position[p]]] + new_failed
+    failed = [f for i, f in out.failed.items() if not fresh[i]] + new_failed
     failed += [FailedImage(name, "listed in the labels file, not found", (-1, -1)) for name in ds.missing]
     if not len(rows):
         if out.index is None:  # nothing to keep: no code set, no parts

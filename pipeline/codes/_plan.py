@@ -38,9 +38,17 @@ class Partition:
     id: str
     paths: tuple[str, ...]
     fingerprints: np.ndarray          # (n, 2) int64
+    images: np.ndarray                # (n,) their positions in the data set
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def positions(self, paths) -> np.ndarray:
+        """Where each of ``paths`` (of this partition's images) is in the data set; -1 for another."""
+        if not len(paths):
+            return np.zeros(0, np.int64)
+        where = dict(zip(self.paths, self.images.tolist()))
+        return np.fromiter(map(where.get, paths, itertools.repeat(-1)), np.int64, len(paths))
 
 
 @dataclasses.dataclass
@@ -50,11 +58,12 @@ class OutputPlan:
 
     path: Path
     attrs: dict
-    index: Index | None
+    index: Index | None               # its paths released: ``at`` says where they are
     at: np.ndarray                    # each index row's image (position in the data set); -1: gone
     usable: np.ndarray                # each index row: its image is unchanged (the row is kept)
     cached: np.ndarray                # each image of the data set: it has a usable row
-    failed: dict[str, FailedImage]    # known unreadable, unchanged since
+    failed: dict[int, FailedImage]    # known unreadable and unchanged since, by position
+    gone: list[str]                   # images of the code set no longer on disk
 
     def staged(self, partition: Partition) -> bool:
         return (parts_dir(self.path) / f"part-{partition.id}.h5").is_file()
@@ -67,7 +76,6 @@ class Plan:
     partitions: list[Partition]       # every partition of the new and changed images, in data-set order
     pending: list[Partition]          # those whose parts are not all written yet
     counts: dict[str, int]            # images per state
-    position: dict[str, int]          # each image's position in the data set, by path
 
     @property
     def n_todo(self) -> int:
@@ -75,10 +83,6 @@ class Plan:
 
     def describe(self) -> str:
         return ", ".join(f"{self.counts[s]} {s}" for s in STATES if self.counts[s])
-
-    def positions(self, paths) -> np.ndarray:
-        """Where each of ``paths`` is in the data set; -1 where it is not on disk."""
-        return np.fromiter(map(self.position.get, paths, itertools.repeat(-1)), np.int64, len(paths))
 
 
 def check_identity(index: Index, attrs: dict) -> None:
@@ -95,17 +99,19 @@ def check_identity(index: Index, attrs: dict) -> None:
                         f"pass --overwrite to replace it or --cache-dir to keep both")
 
 
-def _plan_output(path: Path, attrs: dict, plan: Plan, digest_of, overwrite: bool, verify: bool) -> OutputPlan:
+def _plan_output(path: Path, attrs: dict, ds: ImageFolder, position: dict, digest_of, overwrite: bool,
+                 verify: bool) -> OutputPlan:
     """What of one code set can be kept. "Changed", as make and rsync decide it: another size,
     or another modification time and other bytes (a copied or re-extracted image keeps its
     code). ``verify`` re-hashes every image, so that bytes changed behind an unchanged size and
     time are noticed too."""
-    ds = plan.ds
     index = None if overwrite or not path.exists() else read_index(path)
     if index is None:
-        return OutputPlan(path, attrs, None, np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(len(ds), bool), {})
+        return OutputPlan(path, attrs, None, np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(len(ds), bool), {},
+                          [])
     check_identity(index, attrs)
-    rows, at = index.rows, plan.positions(index.paths)
+    rows = index.rows
+    at = np.fromiter(map(position.get, index.paths, itertools.repeat(-1)), np.int64, len(index.paths))
     folder = parts_dir(path)
     lost = np.array([bool(n) and not (folder / n).is_file() for n in rows.part_names])  # computed again
     on = (at >= 0) & ~lost[rows.part]
@@ -119,10 +125,12 @@ def _plan_output(path: Path, attrs: dict, plan: Plan, digest_of, overwrite: bool
     cached[at[usable]] = True
     failed = {}
     for p, f in index.failed.items():
-        i = plan.position.get(p)
+        i = position.get(p)
         if i is not None and not cached[i] and tuple(ds.fingerprints[i].tolist()) == tuple(f.fingerprint):
-            failed[p] = f
-    return OutputPlan(path, attrs, index, at, usable, cached, failed)
+            failed[i] = f
+    gone = [index.paths[i] for i in np.flatnonzero(at < 0).tolist()]
+    index = dataclasses.replace(index, paths=None)  # a million strings not held through compute and commit
+    return OutputPlan(path, attrs, index, at, usable, cached, failed, gone)
 
 
 def partition_size(n_todo: int) -> int:
@@ -152,7 +160,7 @@ def cut(paths: list[str], target: int) -> list[tuple[int, int]]:
 def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, overwrite=False, verify=False,
               target: int | None = None) -> Plan:
     ds.fingerprints = np.asarray(ds.fingerprints, np.int64).reshape(-1, 2)
-    plan = Plan(ds, [], [], [], {}, dict(zip(ds.paths, range(len(ds.paths)))))
+    position = dict(zip(ds.paths, range(len(ds.paths))))  # only while planning: 60 bytes an image
     digests: dict[str, int] = {}
 
     def digest_of(p: str) -> int:  # each image hashed at most once per plan (0: unreadable)
@@ -163,34 +171,35 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
                 digests[p] = 0
         return digests[p]
 
-    plan.outputs = [_plan_output(f, a, plan, digest_of, overwrite, verify) for f, a in zip(files, out_attrs)]
+    outputs = [_plan_output(f, a, ds, position, digest_of, overwrite, verify) for f, a in zip(files, out_attrs)]
     n = len(ds.paths)
     need, known, failed_first = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
-    removed: set[str] = set()
-    for k, o in enumerate(plan.outputs):
+    for k, o in enumerate(outputs):
         done = o.cached.copy()
-        done[plan.positions(list(o.failed))] = True
+        done[list(o.failed)] = True
         need |= ~done
         if k == 0:
-            failed_first[plan.positions(list(o.failed))] = True
+            failed_first[list(o.failed)] = True
         if o.index:
             known[o.at[o.at >= 0]] = True
-            known[plan.positions([p for p in o.index.failed if p in plan.position])] = True
-            removed.update(o.index.paths[i] for i in np.flatnonzero(o.at < 0).tolist())
+            known[[position[p] for p in o.index.failed if p in position]] = True
     todo = np.flatnonzero(need)
-    plan.counts = {
+    counts = {
         "cached": n - len(todo) - int(failed_first.sum()),
         "new": int((~known[todo]).sum()),
         "changed": int(known[todo].sum()),
-        "removed": len(removed),
+        "removed": len(set().union(*(o.gone for o in outputs))),
         "failed": int((failed_first & ~need).sum()),
     }
+    del position
     identity = CodeIdentity.from_attrs(out_attrs[0]).model_key()
     todo_paths = [ds.paths[i] for i in todo.tolist()]
+    partitions = []
     for start, stop in cut(todo_paths, target or partition_size(len(todo))):
-        paths, fps = tuple(todo_paths[start:stop]), ds.fingerprints[todo[start:stop]]
+        paths, images = tuple(todo_paths[start:stop]), todo[start:stop]
+        fps = ds.fingerprints[images]
         digest = hashlib.blake2b(json.dumps([identity, paths, fps.tolist()], sort_keys=True).encode(), digest_size=8)
-        plan.partitions.append(Partition(digest.hexdigest(), paths, fps))
+        partitions.append(Partition(digest.hexdigest(), paths, fps, images))
     # --overwrite recomputes all (part files of the same id are replaced by equal ones)
-    plan.pending = [p for p in plan.partitions if overwrite or not all(o.staged(p) for o in plan.outputs)]
-    return plan
+    pending = [p for p in partitions if overwrite or not all(o.staged(p) for o in outputs)]
+    return Plan(ds, outputs, partitions, pending, counts)

@@ -241,3 +241,46 @@ def test_an_update_grows_with_the_change_not_with_the_data_set(tmp_path):
     assert build_l > 1.8 * build_s > 0  # the measure sees the data set grow
     assert update_s < 0.1 * build_s and update_l < 0.04 * build_l
     assert update_l < 1.3 * update_s, written  # three times the data set, about the same update
+
+
+def bookkeeping_peak(tmp_path, n: int) -> int:
+    """Python's peak memory (tracemalloc: NumPy's arrays included) while stage 1 plans a build of
+    ``n`` images and commits it, the part files written directly (codes of 4 values): what the
+    plan and the index hold per image, without images, a model or the scan."""
+    import tracemalloc
+
+    from pipeline.codes._format import PartWriter
+    from pipeline.codes._generate import _commit_all
+    from pipeline.data import ImageFolder
+
+    paths = [f"class{i % 4}/img{i:07d}.jpg" for i in range(n)]
+    ds = ImageFolder(tmp_path, paths, np.arange(n, dtype=np.int32) % 4, [f"class{c}" for c in range(4)],
+                     np.column_stack([np.full(n, 5000), 10**18 + np.arange(n)]).astype(np.int64))
+    files = [tmp_path / f"cache{n}" / "x.h5"]
+    attrs = [dict(backbone="b", layer="l", pooling="avg", image_size=32, preprocessing="lite", weights_id="w",
+                  dtype="float32", precision="fp32", tta="none", resize="squash")]
+    tracemalloc.start()
+    try:
+        plan = make_plan(ds, files, attrs)
+        for p in plan.partitions:
+            w = PartWriter(parts_dir(files[0]), p.id, 4, "float32", len(p), dict(attrs[0], code_shape="[4]"))
+            w.append(np.ones((len(p), 4), np.float32), p.paths, p.fingerprints, np.arange(1, len(p) + 1), [])
+            w.close("test")
+        _commit_all(plan, np.zeros(n, np.int8), dict(split_fractions="[0.7, 0.15, 0.15]", split_seed=0,
+                                                     layout="{}", task="single-label"), max_parts=256)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.slow
+def test_stage_1_holds_arrays_not_a_record_per_image(tmp_path):
+    """The plan and the commit of a build hold arrays per image (about 190 bytes an image, the
+    paths encoded for the index among them), not a Python record, tuples and dictionary entries
+    (644 bytes an image before, with the same measure), so that a million images' bookkeeping is
+    a small part of a build's peak (benchmarks/bench_scale.py measures the whole process)."""
+    small, large = bookkeeping_peak(tmp_path, 20_000), bookkeeping_peak(tmp_path, 80_000)
+    per_image = (large - small) / 60_000
+    assert 40 < per_image < 300, per_image  # (the measure sees the per-image arrays: not ~0)
+    cs = CodeSet.load(tmp_path / "cache80000" / "x.h5")
+    assert len(cs) == 80_000 and cs.paths[12345] == "class1/img0012345.jpg" and cs.y[12345] == 1
