@@ -307,6 +307,24 @@ def _encoded(paths: list[str], chunk: int = 16384) -> np.ndarray:
     return np.concatenate(pieces) if pieces else np.zeros(0, "S1")
 
 
+def _virtual_codes(f, sources: list[str], shapes: list[tuple], segments, shape: tuple, dtype: str) -> None:
+    """The ``codes`` virtual dataset: one mapping per segment (part, first row, count, first
+    row here), made with h5py's low-level calls (its ``VirtualSource`` copies itself for every
+    slice: a second for the thousands of segments that removals leave)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.VIRTUAL)
+    dcpl.set_fill_value(np.array([np.nan], dtype))
+    space = h5py.h5s.create_simple(shape)
+    spaces = [h5py.h5s.create_simple(tuple(s)) for s in shapes]
+    names = [s.encode() for s in sources]
+    for p, start, count, at in segments:  # (the selections are copied by set_virtual)
+        space.select_hyperslab((at, 0), (count, shape[1]))
+        spaces[p].select_hyperslab((start, 0), (count, shape[1]))
+        dcpl.set_virtual(space, names[p], b"codes", spaces[p])
+    h5py.h5d.create(f.id, b"codes", h5py.h5t.py_create(np.dtype(dtype), logical=1), h5py.h5s.create_simple(shape),
+                    dcpl=dcpl)
+
+
 def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
     """Write the index of a code set (format 2) under a temporary name, then move it into place."""
     folder = parts_dir(path)
@@ -323,12 +341,8 @@ def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
                kept=f"the computed parts are kept in {folder}: make room and run the same command again")
     try:
         with h5py.File(tmp, "w") as f:
-            n = len(rows)
-            layout = h5py.VirtualLayout((n, content.dim), dtype=content.dtype)
-            for p, start, count, at in _segments(part, rows.row):
-                src = h5py.VirtualSource(f"{folder.name}/{names[p]}", "codes", shape=shapes[names[p]])
-                layout[at:at + count] = src[start:start + count]
-            f.create_virtual_dataset("codes", layout, fillvalue=np.nan)
+            _virtual_codes(f, [f"{folder.name}/{n}" for n in names], [shapes[n] for n in names],
+                           _segments(part, rows.row), (len(rows), content.dim), content.dtype)
             # per-image columns compressed: the index is rewritten by every update
             _column(f, "paths", paths, dtype=h5py.string_dtype("utf-8", max(1, paths.dtype.itemsize)))
             del paths
