@@ -505,10 +505,12 @@ def check_code_file(f, path: Path) -> tuple[np.ndarray, np.ndarray, list[str], l
     n = codes.shape[0]
     if codes.is_virtual:
         own = parts_dir(path).name
-        for src in codes.virtual_sources():
-            folder, _, name = src.file_name.partition("/")
-            if folder != own or not name or "/" in name or name in (".", "..") or src.dset_name != "codes":
-                raise CodeFileError(f"its codes reach {src.file_name!r}, outside its parts folder {own}/")
+        dcpl = codes.id.get_create_plist()  # (h5py's virtual_sources() also reads every selection)
+        for i in range(dcpl.get_virtual_count()):
+            file_name, dset_name = dcpl.get_virtual_filename(i), dcpl.get_virtual_dsetname(i)
+            folder, _, name = file_name.partition("/")
+            if folder != own or not name or "/" in name or name in (".", "..") or dset_name != "codes":
+                raise CodeFileError(f"its codes reach {file_name!r}, outside its parts folder {own}/")
     if "part_names" in f and any("/" in p or "\\" in p or p in ("", ".", "..") for p in _strings(f, "part_names")):
         raise CodeFileError("part_names are not file names inside its parts folder")
     problem = _attrs_problem(dict(f.attrs))
