@@ -173,7 +173,8 @@ def test_head_description_mutants_are_used_or_refused_in_one_line(made, capsys, 
     for name, text in json_mutants(base):
         (run / "head.json").write_text(text)
         feed_all(name, [("export", [run, "--formats", "keras"]), ("finetune", [run, "--epochs", "1"]),
-                        ("predict", [made["data"] / "class0", "--model", run]), ("report", [run])], capsys, results)
+                        ("predict", [made["data"] / "class0", "--model", run, "--out", made["t"] / "predictions.csv"]),
+                        ("report", [run])], capsys, results)
         (run / "predictions.csv").unlink(missing_ok=True)
     n, runs = check_outcomes(results, 150)
     print(f"head.json ({head}): {n} mutants, {runs} entry-point runs")
@@ -279,7 +280,8 @@ def test_model_metadata_mutants_are_used_or_refused_in_one_line(made, capsys):
         with zipfile.ZipFile(path, "w") as z:
             for n, b in members.items():
                 z.writestr(n, text if n == META_NAME else b)
-        feed_all(name, [("predict", [made["data"] / "class1", "--model", path])], capsys, results)
+        feed_all(name, [("predict", [made["data"] / "class1", "--model", path, "--out", made["t"] / "predictions.csv"])],
+                 capsys, results)
     n, runs = check_outcomes(results, 100)
     print(f"{META_NAME}: {n} mutants, {runs} entry-point runs")
 
