@@ -137,10 +137,10 @@ _REVIEW_BODY = """<h2>Review</h2><p class="muted" id="note"></p>
 
 _REVIEW_SCRIPT = """<script>
 let classes = [];
-function actions(path, given, suggested) {
-  const box = el('div');
-  if (suggested) box.append(el('button', {class: 'accept', on: {click: () => act(path, [suggested])}}, 'accept ' + suggested));
-  box.append(el('button', {class: 'keep', on: {click: () => act(path, [given])}}, 'keep ' + given));
+function actions(path, given, suggested) {  // label lists: one class each in a single-label set
+  const box = el('div'), name = ls => ls.join('|') || '(no label)';
+  if (suggested && suggested.length) box.append(el('button', {class: 'accept', on: {click: () => act(path, suggested)}}, 'accept ' + name(suggested)));
+  box.append(el('button', {class: 'keep', on: {click: () => act(path, given)}}, 'keep ' + name(given)));
   const pick = el('select', {class: 'other'}, el('option', {value: ''}, 'another class...'));
   for (const c of classes) pick.append(el('option', {value: c}, c));
   pick.addEventListener('change', () => pick.value && act(path, [pick.value]));
@@ -157,14 +157,14 @@ async function load() {
   document.getElementById('note').textContent = r.note;
   const issues = document.getElementById('issues'); issues.textContent = '';
   for (const x of r.issues) issues.append(el('div', {class: 'card issue', 'data-path': x.path}, img(x.path), el('div', {}, x.path),
-    el('div', {}, x.given + ' \\u2192 ' + x.suggested + ' (p given ' + x.p_given + ')'), actions(x.path, x.given, x.suggested)));
+    el('div', {}, x.given + ' \\u2192 ' + x.suggested + ' (p given ' + x.p_given + ')'), actions(x.path, x.given_labels, x.suggested_labels)));
   const pairs = document.getElementById('pairs'); pairs.textContent = '';
   for (const p of r.pairs) pairs.append(el('div', {class: 'pair'},
-    el('div', {class: 'card'}, img(p.a), el('div', {}, p.a + ': ' + p.given_a), actions(p.a, p.given_a, p.given_a !== p.given_b ? p.given_b : null)),
-    el('div', {class: 'card'}, img(p.b), el('div', {}, p.b + ': ' + p.given_b), actions(p.b, p.given_b, p.given_a !== p.given_b ? p.given_a : null)),
+    el('div', {class: 'card'}, img(p.a), el('div', {}, p.a + ': ' + p.given_a), actions(p.a, p.labels_a, p.given_a !== p.given_b ? p.labels_b : null)),
+    el('div', {class: 'card'}, img(p.b), el('div', {}, p.b + ': ' + p.given_b), actions(p.b, p.labels_b, p.given_a !== p.given_b ? p.labels_a : null)),
     el('div', {class: 'muted'}, p.tier + ', cosine ' + p.similarity + (p.across_split ? ', across the split' : ''))));
   const outliers = document.getElementById('outliers'); outliers.textContent = '';
-  for (const x of r.outliers) outliers.append(el('div', {class: 'card'}, img(x.path), el('div', {}, x.path + ': ' + x.given), actions(x.path, x.given, null)));
+  for (const x of r.outliers) outliers.append(el('div', {class: 'card'}, img(x.path), el('div', {}, x.path + ': ' + x.given), actions(x.path, x.given_labels, null)));
 }
 load();
 </script>"""

@@ -291,33 +291,47 @@ class LabelSession:
 
     def review(self) -> dict:
         """The audit's findings on the labelled images: likely label errors (given, suggested),
-        copies across classes and across the split, outliers; those decided on left out."""
+        copies across classes and across the split, outliers; those decided on left out. In a
+        multi-label set each image's label set stands for its class, as in the audit (label
+        errors by confident learning on the labels); every finding names its labels as a list."""
         from pipeline.quality import find, suggested_classes, unit_rows
 
         with self.lock:
             view = self.view()
             lab = np.flatnonzero(view.split != UNLABELLED)
-            if self.multi or len(lab) < 3 or len(np.unique(view.y[lab])) < 2:
+            if self.multi and len(lab):
+                targets = np.asarray(view.y)[lab] > 0
+                sets, y = np.unique(targets, axis=0, return_inverse=True)
+                y = y.reshape(-1)
+                labels = [[view.class_names[j] for j in np.flatnonzero(t)] for t in sets]
+            else:
+                targets = sets = None
+                y = np.asarray(view.y)[lab]
+                labels = [[name] for name in view.class_names]
+            if len(lab) < 3 or len(np.unique(y)) < 2:
                 return {"issues": [], "pairs": [], "outliers": [],
-                        "note": "the review needs at least 3 labelled images of 2 classes (single-label sets)"}
-            X, y = self.X[lab], view.y[lab]
-            names = view.class_names
+                        "note": "the review needs at least 3 labelled images of 2 classes"
+                                + (" (label sets)" if self.multi else "")}
+            X = self.X[lab]
             reviewed = set(self.reviewed) | set(self.table.excluded)
             split = self.stored_split[lab]
-        f = find(unit_rows(X), y, len(names), progress=False)
+        f = find(unit_rows(X), y, len(labels), progress=False, targets=targets, sets=sets)
         suggested = suggested_classes(f.proba, y)
-        issues = [{"path": self.paths[lab[i]], "given": names[y[i]], "suggested": names[suggested[i]],
-                   "p_given": round(float(f.proba[i, y[i]]), 3)}
+        name = lambda k: "|".join(labels[k]) or "(no label)"
+        given = lambda i: {"given": name(y[i]), "given_labels": labels[y[i]]}
+        issues = [{"path": self.paths[lab[i]], **given(i), "suggested": name(suggested[i]),
+                   "suggested_labels": labels[suggested[i]], "p_given": round(float(f.proba[i, y[i]]), 3)}
                   for i in f.issues if self.paths[lab[i]] not in reviewed][:REVIEW_LIMIT]
         pairs = []
         for p in f.pairs:
             a, b = self.paths[lab[p.a]], self.paths[lab[p.b]]
             leak = UNLABELLED not in (split[p.a], split[p.b]) and split[p.a] != split[p.b]
             if (p.kind == "across classes" or leak) and not {a, b} & reviewed:
-                pairs.append({"a": a, "b": b, "given_a": names[y[p.a]], "given_b": names[y[p.b]],
+                pairs.append({"a": a, "b": b, "given_a": name(y[p.a]), "given_b": name(y[p.b]),
+                              "labels_a": labels[y[p.a]], "labels_b": labels[y[p.b]],
                               "similarity": round(p.similarity, 4), "kind": p.kind, "tier": p.tier,
                               "across_split": bool(leak)})
-        outliers = [{"path": self.paths[lab[i]], "given": names[y[i]], "score": round(float(f.scores[i]), 4)}
+        outliers = [{"path": self.paths[lab[i]], **given(i), "score": round(float(f.scores[i]), 4)}
                     for i in f.outliers if self.paths[lab[i]] not in reviewed][:REVIEW_LIMIT]
         return {"issues": issues, "pairs": pairs[:REVIEW_LIMIT], "outliers": outliers, "note": ""}
 

@@ -91,3 +91,28 @@ def test_a_multi_label_set_takes_several_labels_and_reports_mean_average_precisi
     assert batch[0]["path"] not in rows_of(root / "tags.csv")
     cs = CodeSet(s.codes_path)
     assert cs.multi_label and np.asarray(cs.y).shape[1] == 3
+
+
+def test_the_review_of_a_multi_label_set_offers_label_sets_and_accepting_one_fixes_the_file(tmp_path):
+    """Label sets stand for classes, as in the audit: a photograph of the third colour tagged as
+    the second is a likely label error whose suggestion is the third colour's set, accepted whole."""
+    src = make_images(tmp_path / "src", n_classes=3, per_class=10)
+    root, rows = tmp_path / "data", []
+    root.mkdir()
+    cells = ["sky|sea", "sea", "boat|sky"]
+    for c in range(3):
+        for i, p in enumerate(sorted((src / f"class{c}").rglob("*.*"))):
+            shutil.copy(p, root / f"c{c}_{i}{p.suffix}")
+            rows.append(f"c{c}_{i}{p.suffix},{cells[1] if (c, i) == (2, 0) else cells[c]}\n")
+    (root / "tags.csv").write_text("image,tags\n" + "".join(rows))
+    planted = next(r.split(",")[0] for r in rows if r.startswith("c2_0"))
+    s = session(tmp_path, root)
+    r = s.review()
+    assert s.multi and r["note"] == "", r
+    issue = next(x for x in r["issues"] if x["path"] == planted)
+    assert issue["given_labels"] == ["sea"] and sorted(issue["suggested_labels"]) == ["boat", "sky"], issue
+    assert issue["suggested"] in ("boat|sky", "sky|boat")
+    assert len(r["issues"]) <= 3, r["issues"]  # the colours are clear: few others flagged
+    s.decide(planted, issue["suggested_labels"])
+    assert sorted(rows_of(root / "tags.csv")[planted].split("|")) == ["boat", "sky"]
+    assert planted not in {x["path"] for x in s.review()["issues"]}
