@@ -133,6 +133,8 @@ nextBatch();
 _REVIEW_BODY = """<h2>Review</h2><p class="muted" id="note"></p>
 <h3>Likely label errors <span class="muted">(given &rarr; suggested)</span></h3><div class="grid" id="issues"></div>
 <h3>Same photo, two classes or both sides of the split</h3><div id="pairs"></div>
+<details id="look-alikes-box"><summary>Look-alikes across classes: likely different photographs (<span id="n-look-alikes">0</span>)</summary>
+<div id="look-alikes"></div></details>
 <h3>Outliers</h3><div class="grid" id="outliers"></div>"""
 
 _REVIEW_SCRIPT = """<script>
@@ -158,8 +160,10 @@ async function load() {
   const issues = document.getElementById('issues'); issues.textContent = '';
   for (const x of r.issues) issues.append(el('div', {class: 'card issue', 'data-path': x.path}, img(x.path), el('div', {}, x.path),
     el('div', {}, x.given + ' \\u2192 ' + x.suggested + ' (p given ' + x.p_given + ')'), actions(x.path, x.given_labels, x.suggested_labels)));
-  const pairs = document.getElementById('pairs'); pairs.textContent = '';
-  for (const p of r.pairs) pairs.append(el('div', {class: 'pair'},
+  const pairs = document.getElementById('pairs'), alike = document.getElementById('look-alikes');
+  pairs.textContent = ''; alike.textContent = '';
+  document.getElementById('n-look-alikes').textContent = r.pairs.filter(p => p.tier === 'look-alike' && !p.across_split).length;
+  for (const p of r.pairs) (p.tier === 'look-alike' && !p.across_split ? alike : pairs).append(el('div', {class: 'pair'},
     el('div', {class: 'card'}, img(p.a), el('div', {}, p.a + ': ' + p.given_a), actions(p.a, p.labels_a, p.given_a !== p.given_b ? p.labels_b : null)),
     el('div', {class: 'card'}, img(p.b), el('div', {}, p.b + ': ' + p.given_b), actions(p.b, p.labels_b, p.given_a !== p.given_b ? p.labels_a : null)),
     el('div', {class: 'muted'}, p.tier + ', cosine ' + p.similarity + (p.across_split ? ', across the split' : ''))));

@@ -78,6 +78,7 @@ class Pair:
 #   pairs one photograph in 92% by eye, against 65% of all 508 at 0.80: docs/report-and-audit.md);
 # - look-alike: the rest (ketch/schooner, rose/tulip), listed last.
 TIERS = ("copy", "mutual", "look-alike")
+LOOK_ALIKE = TIERS.index("look-alike")
 KINDS = ("within class", "across classes")  # a pair's kind by whether its images' classes differ
 COPY = 0.97
 
@@ -545,8 +546,13 @@ def write_audit_report(run_dir: Path, summary: dict, cs, f: Findings, limit: int
                 if summary["class_pairs"] else "<p>None found.</p>", "class-pairs"),
         section("Near-duplicates across the split (leakage)",
                 pair_gallery(pairs[split[pairs.a] != split[pairs.b]]), "leakage"),
-        section("Near-duplicates across classes (copies, then mutual pairs, then look-alikes)",
-                pair_gallery(pairs[pairs.across]), "across-classes"),
+        section("Near-duplicates across classes: likely one photograph under two labels (copies, then mutual pairs)",
+                pair_gallery(pairs[pairs.across & (pairs.tier != LOOK_ALIKE)]), "across-classes"),
+        # natural look-alikes (a fine-grained set has many) are listed, folded, after the likely copies
+        section("Look-alikes across classes: likely different photographs that look alike",
+                f"<details><summary>{int((pairs.across & (pairs.tier == LOOK_ALIKE)).sum())} pairs "
+                f"(show)</summary>{pair_gallery(pairs[pairs.across & (pairs.tier == LOOK_ALIKE)])}</details>",
+                "look-alikes"),
         section("Near-duplicates within classes", pair_gallery(pairs[~pairs.across]),
                 "within-class"),
         section("Likely label errors (the least likely given label first)", image_gallery(

@@ -195,9 +195,15 @@ def test_audit_finds_planted_duplicates_and_flipped_labels(tmp_path):
         assert by_path[p]["given_class"] == p.split("/")[0]
         assert by_path[p]["suggested_class"] != by_path[p]["given_class"]
     html = (run / "report.html").read_text()
+    across = lambda r: r["kind"] == "across classes"
     shown = sum(min(48, sum(1 for r in pairs if keep(r))) for keep in (
-        lambda r: r["leakage"] == "yes", lambda r: r["kind"] == "across classes", lambda r: r["kind"] == "within class"))
+        lambda r: r["leakage"] == "yes", lambda r: across(r) and r["tier"] != "look-alike",
+        lambda r: across(r) and r["tier"] == "look-alike", lambda r: r["kind"] == "within class"))
     assert html.count('<div class="pair"') == shown
+    # look-alikes (likely different photographs) folded in a section of their own, after the likely copies
+    folded = html[html.index('<section id="look-alikes">'):].split("</section>")[0]
+    assert "<details>" in folded and html.index('id="across-classes"') < html.index('id="look-alikes"')
+    assert folded.count('<div class="pair"') == min(48, sum(1 for r in pairs if across(r) and r["tier"] == "look-alike"))
     assert html.count('<img src="data:image/jpeg;base64,') == 2 * shown + min(48, len(issues)) + 5  # 1% of 508
 
 
