@@ -258,12 +258,12 @@ def _new_index(out: OutputPlan, plan: Plan, split: np.ndarray, split_attrs: dict
     pieces, images, new_failed, with_codes = [], [], [], []
     for p in plan.partitions:
         part = read_part(folder / f"part-{p.id}.h5")
-        at = p.positions(part.paths)
+        at = p.positions(part.paths + [f.path for f in part.failed])  # rows with codes, then failures
+        at, failed_at = at[:len(part.paths)], at[len(part.paths):]
         # An image this code set already holds unchanged keeps its row (computed again only for
         # another code set of the run, or before an interruption).
         new = (at >= 0) & ~out.cached[np.maximum(at, 0)]
         fresh[at[new]] = True
-        failed_at = p.positions([f.path for f in part.failed])
         fresh[failed_at[failed_at >= 0]] = True
         pieces.append(Rows.of_part(part.name, part.fingerprints, part.digests).take(new))
         images.append(at[new])

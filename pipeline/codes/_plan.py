@@ -45,10 +45,12 @@ class Partition:
 
     def positions(self, paths) -> np.ndarray:
         """Where each of ``paths`` (of this partition's images) is in the data set; -1 for another."""
-        if not len(paths):
-            return np.zeros(0, np.int64)
-        where = dict(zip(self.paths, self.images.tolist()))
-        return np.fromiter(map(where.get, paths, itertools.repeat(-1)), np.int64, len(paths))
+        return positions(dict(zip(self.paths, self.images.tolist())), paths)
+
+
+def positions(where: dict[str, int], paths) -> np.ndarray:
+    """``where[p]`` for each of ``paths`` as an array, -1 where a path is not a key."""
+    return np.fromiter(map(where.get, paths, itertools.repeat(-1)), np.int64, len(paths))
 
 
 @dataclasses.dataclass
@@ -111,7 +113,7 @@ def _plan_output(path: Path, attrs: dict, ds: ImageFolder, position: dict, diges
                           [])
     check_identity(index, attrs)
     rows = index.rows
-    at = np.fromiter(map(position.get, index.paths, itertools.repeat(-1)), np.int64, len(index.paths))
+    at = positions(position, index.paths)
     folder = parts_dir(path)
     lost = np.array([bool(n) and not (folder / n).is_file() for n in rows.part_names])  # computed again
     on = (at >= 0) & ~lost[rows.part]
@@ -182,7 +184,8 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
             failed_first[list(o.failed)] = True
         if o.index:
             known[o.at[o.at >= 0]] = True
-            known[[position[p] for p in o.index.failed if p in position]] = True
+            failed_at = positions(position, list(o.index.failed))
+            known[failed_at[failed_at >= 0]] = True
     todo = np.flatnonzero(need)
     counts = {
         "cached": n - len(todo) - int(failed_first.sum()),
