@@ -294,16 +294,14 @@ class LabelSession:
         copies across classes and across the split, outliers; those decided on left out. In a
         multi-label set each image's label set stands for its class, as in the audit (label
         errors by confident learning on the labels); every finding names its labels as a list."""
-        from pipeline.quality import find, suggested_classes, unit_rows
+        from pipeline.quality import find, label_sets, set_name, suggested_classes, unit_rows
 
         with self.lock:
             view = self.view()
             lab = np.flatnonzero(view.split != UNLABELLED)
             if self.multi and len(lab):
                 targets = np.asarray(view.y)[lab] > 0
-                sets, y = np.unique(targets, axis=0, return_inverse=True)
-                y = y.reshape(-1)
-                labels = [[view.class_names[j] for j in np.flatnonzero(t)] for t in sets]
+                sets, y, labels = label_sets(targets, view.class_names)
             else:
                 targets = sets = None
                 y = np.asarray(view.y)[lab]
@@ -317,7 +315,7 @@ class LabelSession:
             split = self.stored_split[lab]
         f = find(unit_rows(X), y, len(labels), progress=False, targets=targets, sets=sets)
         suggested = suggested_classes(f.proba, y)
-        name = lambda k: "|".join(labels[k]) or "(no label)"
+        name = lambda k: set_name(labels[k])
         given = lambda i: {"given": name(y[i]), "given_labels": labels[y[i]]}
         issues = [{"path": self.paths[lab[i]], **given(i), "suggested": name(suggested[i]),
                    "suggested_labels": labels[suggested[i]], "p_given": round(float(f.proba[i, y[i]]), 3)}

@@ -261,14 +261,25 @@ def out_of_fold_label_probabilities(Z: np.ndarray, Y: np.ndarray, folds: int = F
                        Y.shape[1], seed=seed)
 
 
+def label_sets(targets: np.ndarray, class_names) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """The distinct label sets of 0/1 ``targets``, each standing for a class ("cat|dog" a class
+    of its own): (the sets as rows of booleans, each image's set, each set's labels)."""
+    sets, y = np.unique(np.asarray(targets) > 0, axis=0, return_inverse=True)
+    return sets, y.reshape(-1), [[class_names[j] for j in np.flatnonzero(s)] for s in sets]
+
+
+def set_name(labels: list[str]) -> str:
+    """A label set's name: its labels joined by "|"."""
+    return "|".join(labels) or "(no label)"
+
+
 def label_set_view(cs):
-    """A multi-label code set seen as single-label over its label sets ("cat|dog" a class of its
-    own), for the steps that compare labels: duplicates (same set: within class) and reports."""
-    targets = np.asarray(cs.y) > 0
-    sets, y_sets = np.unique(targets, axis=0, return_inverse=True)
+    """A multi-label code set seen as single-label over its label sets, for the steps that
+    compare labels: duplicates (same set: within class) and reports."""
+    sets, y, labels = label_sets(cs.y, cs.class_names)
     view = CodeView(cs, np.ones(len(cs), bool))
-    view.class_names = ["|".join(cs.class_names[j] for j in np.flatnonzero(s)) or "(no label)" for s in sets]
-    view.y, view.targets, view.sets = y_sets.reshape(-1), targets, sets
+    view.class_names = [set_name(x) for x in labels]
+    view.y, view.targets, view.sets = y, np.asarray(cs.y) > 0, sets
     return view
 
 
@@ -539,6 +550,7 @@ def write_audit_report(run_dir: Path, summary: dict, cs, f: Findings, limit: int
              ("outliers shown", summary["outliers"]), ("nearest neighbours", summary.get("neighbours", "exact")),
              ("seconds", summary["seconds"])]
     pairs, proba, suggested = f.pairs, f.proba, suggested_classes(f.proba, y)
+    alike = pairs.across & (pairs.tier == LOOK_ALIKE)
     sections = [
         section("Summary", facts(items), "summary"),
         section("Classes that share images (near-duplicate pairs across classes)",
@@ -547,11 +559,10 @@ def write_audit_report(run_dir: Path, summary: dict, cs, f: Findings, limit: int
         section("Near-duplicates across the split (leakage)",
                 pair_gallery(pairs[split[pairs.a] != split[pairs.b]]), "leakage"),
         section("Near-duplicates across classes: likely one photograph under two labels (copies, then mutual pairs)",
-                pair_gallery(pairs[pairs.across & (pairs.tier != LOOK_ALIKE)]), "across-classes"),
+                pair_gallery(pairs[pairs.across & ~alike]), "across-classes"),
         # natural look-alikes (a fine-grained set has many) are listed, folded, after the likely copies
         section("Look-alikes across classes: likely different photographs that look alike",
-                f"<details><summary>{int((pairs.across & (pairs.tier == LOOK_ALIKE)).sum())} pairs "
-                f"(show)</summary>{pair_gallery(pairs[pairs.across & (pairs.tier == LOOK_ALIKE)])}</details>",
+                f"<details><summary>{int(alike.sum())} pairs (show)</summary>{pair_gallery(pairs[alike])}</details>",
                 "look-alikes"),
         section("Near-duplicates within classes", pair_gallery(pairs[~pairs.across]),
                 "within-class"),
