@@ -256,27 +256,29 @@ class OpenVINOMapper:
 
     def map_batches(self, batches: Iterable, images=lambda b: b) -> Iterator[tuple]:
         """(batch, codes) for each batch, in order, with up to ``requests`` batches computing
-        while the next ones are decoded."""
-        import openvino as ov
+        while the next ones are decoded.
 
-        queue = ov.AsyncInferQueue(self.compiled, self.requests)
-        done: dict = {}
-        queue.set_callback(lambda request, i: done.__setitem__(
-            i, [np.array(request.get_output_tensor(k).data, dtype=np.float32) for k in range(self.n_outputs)]))
-        pending: deque = deque()  # (sequence number, batch, n images), oldest first
+        Requests are waited for here, not given a Python callback: a callback's last reference,
+        dropped on OpenVINO's own stream thread, could free the compiled model there, whose
+        destructor then joins that very thread (the process aborted at exit, now and then)."""
+        requests = [self.compiled.create_infer_request() for _ in range(self.requests)]
+        pending: deque = deque()  # (request, batch, n images), oldest first; requests taken in turn
 
-        def ready():
-            while pending and pending[0][0] in done:
-                i, batch, n = pending.popleft()
-                yield batch, [c[:n] for c in done.pop(i)]
+        def collect():
+            request, batch, n = pending.popleft()
+            request.wait()
+            return batch, [np.array(request.get_output_tensor(k).data[:n], dtype=np.float32)
+                           for k in range(self.n_outputs)]
 
         for i, batch in enumerate(batches):
+            if len(pending) == len(requests):  # the oldest holds the request this batch takes
+                yield collect()
             imgs = images(batch)
-            queue.start_async({0: _pad(imgs, self.batch_size)}, i)  # waits while every request is busy
-            pending.append((i, batch, len(imgs)))
-            yield from ready()
-        queue.wait_all()
-        yield from ready()
+            request = requests[i % len(requests)]
+            request.start_async({0: _pad(imgs, self.batch_size)})
+            pending.append((request, batch, len(imgs)))
+        while pending:
+            yield collect()
 
 
 def make_mapper(model, *, runtime: str, batch_size: int, image_size: int, model_name: str, precision: str = "fp32"):
