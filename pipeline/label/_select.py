@@ -8,7 +8,9 @@
 - ``margin``: the images a logistic regression trained on the labelled codes is least sure of
   (the smallest gap between its two most probable classes; multi-label: a label closest to 0.5).
 - ``auto``: coverage while fewer than two images per class are labelled on average, then margin
-  with diversity: the ``2 n`` least certain images cut into ``n`` clusters, the least certain of each.
+  with diversity: the ``5 n`` least certain images cut into ``n`` clusters, the one nearest each
+  centre (typical of a region the model is unsure about, not its single most doubtful image, which
+  is more often an odd one).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pipeline.errors import ParameterError, UserError
 
 STRATEGIES = ("auto", "random", "margin", "coverage")
 COMPONENTS = 64     # principal components the codes are reduced to for clustering and the model
-CANDIDATES = 2      # auto: candidates per chosen image among the least certain
+CANDIDATES = 5      # auto: candidates per chosen image among the least certain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,17 +44,16 @@ def _reduced(X: np.ndarray, seed: int) -> np.ndarray:
     return PCA(dims, svd_solver="randomized", random_state=seed).fit_transform(Z) if dims < Z.shape[1] else Z
 
 
-def _cluster_representatives(Z: np.ndarray, k: int, seed: int, prefer: np.ndarray | None = None) -> np.ndarray:
-    """Indices of one member of each of ``k`` k-means clusters of ``Z``: the one nearest its centre
-    (or with the smallest ``prefer``), clusters largest first."""
+def _cluster_representatives(Z: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Indices of one member of each of ``k`` k-means clusters of ``Z``: the one nearest its centre,
+    clusters largest first."""
     from sklearn.cluster import KMeans
 
     k = min(k, len(Z))
     km = KMeans(k, n_init=3, random_state=seed).fit(Z)
     dist = np.linalg.norm(Z - km.cluster_centers_[km.labels_], axis=1)
-    key = dist if prefer is None else prefer
     sizes = np.bincount(km.labels_, minlength=k)
-    picks = [(-sizes[c], int(members[np.argmin(key[members])]))
+    picks = [(-sizes[c], int(members[np.argmin(dist[members])]))
              for c in range(k) if len(members := np.flatnonzero(km.labels_ == c))]
     return np.array([i for _, i in sorted(picks)], np.int64)
 
@@ -122,6 +123,6 @@ def select_next(codes, n: int, strategy: str = "auto", seed: int = 0, exclude=()
         order = np.argsort(gap, kind="stable")[:n]
         return Choice(pool[order], "margin", gap[order])
     candidates = np.argsort(gap, kind="stable")[:CANDIDATES * n]
-    picked = candidates[_cluster_representatives(Z_pool[candidates], n, seed, prefer=gap[candidates])]
+    picked = candidates[_cluster_representatives(Z_pool[candidates], n, seed)]
     picked = picked[np.argsort(gap[picked], kind="stable")]
     return Choice(pool[picked], "auto (margin with diversity)", gap[picked])
