@@ -7,7 +7,7 @@
   pick worse than random (it has seen too little to be uncertain about the right things).
 - ``margin``: the images a logistic regression trained on the labelled codes is least sure of
   (the smallest gap between its two most probable classes; multi-label: a label closest to 0.5).
-- ``auto``: coverage while fewer than two images per class are labelled on average, then margin
+- ``auto``: coverage while fewer than three images per class are labelled on average, then margin
   with diversity: the ``5 n`` least certain images cut into ``n`` clusters, the one nearest each
   centre (typical of a region the model is unsure about, not its single most doubtful image, which
   is more often an odd one).
@@ -24,6 +24,7 @@ from pipeline.errors import ParameterError, UserError
 STRATEGIES = ("auto", "random", "margin", "coverage")
 COMPONENTS = 64     # principal components the codes are reduced to for clustering and the model
 CANDIDATES = 5      # auto: candidates per chosen image among the least certain
+SWITCH_AT = 3       # auto: coverage until this many labels per class on average, then margin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,13 +95,14 @@ def select_next(codes, n: int, strategy: str = "auto", seed: int = 0, exclude=()
     y = np.asarray(codes.y)
     if codes.multi_label:
         enough = len(labelled) >= 2 and (y[labelled].min(0) != y[labelled].max(0)).any()
-        few = len(labelled) < 2 * y.shape[1]
+        few = len(labelled) < SWITCH_AT * y.shape[1]
     else:
         counts = np.bincount(y[labelled], minlength=len(codes.class_names)) if len(labelled) else np.zeros(1)
         enough = (counts > 0).sum() >= 2
-        # fewer than two labels per class on average; not "some class has fewer than two": coverage
-        # may leave a rare class at one label for long, and margin then does better (bench_active)
-        few = len(labelled) < 2 * (counts > 0).sum() if enough else True
+        # fewer than three labels per class on average (of two, three and four the best in
+        # bench_active); not "some class has fewer than three": coverage may leave a rare class at
+        # one label for long, and margin then does better
+        few = len(labelled) < SWITCH_AT * (counts > 0).sum() if enough else True
     if strategy == "auto":
         strategy_used = "coverage" if few or not enough else "margin"
     else:
