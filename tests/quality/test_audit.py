@@ -19,7 +19,7 @@ from helpers import (
 from pipeline.data import SPLIT_NAMES, TEST, TRAIN, VAL
 from pipeline.errors import ParameterError
 from pipeline.quality import audit
-from pipeline.quality._audit import duplicate_pairs, unit_rows
+from pipeline.quality._audit import COPY, copy_threshold, duplicate_pairs, unit_rows
 from pipeline.quality._neighbours import nearest_neighbours, top_k
 
 quiet = dict(progress=False)
@@ -76,6 +76,31 @@ def test_pairs_follow_the_two_thresholds_and_come_once():
                                                    ("across classes", 0, 2)]
     assert pairs[0].similarity > pairs[1].similarity > pairs[2].similarity > 0.8
     assert duplicate_pairs(nb, y, threshold=0.999, cross_threshold=0.9) == []
+
+
+def test_where_every_image_is_close_to_its_own_class_only_closer_pairs_are_copies():
+    """Two classes of images all alike (as tiny scans are: on scikit-learn's digits an image's
+    nearest own-class image is at 0.985 for half of them): pairs across the classes at about 0.98
+    are look-alikes or mutual, not copies; an exact copy across them still is one. Where classes
+    are spread out, the threshold stays COPY."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=64)
+    tight = [base + rng.normal(size=64) * s for s in (0.10, 0.10)]  # the two class centres, close
+    Z = [c + rng.normal(size=64) * 0.05 for c in tight for _ in range(40)]
+    Z.append(Z[3].copy())  # 80: an exact copy of image 3 (class 0) under class 1
+    Z = unit_rows(np.array(Z, np.float32))
+    y = np.array([0] * 40 + [1] * 40 + [1])
+    nb = nearest_neighbours(Z, y, k=5, progress=False)
+    copy = copy_threshold(nb, y)
+    assert copy > COPY + 0.01, copy  # the set's own closeness, not the fixed 0.97
+    pairs = duplicate_pairs(nb, y, threshold=0.999, cross_threshold=0.9)
+    across = [p for p in pairs if p.kind == "across classes"]
+    alike = [p for p in across if (p.a, p.b) != (3, 80)]
+    assert len(alike) >= 10 and all(COPY <= p.similarity < copy for p in alike[:10])  # 0.97 would call these copies
+    assert all(p.tier != "copy" for p in alike)
+    assert [(p.tier, p.a, p.b) for p in across if p.tier == "copy"] == [("copy", 3, 80)]
+    spread = unit_rows(np.array([rng.normal(size=64) * 3 + (i % 2) * 5 for i in range(80)], np.float32))
+    assert copy_threshold(nearest_neighbours(spread, y[:80], k=5, progress=False), y[:80]) == COPY
 
 
 def test_cross_class_pairs_are_ranked_copies_then_mutual_then_look_alikes():
