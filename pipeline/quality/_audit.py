@@ -128,7 +128,7 @@ def copy_threshold(nb: Neighbours, y: np.ndarray) -> float:
 
 
 def duplicate_pairs(nb: Neighbours, y: np.ndarray, threshold: float = THRESHOLD,
-                    cross_threshold: float = CROSS_THRESHOLD, cosines=None) -> Pairs:
+                    cross_threshold: float = CROSS_THRESHOLD, cosines=None, copy: float | None = None) -> Pairs:
     """Within-class pairs at ``threshold`` or more among the neighbours; each image with its
     nearest other-class image at ``cross_threshold`` or more. Each pair once, most similar first.
     ``cosines(a, b)``, if given, measures the found pairs again (the codes themselves where the
@@ -155,7 +155,8 @@ def duplicate_pairs(nb: Neighbours, y: np.ndarray, threshold: float = THRESHOLD,
         keep = sim >= np.where(across, low, threshold)
         a, b, sim, across = a[keep], b[keep], sim[keep], across[keep]
     mutual = (nb.other_index[a] == b) & (nb.other_index[b] == a)
-    tier = np.where(~across | (sim >= copy_threshold(nb, y)), 0, np.where(mutual, 1, 2))
+    copy = copy_threshold(nb, y) if copy is None else copy  # given: found by the caller already
+    tier = np.where(~across | (sim >= copy), 0, np.where(mutual, 1, 2))
     order = np.lexsort((b, a, -sim, tier))
     return Pairs(a[order], b[order], sim[order], across[order], tier[order])
 
@@ -381,9 +382,10 @@ def find(Z: np.ndarray, y: np.ndarray, n_classes: int, threshold=THRESHOLD, cros
         label_proba = out_of_fold_label_probabilities(Z, targets, folds, seed=seed)
         proba, issues = set_probabilities(label_proba, sets), multi_label_issues(targets, label_proba)
     scores = outlier_scores(nb)
-    return Findings(nb, duplicate_pairs(nb, y, threshold, cross_threshold, cosines), proba, issues, scores,
+    copy = copy_threshold(nb, y)
+    return Findings(nb, duplicate_pairs(nb, y, threshold, cross_threshold, cosines, copy), proba, issues, scores,
                     np.argsort(-scores, kind="stable")[:int(round(outlier_fraction * len(y)))],
-                    label_model=targets is not None or np.bincount(y).max() >= 2, copy=copy_threshold(nb, y))
+                    label_model=targets is not None or np.bincount(y).max() >= 2, copy=copy)
 
 
 def write_csvs(run_dir: Path, cs, f: Findings) -> None:
