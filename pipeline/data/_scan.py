@@ -124,10 +124,17 @@ def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[
     devices named like images, which are never opened); and (printable name, reason) of images
     that cannot be named in a code set. Links to files are followed; links to folders are not
     entered (a link loop cannot trap the walk)."""
-    found, skipped, unnamable = [], collections.Counter(), []  # strings: a million Paths take seconds to sort
-    stack = [(os.fspath(under or root), os.path.relpath(under or root, root).replace(os.sep, "/"))]
+    # Strings, not Paths (a million Paths take seconds to sort); kept per folder, each folder's
+    # images sorted by name and the folders put in place after the walk: the order of sorted
+    # Paths without a key computed for each of a million paths.
+    files: dict[str, list[str]] = {}
+    subfolders: dict[str, list[tuple[str, str]]] = {}  # (name, relative path) of each folder's sub-folders
+    skipped, unnamable = collections.Counter(), []
+    top = os.path.relpath(under or root, root).replace(os.sep, "/")
+    stack = [(os.fspath(under or root), top)]
     while stack:
         folder, rel_dir = stack.pop()
+        found, subs = files.setdefault(rel_dir, []), subfolders.setdefault(rel_dir, [])
         try:
             entries = list(os.scandir(folder))
         except OSError:
@@ -142,6 +149,7 @@ def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[
             try:
                 if e.is_dir(follow_symlinks=False):
                     stack.append((e.path, rel))
+                    subs.append((name, rel))
                     continue
             except OSError:
                 pass
@@ -160,8 +168,32 @@ def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[
                                   "file name is not valid UTF-8"))
                 continue
             found.append(rel)
-    # "/" as the smallest character sorts as the lists of parts would, without making a list per path
-    return sorted(found, key=lambda r: r.replace("/", "\0")), skipped, unnamable
+    return _in_path_order(top, files, subfolders), skipped, unnamable
+
+
+def _in_path_order(top: str, files: dict[str, list[str]], subfolders: dict[str, list[tuple[str, str]]]) -> list[str]:
+    """The images of every folder under ``top`` in the order of sorted Paths: a folder's entries
+    by name, a sub-folder's images where its name falls (depth first, without recursion: a deep
+    tree cannot exhaust the stack)."""
+    out: list[str] = []
+    stack = [iter([(top, True, top)])]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        _, is_folder, rel = item
+        if not is_folder:
+            out.append(rel)
+            continue
+        mine, subs = files.get(rel, []), subfolders.get(rel, [])
+        mine.sort()  # (one prefix: the order of their names)
+        if not subs:
+            out += mine
+            continue
+        items = [(f.rpartition("/")[2], False, f) for f in mine] + [(n, True, r) for n, r in subs]
+        stack.append(iter(sorted(items)))
+    return out
 
 
 def _is_regular(entry: os.DirEntry) -> bool:
