@@ -162,7 +162,10 @@ def cut(paths: list[str], target: int) -> list[tuple[int, int]]:
 def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, overwrite=False, verify=False,
               target: int | None = None) -> Plan:
     ds.fingerprints = np.asarray(ds.fingerprints, np.int64).reshape(-1, 2)
-    position = dict(zip(ds.paths, range(len(ds.paths))))  # only while planning: 60 bytes an image
+    # each image's position by path, only while planning (about 100 bytes an image) and only to
+    # match the rows of an existing code set: a build has none
+    existing = not overwrite and any(Path(f).exists() for f in files)
+    position = dict(zip(ds.paths, range(len(ds.paths)))) if existing else {}
     digests: dict[str, int] = {}
 
     def digest_of(p: str) -> int:  # each image hashed at most once per plan (0: unreadable)
