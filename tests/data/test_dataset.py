@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import TEST, TRAIN, VAL, ImageError, load_image, parse_split, scan, stratified_split
+from pipeline.data import TEST, TRAIN, VAL, ImageError, load_image, parse_split, scan, stratified_split, walk_images
 from pipeline.errors import UserError
 
 
@@ -109,3 +109,32 @@ def test_load_image_rejects_corrupt_and_truncated(tmp_path):
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_the_walk_gives_images_in_the_order_of_sorted_paths_however_names_nest(tmp_path):
+    """Folders and files whose names sort around "/" ("a" beside "a.b", "a-b", "a b", "a.jpg"),
+    nested three deep: the walk sorts each folder by name and puts sub-folders where their names
+    fall, which must give the order of sorted Paths (the order of a code set's rows)."""
+    names = ["a", "a.b", "a-b", "a b", "ab", "A", "a0", "é", "z"]
+    made = []
+
+    def fill(folder, depth):
+        for i, name in enumerate(names):
+            if depth < 3 and i % 3 == depth % 3:
+                fill(folder / name, depth + 1)
+            else:
+                for ext in (".jpg", ".png"):
+                    path = folder / (name + ext)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(b"")
+                    made.append(path.relative_to(tmp_path).as_posix())
+    fill(tmp_path, 0)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    paths, skipped, _ = walk_images(tmp_path)
+    assert len(paths) == len(made) > 500
+    assert paths == sorted(made, key=lambda p: p.replace("/", "\0"))
+    assert paths == [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.joinpath(p) for p in made)]
+    assert paths != sorted(made)  # (plain text order differs here: the test can tell them apart)
+    assert skipped == {".txt": 1}
+    sub, _, _ = walk_images(tmp_path, tmp_path / "a")
+    assert sub == [p for p in paths if p.startswith("a/")]
