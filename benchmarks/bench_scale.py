@@ -142,6 +142,21 @@ def audit_at_scale(code_set: Path, work: Path, sample: int) -> None:
     exact_against_approximate(path, work)
 
 
+def system_call_cost(data: Path, sample: list[str]) -> tuple[float, float]:
+    """Microseconds per ``os.stat`` of files of the set (each once, in a tight loop) and per
+    ``os.getpid``: what every image costs an update before any work of this project's own."""
+    import os
+    paths = [os.fspath(data / name) for name in sample if (data / name).exists()]
+    t0 = time.perf_counter()
+    for p in paths:
+        os.stat(p)
+    stat_us = (time.perf_counter() - t0) / max(1, len(paths)) * 1e6
+    t0 = time.perf_counter()
+    for _ in range(100_000):
+        os.getpid()
+    return stat_us, (time.perf_counter() - t0) / 100_000 * 1e6
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -206,6 +221,9 @@ def main():
     results["remove 1%"] = run_step("codes", data, cache, "local", 1)
 
     full = results["build"]
+    stat_us, call_us = system_call_cost(data, names(0, n)[1::100][:20000])
+    print(f"\nsystem calls on this machine: a stat of a data-set file {stat_us:.2f} us, getpid {call_us:.2f} us "
+          f"(an update stats every image of the set)")
     print(f"\nstage 1 on {n} generated images, Lite0 random weights at 32 px, local engine, 1 worker")
     print("| step | images computed | wall s (whole command) | in generate_codes | of which computing | loop img/s "
           "| bytes written | time / build | bytes / build | peak RSS MB |")
