@@ -459,12 +459,14 @@ def _strings(f, name: str, n: int | None = None) -> list[str]:
     if n is not None and ds.shape[0] != n:
         raise CodeFileError(f"{name} has {ds.shape[0]} entries for {n} codes")
     try:
-        raw = ds[()].tolist()  # bytes (fixed or variable length; h5py gives text as bytes)
-        if raw and isinstance(raw[0], bytes):  # decoded at once: a million paths, a tenth of a second
-            text = b"\0".join(raw).decode("utf-8").split("\0")
-            if len(text) == len(raw):  # (else a NUL inside one: decoded one by one)
-                return text
-        return list(ds.asstr()[()])
+        out: list[str] = []
+        for start in range(0, ds.shape[0], 65536):  # a block at a time: a million at once hold 150 MB more
+            raw = ds[start:start + 65536].tolist()  # bytes (fixed or variable length: h5py gives text as bytes)
+            text = b"\0".join(raw).decode("utf-8").split("\0") if isinstance(raw[0], bytes) else []
+            if len(text) != len(raw):  # a NUL inside one (or not bytes): decoded one by one
+                return list(ds.asstr()[()])
+            out += text
+        return out
     except UnicodeDecodeError:
         raise CodeFileError(f"{name} holds text that is not UTF-8") from None
 
@@ -503,9 +505,12 @@ def _may_leave(paths: list[str]) -> bool:
     """Whether any of ``paths`` might lead out of the data folder (absolute, ``..``, a drive, a
     NUL), looked for in all of them joined at once: a million paths are checked one by one only
     where this finds a candidate (it may find one where there is none, never the reverse)."""
-    text = "\n" + "\n".join(paths)
-    return ("\n/" in text or "\n\\" in text or ".." in text or "\0" in text
-            or (":" in text and _DRIVE.search(text) is not None))
+    for start in range(0, len(paths), 65536):  # (a block at a time: bounded memory)
+        text = "\n" + "\n".join(paths[start:start + 65536])
+        if ("\n/" in text or "\n\\" in text or ".." in text or "\0" in text
+                or (":" in text and _DRIVE.search(text) is not None)):
+            return True
+    return False
 
 
 def check_code_file(f, path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:

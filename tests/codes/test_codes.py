@@ -238,10 +238,10 @@ def test_verify_finds_bytes_changed_behind_the_same_size_and_time(images, tmp_pa
 
 @pytest.mark.parametrize("bad", ["../up.jpg", "a/../../up.jpg", "/etc/passwd", "\\\\server\\share\\x.jpg", "C:/x.jpg",
                                  "a\0b.jpg"])
-def test_a_path_leading_out_of_the_data_folder_is_found_among_thousands(bad, tmp_path):
+def test_a_path_leading_out_of_the_data_folder_is_found_among_many(bad, tmp_path):
     """The paths of a code set are checked all at once (joined) and one by one only where that
-    finds a candidate: one bad path anywhere among 5,000 is still refused, and names that only
-    look like candidates are not."""
+    finds a candidate, in blocks of 65,536: one bad path anywhere among 70,000 is still refused
+    (in the first block or the second), and names that only look like candidates are not."""
     def code_set(paths):
         path = tmp_path / f"codes-{len(os.listdir(tmp_path))}.h5"
         with h5py.File(path, "w") as f:
@@ -254,10 +254,10 @@ def test_a_path_leading_out_of_the_data_folder_is_found_among_thousands(bad, tmp
             f.create_dataset("class_names", data=["a"], dtype=h5py.string_dtype())
         return path
 
-    good = [f"class{i % 7}/img {i}.jpg" for i in range(5000)]
+    good = [f"class{i % 7}/img {i}.jpg" for i in range(70_000)]
     look_alike = good[:2000] + ["a..b/x..y.jpg", "class1/10:30.jpg", "x/C:.jpg"] + good[2000:]
     assert CodeSet(code_set(look_alike)).paths[2001] == "class1/10:30.jpg"
-    for at in (0, 2500, 4999):
+    for at in (0, 65_536, 69_999):
         paths = list(good)
         paths[at] = bad
         with pytest.raises(UserError, match="data folder"):
