@@ -212,11 +212,8 @@ def describe_skipped(skipped: dict, limit: int = 6) -> str:
 def fingerprint(path) -> tuple[int, int]:
     """(size in bytes, mtime in ns); (-1, -1) for a link that leads nowhere (dangling, or a
     loop): such a file is listed as unreadable and tried again once it changes."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return (-1, -1)
-    return (st.st_size, st.st_mtime_ns)
+    size, mtime = fingerprints("", [os.fspath(path)])[0].tolist()
+    return size, mtime
 
 
 def fingerprints(root, paths: list[str]) -> np.ndarray:

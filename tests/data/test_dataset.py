@@ -1,3 +1,4 @@
+import os
 import struct
 import zlib
 
@@ -5,7 +6,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import TEST, TRAIN, VAL, ImageError, load_image, parse_split, scan, stratified_split, walk_images
+from pipeline.data import (
+    TEST,
+    TRAIN,
+    VAL,
+    ImageError,
+    fingerprint,
+    load_image,
+    parse_split,
+    scan,
+    stratified_split,
+    walk_images,
+)
 from pipeline.errors import UserError
 
 
@@ -138,3 +150,12 @@ def test_the_walk_gives_images_in_the_order_of_sorted_paths_however_names_nest(t
     assert skipped == {".txt": 1}
     sub, _, _ = walk_images(tmp_path, tmp_path / "a")
     assert sub == [p for p in paths if p.startswith("a/")]
+
+
+def test_a_fingerprint_is_size_and_time_and_minus_one_for_a_link_to_nowhere(tmp_path):
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"12345")
+    os.utime(image, ns=(1_000_000_123, 2_000_000_456))
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert fingerprint(image) == (5, 2_000_000_456)
+    assert fingerprint(str(tmp_path / "gone.jpg")) == (-1, -1)
