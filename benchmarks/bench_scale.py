@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -145,7 +146,6 @@ def audit_at_scale(code_set: Path, work: Path, sample: int) -> None:
 def system_call_cost(data: Path, sample: list[str]) -> tuple[float, float]:
     """Microseconds per ``os.stat`` of files of the set (each once, in a tight loop) and per
     ``os.getpid``: what every image costs an update before any work of this project's own."""
-    import os
     paths = [os.fspath(data / name) for name in sample if (data / name).exists()]
     t0 = time.perf_counter()
     for p in paths:
