@@ -1,0 +1,61 @@
+"""PathList: a data set's paths held compactly through stage 1, read back exactly."""
+import pickle
+
+import numpy as np
+import pytest
+
+import pipeline.data._paths as paths_module
+from pipeline.data import PathList
+
+NAMES = ["a/b.jpg", "é/ü ñ.png", "c/d e.jpg", "x", "日本/写真.jpg", "z/new\nline.png"]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 4 paths, so that a few paths cross several blocks."""
+    monkeypatch.setattr(paths_module, "_BLOCK", 4)
+
+
+def test_a_path_list_reads_back_every_path_however_it_is_taken(small_blocks):
+    names = NAMES + [f"class{i % 3}/img{i:04d}.jpg" for i in range(23)]
+    paths = PathList.of(names)
+    assert len(paths) == len(names) and list(paths) == names and paths == names and names == paths
+    assert [paths[i] for i in range(len(names))] == names and paths[-1] == names[-1] and paths[np.int64(4)] == names[4]
+    assert paths[3:11] == names[3:11] and paths[5:2] == [] and paths[1:20:3] == names[1:20:3]
+    assert paths[3:11][2:5] == names[3:11][2:5]  # a view of a view
+    order = np.random.default_rng(0).permutation(len(names))
+    assert paths.take(order) == [names[i] for i in order]  # scattered: bytes gathered block by block
+    runs = np.r_[np.arange(10, 29), np.arange(0, 5)]
+    assert paths.take(runs) == [names[i] for i in runs]  # long runs: copied run by run
+    assert paths.take([]) == [] and paths.take([-1]) == [names[-1]]
+    assert PathList.concat([paths[20:], PathList.of(["q/r.png"]), paths[:2]]) == names[20:] + ["q/r.png"] + names[:2]
+    assert [b for block in paths.encoded_blocks(5) for b in block] == [n.encode() for n in names]
+    assert paths.max_bytes() == max(len(n.encode()) for n in names)
+    assert "x" in paths and paths.index("x") == 3 and "y" not in paths
+    for wrong in (paths[:-1], names[:-1] + ["other"], PathList.of(names[:-1] + ["other"])):
+        assert paths != wrong
+    with pytest.raises(IndexError):
+        paths[len(names)]
+    with pytest.raises(IndexError):
+        paths.take([len(names)])
+
+
+def test_views_share_the_bytes_and_a_pickled_view_carries_only_its_paths():
+    names = [f"class{i % 10}/img{i:07d}.jpg" for i in range(20000)]
+    paths = PathList.of(names)
+    assert paths.take(np.arange(100, 200)) == names[100:200]
+    assert paths.take(np.arange(100, 200))._blob is paths._blob  # a run: a view, no copy
+    parts = [paths[s:s + 1000] for s in range(0, 20000, 1000)]
+    whole = PathList.concat(parts)
+    assert whole == names and whole._blob is paths._blob  # consecutive views: the same bytes
+    one = pickle.dumps(paths[5000:5100])
+    assert pickle.loads(one) == names[5000:5100] and len(one) < len(pickle.dumps(paths)) / 50
+    assert pickle.loads(pickle.dumps(PathList.of([]))) == []
+    # a list of str takes about 80 bytes a path of 22 characters; this, about 26
+    held = len(paths._blob) + paths._starts.nbytes
+    assert 22 * len(names) < held < 30 * len(names)
+
+
+def test_a_path_with_a_nul_is_refused():
+    with pytest.raises(ValueError, match="NUL"):
+        PathList.of(["a.jpg", "b\0c.jpg"])
