@@ -27,6 +27,7 @@ import os
 import re
 import resource
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -34,6 +35,7 @@ import numpy as np
 
 from pipeline._faults import fault_point
 from pipeline._files import durable_replace
+from pipeline.data import PathList
 from pipeline.errors import UserError
 
 FORMAT_VERSION = 2
@@ -193,13 +195,20 @@ class Rows:
 
     @staticmethod
     def concat(pieces: list[Rows]) -> Rows:
+        """The rows of ``pieces`` one after the other. The list is emptied as its columns are
+        joined, each column of the pieces released once joined: a million rows take one
+        column's copy more while joined, not a copy of all four."""
         names = sorted({n for p in pieces for n in p.part_names})
-        if not pieces:
-            return Rows(names, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 2), np.int64),
-                        np.zeros(0, np.uint64))
-        return Rows(names, np.concatenate([p.renumbered(names) for p in pieces]),
-                    np.concatenate([p.row for p in pieces]).astype(np.int32),
-                    np.concatenate([p.fingerprints for p in pieces]), np.concatenate([p.digests for p in pieces]))
+        part = np.concatenate([p.renumbered(names) for p in pieces] or [np.zeros(0, np.int32)])
+        columns = []
+        for name, empty in (("row", np.zeros(0, np.int32)), ("fingerprints", np.zeros((0, 2), np.int64)),
+                            ("digests", np.zeros(0, np.uint64))):
+            columns.append(np.concatenate([getattr(p, name) for p in pieces] or [empty]))
+            for p in pieces:
+                setattr(p, name, None)
+        pieces.clear()
+        row, fingerprints, digests = columns
+        return Rows(names, part, row.astype(np.int32, copy=False), fingerprints, digests)
 
 
 @dataclasses.dataclass
@@ -276,7 +285,7 @@ def adopt_legacy(path: Path) -> str:
 class IndexContent:
     """Everything a new index holds besides its attributes."""
 
-    paths: list[str]
+    paths: Sequence[str]          # a PathList (compact) or a list
     rows: Rows
     labels: np.ndarray            # (N,) int; a multi-label set: (N, labels) 0/1, stored as ``targets``
     split: np.ndarray
@@ -301,12 +310,18 @@ def _column(f, name: str, data: np.ndarray, dtype=None) -> None:
                      compression="gzip", compression_opts=1, shuffle=True)
 
 
-def _encoded(paths: list[str], chunk: int = 16384) -> np.ndarray:
-    """The paths as one array of UTF-8 bytes (fixed width), for the index; a chunk at a time (a
-    list of a million encoded paths is a million objects more). Each path by ``str.encode``:
-    numpy's own encoding loop takes three times as long."""
-    pieces = [np.array([p.encode() for p in paths[i:i + chunk]], dtype=bytes) for i in range(0, len(paths), chunk)]
-    return np.concatenate(pieces) if pieces else np.zeros(0, "S1")
+def _path_column(f, name: str, paths: PathList) -> None:
+    """The paths as a column of fixed-width UTF-8 text, written a chunk at a time from the
+    PathList's bytes as they are (no array of every encoded path: a million more objects, or
+    a copy of them all, at the peak of a build)."""
+    dtype = h5py.string_dtype("utf-8", max(1, paths.max_bytes()))
+    chunk = max(1, min(len(paths), 65536))
+    column = f.create_dataset(name, (len(paths),), dtype=dtype, chunks=(chunk,), compression="gzip",
+                              compression_opts=1, shuffle=True)
+    at = 0
+    for block in paths.encoded_blocks(chunk):
+        column[at:at + len(block)] = np.array(block, dtype=f"S{dtype.itemsize}").view(dtype)
+        at += len(block)
 
 
 def _virtual_codes(f, sources: list[str], shapes: list[tuple], segments, shape: tuple, dtype: str) -> None:
@@ -338,16 +353,15 @@ def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
         with h5py.File(folder / n, "r") as f:
             shapes[n] = f["codes"].shape
     tmp = _unique_tmp(path)
-    paths = _encoded(content.paths)
-    check_room(path, paths.nbytes + 80 * len(rows) + 64 * len(names),
+    paths = PathList.of(content.paths)
+    check_room(path, len(paths) * max(1, paths.max_bytes()) + 80 * len(rows) + 64 * len(names),
                kept=f"the computed parts are kept in {folder}: make room and run the same command again")
     try:
         with h5py.File(tmp, "w") as f:
             _virtual_codes(f, [f"{folder.name}/{n}" for n in names], [shapes[n] for n in names],
                            _segments(part, rows.row), (len(rows), content.dim), content.dtype)
             # per-image columns compressed: the index is rewritten by every update
-            _column(f, "paths", paths, dtype=h5py.string_dtype("utf-8", max(1, paths.dtype.itemsize)))
-            del paths
+            _path_column(f, "paths", paths)
             # A multi-label set has no ``labels``: a reader that knows one label per image cannot
             # mistake it for a single-label set (attribute task = multi-label).
             _column(f, "targets" if content.labels.ndim == 2 else "labels", content.labels)

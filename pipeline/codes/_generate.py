@@ -265,8 +265,9 @@ def _new_index(out: OutputPlan, plan: Plan, split: np.ndarray, split_attrs: dict
         new = (at >= 0) & ~out.cached[np.maximum(at, 0)]
         fresh[at[new]] = True
         fresh[failed_at[failed_at >= 0]] = True
-        pieces.append(Rows.of_part(part.name, part.fingerprints, part.digests).take(new))
-        images.append(at[new])
+        rows = Rows.of_part(part.name, part.fingerprints, part.digests)
+        pieces.append(rows if new.all() else rows.take(new))
+        images.append(at if new.all() else at[new])
         new_failed += part.failed
         if part.n_rows:
             with_codes.append(dataclasses.replace(part, paths=[]))  # its shape and runtime
@@ -300,7 +301,7 @@ def _new_index(out: OutputPlan, plan: Plan, split: np.ndarray, split_attrs: dict
     runtimes |= {p.runtime for p in with_codes}
     # multi-label: rows of 0/1 targets
     labels = ds.targets[images].astype(np.uint8) if ds.multi_label else np.asarray(ds.labels)[images].astype(np.int32)
-    content = IndexContent([ds.paths[i] for i in images.tolist()], rows, labels,
+    content = IndexContent(ds.paths.take(images), rows, labels,
                            np.asarray(split)[images].astype(np.int8), list(ds.class_names), failed, dim,
                            out.attrs["dtype"])
     attrs = dict(out.attrs, **split_attrs, code_shape=json.dumps(list(code_shape)), versions=_versions(),

@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.codes._format import FailedImage, Index, parts_dir, read_index
 from pipeline.codes._settings import CodeIdentity
-from pipeline.data import ImageFolder, content_digest
+from pipeline.data import ImageFolder, PathList, content_digest
 from pipeline.errors import ParameterError, UserError
 
 STATES = ("cached", "new", "changed", "removed", "failed")
@@ -36,7 +36,7 @@ class Partition:
     """One unit of work: images to compute, with the fingerprints they had when planned."""
 
     id: str
-    paths: tuple[str, ...]
+    paths: PathList
     fingerprints: np.ndarray          # (n, 2) int64
     images: np.ndarray                # (n,) their positions in the data set
 
@@ -144,14 +144,15 @@ def partition_size(n_todo: int) -> int:
     return target
 
 
-def cut(paths: list[str], target: int) -> list[tuple[int, int]]:
+def cut(paths, target: int) -> list[tuple[int, int]]:
     """Content-defined (start, stop) ranges of ``paths``: a boundary after a path whose hash is
     0 modulo ``target``, none before ``target // 4`` images, always one at ``2 * target``."""
     lo, hi = max(1, target // 4), 2 * target
     out, start = [], 0
-    for i, p in enumerate(paths):
+    encoded = (p for block in PathList.of(paths).encoded_blocks() for p in block)
+    for i, p in enumerate(encoded):
         n = i - start + 1
-        if n >= hi or (n >= lo and zlib.crc32(p.encode()) % target == 0):
+        if n >= hi or (n >= lo and zlib.crc32(p) % target == 0):
             out.append((start, i + 1))
             start = i + 1
     if start < len(paths):
@@ -199,12 +200,14 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
     }
     del position
     identity = CodeIdentity.from_attrs(out_attrs[0]).model_key()
-    todo_paths = [ds.paths[i] for i in todo.tolist()]
+    todo_paths = ds.paths.take(todo)  # (the partitions' paths: views of the data set's, in a build)
     partitions = []
     for start, stop in cut(todo_paths, target or partition_size(len(todo))):
-        paths, images = tuple(todo_paths[start:stop]), todo[start:stop]
-        fps = ds.fingerprints[images]
-        digest = hashlib.blake2b(json.dumps([identity, paths, fps.tolist()], sort_keys=True).encode(), digest_size=8)
+        paths, images = todo_paths[start:stop], todo[start:stop]
+        run = images[-1] - images[0] == len(images) - 1  # (a build: a view, not a copy)
+        fps = ds.fingerprints[images[0]:images[-1] + 1] if run else ds.fingerprints[images]
+        digest = hashlib.blake2b(json.dumps([identity, list(paths), fps.tolist()], sort_keys=True).encode(),
+                                 digest_size=8)
         partitions.append(Partition(digest.hexdigest(), paths, fps, images))
     # --overwrite recomputes all (part files of the same id are replaced by equal ones)
     pending = [p for p in partitions if overwrite or not all(o.staged(p) for o in outputs)]

@@ -9,11 +9,12 @@ import concurrent.futures as cf
 import dataclasses
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from pipeline.codes._plan import Partition
 from pipeline.codes._runtimes import (OpenVINOMapper, SourceKey, choose_runtime, converted_from_source, make_mapper,
                                       remember_source)
 from pipeline.codes._settings import CodeIdentity, ComputeOptions
-from pipeline.data import ImageError, content_digest, load_image
+from pipeline.data import ImageError, PathList, content_digest, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,13 @@ class Batch:
     large: list[str]                  # readable ones over Pillow's decompression-bomb warning limit
 
 
-def batches_of(n: int, batch_size: int, start: int = 0) -> list[np.ndarray]:
-    return [np.arange(s, min(s + batch_size, n)) + start for s in range(0, n, batch_size)]
+def batches_of(n: int, batch_size: int, start: int = 0) -> Iterator[np.ndarray]:
+    """The index arrays of ``n`` images in batches, made as they are used (a million images'
+    would be thousands of arrays held through a build)."""
+    return (np.arange(s, min(s + batch_size, n)) + start for s in range(0, n, batch_size))
 
 
-def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, threads: int, resize: str
+def read_batches(root: Path, paths, batches: Iterable[np.ndarray], size: int, threads: int, resize: str
                  ) -> Iterator[Batch]:
     """Decoded batches of ``paths[b]`` for each index array ``b`` of ``batches``, in order
     (``resize``: see :func:`~pipeline.data._scan.load_image`).
@@ -61,14 +64,14 @@ def read_batches(root: Path, paths, batches: list[np.ndarray], size: int, thread
         except OSError as exc:  # gone between decoding and hashing
             return None, f"{type(exc).__name__}: {exc.strerror}", large
 
+    batches = iter(batches)
     with cf.ThreadPoolExecutor(max_workers=threads) as pool:
-        pending = [(b, [pool.submit(load, i) for i in b]) for b in batches[:2]]
-        nxt = 2
+        pending = [(b, [pool.submit(load, i) for i in b]) for b in itertools.islice(batches, 2)]
         while pending:
             b, futs = pending.pop(0)
-            if nxt < len(batches):
-                pending.append((batches[nxt], [pool.submit(load, i) for i in batches[nxt]]))
-                nxt += 1
+            nxt = next(batches, None)
+            if nxt is not None:
+                pending.append((nxt, [pool.submit(load, i) for i in nxt]))
             results = [f.result() for f in futs]
             ok = np.array([img is not None for img, _, _ in results], bool)
             imgs = (np.stack([img for img, _, _ in results if img is not None]) if ok.any()
@@ -179,10 +182,10 @@ class Worker:
         end one partition and start the next: no padded batch at each boundary), yielding each
         partition's result once its part files are in place."""
         s, ident = self.spec, self.spec.identity
-        paths = [p for part in partitions for p in part.paths]
-        fingerprints = np.concatenate([np.asarray(part.fingerprints, np.int64).reshape(-1, 2) for part in partitions])
-        owner = np.repeat(np.arange(len(partitions)), [len(p) for p in partitions])
+        # nothing held per image beyond the partitions (a build's paths: one view of the data set's)
+        paths = PathList.concat([part.paths for part in partitions])
         left = np.array([len(p) for p in partitions])
+        first = np.cumsum(left) - left  # each partition's first image in the stream
         writers: dict[int, list[PartWriter]] = {}
         failed: dict[int, list[FailedImage]] = {}
         large: dict[int, list[str]] = {}
@@ -192,21 +195,23 @@ class Worker:
             for batch, codes in self._codes(stream):
                 rows = np.cumsum(batch.ok) - 1  # row of each readable image in ``codes``
                 failures = dict(batch.failures)
-                ks = np.unique(owner[batch.indices])
+                owner = np.searchsorted(first, batch.indices, side="right") - 1
+                ks = np.unique(owner)
                 for k in ks:
-                    mine = owner[batch.indices] == k
+                    mine = owner == k
+                    fingerprints = np.asarray(partitions[k].fingerprints, np.int64).reshape(-1, 2)
                     if k not in writers:
                         writers[k] = [PartWriter(Path(d), partitions[k].id, c.shape[1], ident.dtype, len(partitions[k]),
                                                  dict(json.loads(a), code_shape=json.dumps(list(shape))))
                                       for d, a, c, shape in zip(s.part_dirs, s.part_attrs, codes, self.shapes)]
                     ok = mine & batch.ok
                     good = batch.indices[ok]
-                    bad = [FailedImage(paths[i], failures[paths[i]], tuple(fingerprints[i].tolist()))
+                    bad = [FailedImage(paths[i], failures[paths[i]], tuple(fingerprints[i - first[k]].tolist()))
                            for i in batch.indices[mine & ~batch.ok]]
                     digests = [d for d, m in zip(batch.digests, mine[batch.ok]) if m]
                     for w, c in zip(writers[k], codes):
                         w.append(c[rows[ok]].astype(ident.dtype), [paths[i] for i in good],
-                                 fingerprints[good], digests, bad)
+                                 fingerprints[good - first[k]], digests, bad)
                     failed.setdefault(k, []).extend(bad)
                     large.setdefault(k, []).extend(batch.large if k == ks[0] else [])  # (for one note only)
                     left[k] -= int(mine.sum())

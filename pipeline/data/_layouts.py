@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data._paths import PathList
 from pipeline.data._scan import (
     DRAW,
     DRAW_TEST,
@@ -597,7 +598,7 @@ def _folders(root: Path, options: LayoutOptions) -> ImageFolder:
     if loose:
         ds.notes = ((f"{len(loose)} image(s) at the top of {root.name}/ are in no class folder: computed, "
                      f"unlabelled (e.g. {loose[0]})"),)
-        ds.paths = ds.paths + loose
+        ds.paths = PathList.concat([ds.paths, PathList.of(loose)])
         ds.labels = np.concatenate([ds.labels, np.full(len(loose), -1, np.int32)])
         ds.fingerprints = np.concatenate([ds.fingerprints, fingerprints(root, loose)])
         ds.split = np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)

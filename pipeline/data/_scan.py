@@ -1,6 +1,7 @@
 """Image folders (one sub-folder per class), stratified splits and robust image decoding."""
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
 import functools
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data._paths import PathList
 from pipeline.errors import ParameterError, UserError
 
 # Deferred on purpose: Pillow is imported inside the functions that use it, so that commands and
@@ -32,13 +34,15 @@ DRAW, DRAW_VAL, DRAW_TEST = -1, -2, -3
 
 @dataclasses.dataclass
 class ImageFolder:
-    """A scanned data set. ``paths`` are relative to ``root`` (posix), sorted; ``labels[i]``
+    """A scanned data set. ``paths`` are relative to ``root`` (posix), sorted, held as a
+    :class:`~pipeline.data.PathList` (a sequence of str, compact: stage 1 holds a million through
+    a build; a list given is converted); ``labels[i]``
     indexes ``class_names`` (-1: unlabelled); ``fingerprints[i]`` is (size in bytes, mtime in ns).
     ``split`` is the split the layout gives (None: drawn; see :func:`assign_split`),
     ``targets`` the (N, labels) 0/1 matrix of a multi-label set (``labels`` then only stratifies)."""
 
     root: Path
-    paths: list[str]
+    paths: PathList
     labels: np.ndarray
     class_names: list[str]
     fingerprints: np.ndarray
@@ -52,6 +56,9 @@ class ImageFolder:
     notes: tuple[str, ...] = ()
     description: str = "class folders"  # how the labels were read, for the first line of stage 1
     source: dict = dataclasses.field(default_factory=lambda: {"layout": "folders"})  # recorded in the code set
+
+    def __post_init__(self):
+        self.paths = PathList.of(self.paths)
 
     @property
     def multi_label(self) -> bool:
@@ -107,13 +114,14 @@ def scan(root, exclude=()) -> ImageFolder:
             continue
         label = len(names)
         names.append(cdir.name)
-        paths += found
-        labels += [label] * len(found)
+        paths.append(PathList.of(found))  # a class at a time: a million paths are never all str at once
+        labels.append(np.full(len(found), label, np.int32))
     if len(names) < 2:
         which = f"only one class ({names[0]})" if names else "no images"
         raise UserError(f"data folder {root} has {which}; a classifier needs at least two classes "
                         f"with images ({', '.join(IMAGE_EXTENSIONS)})")
-    return ImageFolder(root, paths, np.asarray(labels, np.int32), names, fingerprints(root, paths), dict(skipped),
+    paths = PathList.concat(paths)
+    return ImageFolder(root, paths, np.concatenate(labels), names, fingerprints(root, paths), dict(skipped),
                        tuple(empty), tuple(unnamable))
 
 
@@ -219,9 +227,10 @@ def fingerprint(path) -> tuple[int, int]:
 def fingerprints(root, paths: list[str]) -> np.ndarray:
     """:func:`fingerprint` of each of ``paths`` (relative to ``root``) as an (n, 2) array: the
     paths joined as strings and the numbers gathered in two lists, since a million images are
-    stat'ed at every update (a Path, a call and a tuple per image cost as much as the stat)."""
+    stat'ed at every update (a Path, a call and a tuple per image cost as much as the stat;
+    the numbers gathered in machine arrays: a list of Python ints is 36 bytes a number)."""
     base, stat = os.path.join(os.fspath(root), ""), os.stat
-    sizes, times = [], []
+    sizes, times = array.array("q"), array.array("q")
     for rel in paths:
         try:
             st = stat(base + rel)
@@ -231,7 +240,7 @@ def fingerprints(root, paths: list[str]) -> np.ndarray:
             continue
         sizes.append(st.st_size)
         times.append(st.st_mtime_ns)
-    return np.column_stack([np.array(sizes, np.int64), np.array(times, np.int64)]).reshape(-1, 2)
+    return np.column_stack([np.frombuffer(sizes, np.int64), np.frombuffer(times, np.int64)]).reshape(-1, 2)
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
@@ -287,7 +296,7 @@ def assign_split(ds: ImageFolder, fractions=(0.7, 0.15, 0.15), seed=0) -> np.nda
         idx = np.flatnonzero(given == mark)
         if len(idx):
             total = sum(parts)
-            out[idx] = stratified_split([ds.paths[i] for i in idx], ds.labels[idx], tuple(p / total for p in parts),
+            out[idx] = stratified_split(ds.paths.take(idx), ds.labels[idx], tuple(p / total for p in parts),
                                         seed, ds.class_names)
     return out
 
