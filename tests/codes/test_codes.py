@@ -140,6 +140,26 @@ def test_unreadable_images_are_skipped_counted_and_listed(logs, images, tmp_path
     assert _read(path)[0]["codes"].shape[0] == 37
 
 
+def test_every_image_records_its_own_fingerprint_in_a_stream_of_partitions(images, tmp_path):
+    """One worker computes several partitions as one stream: each row, and each unreadable image
+    (in the first partition and in the last), records its own file's size and time."""
+    (images / "class0" / "aa_broken.jpg").write_bytes(b"junk")
+    (images / "class2" / "zz_broken.jpg").write_bytes(b"garbage!")
+    path = generate_codes(images, cache_dir=tmp_path / "c", partition_size=8, **FAST)[0]
+
+    def stat(p):
+        st = os.stat(images / p)
+        return st.st_size, st.st_mtime_ns
+    with h5py.File(path) as f:
+        rows = dict(zip(f["paths"].asstr()[()], map(tuple, f["fingerprints"][()].tolist())))
+        failed = dict(zip(f["failed_paths"].asstr()[()], map(tuple, f["failed_fingerprints"][()].tolist())))
+        parts = len(f["part_names"])
+    assert parts >= 3 and len(rows) == 36 and set(failed) == {"class0/aa_broken.jpg", "class2/zz_broken.jpg"}
+    assert len({fp for fp in rows.values()}) > 30  # (distinct sizes and times: a mix-up would show)
+    assert all(fp == stat(p) for p, fp in rows.items())
+    assert all(fp == stat(p) for p, fp in failed.items())
+
+
 @pytest.mark.slow
 def test_files_from_before_failure_fingerprints_are_read_and_failures_retried(images, tmp_path):
     (images / "class0" / "broken.jpg").write_bytes(b"garbage")
