@@ -300,9 +300,10 @@ def _new_index(out: OutputPlan, plan: Plan, split: np.ndarray, split_attrs: dict
     runtimes = set(str(old["runtime"]).split("; ")) if len(kept) and "runtime" in old else set()
     runtimes |= {p.runtime for p in with_codes}
     # multi-label: rows of 0/1 targets
-    labels = ds.targets[images].astype(np.uint8) if ds.multi_label else np.asarray(ds.labels)[images].astype(np.int32)
+    labels = (ds.targets[images].astype(np.uint8, copy=False) if ds.multi_label
+              else np.asarray(ds.labels)[images].astype(np.int32, copy=False))
     content = IndexContent(ds.paths.take(images), rows, labels,
-                           np.asarray(split)[images].astype(np.int8), list(ds.class_names), failed, dim,
+                           np.asarray(split)[images].astype(np.int8, copy=False), list(ds.class_names), failed, dim,
                            out.attrs["dtype"])
     attrs = dict(out.attrs, **split_attrs, code_shape=json.dumps(list(code_shape)), versions=_versions(),
                  runtime="; ".join(sorted(runtimes)) or "unknown", data_root=str(ds.root.resolve()),
