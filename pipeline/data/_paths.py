@@ -1,6 +1,7 @@
 """A data set's relative paths held compactly: stage 1 keeps a million of them through a build."""
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -28,13 +29,13 @@ class PathList(Sequence):
         """``paths`` as a PathList (a PathList is returned as it is). A path holding a NUL is refused."""
         if isinstance(paths, PathList):
             return paths
-        pieces, ends, at, block = [], [], 0, []
-        for p in paths:
-            block.append(p)
-            if len(block) == _BLOCK:
-                at = cls._add_block(block, pieces, ends, at)
-                block = []
-        if block:
+        if not isinstance(paths, (list, tuple)):  # an iterator: taken a block at a time
+            paths = iter(paths)
+            blocks = iter(lambda: list(itertools.islice(paths, _BLOCK)), [])
+        else:
+            blocks = (paths[s:s + _BLOCK] for s in range(0, len(paths), _BLOCK))
+        pieces, ends, at = [], [], 0
+        for block in blocks:
             at = cls._add_block(block, pieces, ends, at)
         blob = b"".join(pieces)
         starts = np.concatenate([np.zeros(1, np.int64), *ends]) if ends else np.zeros(1, np.int64)
