@@ -185,8 +185,9 @@ class Rows:
         return Rows(self.part_names, self.part[which], self.row[which], self.fingerprints[which], self.digests[which])
 
     def names(self) -> list[str]:
-        """The part names in use, sorted."""
-        return sorted({self.part_names[i] for i in np.unique(self.part).tolist()})
+        """The part names in use, sorted (counted, not sorted per row: a commit asks more than once)."""
+        used = np.flatnonzero(np.bincount(self.part, minlength=len(self.part_names)))
+        return sorted({self.part_names[i] for i in used.tolist()})
 
     def renumbered(self, names: list[str]) -> np.ndarray:
         """Each row's part as an index into ``names`` (which must hold every part in use)."""

@@ -89,8 +89,10 @@ class PathList(Sequence):
 
     def take(self, indices) -> PathList:
         """The paths at ``indices`` (an array of positions), in that order: a view where they are
-        a contiguous run, else their bytes gathered a block at a time."""
-        idx = np.asarray(indices, np.int64).reshape(-1)
+        a contiguous run, else their bytes gathered a block at a time. A boolean mask selects
+        where it is true."""
+        idx = np.asarray(indices)
+        idx = (np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64, copy=False)).reshape(-1)
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError("PathList index out of range")
         idx = np.where(idx < 0, idx + len(self), idx) + self._lo

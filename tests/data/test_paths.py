@@ -28,6 +28,8 @@ def test_a_path_list_reads_back_every_path_however_it_is_taken(small_blocks):
     runs = np.r_[np.arange(10, 29), np.arange(0, 5)]
     assert paths.take(runs) == [names[i] for i in runs]  # long runs: copied run by run
     assert paths.take([]) == [] and paths.take([-1]) == [names[-1]]
+    mask = np.arange(len(names)) % 3 == 1
+    assert paths.take(mask) == [n for n, m in zip(names, mask) if m]  # a mask: where it is true
     assert PathList.concat([paths[20:], PathList.of(["q/r.png"]), paths[:2]]) == names[20:] + ["q/r.png"] + names[:2]
     assert [b for block in paths.encoded_blocks(5) for b in block] == [n.encode() for n in names]
     assert paths.max_bytes() == max(len(n.encode()) for n in names)
