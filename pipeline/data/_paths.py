@@ -12,13 +12,13 @@ _BLOCK = 65536  # paths decoded or gathered at a time: bounded temporary memory
 
 class PathList(Sequence):
     """An immutable sequence of paths (str) stored as one block of UTF-8 bytes, each path ended
-    by a NUL (which no file name holds), and where each path starts: about 28 bytes a path of 22
+    by a NUL (which no file name holds), and where each path starts: 26 bytes a path of 21
     characters, where a list of str takes about 80. Slices and contiguous :meth:`take` are views
     of the same bytes; iteration decodes a block at a time. It compares equal to any sequence of
     the same strings and pickles only the paths it holds (a worker is sent its partition only)."""
 
     __slots__ = ("_blob", "_starts", "_lo", "_hi")
-    __hash__ = None  # mutable-looking sequences (a list) are not hashable either: equal must hash alike
+    __hash__ = None  # equal to a list of the same paths, which is not hashable
 
     def __init__(self, blob: bytes, starts: np.ndarray, lo: int = 0, hi: int | None = None):
         self._blob, self._starts = blob, starts

@@ -53,7 +53,7 @@ def test_views_share_the_bytes_and_a_pickled_view_carries_only_its_paths():
     one = pickle.dumps(paths[5000:5100])
     assert pickle.loads(one) == names[5000:5100] and len(one) < len(pickle.dumps(paths)) / 50
     assert pickle.loads(pickle.dumps(PathList.of([]))) == []
-    # a list of str takes about 80 bytes a path of 22 characters; this, about 26
+    # a list of str takes about 80 bytes a path of 21 characters; this, 26
     held = len(paths._blob) + paths._starts.nbytes
     assert 22 * len(names) < held < 30 * len(names)
 
