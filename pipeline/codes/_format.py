@@ -311,11 +311,11 @@ def _column(f, name: str, data: np.ndarray, dtype=None) -> None:
                      compression="gzip", compression_opts=1, shuffle=True)
 
 
-def _path_column(f, name: str, paths: PathList) -> None:
-    """The paths as a column of fixed-width UTF-8 text, written a chunk at a time from the
-    PathList's bytes as they are (no array of every encoded path: a million more objects, or
+def _path_column(f, name: str, paths: PathList, width: int) -> None:
+    """The paths as a column of UTF-8 text ``width`` bytes wide, written a chunk at a time from
+    the PathList's bytes as they are (no array of every encoded path: a million more objects, or
     a copy of them all, at the peak of a build)."""
-    dtype = h5py.string_dtype("utf-8", max(1, paths.max_bytes()))
+    dtype = h5py.string_dtype("utf-8", width)
     chunk = max(1, min(len(paths), 65536))
     column = f.create_dataset(name, (len(paths),), dtype=dtype, chunks=(chunk,), compression="gzip",
                               compression_opts=1, shuffle=True)
@@ -355,14 +355,15 @@ def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
             shapes[n] = f["codes"].shape
     tmp = _unique_tmp(path)
     paths = PathList.of(content.paths)
-    check_room(path, len(paths) * max(1, paths.max_bytes()) + 80 * len(rows) + 64 * len(names),
+    width = max(1, paths.max_bytes())
+    check_room(path, len(paths) * width + 80 * len(rows) + 64 * len(names),
                kept=f"the computed parts are kept in {folder}: make room and run the same command again")
     try:
         with h5py.File(tmp, "w") as f:
             _virtual_codes(f, [f"{folder.name}/{n}" for n in names], [shapes[n] for n in names],
                            _segments(part, rows.row), (len(rows), content.dim), content.dtype)
             # per-image columns compressed: the index is rewritten by every update
-            _path_column(f, "paths", paths)
+            _path_column(f, "paths", paths, width)
             # A multi-label set has no ``labels``: a reader that knows one label per image cannot
             # mistake it for a single-label set (attribute task = multi-label).
             _column(f, "targets" if content.labels.ndim == 2 else "labels", content.labels)

@@ -266,8 +266,9 @@ def _new_index(out: OutputPlan, plan: Plan, split: np.ndarray, split_attrs: dict
         fresh[at[new]] = True
         fresh[failed_at[failed_at >= 0]] = True
         rows = Rows.of_part(part.name, part.fingerprints, part.digests)
-        pieces.append(rows if new.all() else rows.take(new))
-        images.append(at if new.all() else at[new])
+        every = new.all()  # (a build: the part's own arrays, no copy)
+        pieces.append(rows if every else rows.take(new))
+        images.append(at if every else at[new])
         new_failed += part.failed
         if part.n_rows:
             with_codes.append(dataclasses.replace(part, paths=[]))  # its shape and runtime

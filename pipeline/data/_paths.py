@@ -17,7 +17,7 @@ class PathList(Sequence):
     of the same bytes; iteration decodes a block at a time. It compares equal to any sequence of
     the same strings and pickles only the paths it holds (a worker is sent its partition only)."""
 
-    __slots__ = ("_blob", "_starts", "_lo", "_hi")
+    __slots__ = ("_blob", "_hi", "_lo", "_starts")
     __hash__ = None  # equal to a list of the same paths, which is not hashable
 
     def __init__(self, blob: bytes, starts: np.ndarray, lo: int = 0, hi: int | None = None):
@@ -37,8 +37,11 @@ class PathList(Sequence):
         pieces, ends, at = [], [], 0
         for block in blocks:
             at = cls._add_block(block, pieces, ends, at)
-        blob = b"".join(pieces)
-        starts = np.concatenate([np.zeros(1, np.int64), *ends]) if ends else np.zeros(1, np.int64)
+        return cls._whole(b"".join(pieces), np.concatenate([np.zeros(1, np.int64), *ends]))
+
+    @classmethod
+    def _whole(cls, blob: bytes, starts: np.ndarray) -> PathList:
+        """A PathList of all of ``blob``, its starts held in 4 bytes each where the bytes allow."""
         return cls(blob, starts.astype(np.int32 if len(blob) < 2**31 else np.int64))
 
     @staticmethod
@@ -70,7 +73,7 @@ class PathList(Sequence):
         if not 0 <= i < len(self):
             raise IndexError("PathList index out of range")
         k = self._lo + i
-        return self._blob[int(self._starts[k]):int(self._starts[k + 1]) - 1].decode("utf-8", "surrogateescape")
+        return self._span(k, k + 1).decode("utf-8", "surrogateescape")
 
     def __iter__(self) -> Iterator[str]:
         for s in range(self._lo, self._hi, _BLOCK):
@@ -113,8 +116,7 @@ class PathList(Sequence):
                 first = np.cumsum(ln) - ln  # where each path starts in this block's output
                 pieces.append(source[np.repeat(st - first, ln) + np.arange(int(ln.sum()))].tobytes())
             blob = b"".join(pieces)
-        new = np.concatenate([np.zeros(1, np.int64), np.cumsum(lengths)])
-        return PathList(blob, new.astype(np.int32 if len(blob) < 2**31 else np.int64))
+        return PathList._whole(blob, np.concatenate([np.zeros(1, np.int64), np.cumsum(lengths)]))
 
     @staticmethod
     def concat(lists: Sequence[PathList]) -> PathList:
@@ -122,16 +124,16 @@ class PathList(Sequence):
         one PathList (the partitions of a build), else a new one."""
         lists = [PathList.of(x) for x in lists]
         if lists and all(a._blob is lists[0]._blob and a._starts is lists[0]._starts for a in lists) and all(
-                a._hi == b._lo for a, b in zip(lists, lists[1:])):
+                a._hi == b._lo for a, b in itertools.pairwise(lists)):
             return PathList(lists[0]._blob, lists[0]._starts, lists[0]._lo, lists[-1]._hi)
         lists = [x for x in lists if len(x)]
         if not lists:
             return PathList.of([])
         blob = b"".join(x._blob[int(x._starts[x._lo]):int(x._starts[x._hi])] for x in lists)
         at = np.cumsum([0] + [int(x._starts[x._hi] - x._starts[x._lo]) for x in lists])
-        starts = np.concatenate([x._starts[x._lo:x._hi].astype(np.int64) - int(x._starts[x._lo]) + a
-                                 for x, a in zip(lists, at.tolist())] + [at[-1:]])
-        return PathList(blob, starts.astype(np.int32 if len(blob) < 2**31 else np.int64))
+        starts = [x._starts[x._lo:x._hi].astype(np.int64) - int(x._starts[x._lo]) + a
+                  for x, a in zip(lists, at.tolist())]
+        return PathList._whole(blob, np.concatenate(starts + [at[-1:]]))
 
     def __eq__(self, other) -> bool:
         if isinstance(other, PathList):

@@ -226,9 +226,9 @@ def fingerprint(path) -> tuple[int, int]:
 
 def fingerprints(root, paths: list[str]) -> np.ndarray:
     """:func:`fingerprint` of each of ``paths`` (relative to ``root``) as an (n, 2) array: the
-    paths joined as strings and the numbers gathered in two lists, since a million images are
-    stat'ed at every update (a Path, a call and a tuple per image cost as much as the stat;
-    the numbers gathered in machine arrays: a list of Python ints is 36 bytes a number)."""
+    paths joined as strings and the numbers gathered in two machine arrays, since a million images
+    are stat'ed at every update (a Path, a call and a tuple per image cost as much as the stat; a
+    list of Python ints takes 36 bytes a number)."""
     base, stat = os.path.join(os.fspath(root), ""), os.stat
     sizes, times = array.array("q"), array.array("q")
     for rel in paths:
