@@ -149,6 +149,12 @@ def read_part(file: Path) -> PartInfo:
                         str(f.attrs.get("runtime", "unknown")))
 
 
+def read_part_rows(file: Path) -> Rows:
+    """A part's rows (fingerprints and digests), without its paths or codes."""
+    with h5py.File(file, "r") as f:
+        return Rows.of_part(Path(file).name, f["fingerprints"][()], f["digests"][()])
+
+
 def _failed(f) -> list[FailedImage]:
     if "failed_fingerprints" not in f:  # before it (0.1.0): failures are retried
         return []
@@ -193,23 +199,6 @@ class Rows:
         """Each row's part as an index into ``names`` (which must hold every part in use)."""
         number = {n: i for i, n in enumerate(names)}
         return np.asarray([number.get(n, -1) for n in self.part_names], np.int32)[self.part]
-
-    @staticmethod
-    def concat(pieces: list[Rows]) -> Rows:
-        """The rows of ``pieces`` one after the other. The list is emptied as its columns are
-        joined, each column of the pieces released once joined: a million rows take one
-        column's copy more while joined, not a copy of all four."""
-        names = sorted({n for p in pieces for n in p.part_names})
-        part = np.concatenate([p.renumbered(names) for p in pieces] or [np.zeros(0, np.int32)])
-        columns = []
-        for name, empty in (("row", np.zeros(0, np.int32)), ("fingerprints", np.zeros((0, 2), np.int64)),
-                            ("digests", np.zeros(0, np.uint64))):
-            columns.append(np.concatenate([getattr(p, name) for p in pieces] or [empty]))
-            for p in pieces:
-                setattr(p, name, None)
-        pieces.clear()
-        row, fingerprints, digests = columns
-        return Rows(names, part, row.astype(np.int32, copy=False), fingerprints, digests)
 
 
 @dataclasses.dataclass
@@ -259,6 +248,13 @@ def read_index(path: Path) -> Index:
     return Index(Path(path), paths, rows, failed, attrs, dim, version, labels, split, class_names)
 
 
+def read_content(path: Path) -> IndexContent:
+    """Everything a committed index (format 2) holds besides its attributes, read back whole."""
+    index = read_index(path)
+    return IndexContent(PathList.of(index.paths), index.rows, index.labels, index.split, index.class_names,
+                        list(index.failed.values()), index.dim, str(index.attrs["dtype"]))
+
+
 def legacy_part_name(path: Path) -> str:
     """The part name a format-1 file takes when it becomes the first part of its code set."""
     st = path.stat()
@@ -305,26 +301,6 @@ def _segments(part: np.ndarray, row: np.ndarray):
     return list(zip(part[starts].tolist(), row[starts].tolist(), (stops - starts).tolist(), starts.tolist()))
 
 
-def _column(f, name: str, data: np.ndarray, dtype=None) -> None:
-    data = data if dtype is None else data.view(dtype)  # (text: the same bytes, marked UTF-8 for h5py)
-    f.create_dataset(name, data=data, dtype=dtype, chunks=(max(1, min(len(data), 65536)), *data.shape[1:]),
-                     compression="gzip", compression_opts=1, shuffle=True)
-
-
-def _path_column(f, name: str, paths: PathList, width: int) -> None:
-    """The paths as a column of UTF-8 text ``width`` bytes wide, written a chunk at a time from
-    the PathList's bytes as they are (no array of every encoded path: a million more objects, or
-    a copy of them all, at the peak of a build)."""
-    dtype = h5py.string_dtype("utf-8", width)
-    chunk = max(1, min(len(paths), 65536))
-    column = f.create_dataset(name, (len(paths),), dtype=dtype, chunks=(chunk,), compression="gzip",
-                              compression_opts=1, shuffle=True)
-    at = 0
-    for block in paths.encoded_blocks(chunk):
-        column[at:at + len(block)] = np.array(block, dtype=f"S{dtype.itemsize}").view(dtype)
-        at += len(block)
-
-
 def _virtual_codes(f, sources: list[str], shapes: list[tuple], segments, shape: tuple, dtype: str) -> None:
     """The ``codes`` virtual dataset: one mapping per segment (part, first row, count, first
     row here), made with h5py's low-level calls (its ``VirtualSource`` copies itself for every
@@ -343,49 +319,155 @@ def _virtual_codes(f, sources: list[str], shapes: list[tuple], segments, shape: 
                     dcpl=dcpl)
 
 
-def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
-    """Write the index of a code set (format 2) under a temporary name, then move it into place."""
-    folder = parts_dir(path)
-    rows = content.rows
-    names = rows.names()
-    part = rows.renumbered(names)
-    shapes = {}
-    for n in names:
-        with h5py.File(folder / n, "r") as f:
-            shapes[n] = f["codes"].shape
-    tmp = _unique_tmp(path)
-    paths = PathList.of(content.paths)
-    width = max(1, paths.max_bytes())
-    check_room(path, len(paths) * width + 80 * len(rows) + 64 * len(names),
-               kept=f"the computed parts are kept in {folder}: make room and run the same command again")
-    try:
-        with h5py.File(tmp, "w") as f:
-            _virtual_codes(f, [f"{folder.name}/{n}" for n in names], [shapes[n] for n in names],
-                           _segments(part, rows.row), (len(rows), content.dim), content.dtype)
-            # per-image columns compressed: the index is rewritten by every update
-            _path_column(f, "paths", paths, width)
+CHUNK = 65536  # rows per chunk of the index's per-row columns
+
+
+class _Column:
+    """One per-row column of an index being written: rows appended in pieces of any size,
+    written a whole chunk at a time (a chunk written in parts would be compressed again for
+    each), compressed: the index is rewritten by every update."""
+
+    def __init__(self, f, name: str, shape: tuple, dtype):
+        self.chunk = max(1, min(shape[0], CHUNK))
+        self.ds = f.create_dataset(name, shape, dtype=dtype, chunks=(self.chunk, *shape[1:]), compression="gzip",
+                                   compression_opts=1, shuffle=True)
+        self.dtype = dtype  # (text: fixed-width bytes given, marked UTF-8 for h5py as written)
+        self.pending: list[np.ndarray] = []
+        self.n_pending = self.at = 0
+
+    def add(self, values: np.ndarray) -> None:
+        self.pending.append(values)
+        self.n_pending += len(values)
+        if self.n_pending >= self.chunk:
+            self._write(self.n_pending // self.chunk * self.chunk)
+
+    def _write(self, n: int) -> None:
+        block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.ds[self.at:self.at + n] = block[:n].view(self.dtype)
+        self.at += n
+        rest = block[n:]
+        self.pending, self.n_pending = ([rest] if len(rest) else []), len(rest)
+
+    def finish(self) -> None:
+        if self.n_pending:
+            self._write(self.n_pending)
+        if self.at != self.ds.shape[0]:
+            raise ValueError(f"index column {self.ds.name}: {self.at} rows written of {self.ds.shape[0]}")
+
+
+class IndexWriter:
+    """Writes the index of a code set (format 2) a piece of rows at a time, so that a million
+    rows are never held at once: the per-row columns are appended as the pieces come, the
+    virtual ``codes`` over every part they name is made at the end. Under a temporary name,
+    moved into place by :meth:`close`; :meth:`abort` (or an exception inside ``with``) leaves
+    nothing behind. ``n_rows`` and ``path_width`` (the longest path in UTF-8 bytes) are known
+    before the first piece: the columns are made whole at once."""
+
+    def __init__(self, path: Path, *, n_rows: int, dim: int, dtype: str, path_width: int, labels_shape: tuple):
+        self.path, self.folder, self.n_rows, self.dim, self.dtype = Path(path), parts_dir(path), n_rows, dim, dtype
+        self.width = max(1, path_width)
+        check_room(self.path, n_rows * (self.width + 80),
+                   kept=f"the computed parts are kept in {self.folder}: make room and run the same command again")
+        self.tmp = _unique_tmp(self.path)
+        self.f = h5py.File(self.tmp, "w")
+        text = h5py.string_dtype("utf-8", self.width)
+        n = (n_rows,)
+        self.columns = {
+            "paths": _Column(self.f, "paths", n, text),
             # A multi-label set has no ``labels``: a reader that knows one label per image cannot
             # mistake it for a single-label set (attribute task = multi-label).
-            _column(f, "targets" if content.labels.ndim == 2 else "labels", content.labels)
-            _column(f, "split", content.split)
-            _column(f, "fingerprints", rows.fingerprints.astype(np.int64, copy=False).reshape(-1, 2))
-            _column(f, "digests", rows.digests.astype(np.uint64, copy=False))
-            f.create_dataset("class_names", data=content.class_names, dtype=STR)
-            failed = sorted(content.failed, key=lambda x: x.path)
+            "labels": _Column(self.f, "targets" if len(labels_shape) == 1 else "labels", n + tuple(labels_shape),
+                              np.uint8 if len(labels_shape) == 1 else np.int32),
+            "split": _Column(self.f, "split", n, np.int8),
+            "fingerprints": _Column(self.f, "fingerprints", (n_rows, 2), np.int64),
+            "digests": _Column(self.f, "digests", n, np.uint64),
+            "part": _Column(self.f, "row_part", n, np.int32),
+            "row": _Column(self.f, "row_in_part", n, np.int32),
+        }
+        self.names: list[str] = []
+        self.number: dict[str, int] = {}
+        self.segments: list[tuple[int, int, int, int]] = []
+        self.at = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is not None:
+            self.abort()
+
+    @property
+    def n_parts(self) -> int:
+        return len(self.names)
+
+    def add(self, rows: Rows, paths: PathList, labels: np.ndarray, split: np.ndarray) -> None:
+        """Append ``rows`` (where the codes are), with their images' paths, labels and split."""
+        n = len(rows)
+        if not len(paths) == len(labels) == len(split) == n or self.at + n > self.n_rows:
+            raise ValueError(f"a piece of {n} rows with {len(paths)} paths, {len(labels)} labels, {len(split)} "
+                             f"split values at row {self.at} of {self.n_rows}")
+        if paths.max_bytes() > self.width:
+            raise ValueError(f"a path of {paths.max_bytes()} bytes in an index of paths {self.width} wide")
+        used = np.flatnonzero(np.bincount(rows.part, minlength=len(rows.part_names))).tolist()
+        number = np.full(len(rows.part_names), -1, np.int32)
+        for i in used:  # parts numbered in order of first use: a piece's names are only those it uses
+            number[i] = self.number.setdefault(rows.part_names[i], len(self.names))
+            if number[i] == len(self.names):
+                self.names.append(rows.part_names[i])
+        part = number[rows.part]
+        self.segments += [(p, start, count, self.at + at) for p, start, count, at in _segments(part, rows.row)]
+        for block in paths.encoded_blocks(CHUNK):
+            self.columns["paths"].add(np.array(block, dtype=f"S{self.width}"))
+        self.columns["labels"].add(np.asarray(labels, self.columns["labels"].dtype))
+        self.columns["split"].add(np.asarray(split, np.int8))
+        self.columns["fingerprints"].add(rows.fingerprints.astype(np.int64, copy=False).reshape(-1, 2))
+        self.columns["digests"].add(rows.digests.astype(np.uint64, copy=False))
+        self.columns["part"].add(part)
+        self.columns["row"].add(rows.row.astype(np.int32, copy=False))
+        self.at += n
+
+    def close(self, class_names: list[str], failed: list[FailedImage], attrs: dict) -> None:
+        """Finish the index and move it into place."""
+        try:
+            for column in self.columns.values():
+                column.finish()
+            f = self.f
+            shapes = []
+            for n in self.names:
+                with h5py.File(self.folder / n, "r") as part:
+                    shapes.append(part["codes"].shape)
+            _virtual_codes(f, [f"{self.folder.name}/{n}" for n in self.names], shapes, self.segments,
+                           (self.n_rows, self.dim), self.dtype)
+            f.create_dataset("class_names", data=class_names, dtype=STR)
+            failed = sorted(failed, key=lambda x: x.path)
             f.create_dataset("failed_paths", data=[x.path for x in failed], dtype=STR)
             f.create_dataset("failed_reasons", data=[x.reason for x in failed], dtype=STR)
             f.create_dataset("failed_fingerprints",
                              data=np.asarray([x.fingerprint for x in failed], np.int64).reshape(-1, 2))
-            f.create_dataset("part_names", data=names, dtype=STR)
-            _column(f, "row_part", part)
-            _column(f, "row_in_part", rows.row.astype(np.int32, copy=False))
-            f.attrs.update(attrs, format_version=FORMAT_VERSION, parts=folder.name)
-        fault_point("index-tmp-written")
-        durable_replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fault_point("index-moved")
+            f.create_dataset("part_names", data=self.names, dtype=STR)
+            f.attrs.update(attrs, format_version=FORMAT_VERSION, parts=self.folder.name)
+            f.close()
+            fault_point("index-tmp-written")
+            durable_replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        fault_point("index-moved")
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
+    """Write the index of a code set whose rows are all in memory (see :class:`IndexWriter`)."""
+    paths = PathList.of(content.paths)
+    with IndexWriter(path, n_rows=len(content.rows), dim=content.dim, dtype=content.dtype,
+                     path_width=paths.max_bytes(), labels_shape=content.labels.shape[1:]) as writer:
+        writer.add(content.rows, paths, content.labels, content.split)
+        writer.close(content.class_names, content.failed, attrs)
 
 
 def referenced_parts(path: Path) -> set[str]:
@@ -411,10 +493,6 @@ def collect_garbage(path: Path) -> None:
     for tmp in path.parent.glob(f"{path.stem}.*.tmp.h5"):
         tmp.unlink(missing_ok=True)
     fault_point("parts-cleaned")
-
-
-def needs_compaction(rows: Rows, max_parts: int) -> bool:
-    return len(rows.names()) > max_parts
 
 
 def compact(path: Path, content: IndexContent, attrs: dict, max_parts: int, write_attrs: dict) -> IndexContent:

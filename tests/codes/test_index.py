@@ -1,0 +1,120 @@
+"""The index of a code set written a piece at a time: every row maps to its own code, and a
+build's commit holds a piece, not the code set."""
+import numpy as np
+import pytest
+
+from pipeline.codes import _format, parts_dir
+from pipeline.codes._format import FailedImage, IndexWriter, PartWriter, Rows, read_index
+from pipeline.codes._generate import _commit_all
+from pipeline.codes._plan import make_plan
+from pipeline.data import ImageFolder, PathList
+
+ATTRS = dict(backbone="b", layer="l", pooling="avg", image_size=32, preprocessing="lite", weights_id="w",
+             dtype="float32", precision="fp32", tta="none", resize="squash")
+SPLIT_ATTRS = dict(split_fractions="[0.7, 0.15, 0.15]", split_seed=0, layout="{}", task="single-label")
+
+
+def write_parts(folder, sizes: dict, rng) -> dict:
+    """Part files of random codes (3 values); returns each part's codes by file name."""
+    codes = {}
+    for name, n in sizes.items():
+        w = PartWriter(folder, name, 3, "float32", n, dict(ATTRS, code_shape="[3]"))
+        c = rng.normal(size=(n, 3)).astype(np.float32)
+        w.append(c, [f"{name}/{i}.jpg" for i in range(n)], np.column_stack([np.arange(n) + 100, np.arange(n)]),
+                 np.arange(1, n + 1), [])
+        w.close("test")
+        codes[w.final.name] = c
+    return codes
+
+
+def test_an_index_written_in_pieces_maps_every_row_to_its_code(tmp_path, monkeypatch):
+    monkeypatch.setattr(_format, "CHUNK", 4)  # pieces of 1-6 rows across chunks of 4: partial chunks joined
+    path = tmp_path / "l-avg.h5"
+    rng = np.random.default_rng(0)
+    codes = write_parts(parts_dir(path), {"a": 6, "b": 5, "c": 3}, rng)
+    a, b, c = (Rows.of_part(f"part-{x}.h5", np.column_stack([np.arange(n) + 7 * k, np.arange(n)]), np.arange(n) + 1)
+               for k, (x, n) in enumerate((("a", 6), ("b", 5), ("c", 3))))
+    two = Rows(["part-b.h5", "part-a.h5", "part-unused.h5"], np.array([1, 1, 0, 1], np.int32),
+               np.array([5, 4, 0, 3], np.int32), np.arange(8).reshape(4, 2), np.array([9, 8, 7, 6], np.uint64))
+    pieces = [two, c.take([2, 0]), b.take(np.array([False, True, True, True, True])), a.take([0, 1, 2]), c.take([1])]
+    expected = np.concatenate([codes[p.part_names[k]][r] for p in pieces for k, r in zip(p.part, p.row)]).reshape(-1, 3)
+    n = len(expected)
+    paths = [f"class{i % 2}/img {i}/é{'x' * (i % 5)}.jpg" for i in range(n)]  # non-ASCII, widths apart
+    labels, split = rng.integers(0, 2, n), rng.integers(0, 3, n)
+    width = PathList.of(paths).max_bytes()
+    with IndexWriter(path, n_rows=n, dim=3, dtype="float32", path_width=width, labels_shape=()) as writer:
+        at = 0
+        for p in pieces:
+            writer.add(p, PathList.of(paths[at:at + len(p)]), labels[at:at + len(p)], split[at:at + len(p)])
+            at += len(p)
+        writer.close(["class0", "class1"], [FailedImage("bad.jpg", "unreadable", (1, 2))],
+                     dict(ATTRS, **SPLIT_ATTRS, code_shape="[3]"))
+    assert writer.n_parts == 3  # the unused name of a piece is not a part of the index
+    assert not list(tmp_path.glob("*.tmp.h5"))
+    index = read_index(path)
+    import h5py
+    with h5py.File(path) as f:
+        got = f["codes"][()]
+        assert f["paths"].dtype.itemsize == width
+    assert np.abs(expected).max() > 0.1 and np.array_equal(got, expected)  # (random codes, not ~0)
+    assert index.paths == paths and np.array_equal(index.labels, labels) and np.array_equal(index.split, split)
+    assert np.array_equal(index.rows.fingerprints, np.concatenate([p.fingerprints for p in pieces]))
+    assert np.array_equal(index.rows.digests, np.concatenate([p.digests for p in pieces]))
+    assert list(index.failed) == ["bad.jpg"]
+
+
+def test_an_index_writer_refuses_what_does_not_fit_and_leaves_nothing(tmp_path):
+    path = tmp_path / "l-avg.h5"
+    write_parts(parts_dir(path), {"a": 4}, np.random.default_rng(1))
+    rows = Rows.of_part("part-a.h5", np.zeros((4, 2)), np.arange(1, 5))
+    for paths, n_rows, problem in ((["a/1.jpg", "a/2.jpg", "a/3.jpg", "a/long name.jpg"], 4, "wide"),
+                                   (["a/1.jpg"] * 4, 3, "rows")):
+        with pytest.raises(ValueError, match="path of 15 bytes" if problem == "wide" else "at row 0 of 3"):
+            with IndexWriter(path, n_rows=n_rows, dim=3, dtype="float32", path_width=7, labels_shape=()) as w:
+                w.add(rows, PathList.of(paths), np.zeros(4), np.zeros(4))
+        assert not path.exists() and not list(tmp_path.glob("*.tmp.h5"))
+    with pytest.raises(ValueError, match="3 rows written of 4"):  # closed short: not moved into place
+        with IndexWriter(path, n_rows=4, dim=3, dtype="float32", path_width=7, labels_shape=()) as w:
+            w.add(rows.take([0, 1, 2]), PathList.of(["a/1.jpg"] * 3), np.zeros(3), np.zeros(3))
+            w.close(["c"], [], dict(ATTRS, code_shape="[3]"))
+    assert not path.exists() and not list(tmp_path.glob("*.tmp.h5"))
+
+
+def commit_extra(tmp_path, n: int) -> int:
+    """Python's peak memory (tracemalloc) while a build of ``n`` images commits its index, above
+    what it held before (the data set and the plan): parts of 2,048 images written directly."""
+    import tracemalloc
+
+    paths = [f"class{i % 4}/img{i:07d}.jpg" for i in range(n)]
+    ds = ImageFolder(tmp_path, paths, np.arange(n, dtype=np.int32) % 4, [f"class{c}" for c in range(4)],
+                     np.column_stack([np.full(n, 5000), 10**18 + np.arange(n)]).astype(np.int64))
+    files = [tmp_path / f"cache{n}" / "x.h5"]
+    plan = make_plan(ds, files, [ATTRS], target=2048)
+    for p in plan.partitions:
+        w = PartWriter(parts_dir(files[0]), p.id, 4, "float32", len(p), dict(ATTRS, code_shape="[4]"))
+        w.append(np.ones((len(p), 4), np.float32), p.paths, p.fingerprints, np.arange(1, len(p) + 1), [])
+        w.close("test")
+    split = np.zeros(n, np.int8)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        _commit_all(plan, split, SPLIT_ATTRS, max_parts=256)
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.slow
+def test_a_build_commits_its_index_a_piece_at_a_time(tmp_path, monkeypatch):
+    """The commit of a build holds a part's rows and a chunk of the index at a time: what it
+    needs above the data set and the plan does not grow with the number of images (it held
+    the whole index, about 90 bytes an image, before it was written in pieces)."""
+    from pipeline.codes import CodeSet
+
+    monkeypatch.setattr(_format, "CHUNK", 4096)  # the same chunk at both sizes
+    small, large = commit_extra(tmp_path, 20_000), commit_extra(tmp_path, 80_000)
+    assert small > 100_000, small  # (the measure sees the commit's buffers: not ~0)
+    per_image = (large - small) / 60_000
+    assert per_image < 8, (small, large, per_image)
+    cs = CodeSet.load(tmp_path / "cache80000" / "x.h5")
+    assert len(cs) == 80_000 and cs.paths[54321] == "class1/img0054321.jpg" and cs.y[54321] == 1
