@@ -206,7 +206,7 @@ class Index:
     """A committed code set as stage 1 sees it: its images and rows, known-unreadable images, attributes."""
 
     path: Path
-    paths: list[str] | None       # None once the plan has mapped them to the data set's images
+    paths: PathList | None        # None once the plan has mapped them to the data set's images
     rows: Rows
     failed: dict[str, FailedImage]
     attrs: dict
@@ -225,7 +225,7 @@ def read_index(path: Path) -> Index:
             if version > FORMAT_VERSION:
                 raise UserError(f"{path} was written by a newer version (format {version}); "
                                 f"update cnn-codes or pass --overwrite")
-            labels, split, paths, class_names = check_code_file(f, path)
+            labels, split, paths, class_names = check_code_file(f, path, compact=True)
             n = len(paths)
             fps = _integers(f, "fingerprints", (n, 2), -2**63, 2**63 - 1)
             digests = (_integers(f, "digests", (n,), 0, 2**64 - 1) if "digests" in f
@@ -546,12 +546,16 @@ class CodeFileError(ValueError):
     """A code file's datasets do not hold what a code set holds (the message names the dataset)."""
 
 
-def _strings(f, name: str, n: int | None = None) -> list[str]:
-    ds = f[name]
+def _check_text(ds, name: str, n: int | None) -> None:
     if ds.ndim != 1 or h5py.check_string_dtype(ds.dtype) is None:
         raise CodeFileError(f"{name} is not a list of text")
     if n is not None and ds.shape[0] != n:
         raise CodeFileError(f"{name} has {ds.shape[0]} entries for {n} codes")
+
+
+def _strings(f, name: str, n: int | None = None) -> list[str]:
+    ds = f[name]
+    _check_text(ds, name, n)
     try:
         out: list[str] = []
         for start in range(0, ds.shape[0], 65536):  # a block at a time: a million at once hold 150 MB more
@@ -563,6 +567,35 @@ def _strings(f, name: str, n: int | None = None) -> list[str]:
         return out
     except UnicodeDecodeError:
         raise CodeFileError(f"{name} holds text that is not UTF-8") from None
+
+
+def _path_list(f, name: str, n: int) -> PathList:
+    """The text of dataset ``name`` as a :class:`PathList`, read a block at a time from its bytes
+    (no str per path: a million of them held 80 MB more while an update is planned); checked as
+    :func:`_strings` checks it. A path holding a NUL is refused as leading out of the folder."""
+    from pipeline.data import relative_inside
+
+    ds, pieces, ends, at = f[name], [], [], 0
+    _check_text(ds, name, n)
+    for start in range(0, n, 65536):
+        items = ds[start:start + 65536].tolist()  # bytes, fixed or variable length
+        if not all(isinstance(x, bytes) for x in items[:1]):
+            return PathList.of(_strings(f, name, n))
+        data = b"\0".join(items) + b"\0"
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CodeFileError(f"{name} holds text that is not UTF-8") from None
+        if data.count(b"\0") != len(items):
+            bad = next(x for x in items if b"\0" in x).decode("utf-8")
+            try:
+                relative_inside(bad)
+            except ValueError as exc:
+                raise CodeFileError(f"{name}: {exc}") from None
+        pieces.append(data)
+        ends.append(np.flatnonzero(np.frombuffer(data, np.uint8) == 0) + (at + 1))
+        at += len(data)
+    return PathList._whole(b"".join(pieces), np.concatenate([np.zeros(1, np.int64), *ends]))
 
 
 def _integers(f, name: str, shape: tuple, low: int, high: int) -> np.ndarray:
@@ -595,7 +628,7 @@ def _attrs_problem(attrs: dict) -> str | None:
 _DRIVE = re.compile(r"\n[^\n]{0,2}:")
 
 
-def _check_inside(paths: list[str]) -> None:
+def _check_inside(paths: Sequence[str]) -> None:
     """A :class:`CodeFileError` if any of ``paths`` leads out of the data folder
     (:func:`~pipeline.data.relative_inside`). Looked for a block of 65,536 joined at once (absolute,
     ``..``, a drive, a NUL: it may find one where there is none, never the reverse); only the paths
@@ -614,8 +647,9 @@ def _check_inside(paths: list[str]) -> None:
                     raise CodeFileError(f"paths: {exc}") from None
 
 
-def check_code_file(f, path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """(labels or targets, split, paths, class_names) of an open code file, each checked: shapes
+def check_code_file(f, path: Path, compact: bool = False) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """(labels or targets, split, paths, class_names) of an open code file (``compact``: the
+    paths as a :class:`PathList`), each checked: shapes
     that agree, labels within the classes, split values known, paths inside the data folder,
     class names unique and on one line, and a ``codes`` dataset of floats whose parts (a
     virtual dataset's sources) all lie in the code set's own parts folder. A
@@ -645,7 +679,7 @@ def check_code_file(f, path: Path) -> tuple[np.ndarray, np.ndarray, list[str], l
     if len(set(class_names)) != len(class_names) or any(
             c in name for name in class_names for c in "\r\n\0"):
         raise CodeFileError("class_names are not distinct one-line names")
-    paths = _strings(f, "paths", n)
+    paths = _path_list(f, "paths", n) if compact else _strings(f, "paths", n)
     _check_inside(paths)
     k = len(class_names)
     split = _integers(f, "split", (n,), 0, UNLABELLED).astype(f["split"].dtype)  # as stored (int8): a row each

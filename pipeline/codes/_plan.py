@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.codes._format import FailedImage, Index, parts_dir, read_index
 from pipeline.codes._settings import CodeIdentity
-from pipeline.data import ImageFolder, PathList, content_digest
+from pipeline.data import ImageFolder, PathList, PathLookup, content_digest
 from pipeline.errors import ParameterError, UserError
 
 STATES = ("cached", "new", "changed", "removed", "failed")
@@ -101,7 +101,7 @@ def check_identity(index: Index, attrs: dict) -> None:
                         f"pass --overwrite to replace it or --cache-dir to keep both")
 
 
-def _plan_output(path: Path, attrs: dict, ds: ImageFolder, position: dict, digest_of, overwrite: bool,
+def _plan_output(path: Path, attrs: dict, ds: ImageFolder, lookup: PathLookup | None, digest_of, overwrite: bool,
                  verify: bool) -> OutputPlan:
     """What of one code set can be kept. "Changed", as make and rsync decide it: another size,
     or another modification time and other bytes (a copied or re-extracted image keeps its
@@ -113,7 +113,7 @@ def _plan_output(path: Path, attrs: dict, ds: ImageFolder, position: dict, diges
                           [])
     check_identity(index, attrs)
     rows = index.rows
-    at = positions(position, index.paths)
+    at = lookup.find(index.paths)
     folder = parts_dir(path)
     lost = np.array([bool(n) and not (folder / n).is_file() for n in rows.part_names])  # computed again
     on = (at >= 0) & ~lost[rows.part]
@@ -126,12 +126,11 @@ def _plan_output(path: Path, attrs: dict, ds: ImageFolder, position: dict, diges
     cached = np.zeros(len(ds), bool)
     cached[at[usable]] = True
     failed = {}
-    for p, f in index.failed.items():
-        i = position.get(p)
-        if i is not None and not cached[i] and tuple(ds.fingerprints[i].tolist()) == tuple(f.fingerprint):
+    for i, f in zip(lookup.find(list(index.failed)).tolist(), index.failed.values()):
+        if i >= 0 and not cached[i] and tuple(ds.fingerprints[i].tolist()) == tuple(f.fingerprint):
             failed[i] = f
     gone = [index.paths[i] for i in np.flatnonzero(at < 0).tolist()]
-    index = dataclasses.replace(index, paths=None)  # a million strings not held through compute and commit
+    index = dataclasses.replace(index, paths=None)  # (a million paths not held through compute and commit)
     return OutputPlan(path, attrs, index, at, usable, cached, failed, gone)
 
 
@@ -163,10 +162,10 @@ def cut(paths, target: int) -> list[tuple[int, int]]:
 def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, overwrite=False, verify=False,
               target: int | None = None) -> Plan:
     ds.fingerprints = np.asarray(ds.fingerprints, np.int64).reshape(-1, 2)
-    # each image's position by path, only while planning (about 100 bytes an image) and only to
-    # match the rows of an existing code set: a build has none
+    # each image's position by path, only while planning (16 bytes an image) and only to match
+    # the rows of an existing code set: a build has none
     existing = not overwrite and any(Path(f).exists() for f in files)
-    position = dict(zip(ds.paths, range(len(ds.paths)))) if existing else {}
+    lookup = PathLookup(ds.paths) if existing else None
     digests: dict[str, int] = {}
 
     def digest_of(p: str) -> int:  # each image hashed at most once per plan (0: unreadable)
@@ -177,7 +176,7 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
                 digests[p] = 0
         return digests[p]
 
-    outputs = [_plan_output(f, a, ds, position, digest_of, overwrite, verify) for f, a in zip(files, out_attrs)]
+    outputs = [_plan_output(f, a, ds, lookup, digest_of, overwrite, verify) for f, a in zip(files, out_attrs)]
     n = len(ds.paths)
     need, known, failed_first = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
     for k, o in enumerate(outputs):
@@ -188,7 +187,7 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
             failed_first[list(o.failed)] = True
         if o.index:
             known[o.at[o.at >= 0]] = True
-            failed_at = positions(position, list(o.index.failed))
+            failed_at = lookup.find(list(o.index.failed))
             known[failed_at[failed_at >= 0]] = True
     todo = np.flatnonzero(need)
     counts = {
@@ -198,7 +197,7 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
         "removed": len(set().union(*(o.gone for o in outputs))),
         "failed": int((failed_first & ~need).sum()),
     }
-    del position
+    del lookup
     identity = CodeIdentity.from_attrs(out_attrs[0]).model_key()
     todo_paths = ds.paths.take(todo)  # (the partitions' paths: views of the data set's, in a build)
     partitions = []

@@ -3,7 +3,7 @@
 from pipeline.data._decode import augmentation, image_dataset
 from pipeline.data._edit import LabelsTable, check_class_name, excluded_file
 from pipeline.data._layouts import LAYOUTS, SPLIT_WORDS, TASKS, LayoutOptions, read_folder
-from pipeline.data._paths import PathList
+from pipeline.data._paths import PathList, PathLookup
 from pipeline.data._scan import (
     IMAGE_EXTENSIONS,
     RESIZES,
@@ -37,6 +37,7 @@ __all__ = [
     "ImageError",
     "ImageFolder",
     "PathList",
+    "PathLookup",
     "LAYOUTS",
     "LabelsTable",
     "check_class_name",

@@ -155,3 +155,81 @@ class PathList(Sequence):
     def __repr__(self) -> str:
         head = ", ".join(repr(p) for p in self[:3])
         return f"PathList([{head}{', ...' if len(self) > 3 else ''}], {len(self)} paths)"
+
+
+_OFFSET, _PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)  # FNV-1a's, over 8-byte words
+
+
+def _hashes(paths: PathList) -> np.ndarray:
+    """A 64-bit hash of each path's bytes (the same path gives the same hash in any PathList),
+    a block at a time, vectorized over 8-byte words. Not a secret: matches are checked byte by
+    byte, so a collision (or names made to collide) costs time, never a wrong match."""
+    out = np.empty(len(paths), np.uint64)
+    for s in range(0, len(paths), _BLOCK):
+        block = paths[s:s + _BLOCK]
+        lengths = np.diff(block._starts[block._lo:block._hi + 1]).astype(np.int64) - 1
+        n_words = (lengths + 7) // 8
+        width = 8 * max(1, int(n_words.max()))
+        words = np.array(block._span(block._lo, block._hi).split(b"\0"), f"S{width}").view(np.uint64)
+        words = words.reshape(len(lengths), width // 8)
+        h = np.full(len(lengths), _OFFSET, np.uint64) ^ lengths.astype(np.uint64)
+        for k in range(width // 8):  # (a path's padding beyond its own words left out)
+            h = np.where(k < n_words, (h ^ words[:, k]) * _PRIME, h)
+        out[s:s + len(lengths)] = h ^ (h >> np.uint64(29))
+    return out
+
+
+def _same(a: PathList, b: PathList) -> np.ndarray:
+    """Whether ``a[i] == b[i]``, for each i, compared as bytes (vectorized where the lengths agree)."""
+    la = np.diff(a._starts[a._lo:a._hi + 1]).astype(np.int64)
+    lb = np.diff(b._starts[b._lo:b._hi + 1]).astype(np.int64)
+    out = la == lb
+    if not out.all():  # (only where hashes collide): the pairs of equal length compared alone
+        keep = np.flatnonzero(out)
+        out[keep] = _same(a.take(keep), b.take(keep))
+        return out
+    if len(la) and a._span(a._lo, a._hi) != b._span(b._lo, b._hi):  # (equal as a whole: the usual case)
+        differ = np.frombuffer(a._span(a._lo, a._hi), np.uint8) != np.frombuffer(b._span(b._lo, b._hi), np.uint8)
+        ends = np.cumsum(la) - 1  # (each path's NUL, left out of the spans but the last's)
+        out &= np.add.reduceat(np.r_[differ, False], np.r_[0, ends[:-1] + 1]) == 0
+    return out
+
+
+class PathLookup:
+    """Where each of many paths is in a :class:`PathList` of distinct paths: a join by hashes,
+    sorted once (16 bytes a path, where a dictionary of str takes about 150), matches checked
+    byte by byte. Stage 1 matches a code set's million rows to the images on disk with it."""
+
+    def __init__(self, paths: PathList):
+        self.paths = PathList.of(paths)
+        hashes = _hashes(self.paths)
+        self.order = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[self.order]
+
+    def find(self, paths) -> np.ndarray:
+        """The position of each of ``paths`` in the list, -1 for one it does not hold."""
+        paths = PathList.of(paths)
+        if not len(paths) or not len(self.hashes):
+            return np.full(len(paths), -1, np.int64)
+        wanted = _hashes(paths)
+        by_hash = np.argsort(wanted)  # (sorted needles: a search in step, not at random)
+        first = np.empty(len(paths), np.int64)
+        first[by_hash] = np.minimum(np.searchsorted(self.hashes, wanted[by_hash]), len(self.hashes) - 1)
+        hit = np.flatnonzero(self.hashes[first] == wanted)
+        candidate = self.order[first[hit]]
+        # compared in the list's order: both sides mostly runs of paths (a code set's rows follow
+        # the folder's order), copied a run at a time
+        by_place = np.argsort(candidate, kind="stable")
+        same = np.empty(len(hit), bool)
+        same[by_place] = _same(paths.take(hit[by_place]), self.paths.take(candidate[by_place]))
+        at = np.full(len(paths), -1, np.int64)
+        at[hit[same]] = candidate[same]
+        # the same hash, other bytes (a collision): every path of that hash compared
+        for i in hit[~same].tolist():
+            lo, hi = np.searchsorted(self.hashes, wanted[i:i + 1], "left")[0], np.searchsorted(
+                self.hashes, wanted[i:i + 1], "right")[0]
+            for j in self.order[lo:hi].tolist():
+                if self.paths[j] == paths[i]:
+                    at[i] = j
+                    break
+        return at

@@ -1,5 +1,6 @@
 """The index of a code set written a piece at a time: every row maps to its own code, and a
 build's commit holds a piece, not the code set."""
+import h5py
 import numpy as np
 import pytest
 
@@ -9,9 +10,9 @@ from pipeline.codes._generate import _commit_all
 from pipeline.codes._plan import make_plan
 from pipeline.data import ImageFolder, PathList
 
-ATTRS = dict(backbone="b", layer="l", pooling="avg", image_size=32, preprocessing="lite", weights_id="w",
-             dtype="float32", precision="fp32", tta="none", resize="squash")
-SPLIT_ATTRS = dict(split_fractions="[0.7, 0.15, 0.15]", split_seed=0, layout="{}", task="single-label")
+ATTRS = {"backbone": "b", "layer": "l", "pooling": "avg", "image_size": 32, "preprocessing": "lite", "weights_id": "w",
+         "dtype": "float32", "precision": "fp32", "tta": "none", "resize": "squash"}
+SPLIT_ATTRS = {"split_fractions": "[0.7, 0.15, 0.15]", "split_seed": 0, "layout": "{}", "task": "single-label"}
 
 
 def write_parts(folder, sizes: dict, rng) -> dict:
@@ -52,7 +53,6 @@ def test_an_index_written_in_pieces_maps_every_row_to_its_code(tmp_path, monkeyp
     assert writer.n_parts == 3  # the unused name of a piece is not a part of the index
     assert not list(tmp_path.glob("*.tmp.h5"))
     index = read_index(path)
-    import h5py
     with h5py.File(path) as f:
         got = f["codes"][()]
         assert f["paths"].dtype.itemsize == width
@@ -69,14 +69,14 @@ def test_an_index_writer_refuses_what_does_not_fit_and_leaves_nothing(tmp_path):
     rows = Rows.of_part("part-a.h5", np.zeros((4, 2)), np.arange(1, 5))
     for paths, n_rows, problem in ((["a/1.jpg", "a/2.jpg", "a/3.jpg", "a/long name.jpg"], 4, "wide"),
                                    (["a/1.jpg"] * 4, 3, "rows")):
-        with pytest.raises(ValueError, match="path of 15 bytes" if problem == "wide" else "at row 0 of 3"):
-            with IndexWriter(path, n_rows=n_rows, dim=3, dtype="float32", path_width=7, labels_shape=()) as w:
-                w.add(rows, PathList.of(paths), np.zeros(4), np.zeros(4))
+        with (pytest.raises(ValueError, match="path of 15 bytes" if problem == "wide" else "at row 0 of 3"),
+              IndexWriter(path, n_rows=n_rows, dim=3, dtype="float32", path_width=7, labels_shape=()) as w):
+            w.add(rows, PathList.of(paths), np.zeros(4), np.zeros(4))
         assert not path.exists() and not list(tmp_path.glob("*.tmp.h5"))
-    with pytest.raises(ValueError, match="3 rows written of 4"):  # closed short: not moved into place
-        with IndexWriter(path, n_rows=4, dim=3, dtype="float32", path_width=7, labels_shape=()) as w:
-            w.add(rows.take([0, 1, 2]), PathList.of(["a/1.jpg"] * 3), np.zeros(3), np.zeros(3))
-            w.close(["c"], [], dict(ATTRS, code_shape="[3]"))
+    with (pytest.raises(ValueError, match="3 rows written of 4"),  # closed short: not moved into place
+          IndexWriter(path, n_rows=4, dim=3, dtype="float32", path_width=7, labels_shape=()) as w):
+        w.add(rows.take([0, 1, 2]), PathList.of(["a/1.jpg"] * 3), np.zeros(3), np.zeros(3))
+        w.close(["c"], [], dict(ATTRS, code_shape="[3]"))
     assert not path.exists() and not list(tmp_path.glob("*.tmp.h5"))
 
 

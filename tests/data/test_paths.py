@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import pipeline.data._paths as paths_module
-from pipeline.data import PathList
+from pipeline.data import PathList, PathLookup
 
 NAMES = ["a/b.jpg", "é/ü ñ.png", "c/d e.jpg", "x", "日本/写真.jpg", "z/new\nline.png"]
 
@@ -61,3 +61,33 @@ def test_views_share_the_bytes_and_a_pickled_view_carries_only_its_paths():
 def test_a_path_with_a_nul_is_refused():
     with pytest.raises(ValueError, match="NUL"):
         PathList.of(["a.jpg", "b\0c.jpg"])
+
+
+@pytest.mark.parametrize("hashing", ["real", "colliding"])
+def test_a_lookup_finds_each_path_where_it_is_and_only_there(small_blocks, hashing, monkeypatch):
+    """Every path found at its own position (shuffled, in runs, non-ASCII, lengths apart), -1
+    for those it does not hold, however the hashes fall: with a hash of three values every
+    query collides with a third of the list, and still only the same bytes match."""
+    if hashing == "colliding":
+        monkeypatch.setattr(paths_module, "_hashes", lambda p: np.array([len(x) % 3 for x in p], np.uint64))
+    names = NAMES + [f"class{i % 3}/img{i:04d}.jpg" for i in range(40)] + ["a/b.jpgx", "a/b.jp"]
+    lookup = PathLookup(PathList.of(names))
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(names))
+    absent = ["a/b.jpeg", "a/B.jpg", "", "class1/img0001.jpg ", "é/u ñ.png", "class0/img0004.jpg"]
+    queries = [names[i] for i in order] + absent
+    found = lookup.find(queries)
+    assert found.tolist() == order.tolist() + [-1, -1, -1, -1, -1, -1]
+    assert lookup.find(PathList.of(names)[10:30]).tolist() == list(range(10, 30))  # a view, in order
+    assert lookup.find([]).tolist() == [] and PathLookup(PathList.of([])).find(["x"]).tolist() == [-1]
+    # the check that rejects a wrong match: a query of another path under the same hash
+    wrong = lookup.find(["a/b.jpx"])  # (its length is that of a/b.jpg: the same colliding hash)
+    assert wrong.tolist() == [-1]
+
+
+def test_paths_hash_the_same_in_any_list_and_apart_when_they_differ():
+    names = [f"class{i % 7}/img {i}/é{'x' * (i % 13)}.jpg" for i in range(3000)]
+    whole = paths_module._hashes(PathList.of(names))
+    assert len(set(whole.tolist())) == len(names)  # no two of 3,000 paths share a hash
+    again = paths_module._hashes(PathList.of(names[::-1] + ["a" * 200]))  # another order, a wider block
+    assert (again[:-1][::-1] == whole).all()
