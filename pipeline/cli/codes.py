@@ -51,7 +51,8 @@ def add_arguments(p):
                    help="draw another split than the stored one (runs made before tested on other images)")
     p.add_argument("--partition-size", type=int, default=None,
                    help="images per partition, the unit of work of a worker and of the part files (default: about "
-                        "1/16 of the work, 512-8192)")
+                        "1/16 of the work, 512-8192, and larger where the work would be more than a quarter of "
+                        "--max-parts partitions)")
     p.add_argument("--max-parts", type=int, default=c("max_parts"),
                    help="merge the smallest part files of a code set when it has more than this many (HDF5 keeps "
                         "each one open while the code set is read)")

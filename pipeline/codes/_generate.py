@@ -127,7 +127,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
         with writer_lock(files, wait=compute.wait):
             fault_point("locked")
             plan = make_plan(ds, files, out_attrs, overwrite=compute.overwrite, verify=compute.verify,
-                             target=compute.partition_size)
+                             target=compute.partition_size, max_parts=compute.max_parts)
             large = _compute(plan, spec, progress=progress, stats=stats)
             fault_point("all-staged")
             failed = _commit_all(plan, assign_split(ds, split, seed), _label_attrs(ds, split, seed),

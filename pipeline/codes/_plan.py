@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.codes._format import FailedImage, Index, parts_dir, read_index
+from pipeline.codes._format import MAX_PARTS, FailedImage, Index, parts_dir, read_index
 from pipeline.codes._settings import CodeIdentity
 from pipeline.data import ImageFolder, PathList, PathLookup, content_digest
 from pipeline.errors import ParameterError, UserError
@@ -134,13 +134,16 @@ def _plan_output(path: Path, attrs: dict, ds: ImageFolder, lookup: PathLookup | 
     return OutputPlan(path, attrs, index, at, usable, cached, failed, gone)
 
 
-def partition_size(n_todo: int) -> int:
+def partition_size(n_todo: int, max_parts: int = MAX_PARTS) -> int:
     """Target images per partition: about 16 partitions of the work (so that workers share it
-    and an interruption loses little), within 512-8192 images (so that a code set has few parts)."""
+    and an interruption loses little), within 512-8192 images (so that a code set has few parts),
+    and more where that would give the work more than a quarter of ``max_parts`` partitions: a
+    build of a few million images would otherwise leave more parts than a code set may have, and
+    merging them would write every code a second time."""
     target = 512
     while target < 8192 and target * 16 < n_todo:
         target *= 2
-    return target
+    return max(target, -(-n_todo // max(1, max_parts // 4)))
 
 
 def cut(paths, target: int) -> list[tuple[int, int]]:
@@ -160,7 +163,7 @@ def cut(paths, target: int) -> list[tuple[int, int]]:
 
 
 def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, overwrite=False, verify=False,
-              target: int | None = None) -> Plan:
+              target: int | None = None, max_parts: int = MAX_PARTS) -> Plan:
     ds.fingerprints = np.asarray(ds.fingerprints, np.int64).reshape(-1, 2)
     # each image's position by path, only while planning (16 bytes an image) and only to match
     # the rows of an existing code set: a build has none
@@ -201,7 +204,7 @@ def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, over
     identity = CodeIdentity.from_attrs(out_attrs[0]).model_key()
     todo_paths = ds.paths.take(todo)  # (the partitions' paths: views of the data set's, in a build)
     partitions = []
-    for start, stop in cut(todo_paths, target or partition_size(len(todo))):
+    for start, stop in cut(todo_paths, target or partition_size(len(todo), max_parts)):
         paths, images = todo_paths[start:stop], todo[start:stop]
         run = images[-1] - images[0] == len(images) - 1  # (a build: a view, not a copy)
         fps = ds.fingerprints[images[0]:images[-1] + 1] if run else ds.fingerprints[images]

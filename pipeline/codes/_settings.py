@@ -138,7 +138,7 @@ class ComputeOptions:
     decode_threads: int | None = None  # image decoders per worker (None: one per core, at most 8)
     runtime: str = "auto"             # auto, tensorflow or openvino ("auto" is resolved where a worker runs)
     batch_size: int = 32              # images per forward pass
-    partition_size: int | None = None  # images per partition (None: about 1/16 of the work, 512-8192)
+    partition_size: int | None = None  # images per partition (None: see _plan.partition_size)
     ray_address: str | None = None    # a running Ray cluster to join (None: start a local one)
     max_parts: int = MAX_PARTS        # part files a code set may have before the smallest are merged
     overwrite: bool = False           # recompute every image

@@ -87,6 +87,27 @@ def test_an_update_writes_only_what_changed(data, tmp_path):
     assert_same_codes(path, generate_codes(data, **dict(kw, cache_dir=tmp_path / "fresh"))[0])
 
 
+def test_a_large_build_is_cut_into_fewer_partitions_than_a_code_set_may_have_parts(tmp_path):
+    """Partitions of at most 8,192 images would give a build of 3 million images about 370 parts,
+    more than a code set may have (256): merging them would write every code a second time. The
+    work is cut into at most a quarter of ``max_parts`` partitions instead (here a build of
+    20,000 images with ``max_parts`` 16: 4 or so, where the rule alone gives about 10)."""
+    from pipeline.codes._plan import partition_size
+    from pipeline.data import ImageFolder
+
+    assert partition_size(3_000_000) == 46_875 and partition_size(1_000_000) == 15_625
+    assert partition_size(200_000) == 8192 and partition_size(20_000) == 2048 and partition_size(100) == 512
+    n = 20_000
+    ds = ImageFolder(tmp_path, [f"c{i % 3}/{i:06d}.jpg" for i in range(n)], np.arange(n) % 3, ["c0", "c1", "c2"],
+                     np.ones((n, 2), np.int64))
+    attrs = [dict(backbone="b", layer="l", pooling="avg", image_size=32, preprocessing="lite", weights_id="w",
+                  dtype="float32", precision="fp32", tta="none", resize="squash")]
+    usual = make_plan(ds, [tmp_path / "x.h5"], attrs)
+    few = make_plan(ds, [tmp_path / "x.h5"], attrs, max_parts=16)
+    assert len(usual.partitions) >= 6 and 2 <= len(few.partitions) <= 4
+    assert sum(len(p) for p in few.partitions) == n and few.partitions[0].paths[0] == "c0/000000.jpg"
+
+
 @pytest.mark.slow
 def test_local_workers_give_the_same_code_set(data, tmp_path):
     one = generate_codes(data, **dict(FAST, cache_dir=tmp_path / "a", partition_size=8))[0]
