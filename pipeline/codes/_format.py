@@ -301,20 +301,33 @@ def _segments(part: np.ndarray, row: np.ndarray):
     return list(zip(part[starts].tolist(), row[starts].tolist(), (stops - starts).tolist(), starts.tolist()))
 
 
+MAX_BLOCKS = 256  # runs of rows of one part a mapping of the virtual codes may join
+
+
 def _virtual_codes(f, sources: list[str], shapes: list[tuple], segments, shape: tuple, dtype: str) -> None:
-    """The ``codes`` virtual dataset: one mapping per segment (part, first row, count, first
-    row here), made with h5py's low-level calls (its ``VirtualSource`` copies itself for every
-    slice: a second for the thousands of segments that removals leave)."""
+    """The ``codes`` virtual dataset over segments (part, first row, count, first row here),
+    made with h5py's low-level calls. Consecutive segments of one part, in increasing rows, are
+    one mapping whose source is the union of their rows (up to ``MAX_BLOCKS`` of them: HDF5
+    joins each in a time that grows with those before it): HDF5 holds about 19 KB per mapping
+    once the index is opened, so the 20,000 runs that scattered removals leave in a million rows
+    took 374 MB and 0.45 s to open, one mapping each; joined, 7 MB and 0.05 s."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_layout(h5py.h5d.VIRTUAL)
     dcpl.set_fill_value(np.array([np.nan], dtype))
     space = h5py.h5s.create_simple(shape)
-    spaces = [h5py.h5s.create_simple(tuple(s)) for s in shapes]
     names = [s.encode() for s in sources]
-    for p, start, count, at in segments:  # (the selections are copied by set_virtual)
-        space.select_hyperslab((at, 0), (count, shape[1]))
-        spaces[p].select_hyperslab((start, 0), (count, shape[1]))
-        dcpl.set_virtual(space, names[p], b"codes", spaces[p])
+    source, first, p_open, end, n_blocks = None, 0, -1, 0, 0
+    for p, start, count, at in [*segments, (-1, 0, 0, shape[0])]:
+        if p != p_open or start < end or n_blocks == MAX_BLOCKS:  # a mapping ends (the selections are copied)
+            if source is not None:
+                space.select_hyperslab((first, 0), (at - first, shape[1]))
+                dcpl.set_virtual(space, names[p_open], b"codes", source)
+            if p < 0:
+                break
+            source, first, p_open, n_blocks = h5py.h5s.create_simple(tuple(shapes[p])), at, p, 0
+            source.select_none()
+        source.select_hyperslab((start, 0), (count, shape[1]), op=h5py.h5s.SELECT_OR)
+        end, n_blocks = start + count, n_blocks + 1
     h5py.h5d.create(f.id, b"codes", h5py.h5t.py_create(np.dtype(dtype), logical=1), h5py.h5s.create_simple(shape),
                     dcpl=dcpl)
 
