@@ -244,7 +244,7 @@ def read_index(path: Path) -> Index:
     except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise UserError(f"cache file {path} is unreadable ({type(exc).__name__}); "
                         f"move it away or pass --overwrite") from None
-    rows = Rows(names, part, row, fps.astype(np.int64), digests.astype(np.uint64))
+    rows = Rows(names, part, row, fps.astype(np.int64, copy=False), digests.astype(np.uint64, copy=False))
     return Index(Path(path), paths, rows, failed, attrs, dim, version, labels, split, class_names)
 
 
@@ -617,7 +617,7 @@ def _integers(f, name: str, shape: tuple, low: int, high: int) -> np.ndarray:
         raise CodeFileError(f"{name} is not {' x '.join(map(str, shape))} whole numbers")
     values = ds[()]
     if values.dtype.kind != "u" or values.dtype.itemsize < 8:
-        values = values.astype(np.int64)
+        values = values.astype(np.int64, copy=False)
     if values.size and (values.min() < low or values.max() > high):
         raise CodeFileError(f"{name} holds {int(values.min() if values.min() < low else values.max())}, "
                             f"outside {low}..{high}")

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 _BLOCK = 65536  # paths decoded or gathered at a time: bounded temporary memory
+_FIND_BLOCK = 4 * _BLOCK
 
 
 class PathList(Sequence):
@@ -207,14 +208,21 @@ class PathLookup:
         self.hashes = hashes[self.order]
 
     def find(self, paths) -> np.ndarray:
-        """The position of each of ``paths`` in the list, -1 for one it does not hold."""
+        """The position of each of ``paths`` in the list, -1 for one it does not hold (looked up
+        a block of 262,144 at a time: what a lookup needs beside the list stays bounded)."""
         paths = PathList.of(paths)
-        if not len(paths) or not len(self.hashes):
-            return np.full(len(paths), -1, np.int64)
+        at = np.full(len(paths), -1, np.int64)
+        if len(self.hashes):
+            for s in range(0, len(paths), _FIND_BLOCK):
+                at[s:s + _FIND_BLOCK] = self._find(paths[s:s + _FIND_BLOCK])
+        return at
+
+    def _find(self, paths: PathList) -> np.ndarray:
         wanted = _hashes(paths)
         by_hash = np.argsort(wanted)  # (sorted needles: a search in step, not at random)
         first = np.empty(len(paths), np.int64)
         first[by_hash] = np.minimum(np.searchsorted(self.hashes, wanted[by_hash]), len(self.hashes) - 1)
+        del by_hash
         hit = np.flatnonzero(self.hashes[first] == wanted)
         candidate = self.order[first[hit]]
         # compared in the list's order: both sides mostly runs of paths (a code set's rows follow

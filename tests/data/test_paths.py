@@ -12,8 +12,9 @@ NAMES = ["a/b.jpg", "é/ü ñ.png", "c/d e.jpg", "x", "日本/写真.jpg", "z/ne
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of 4 paths, so that a few paths cross several blocks."""
+    """Blocks of 4 paths (and lookups of 8), so that a few paths cross several blocks."""
     monkeypatch.setattr(paths_module, "_BLOCK", 4)
+    monkeypatch.setattr(paths_module, "_FIND_BLOCK", 8)
 
 
 def test_a_path_list_reads_back_every_path_however_it_is_taken(small_blocks):
