@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import zlib
 from pathlib import Path
@@ -45,12 +44,8 @@ class Partition:
 
     def positions(self, paths) -> np.ndarray:
         """Where each of ``paths`` (of this partition's images) is in the data set; -1 for another."""
-        return positions(dict(zip(self.paths, self.images.tolist())), paths)
-
-
-def positions(where: dict[str, int], paths) -> np.ndarray:
-    """``where[p]`` for each of ``paths`` as an array, -1 where a path is not a key."""
-    return np.fromiter(map(where.get, paths, itertools.repeat(-1)), np.int64, len(paths))
+        at = PathLookup(self.paths).find(paths)
+        return np.where(at >= 0, self.images[at], -1)
 
 
 @dataclasses.dataclass
