@@ -163,20 +163,26 @@ _OFFSET, _PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)  # FNV
 
 def _hashes(paths: PathList) -> np.ndarray:
     """A 64-bit hash of each path's bytes (the same path gives the same hash in any PathList),
-    a block at a time, vectorized over 8-byte words. Not a secret: matches are checked byte by
-    byte, so a collision (or names made to collide) costs time, never a wrong match."""
+    a block at a time, vectorized over 8-byte words; paths of like lengths hashed together (one
+    long path among short ones does not widen them all). Not a secret: matches are checked byte
+    by byte, so a collision (or names made to collide) costs time, never a wrong match."""
     out = np.empty(len(paths), np.uint64)
     for s in range(0, len(paths), _BLOCK):
         block = paths[s:s + _BLOCK]
+        items = block._span(block._lo, block._hi).split(b"\0")
         lengths = np.diff(block._starts[block._lo:block._hi + 1]).astype(np.int64) - 1
         n_words = (lengths + 7) // 8
-        width = 8 * max(1, int(n_words.max()))
-        words = np.array(block._span(block._lo, block._hi).split(b"\0"), f"S{width}").view(np.uint64)
-        words = words.reshape(len(lengths), width // 8)
-        h = np.full(len(lengths), _OFFSET, np.uint64) ^ lengths.astype(np.uint64)
-        for k in range(width // 8):  # (a path's padding beyond its own words left out)
-            h = np.where(k < n_words, (h ^ words[:, k]) * _PRIME, h)
-        out[s:s + len(lengths)] = h ^ (h >> np.uint64(29))
+        size = np.ceil(np.log2(np.maximum(n_words, 4))).astype(np.int64)  # 32 bytes or fewer, 64, 128, ...
+        for b in np.unique(size).tolist():
+            alike = size == b
+            which = slice(None) if alike.all() else np.flatnonzero(alike)
+            chosen = items if isinstance(which, slice) else [items[i] for i in which.tolist()]
+            width = 8 * max(1, int(n_words[which].max()))
+            words = np.array(chosen, f"S{width}").view(np.uint64).reshape(len(chosen), width // 8)
+            h = np.full(len(chosen), _OFFSET, np.uint64) ^ lengths[which].astype(np.uint64)
+            for k in range(width // 8):  # (a path's padding beyond its own words left out)
+                h = np.where(k < n_words[which], (h ^ words[:, k]) * _PRIME, h)
+            out[s:s + len(items)][which] = h ^ (h >> np.uint64(29))
     return out
 
 

@@ -71,7 +71,7 @@ def test_a_lookup_finds_each_path_where_it_is_and_only_there(small_blocks, hashi
     query collides with a third of the list, and still only the same bytes match."""
     if hashing == "colliding":
         monkeypatch.setattr(paths_module, "_hashes", lambda p: np.array([len(x) % 3 for x in p], np.uint64))
-    names = NAMES + [f"class{i % 3}/img{i:04d}.jpg" for i in range(40)] + ["a/b.jpgx", "a/b.jp"]
+    names = NAMES + [f"class{i % 3}/img{i:04d}.jpg" for i in range(40)] + ["a/b.jpgx", "a/b.jp", "l/" + "é" * 900]
     lookup = PathLookup(PathList.of(names))
     rng = np.random.default_rng(1)
     order = rng.permutation(len(names))
@@ -90,5 +90,5 @@ def test_paths_hash_the_same_in_any_list_and_apart_when_they_differ():
     names = [f"class{i % 7}/img {i}/é{'x' * (i % 13)}.jpg" for i in range(3000)]
     whole = paths_module._hashes(PathList.of(names))
     assert len(set(whole.tolist())) == len(names)  # no two of 3,000 paths share a hash
-    again = paths_module._hashes(PathList.of(names[::-1] + ["a" * 200]))  # another order, a wider block
+    again = paths_module._hashes(PathList.of(names[::-1] + ["a" * 3000]))  # another order, a long path beside
     assert (again[:-1][::-1] == whole).all()
