@@ -333,6 +333,7 @@ def _virtual_codes(f, sources: list[str], shapes: list[tuple], segments, shape: 
 
 
 CHUNK = 65536  # rows per chunk of the index's per-row columns
+MAX_FIXED_WIDTH = 256  # bytes: paths longer than this make the index's paths text of variable length
 
 
 class _Column:
@@ -379,11 +380,14 @@ class IndexWriter:
     def __init__(self, path: Path, *, n_rows: int, dim: int, dtype: str, path_width: int, labels_shape: tuple):
         self.path, self.folder, self.n_rows, self.dim, self.dtype = Path(path), parts_dir(path), n_rows, dim, dtype
         self.width = max(1, path_width)
-        check_room(self.path, n_rows * (self.width + 80),
+        check_room(self.path, n_rows * (min(self.width, MAX_FIXED_WIDTH) + 80),
                    kept=f"the computed parts are kept in {self.folder}: make room and run the same command again")
         self.tmp = _unique_tmp(self.path)
         self.f = h5py.File(self.tmp, "w")
-        text = h5py.string_dtype("utf-8", self.width)
+        # fixed width (written from the bytes as they are), unless one long path would widen every
+        # row: then text of variable length (a Python object per path while a chunk is written)
+        self.fixed = self.width <= MAX_FIXED_WIDTH
+        text = h5py.string_dtype("utf-8", self.width if self.fixed else None)
         n = (n_rows,)
         self.columns = {
             "paths": _Column(self.f, "paths", n, text),
@@ -430,7 +434,7 @@ class IndexWriter:
         part = number[rows.part]
         self.segments += [(p, start, count, self.at + at) for p, start, count, at in _segments(part, rows.row)]
         for block in paths.encoded_blocks(CHUNK):
-            self.columns["paths"].add(np.array(block, dtype=f"S{self.width}"))
+            self.columns["paths"].add(np.array(block, dtype=f"S{self.width}" if self.fixed else object))
         self.columns["labels"].add(np.asarray(labels, self.columns["labels"].dtype))
         self.columns["split"].add(np.asarray(split, np.int8))
         self.columns["fingerprints"].add(rows.fingerprints.astype(np.int64, copy=False).reshape(-1, 2))

@@ -149,3 +149,20 @@ print(rss() - before, codes.id.get_create_plist().get_virtual_count())
     assert mappings == 16 and grown < 10e6, (grown, mappings)  # (4,000 mappings: about 75 MB)
     with h5py.File(path) as f:
         assert np.array_equal(f["codes"][()], codes["part-a.h5"][::2]) and np.abs(codes["part-a.h5"]).max() > 0.1
+
+
+def test_one_very_long_path_does_not_widen_every_row(tmp_path):
+    """The index's paths are text of fixed width (every path as wide as the longest), unless the
+    longest is over 256 bytes: then of variable length, read back the same by every reader."""
+    path = tmp_path / "l-avg.h5"
+    write_parts(parts_dir(path), {"a": 5}, np.random.default_rng(3))
+    paths = ["a/1.jpg", "b/" + "é" * 200 + ".jpg", "c/x", "d/" + "y" * 300, "e/z.jpg"]
+    names = PathList.of(paths)
+    with IndexWriter(path, n_rows=5, dim=3, dtype="float32", path_width=names.max_bytes(), labels_shape=()) as w:
+        w.add(Rows.of_part("part-a.h5", np.zeros((5, 2)), np.arange(1, 6)), names, np.zeros(5), np.zeros(5))
+        w.close(["c"], [], dict(ATTRS, **SPLIT_ATTRS, code_shape="[3]"))
+    with h5py.File(path) as f:
+        assert h5py.check_string_dtype(f["paths"].dtype).length is None  # (fixed: 406 bytes a row)
+    from pipeline.codes import CodeSet
+
+    assert list(read_index(path).paths) == paths and CodeSet(path).paths == paths
