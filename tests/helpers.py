@@ -195,3 +195,29 @@ def dataset_replaced(name, value):
             del f[name]
         f[name] = value
     return change
+
+
+# The attributes of a code set whose part files tests write directly (codes of 4 values).
+STAGE1_ATTRS = {"backbone": "b", "layer": "l", "pooling": "avg", "image_size": 32, "preprocessing": "lite",
+                "weights_id": "w", "dtype": "float32", "precision": "fp32", "tta": "none", "resize": "squash"}
+
+
+def synthetic_folder(root, n: int):
+    """A data set of ``n`` images in 4 classes that exist only as paths and fingerprints:
+    stage 1's bookkeeping at scale without images (``class1/img0012345.jpg`` is image 12345)."""
+    from pipeline.data import ImageFolder
+
+    paths = [f"class{i % 4}/img{i:07d}.jpg" for i in range(n)]
+    return ImageFolder(root, paths, np.arange(n, dtype=np.int32) % 4, [f"class{c}" for c in range(4)],
+                       np.column_stack([np.full(n, 5000), 10**18 + np.arange(n)]).astype(np.int64))
+
+
+def write_planned_parts(plan, file) -> None:
+    """The part files of every partition of ``plan``, written directly (codes of 4 ones)."""
+    from pipeline.codes import parts_dir
+    from pipeline.codes._format import PartWriter
+
+    for p in plan.partitions:
+        w = PartWriter(parts_dir(file), p.id, 4, "float32", len(p), dict(STAGE1_ATTRS, code_shape="[4]"))
+        w.append(np.ones((len(p), 4), np.float32), p.paths, p.fingerprints, np.arange(1, len(p) + 1), [])
+        w.close("test")

@@ -428,9 +428,11 @@ class IndexWriter:
         used = np.flatnonzero(np.bincount(rows.part, minlength=len(rows.part_names))).tolist()
         number = np.full(len(rows.part_names), -1, np.int32)
         for i in used:  # parts numbered in order of first use: a piece's names are only those it uses
-            number[i] = self.number.setdefault(rows.part_names[i], len(self.names))
-            if number[i] == len(self.names):
-                self.names.append(rows.part_names[i])
+            name = rows.part_names[i]
+            if name not in self.number:
+                self.number[name] = len(self.names)
+                self.names.append(name)
+            number[i] = self.number[name]
         part = number[rows.part]
         self.segments += [(p, start, count, self.at + at) for p, start, count, at in _segments(part, rows.row)]
         for block in paths.encoded_blocks(CHUNK):
@@ -592,27 +594,27 @@ def _path_list(f, name: str, n: int) -> PathList:
     :func:`_strings` checks it. A path holding a NUL is refused as leading out of the folder."""
     from pipeline.data import relative_inside
 
-    ds, pieces, ends, at = f[name], [], [], 0
+    ds = f[name]
     _check_text(ds, name, n)
-    for start in range(0, n, 65536):
-        items = ds[start:start + 65536].tolist()  # bytes, fixed or variable length
-        if not all(isinstance(x, bytes) for x in items[:1]):
-            return PathList.of(_strings(f, name, n))
-        data = b"\0".join(items) + b"\0"
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CodeFileError(f"{name} holds text that is not UTF-8") from None
-        if data.count(b"\0") != len(items):
-            bad = next(x for x in items if b"\0" in x).decode("utf-8")
+    if n and not isinstance(ds[0], bytes):  # (h5py gives text as bytes; anything else: read as str)
+        return PathList.of(_strings(f, name, n))
+
+    def blocks():
+        for start in range(0, n, CHUNK):
+            items = ds[start:start + CHUNK].tolist()  # bytes, fixed or variable length
+            joined = b"\0".join(items)
             try:
-                relative_inside(bad)
-            except ValueError as exc:
-                raise CodeFileError(f"{name}: {exc}") from None
-        pieces.append(data)
-        ends.append(np.flatnonzero(np.frombuffer(data, np.uint8) == 0) + (at + 1))
-        at += len(data)
-    return PathList._whole(b"".join(pieces), np.concatenate([np.zeros(1, np.int64), *ends]))
+                joined.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CodeFileError(f"{name} holds text that is not UTF-8") from None
+            if joined.count(b"\0") != len(items) - 1:  # (one by one only where a path holds a NUL)
+                try:
+                    relative_inside(next(x for x in items if b"\0" in x).decode("utf-8"))
+                except ValueError as exc:
+                    raise CodeFileError(f"{name}: {exc}") from None
+            yield items
+
+    return PathList.of_encoded(blocks())
 
 
 def _integers(f, name: str, shape: tuple, low: int, high: int) -> np.ndarray:

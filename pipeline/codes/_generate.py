@@ -358,7 +358,7 @@ def _write_index(out: OutputPlan, plan: Plan, rows: _NewRows, split: np.ndarray,
     ds, folder = plan.ds, parts_dir(out.path)
     split = np.asarray(split)
     with IndexWriter(out.path, n_rows=rows.n_rows, dim=rows.dim, dtype=out.attrs["dtype"],
-                     path_width=ds.paths.max_bytes(), labels_shape=_labels_of(ds, np.zeros(0, np.int64)).shape[1:],
+                     path_width=ds.paths.max_bytes(), labels_shape=ds.targets.shape[1:] if ds.multi_label else ()
                      ) as writer:
         for piece, at in _kept_rows(out, ds, rows.kept):
             writer.add(piece, ds.paths.take(at), _labels_of(ds, at), split[at])

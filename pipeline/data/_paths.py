@@ -35,25 +35,31 @@ class PathList(Sequence):
             blocks = iter(lambda: list(itertools.islice(paths, _BLOCK)), [])
         else:
             blocks = (paths[s:s + _BLOCK] for s in range(0, len(paths), _BLOCK))
+        return cls._joined((("\0".join(block) + "\0").encode("utf-8", "surrogateescape"), len(block))
+                           for block in blocks)
+
+    @classmethod
+    def of_encoded(cls, blocks: Iterable[list[bytes]]) -> PathList:
+        """Paths given as UTF-8 bytes, a list at a time (as a file holds them), without making a
+        str of each. A path holding a NUL is refused."""
+        return cls._joined((b"\0".join(block) + b"\0", len(block)) for block in blocks)
+
+    @classmethod
+    def _joined(cls, blocks: Iterable[tuple[bytes, int]]) -> PathList:
+        """A PathList of blocks of (n paths' UTF-8 bytes, each ended by a NUL; n)."""
         pieces, ends, at = [], [], 0
-        for block in blocks:
-            at = cls._add_block(block, pieces, ends, at)
+        for data, n in blocks:
+            if data.count(b"\0") != n:
+                raise ValueError("a path holds a NUL character")
+            pieces.append(data)
+            ends.append(np.flatnonzero(np.frombuffer(data, np.uint8) == 0) + (at + 1))
+            at += len(data)
         return cls._whole(b"".join(pieces), np.concatenate([np.zeros(1, np.int64), *ends]))
 
     @classmethod
     def _whole(cls, blob: bytes, starts: np.ndarray) -> PathList:
         """A PathList of all of ``blob``, its starts held in 4 bytes each where the bytes allow."""
         return cls(blob, starts.astype(np.int32 if len(blob) < 2**31 else np.int64))
-
-    @staticmethod
-    def _add_block(block: list[str], pieces: list[bytes], ends: list[np.ndarray], at: int) -> int:
-        text = "\0".join(block) + "\0"
-        if text.count("\0") != len(block):
-            raise ValueError("a path holds a NUL character")
-        data = text.encode("utf-8", "surrogateescape")
-        pieces.append(data)
-        ends.append(np.flatnonzero(np.frombuffer(data, np.uint8) == 0) + (at + 1))
-        return at + len(data)
 
     def __len__(self) -> int:
         return self._hi - self._lo

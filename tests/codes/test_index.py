@@ -3,15 +3,14 @@ build's commit holds a piece, not the code set."""
 import h5py
 import numpy as np
 import pytest
+from helpers import STAGE1_ATTRS, synthetic_folder, write_planned_parts
 
 from pipeline.codes import _format, parts_dir
 from pipeline.codes._format import FailedImage, IndexWriter, PartWriter, Rows, read_index
 from pipeline.codes._generate import _commit_all
 from pipeline.codes._plan import make_plan
-from pipeline.data import ImageFolder, PathList
+from pipeline.data import PathList
 
-ATTRS = {"backbone": "b", "layer": "l", "pooling": "avg", "image_size": 32, "preprocessing": "lite", "weights_id": "w",
-         "dtype": "float32", "precision": "fp32", "tta": "none", "resize": "squash"}
 SPLIT_ATTRS = {"split_fractions": "[0.7, 0.15, 0.15]", "split_seed": 0, "layout": "{}", "task": "single-label"}
 
 
@@ -19,7 +18,7 @@ def write_parts(folder, sizes: dict, rng) -> dict:
     """Part files of random codes (3 values); returns each part's codes by file name."""
     codes = {}
     for name, n in sizes.items():
-        w = PartWriter(folder, name, 3, "float32", n, dict(ATTRS, code_shape="[3]"))
+        w = PartWriter(folder, name, 3, "float32", n, dict(STAGE1_ATTRS, code_shape="[3]"))
         c = rng.normal(size=(n, 3)).astype(np.float32)
         w.append(c, [f"{name}/{i}.jpg" for i in range(n)], np.column_stack([np.arange(n) + 100, np.arange(n)]),
                  np.arange(1, n + 1), [])
@@ -52,7 +51,7 @@ def test_an_index_written_in_pieces_maps_every_row_to_its_code(tmp_path, monkeyp
             writer.add(p, PathList.of(paths[at:at + len(p)]), labels[at:at + len(p)], split[at:at + len(p)])
             at += len(p)
         writer.close(["class0", "class1"], [FailedImage("bad.jpg", "unreadable", (1, 2))],
-                     dict(ATTRS, **SPLIT_ATTRS, code_shape="[3]"))
+                     dict(STAGE1_ATTRS, **SPLIT_ATTRS, code_shape="[3]"))
     assert writer.n_parts == 3  # the unused name of a piece is not a part of the index
     assert not list(tmp_path.glob("*.tmp.h5"))
     index = read_index(path)
@@ -79,7 +78,7 @@ def test_an_index_writer_refuses_what_does_not_fit_and_leaves_nothing(tmp_path):
     with (pytest.raises(ValueError, match="3 rows written of 4"),  # closed short: not moved into place
           IndexWriter(path, n_rows=4, dim=3, dtype="float32", path_width=7, labels_shape=()) as w):
         w.add(rows.take([0, 1, 2]), PathList.of(["a/1.jpg"] * 3), np.zeros(3), np.zeros(3))
-        w.close(["c"], [], dict(ATTRS, code_shape="[3]"))
+        w.close(["c"], [], dict(STAGE1_ATTRS, code_shape="[3]"))
     assert not path.exists() and not list(tmp_path.glob("*.tmp.h5"))
 
 
@@ -88,15 +87,9 @@ def commit_extra(tmp_path, n: int) -> int:
     what it held before (the data set and the plan): parts of 2,048 images written directly."""
     import tracemalloc
 
-    paths = [f"class{i % 4}/img{i:07d}.jpg" for i in range(n)]
-    ds = ImageFolder(tmp_path, paths, np.arange(n, dtype=np.int32) % 4, [f"class{c}" for c in range(4)],
-                     np.column_stack([np.full(n, 5000), 10**18 + np.arange(n)]).astype(np.int64))
     files = [tmp_path / f"cache{n}" / "x.h5"]
-    plan = make_plan(ds, files, [ATTRS], target=2048)
-    for p in plan.partitions:
-        w = PartWriter(parts_dir(files[0]), p.id, 4, "float32", len(p), dict(ATTRS, code_shape="[4]"))
-        w.append(np.ones((len(p), 4), np.float32), p.paths, p.fingerprints, np.arange(1, len(p) + 1), [])
-        w.close("test")
+    plan = make_plan(synthetic_folder(tmp_path, n), files, [STAGE1_ATTRS], target=2048)
+    write_planned_parts(plan, files[0])
     split = np.zeros(n, np.int8)
     tracemalloc.start()
     try:
@@ -135,7 +128,7 @@ def test_an_index_of_scattered_rows_opens_in_little_memory(tmp_path):
     rows = Rows.of_part("part-a.h5", np.zeros((8000, 2)), np.arange(1, 8001)).take(np.arange(0, 8000, 2))
     with IndexWriter(path, n_rows=4000, dim=3, dtype="float32", path_width=12, labels_shape=()) as writer:
         writer.add(rows, PathList.of([f"a/{i:06d}.jpg" for i in range(4000)]), np.zeros(4000), np.zeros(4000))
-        writer.close(["c"], [], dict(ATTRS, **SPLIT_ATTRS, code_shape="[3]"))
+        writer.close(["c"], [], dict(STAGE1_ATTRS, **SPLIT_ATTRS, code_shape="[3]"))
     opened = subprocess.run([sys.executable, "-c", f"""
 import h5py
 def rss():
@@ -160,9 +153,28 @@ def test_one_very_long_path_does_not_widen_every_row(tmp_path):
     names = PathList.of(paths)
     with IndexWriter(path, n_rows=5, dim=3, dtype="float32", path_width=names.max_bytes(), labels_shape=()) as w:
         w.add(Rows.of_part("part-a.h5", np.zeros((5, 2)), np.arange(1, 6)), names, np.zeros(5), np.zeros(5))
-        w.close(["c"], [], dict(ATTRS, **SPLIT_ATTRS, code_shape="[3]"))
+        w.close(["c"], [], dict(STAGE1_ATTRS, **SPLIT_ATTRS, code_shape="[3]"))
     with h5py.File(path) as f:
         assert h5py.check_string_dtype(f["paths"].dtype).length is None  # (fixed: 406 bytes a row)
     from pipeline.codes import CodeSet
 
     assert list(read_index(path).paths) == paths and CodeSet(path).paths == paths
+
+
+@pytest.mark.parametrize("raw, message", [(b"a\x00b.jpg", "is not a path inside the data folder"),
+                                          (b"\xff\xfe.jpg", "paths holds text that is not UTF-8")])
+def test_an_index_read_as_bytes_still_refuses_a_nul_or_text_not_utf8(tmp_path, raw, message):
+    """Stage 1 reads an index's paths as bytes (no str each): a path with a NUL (kept by a
+    fixed-width column) or bytes that are not UTF-8 are refused as when they were read as text."""
+    from pipeline.errors import UserError
+
+    path = tmp_path / "l-avg.h5"
+    with h5py.File(path, "w") as f:
+        f["codes"] = np.ones((3, 2), np.float32)
+        f["labels"], f["split"] = np.zeros(3, np.int32), np.zeros(3, np.int8)
+        encoded = np.array([b"a/1.jpg", raw, b"c.jpg"])
+        text = h5py.string_dtype("utf-8", encoded.dtype.itemsize)
+        f.create_dataset("paths", data=encoded.view(text), dtype=text)
+        f.create_dataset("class_names", data=["a"], dtype=h5py.string_dtype())
+    with pytest.raises(UserError, match=f"not a valid code set .*{message}"):
+        read_index(path)

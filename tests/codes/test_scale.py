@@ -8,7 +8,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import CNN_CODES, FAST, assert_same_codes, make_images, user_env, write_code_file
+from helpers import (
+    CNN_CODES,
+    FAST,
+    STAGE1_ATTRS,
+    assert_same_codes,
+    make_images,
+    synthetic_folder,
+    user_env,
+    write_code_file,
+    write_planned_parts,
+)
 
 from pipeline.codes import CodeSet, generate_codes, parts_dir
 from pipeline.codes._plan import cut, make_plan
@@ -36,8 +46,7 @@ def rows_of(folder, names):
 def test_partition_ids_are_stable_unique_and_content_defined(data, tmp_path):
     ds = scan(data)
     files = [tmp_path / "c" / "x.h5"]
-    attrs = [dict(backbone="b", layer="l", pooling="avg", image_size=32, preprocessing="lite", weights_id="w",
-                  dtype="float32", precision="fp32", tta="none", resize="squash")]
+    attrs = [STAGE1_ATTRS]
     a = make_plan(ds, files, attrs, target=4)
     b = make_plan(ds, files, attrs, target=4)
     assert [p.id for p in a.partitions] == [p.id for p in b.partitions]  # the same work, the same ids
@@ -100,8 +109,7 @@ def test_a_large_build_is_cut_into_fewer_partitions_than_a_code_set_may_have_par
     n = 20_000
     ds = ImageFolder(tmp_path, [f"c{i % 3}/{i:06d}.jpg" for i in range(n)], np.arange(n) % 3, ["c0", "c1", "c2"],
                      np.ones((n, 2), np.int64))
-    attrs = [dict(backbone="b", layer="l", pooling="avg", image_size=32, preprocessing="lite", weights_id="w",
-                  dtype="float32", precision="fp32", tta="none", resize="squash")]
+    attrs = [STAGE1_ATTRS]
     usual = make_plan(ds, [tmp_path / "x.h5"], attrs)
     few = make_plan(ds, [tmp_path / "x.h5"], attrs, max_parts=16)
     assert len(usual.partitions) >= 6 and 2 <= len(few.partitions) <= 4
@@ -270,23 +278,14 @@ def bookkeeping_peak(tmp_path, n: int) -> int:
     plan and the index hold per image, without images, a model or the scan."""
     import tracemalloc
 
-    from pipeline.codes._format import PartWriter
     from pipeline.codes._generate import _commit_all
-    from pipeline.data import ImageFolder
 
-    paths = [f"class{i % 4}/img{i:07d}.jpg" for i in range(n)]
-    ds = ImageFolder(tmp_path, paths, np.arange(n, dtype=np.int32) % 4, [f"class{c}" for c in range(4)],
-                     np.column_stack([np.full(n, 5000), 10**18 + np.arange(n)]).astype(np.int64))
+    ds = synthetic_folder(tmp_path, n)
     files = [tmp_path / f"cache{n}" / "x.h5"]
-    attrs = [dict(backbone="b", layer="l", pooling="avg", image_size=32, preprocessing="lite", weights_id="w",
-                  dtype="float32", precision="fp32", tta="none", resize="squash")]
     tracemalloc.start()
     try:
-        plan = make_plan(ds, files, attrs)
-        for p in plan.partitions:
-            w = PartWriter(parts_dir(files[0]), p.id, 4, "float32", len(p), dict(attrs[0], code_shape="[4]"))
-            w.append(np.ones((len(p), 4), np.float32), p.paths, p.fingerprints, np.arange(1, len(p) + 1), [])
-            w.close("test")
+        plan = make_plan(ds, files, [STAGE1_ATTRS])
+        write_planned_parts(plan, files[0])
         _commit_all(plan, np.zeros(n, np.int8), dict(split_fractions="[0.7, 0.15, 0.15]", split_seed=0,
                                                      layout="{}", task="single-label"), max_parts=256)
         return tracemalloc.get_traced_memory()[1]
