@@ -159,7 +159,6 @@ class Worker:
                                       model_name=spec.model_name, precision=ident.precision)
             if source and getattr(self.mapper, "folder", None):
                 remember_source(source, self.mapper.folder, self.shapes)
-        self.mapper(np.zeros((1, size, size, 3), np.uint8))  # trace / warm up
         self.description = self.mapper.description
 
     def _codes(self, stream):
