@@ -75,7 +75,8 @@ class _Progress:
 
 
 def _local(spec, partitions, *, bar, on_ready) -> ComputeStats:
-    pool = [Worker(spec) for _ in range(min(spec.compute.workers, len(partitions)))]
+    images = sum(len(p) for p in partitions)
+    pool = [Worker(spec, images) for _ in range(min(spec.compute.workers, len(partitions)))]
     on_ready(pool[0].description + (f", {len(pool)} workers" if len(pool) > 1 else ""))
     results: list[PartitionResult] = []
     t0 = time.perf_counter()
@@ -133,8 +134,8 @@ def _local(spec, partitions, *, bar, on_ready) -> ComputeStats:
 class _RayWorker:
     """A Ray actor holding one :class:`Worker` (its model stays loaded between partitions)."""
 
-    def __init__(self, spec: WorkSpec):
-        self.worker = Worker(spec)
+    def __init__(self, spec: WorkSpec, images: int):
+        self.worker = Worker(spec, images)
 
     def description(self) -> str:
         return self.worker.description
@@ -169,7 +170,8 @@ def _ray(spec, partitions, *, bar, on_ready) -> ComputeStats:
             workers = gpus
         options = {"num_gpus": 1} if gpus else {"num_cpus": min(1.0, resources.get("CPU", 1) / workers)}
         actor = ray.remote(**options)(_RayWorker)
-        actors = [actor.remote(spec) for _ in range(min(workers, len(partitions)))]
+        images = sum(len(p) for p in partitions)
+        actors = [actor.remote(spec, images) for _ in range(min(workers, len(partitions)))]
         try:
             descriptions = ray.get([a.description.remote() for a in actors])
             on_ready(f"{descriptions[0]} in each of {len(actors)} Ray worker(s)")

@@ -4,11 +4,13 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from helpers import FAST, ROOT, assert_codes_close
+from helpers import FAST, ROOT, assert_codes_close, make_images
 
 from pipeline.backbones import REGISTRY, build_feature_model
 from pipeline.codes import CodeSet, choose_runtime, generate_codes
 from pipeline.codes._runtimes import OpenVINOMapper, TensorFlowMapper
+from pipeline.codes._settings import CodeIdentity, ComputeOptions
+from pipeline.codes._worker import Worker, WorkSpec
 from pipeline.deploy import export_head_run, predict
 from pipeline.errors import UserError
 from pipeline.runs import train
@@ -158,17 +160,11 @@ def test_a_failed_conversion_falls_back_to_tensorflow_with_a_note(logs, images, 
 def test_a_worker_is_built_without_computing_a_batch(tmp_path, monkeypatch):
     """A batch of zeros computed while a worker was built cost every run a whole batch (0.7 s at
     224 px on this CPU); TensorFlow's graph is traced on construction instead, once."""
-    from pipeline.codes._settings import CodeIdentity, ComputeOptions
-    from pipeline.codes._worker import Worker, WorkSpec
-
     calls = []
     for cls in (OpenVINOMapper, TensorFlowMapper):
         real = cls.__call__
         monkeypatch.setattr(cls, "__call__", lambda self, x, real=real: calls.append(len(x)) or real(self, x))
-    identity = CodeIdentity.of("efficientnet_lite0", None, "avg", "none", 32)
-    workers = {runtime: Worker(WorkSpec(str(tmp_path), identity, ((identity.layer, "avg"),), "none",
-                                        ComputeOptions(runtime=runtime, batch_size=4), 1, (str(tmp_path),), ("{}",)))
-               for runtime in ("openvino", "tensorflow")}
+    workers = {runtime: Worker(_spec(tmp_path, runtime, 4)) for runtime in ("openvino", "tensorflow")}
     assert calls == []
     tf_mapper = workers["tensorflow"].mapper
     assert tf_mapper._fn.experimental_get_tracing_count() == 1
@@ -179,3 +175,32 @@ def test_a_worker_is_built_without_computing_a_batch(tmp_path, monkeypatch):
     assert np.abs(want).max() > 1e-3
     assert_codes_close(got[0], want, rtol=1e-4)
     assert_codes_close(got[1], want[:1], rtol=1e-4)
+
+
+def _spec(folder, runtime, batch_size):
+    identity = CodeIdentity.of("efficientnet_lite0", None, "avg", "none", 32)
+    return WorkSpec(str(folder), identity, ((identity.layer, "avg"),), "none",
+                    ComputeOptions(runtime=runtime, batch_size=batch_size), 1, (str(folder),), ("{}",))
+
+
+@pytest.mark.slow
+def test_fewer_images_than_a_batch_are_computed_without_padding(tmp_path, monkeypatch):
+    """A run (or a prediction) of fewer images than one batch compiles the model for any batch
+    size and computes only its images; a larger one keeps the static shape (faster a batch)."""
+    small, usual = Worker(_spec(tmp_path, "openvino", 8), images=3), Worker(_spec(tmp_path, "openvino", 8), images=8)
+    assert [str(w.mapper.compiled.inputs[0].get_partial_shape()) for w in (small, usual)] == ["[?,32,32,3]",
+                                                                                               "[8,32,32,3]"]
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    got = [c for _, codes in small.mapper.map_batches([x]) for c in codes]
+    want = usual.mapper(x)[0]
+    assert got[0].shape == want.shape == (3, 1280) and np.abs(want).max() > 1e-3
+    assert_codes_close(got[0], want, rtol=1e-4)
+
+    made = []
+    real = OpenVINOMapper.__init__
+    monkeypatch.setattr(OpenVINOMapper, "__init__", lambda self, *a, **k: made.append(k["any_batch"]) or real(self, *a, **k))
+    for n, per_class in ((8, 4), (3, 2)):  # batches of 8: 9 images, then 5 (one unreadable in each)
+        data = make_images(tmp_path / f"data{n}", n_classes=2, per_class=per_class)
+        (data / "class0" / "broken.jpg").write_bytes(b"not an image")
+        generate_codes(data, cache_dir=tmp_path / f"cache{n}", runtime="openvino", **FAST)
+    assert made == [False, True]
