@@ -11,7 +11,9 @@
 4. The audit of these codes (``cnn-codes audit``, approximate neighbours above 50,000 images): its
    time, peak RSS and findings; and, on a random sample of ``--sample`` of the codes, the exact
    search against the approximate one (``bench_audit.exact_against_approximate``: recall of pairs).
-5. With ``--caltech``: Caltech-101 images/s with the local engine and with Ray on 2 workers.
+5. With ``--caltech``: Caltech-101 images/s with the local engine and with Ray on 2 workers; and
+   updates of a real code set (:func:`real_updates`): Caltech-101 with the default backbone, 5
+   images and 1% added and removed, each as a fraction of the build.
 
 Each step runs in a process of its own, which reports its own peak RSS (VmHWM) and the bytes
 it wrote (``wchar`` of /proc/self/io, every write the process made); its time is the whole
@@ -61,12 +63,14 @@ def names(start: int, stop: int) -> list[str]:
 # ---------------------------------------------------------------- steps (each in its own process)
 
 def step_codes(a) -> dict:
+    """``a.engine`` "real": the default backbone and settings (Lite0, ImageNet weights, 224 px)."""
     from pipeline.codes import generate_codes
     before = proc_status()["written_bytes"]
     stats: dict = {}
     t0 = time.perf_counter()
-    generate_codes(a.data, weights="none", image_size=32, batch_size=128, cache_dir=a.cache, progress=False,
-                   engine=a.engine, workers=a.workers, stats=stats)
+    settings = ({"weights": "none", "image_size": 32, "batch_size": 128, "engine": a.engine, "workers": a.workers}
+                if a.engine != "real" else {})
+    generate_codes(a.data, cache_dir=a.cache, progress=False, stats=stats, **settings)
     seconds = time.perf_counter() - t0
     status = proc_status()
     return {"seconds": seconds, "images": stats.get("images", 0), "loop_seconds": stats.get("seconds", 0.0),
@@ -111,6 +115,46 @@ def run_step(*args) -> dict:
     if out.returncode:
         sys.exit(f"step {args[0]} failed:\n{out.stderr[-3000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]), command_seconds=seconds)
+
+
+def real_updates(caltech: Path, work: Path) -> None:
+    """Updates of a code set of real images and the default backbone (Lite0, ImageNet weights,
+    224 px), where computing an image costs far more than at 32 px: Caltech-101 linked into a
+    folder of its own, every hundredth image held back; the build, then adding 5 of them,
+    removing them, adding all held back (1%), removing them and a run with nothing to do."""
+    root = work / "caltech-updates"
+    shutil.rmtree(root, ignore_errors=True)
+    data, cache = root / "data", root / "cache"
+    files = sorted(p for p in caltech.rglob("*") if p.is_file())
+    held = files[::100]
+
+    def link(files):
+        for f in files:
+            (data / f.relative_to(caltech)).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(f.resolve(), data / f.relative_to(caltech))
+
+    def unlink(files):
+        for f in files:
+            (data / f.relative_to(caltech)).unlink()
+    link(sorted(set(files) - set(held)))
+    results = {"build": run_step("codes", data, cache, "real", 1)}
+    link(held[:5])
+    results["add 5"] = run_step("codes", data, cache, "real", 1)
+    unlink(held[:5])
+    results["remove 5"] = run_step("codes", data, cache, "real", 1)
+    link(held)
+    results[f"add 1% ({len(held)})"] = run_step("codes", data, cache, "real", 1)
+    unlink(held)
+    results[f"remove 1% ({len(held)})"] = run_step("codes", data, cache, "real", 1)
+    results["nothing to do"] = run_step("codes", data, cache, "real", 1)
+    full = results["build"]["command_seconds"]
+    print(f"\nupdates of Caltech-101 ({len(files) - len(held)} images linked), Lite0 ImageNet weights at 224 px, "
+          f"default runtime")
+    print("| step | images computed | wall s (whole command) | of which computing | time / build | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['images']} | {r['command_seconds']:.2f} | {r['loop_seconds']:.2f} | "
+              f"{100 * r['command_seconds'] / full:.2f}% | {r['peak_rss_mb']:.0f} |")
 
 
 def audit_at_scale(code_set: Path, work: Path, sample: int) -> None:
@@ -161,30 +205,8 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=200_000)
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
-    p.add_argument("--caltech", type=Path, default=ROOT.parent / "shared/data/caltech101/101_ObjectCategories")
-    p.add_argument("--keep", action="store_true", help="reuse the generated images of an earlier run")
-    p.add_argument("--sample", type=int, default=100_000, help="codes on which exact and approximate audits are compared")
-    p.add_argument("--skip", nargs="*", default=[], choices=["build", "heads", "audit", "caltech"],
-                   help="steps left out (build: updates of the code set an earlier run built, with --keep)")
-    p.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.step:
-        kind, *rest = a.step
-        ns = argparse.Namespace()
-        if kind in ("codes", "caltech"):
-            ns.data, ns.cache, ns.engine, ns.workers = rest[0], rest[1], rest[2], int(rest[3])
-            print(json.dumps(step_codes(ns) if kind == "codes" else step_caltech(ns)))
-        elif kind == "baseline":
-            print(json.dumps(step_baseline()))
-        else:
-            ns.codes, ns.runs, ns.head, ns.memory_limit = rest[0], rest[1], rest[2], int(rest[3])
-            print(json.dumps(step_train(ns)))
-        return
-
+def synthetic_steps(a) -> None:
+    """Steps 1-4 on ``--images`` generated images."""
     data, cache = a.work / "data", a.work / "cache"
     n = a.images
     if not a.keep:
@@ -239,22 +261,52 @@ def main():
     with h5py.File(code_set) as f:
         code_bytes = f["codes"].shape[0] * f["codes"].shape[1] * 4
     cap = code_bytes // 2
-    print(f"\nheads on {code_bytes / 1e9:.2f} GB of codes (float32)")
-    print("| head | memory limit | out of core | seconds | test accuracy | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
-    base = run_step("baseline", "-", "-", "softmax", 0)
-    print(f"| (TensorFlow and Keras loaded, a head trained on 100 codes) | - | - | {base['seconds']:.1f} | - | "
-          f"{base['peak_rss_mb']:.0f} |")
-    in_memory = 4 * code_bytes if 4 * code_bytes < 16e9 else None  # the in-memory fit needs about 4x the codes
-    for head, limit in (("logreg", cap), ("softmax", cap), ("prototype", cap), ("softmax", in_memory)):
-        if "heads" in a.skip or limit is None:
-            continue
-        r = run_step("train", code_set, a.work / "runs", head, limit)
-        print(f"| {head} | {limit / 1e6:.0f} MB | {'yes' if limit < code_bytes else 'no'} | {r['seconds']:.1f} | "
-              f"{r['accuracy']:.4f} | {r['peak_rss_mb']:.0f} |")
+    if "heads" not in a.skip:
+        print(f"\nheads on {code_bytes / 1e9:.2f} GB of codes (float32)")
+        print("| head | memory limit | out of core | seconds | test accuracy | peak RSS MB |")
+        print("|---|---|---|---|---|---|")
+        base = run_step("baseline", "-", "-", "softmax", 0)
+        print(f"| (TensorFlow and Keras loaded, a head trained on 100 codes) | - | - | {base['seconds']:.1f} | - | "
+              f"{base['peak_rss_mb']:.0f} |")
+        in_memory = 4 * code_bytes if 4 * code_bytes < 16e9 else None  # the in-memory fit needs about 4x the codes
+        for head, limit in (("logreg", cap), ("softmax", cap), ("prototype", cap), ("softmax", in_memory)):
+            if limit is None:
+                continue
+            r = run_step("train", code_set, a.work / "runs", head, limit)
+            print(f"| {head} | {limit / 1e6:.0f} MB | {'yes' if limit < code_bytes else 'no'} | {r['seconds']:.1f} | "
+                  f"{r['accuracy']:.4f} | {r['peak_rss_mb']:.0f} |")
 
     if "audit" not in a.skip:
         audit_at_scale(code_set, a.work, a.sample)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=200_000)
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
+    p.add_argument("--caltech", type=Path, default=ROOT.parent / "shared/data/caltech101/101_ObjectCategories")
+    p.add_argument("--keep", action="store_true", help="reuse the generated images of an earlier run")
+    p.add_argument("--sample", type=int, default=100_000, help="codes on which exact and approximate audits are compared")
+    p.add_argument("--skip", nargs="*", default=[], choices=["build", "stage1", "heads", "audit", "caltech",
+                                                             "real-updates"],
+                   help="steps left out (build: updates of the code set an earlier run built, with --keep)")
+    p.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.step:
+        kind, *rest = a.step
+        ns = argparse.Namespace()
+        if kind in ("codes", "caltech"):
+            ns.data, ns.cache, ns.engine, ns.workers = rest[0], rest[1], rest[2], int(rest[3])
+            print(json.dumps(step_codes(ns) if kind == "codes" else step_caltech(ns)))
+        elif kind == "baseline":
+            print(json.dumps(step_baseline()))
+        else:
+            ns.codes, ns.runs, ns.head, ns.memory_limit = rest[0], rest[1], rest[2], int(rest[3])
+            print(json.dumps(step_train(ns)))
+        return
+
+    if "stage1" not in a.skip:
+        synthetic_steps(a)
 
     if a.caltech.is_dir() and "caltech" not in a.skip:
         print("\nCaltech-101 (all images), Lite0 ImageNet weights at 224 px, default runtime")
@@ -265,6 +317,8 @@ def main():
             shutil.rmtree(target, ignore_errors=True)
             r = run_step("caltech", a.caltech, target, engine, workers)
             print(f"| {engine} | {workers} | {r['images']} | {r['seconds']:.1f} | {r['img_per_s']:.1f} |")
+    if a.caltech.is_dir() and "real-updates" not in a.skip:
+        real_updates(a.caltech, a.work)
 
 
 if __name__ == "__main__":
