@@ -38,7 +38,8 @@ def compute(spec: WorkSpec, partitions: list[Partition], *, progress: bool = Tru
     """Compute ``partitions`` on the model workers of the spec's engine (its options checked by
     :meth:`ComputeOptions.check`). ``on_ready`` is told where the forward pass runs once the
     models are built, before the clock starts."""
-    bar = _Progress(sum(len(p) for p in partitions), progress, f"codes {spec.identity.backbone}")
+    images = sum(len(p) for p in partitions)
+    bar = _Progress(images, progress, f"codes {spec.identity.backbone}")
 
     def ready(description):  # the bar starts once the models are built
         on_ready(description)
@@ -46,7 +47,7 @@ def compute(spec: WorkSpec, partitions: list[Partition], *, progress: bool = Tru
 
     try:
         run = _local if spec.compute.engine == "local" else _ray
-        return run(spec, partitions, bar=bar, on_ready=ready)
+        return run(spec, partitions, images, bar=bar, on_ready=ready)
     finally:
         bar.close()
 
@@ -74,8 +75,7 @@ class _Progress:
             self.bar.close()
 
 
-def _local(spec, partitions, *, bar, on_ready) -> ComputeStats:
-    images = sum(len(p) for p in partitions)
+def _local(spec, partitions, images, *, bar, on_ready) -> ComputeStats:
     pool = [Worker(spec, images) for _ in range(min(spec.compute.workers, len(partitions)))]
     on_ready(pool[0].description + (f", {len(pool)} workers" if len(pool) > 1 else ""))
     results: list[PartitionResult] = []
@@ -144,7 +144,7 @@ class _RayWorker:
         return next(iter(self.worker.run([partition])))
 
 
-def _ray(spec, partitions, *, bar, on_ready) -> ComputeStats:
+def _ray(spec, partitions, images, *, bar, on_ready) -> ComputeStats:
     workers, ray_address = spec.compute.workers, spec.compute.ray_address
     try:
         import ray
@@ -170,7 +170,6 @@ def _ray(spec, partitions, *, bar, on_ready) -> ComputeStats:
             workers = gpus
         options = {"num_gpus": 1} if gpus else {"num_cpus": min(1.0, resources.get("CPU", 1) / workers)}
         actor = ray.remote(**options)(_RayWorker)
-        images = sum(len(p) for p in partitions)
         actors = [actor.remote(spec, images) for _ in range(min(workers, len(partitions)))]
         try:
             descriptions = ray.get([a.description.remote() for a in actors])

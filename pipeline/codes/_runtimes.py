@@ -233,22 +233,24 @@ class OpenVINOMapper:
     name = "openvino"
 
     def __init__(self, model, batch_size: int, image_size: int, model_name: str, precision: str = "fp32",
-                 requests: int = 2, cache_root: Path | None = None, converted=None, any_batch: bool = False):
+                 requests: int = 2, cache_root: Path | None = None, converted=None, images: int | None = None):
         """``model``: the Keras model, converted (or read from the conversion cache); or None and
         ``converted`` the OpenVINO model read already (:func:`converted_from_source`).
-        ``any_batch``: compiled for batches of any size, which then are not padded: for fewer
-        images than one batch (a batch padded to 32 costs 0.45 s at 224 px on this CPU, 5 images
-        0.09 s), not for many (20% slower a full batch than the static shape)."""
+        ``images``: how many it will map, where known. Fewer than one batch: the model is
+        compiled for batches of any size, which then are not padded (a batch padded to 32 costs
+        0.45 s at 224 px on this CPU, 5 images 0.09 s); more: the static shape (a full batch 20%
+        faster than on the dynamic one)."""
         import openvino as ov
 
-        self.batch_size, self.any_batch = batch_size, any_batch
+        self.batch_size = batch_size
+        self.any_batch = images is not None and images < batch_size
         if converted is not None:
             ov_model, self.reused, self.folder = converted, True, None
         else:
             key = ConversionKey(model_name, image_size, batch_size, weights_sha256(model), precision, ov.__version__)
             ov_model, self.reused = convert_to_openvino(model, key, cache_root)
             self.folder = key.folder(cache_root or conversion_cache())
-        if any_batch:
+        if self.any_batch:
             ov_model.reshape({0: [-1, image_size, image_size, 3]})  # (in place: the model is this mapper's)
         self.compiled = openvino_core().compile_model(ov_model, "CPU", {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],  # else BF16 wherever the CPU has it
@@ -293,13 +295,13 @@ class OpenVINOMapper:
 
 
 def make_mapper(model, *, runtime: str, batch_size: int, image_size: int, model_name: str, precision: str = "fp32",
-                any_batch: bool = False):
+                images: int | None = None):
     """A mapper for ``runtime`` (already chosen); a failed OpenVINO conversion falls back to
-    TensorFlow (FP32 only) with a note. ``any_batch``: see :class:`OpenVINOMapper` (TensorFlow
+    TensorFlow (FP32 only) with a note. ``images``: see :class:`OpenVINOMapper` (TensorFlow
     pads every batch: one graph traced)."""
     if runtime == "openvino":
         try:
-            return OpenVINOMapper(model, batch_size, image_size, model_name, precision, any_batch=any_batch)
+            return OpenVINOMapper(model, batch_size, image_size, model_name, precision, images=images)
         except Exception as exc:  # conversion of an unusual model: TensorFlow still runs it
             if precision != "fp32":
                 raise UserError(f"OpenVINO could not convert {model_name} ({type(exc).__name__}: "

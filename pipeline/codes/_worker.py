@@ -141,8 +141,7 @@ class PartitionResult:
 
 class Worker:
     """Builds the model once, then computes any number of partitions. ``images``: how many the
-    run computes, where known: fewer than one batch are computed as they are, not padded to a
-    batch (on OpenVINO; an update of a few images paid a whole batch)."""
+    run computes, where known (fewer than a batch are not padded to one: :class:`OpenVINOMapper`)."""
 
     def __init__(self, spec: WorkSpec, images: int | None = None):
         self.spec = spec
@@ -150,16 +149,15 @@ class Worker:
         runtime = choose_runtime(spec.compute.runtime, ident.precision)
         source = conversion_source(spec) if runtime == "openvino" else None
         found = converted_from_source(source) if source else None
-        any_batch = images is not None and images < spec.compute.batch_size
         if found:  # converted before: no Keras model to build, TensorFlow never imported
             converted, self.shapes = found
             self.mapper = OpenVINOMapper(None, spec.compute.batch_size, size, spec.model_name, ident.precision,
-                                         converted=converted, any_batch=any_batch)
+                                         converted=converted, images=images)
         else:
             model, self.shapes = build_feature_model(get_backbone(ident.backbone), list(spec.outputs), spec.weights,
                                                      size)
             self.mapper = make_mapper(model, runtime=runtime, batch_size=spec.compute.batch_size, image_size=size,
-                                      model_name=spec.model_name, precision=ident.precision, any_batch=any_batch)
+                                      model_name=spec.model_name, precision=ident.precision, images=images)
             if source and getattr(self.mapper, "folder", None):
                 remember_source(source, self.mapper.folder, self.shapes)
         self.description = self.mapper.description

@@ -69,7 +69,7 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
     thresholds = (read_thresholds(info.get("thresholds"), len(class_names), model_path)
                   if info.get("task") == "multi-label" else None)
     mapper = make_mapper(model, runtime=runtime, batch_size=batch_size, image_size=size,
-                         model_name=f"classifier {info.get('kind')}", any_batch=len(paths) < batch_size)
+                         model_name=f"classifier {info.get('kind')}", images=len(paths))
     rows, failures = [], []
     batches = read_batches(root, paths, batches_of(len(paths), batch_size), size, 4,
                            setting(info, "resize"))

@@ -198,7 +198,11 @@ def test_fewer_images_than_a_batch_are_computed_without_padding(tmp_path, monkey
 
     made = []
     real = OpenVINOMapper.__init__
-    monkeypatch.setattr(OpenVINOMapper, "__init__", lambda self, *a, **k: made.append(k["any_batch"]) or real(self, *a, **k))
+
+    def init(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        made.append(self.any_batch)
+    monkeypatch.setattr(OpenVINOMapper, "__init__", init)
     for n, per_class in ((8, 4), (3, 2)):  # batches of 8: 9 images, then 5 (one unreadable in each)
         data = make_images(tmp_path / f"data{n}", n_classes=2, per_class=per_class)
         (data / "class0" / "broken.jpg").write_bytes(b"not an image")
