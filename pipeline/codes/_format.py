@@ -644,21 +644,23 @@ def _attrs_problem(attrs: dict) -> str | None:
     return None
 
 
-_DRIVE = re.compile(r"\n[^\n]{0,2}:")
+_DRIVE = re.compile(rb"\0[^\0]{0,8}:")  # (two characters of up to 4 bytes, then a colon)
 
 
 def _check_inside(paths: Sequence[str]) -> None:
-    """A :class:`CodeFileError` if any of ``paths`` leads out of the data folder
-    (:func:`~pipeline.data.relative_inside`). Looked for a block of 65,536 joined at once (absolute,
-    ``..``, a drive, a NUL: it may find one where there is none, never the reverse); only the paths
-    of a block where it finds one are checked one by one: a million paths in a tenth of a second."""
+    """A :class:`CodeFileError` if any of ``paths`` (a PathList or a list) leads out of the data
+    folder (:func:`~pipeline.data.relative_inside`). Looked for in the bytes of a block of 65,536
+    at once (absolute, ``..``, a drive, a NUL: it may find one where there is none, never the
+    reverse); only the paths of a block where it finds one are checked one by one: a million
+    paths in a tenth of a second."""
     from pipeline.data import relative_inside
 
     for start in range(0, len(paths), 65536):
         block = paths[start:start + 65536]
-        text = "\n" + "\n".join(block)
-        if ("\n/" in text or "\n\\" in text or ".." in text or "\0" in text
-                or (":" in text and _DRIVE.search(text) is not None)):
+        text = b"\0" + (block.encoded() if isinstance(block, PathList)
+                        else "\0".join(block).encode("utf-8", "surrogateescape"))
+        if (text.count(b"\0") != len(block) or b"\0/" in text or b"\0\\" in text or b".." in text
+                or (b":" in text and _DRIVE.search(text) is not None)):
             for p in block:
                 try:
                     relative_inside(p)

@@ -24,8 +24,8 @@ from pipeline.data._scan import (
     relative_inside,
     scan,
     stratified_split,
-    walk_images,
 )
+from pipeline.data._walk import walk_images
 
 __all__ = [
     "IMAGE_EXTENSIONS",

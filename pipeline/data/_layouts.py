@@ -30,7 +30,6 @@ from pipeline.data._scan import (
     DRAW,
     DRAW_TEST,
     DRAW_VAL,
-    IMAGE_EXTENSIONS,
     TEST,
     TRAIN,
     UNLABELLED,
@@ -38,8 +37,8 @@ from pipeline.data._scan import (
     ImageFolder,
     fingerprints,
     scan,
-    walk_images,
 )
+from pipeline.data._walk import IMAGE_EXTENSIONS, walk_images
 from pipeline.errors import ParameterError, UserError
 
 LAYOUTS = ("auto", "folders", "split-folders", "labels-file", "names", "unlabelled")

@@ -45,6 +45,12 @@ class PathList(Sequence):
         return cls._joined((b"\0".join(block) + b"\0", len(block)) for block in blocks)
 
     @classmethod
+    def from_bytes(cls, data: bytes, n: int) -> PathList:
+        """``n`` paths given as their UTF-8 bytes, each ended by a NUL, in one piece (as a walk of
+        a folder gives them). A path holding a NUL is refused."""
+        return cls._joined([(data, n)])
+
+    @classmethod
     def _joined(cls, blocks: Iterable[tuple[bytes, int]]) -> PathList:
         """A PathList of blocks of (n paths' UTF-8 bytes, each ended by a NUL; n)."""
         pieces, ends, at = [], [], 0
@@ -90,6 +96,10 @@ class PathList(Sequence):
         """The paths as UTF-8 bytes, a list of ``block`` at a time."""
         for s in range(self._lo, self._hi, block):
             yield self._span(s, min(s + block, self._hi)).split(b"\0")
+
+    def encoded(self) -> bytes:
+        """The paths' UTF-8 bytes, joined by NULs."""
+        return self._span(self._lo, self._hi) if len(self) else b""
 
     def max_bytes(self) -> int:
         """The length in bytes of the longest path (0 for none)."""

@@ -1,7 +1,6 @@
 """Image folders (one sub-folder per class), stratified splits and robust image decoding."""
 from __future__ import annotations
 
-import array
 import collections
 import dataclasses
 import functools
@@ -16,12 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data._paths import PathList
+from pipeline.data._walk import IMAGE_EXTENSIONS, run
 from pipeline.errors import ParameterError, UserError
 
 # Deferred on purpose: Pillow is imported inside the functions that use it, so that commands and
 # workers that never need it start without loading it.
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+STAT_SLICE = 32768  # paths stat'ed as one job (about 0.15 s)
 TRAIN, VAL, TEST = 0, 1, 2
 # Images without a label: label -1 and this split value in a code set, so that every reader that
 # selects TRAIN, VAL or TEST leaves them out.
@@ -104,111 +104,29 @@ def scan(root, exclude=()) -> ImageFolder:
     class_dirs = [p for p in class_dirs if p.name not in set(exclude)]
     if not class_dirs:
         raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    # each class folder walked and its images stat'ed as one job, shared with helper processes
+    # when there are many (see pipeline.data._walk)
+    walked = run([("walk", os.fspath(root), os.fspath(cdir)) for cdir in class_dirs])
     paths, labels, names, empty, skipped, unnamable = [], [], [], [], collections.Counter(), []
-    for cdir in class_dirs:
-        found, other, bad = walk_images(root, cdir)
+    sizes, times = [], []
+    for cdir, (blob, n, size, time, other, bad) in zip(class_dirs, walked):
         skipped.update(other)
         unnamable += bad
-        if not found and not bad:
+        if not n and not bad:
             empty.append(cdir.name)
             continue
         label = len(names)
         names.append(cdir.name)
-        paths.append(PathList.of(found))  # a class at a time: a million paths are never all str at once
-        labels.append(np.full(len(found), label, np.int32))
+        paths.append(PathList.from_bytes(blob, n))  # bytes, not str: a million paths are never all str at once
+        labels.append(np.full(n, label, np.int32))
+        sizes.append(size)
+        times.append(time)
     if len(names) < 2:
         which = f"only one class ({names[0]})" if names else "no images"
         raise UserError(f"data folder {root} has {which}; a classifier needs at least two classes "
                         f"with images ({', '.join(IMAGE_EXTENSIONS)})")
-    paths = PathList.concat(paths)
-    return ImageFolder(root, paths, np.concatenate(labels), names, fingerprints(root, paths), dict(skipped),
-                       tuple(empty), tuple(unnamable))
-
-
-def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[tuple[str, str]]]:
-    """The image files under ``under`` (default ``root``), recursively: their paths relative to
-    ``root`` (posix, in the order of sorted Paths); what was passed over, by kind (a file's
-    extension, ``hidden`` for dot files and folders, ``special file`` for pipes, sockets and
-    devices named like images, which are never opened); and (printable name, reason) of images
-    that cannot be named in a code set. Links to files are followed; links to folders are not
-    entered (a link loop cannot trap the walk)."""
-    # Strings, not Paths (a million Paths take seconds to sort); kept per folder, each folder's
-    # images sorted by name and the folders put in place after the walk: the order of sorted
-    # Paths without a key computed for each of a million paths.
-    files: dict[str, list[str]] = {}
-    subfolders: dict[str, list[tuple[str, str]]] = {}  # (name, relative path) of each folder's sub-folders
-    skipped, unnamable = collections.Counter(), []
-    top = os.path.relpath(under or root, root).replace(os.sep, "/")
-    stack = [(os.fspath(under or root), top)]
-    while stack:
-        folder, rel_dir = stack.pop()
-        found, subs = files.setdefault(rel_dir, []), subfolders.setdefault(rel_dir, [])
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            skipped["unreadable folder"] += 1
-            continue
-        for e in entries:
-            name = e.name
-            if name.startswith("."):
-                skipped["hidden"] += 1
-                continue
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append((e.path, rel))
-                    subs.append((name, rel))
-                    continue
-            except OSError:
-                pass
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
-                skipped[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
-                continue
-            # A pipe, socket or device is never opened (reading a pipe would wait forever). A link
-            # that leads nowhere is kept: listed as unreadable, tried again once it leads somewhere.
-            if not _is_regular(e) and os.path.exists(e.path):
-                skipped["special file"] += 1
-                continue
-            try:
-                rel.encode("utf-8")
-            except UnicodeEncodeError:
-                unnamable.append((rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                                  "file name is not valid UTF-8"))
-                continue
-            found.append(rel)
-    return _in_path_order(top, files, subfolders), skipped, unnamable
-
-
-def _in_path_order(top: str, files: dict[str, list[str]], subfolders: dict[str, list[tuple[str, str]]]) -> list[str]:
-    """The images of every folder under ``top`` in the order of sorted Paths: a folder's entries
-    by name, a sub-folder's images where its name falls (depth first, without recursion: a deep
-    tree cannot exhaust the stack)."""
-    out: list[str] = []
-    stack = [iter([(top, True, top)])]
-    while stack:
-        item = next(stack[-1], None)
-        if item is None:
-            stack.pop()
-            continue
-        _, is_folder, rel = item
-        if not is_folder:
-            out.append(rel)
-            continue
-        mine, subs = files.get(rel, []), subfolders.get(rel, [])
-        mine.sort()  # (one prefix: the order of their names)
-        if not subs:
-            out += mine
-            continue
-        items = [(f.rpartition("/")[2], False, f) for f in mine] + [(n, True, r) for n, r in subs]
-        stack.append(iter(sorted(items)))
-    return out
-
-
-def _is_regular(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()  # follows a link
-    except OSError:  # a link loop: kept, and listed as unreadable
-        return False
+    return ImageFolder(root, PathList.concat(paths), np.concatenate(labels), names, _as_fingerprints(sizes, times),
+                       dict(skipped), tuple(empty), tuple(unnamable))
 
 
 def describe_skipped(skipped: dict, limit: int = 6) -> str:
@@ -224,23 +142,18 @@ def fingerprint(path) -> tuple[int, int]:
     return size, mtime
 
 
-def fingerprints(root, paths: list[str]) -> np.ndarray:
-    """:func:`fingerprint` of each of ``paths`` (relative to ``root``) as an (n, 2) array: the
-    paths joined as strings and the numbers gathered in two machine arrays, since a million images
-    are stat'ed at every update (a Path, a call and a tuple per image cost as much as the stat; a
-    list of Python ints takes 36 bytes a number)."""
-    base, stat = os.path.join(os.fspath(root), ""), os.stat
-    sizes, times = array.array("q"), array.array("q")
-    for rel in paths:
-        try:
-            st = stat(base + rel)
-        except OSError:
-            sizes.append(-1)
-            times.append(-1)
-            continue
-        sizes.append(st.st_size)
-        times.append(st.st_mtime_ns)
-    return np.column_stack([np.frombuffer(sizes, np.int64), np.frombuffer(times, np.int64)]).reshape(-1, 2)
+def fingerprints(root, paths) -> np.ndarray:
+    """:func:`fingerprint` of each of ``paths`` (relative to ``root``) as an (n, 2) array, in
+    slices shared with helper processes when there are many (see :mod:`pipeline.data._walk`)."""
+    paths = PathList.of(paths)
+    stats = run([("stat", os.fspath(root), list(paths[s:s + STAT_SLICE])) for s in range(0, len(paths), STAT_SLICE)])
+    return _as_fingerprints([sizes for sizes, _ in stats], [times for _, times in stats])
+
+
+def _as_fingerprints(sizes: list[bytes], times: list[bytes]) -> np.ndarray:
+    """The (n, 2) int64 array of pieces of sizes and times as :func:`~pipeline.data._walk.stat_paths` gives them."""
+    return np.column_stack([np.frombuffer(b"".join(sizes), np.int64),
+                            np.frombuffer(b"".join(times), np.int64)]).reshape(-1, 2)
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

@@ -20,6 +20,7 @@ from PIL import Image
 from pipeline.backbones import REGISTRY
 from pipeline.cli.main import main, run_cli
 from pipeline.codes import CodeSet, generate_codes
+from pipeline.codes._format import CodeFileError, check_code_file
 from pipeline.data import TEST, TRAIN, VAL
 from pipeline.errors import UserError
 
@@ -257,11 +258,12 @@ def test_verify_finds_bytes_changed_behind_the_same_size_and_time(images, tmp_pa
 
 
 @pytest.mark.parametrize("bad", ["../up.jpg", "a/../../up.jpg", "/etc/passwd", "\\\\server\\share\\x.jpg", "C:/x.jpg",
-                                 "a\0b.jpg"])
+                                 "\u20ac:\\x.jpg", "a\0b.jpg"])
 def test_a_path_leading_out_of_the_data_folder_is_found_among_many(bad, tmp_path):
     """The paths of a code set are checked all at once (joined) and one by one only where that
     finds a candidate, in blocks of 65,536: one bad path anywhere among 70,000 is still refused
-    (in the first block or the second), and names that only look like candidates are not."""
+    (in the first block or the second), and names that only look like candidates are not; read
+    as text (a reader) or as bytes (stage 1's index; a drive letter of three bytes: "€:")."""
     def code_set(paths):
         path = tmp_path / f"codes-{len(os.listdir(tmp_path))}.h5"
         with h5py.File(path, "w") as f:
@@ -277,8 +279,15 @@ def test_a_path_leading_out_of_the_data_folder_is_found_among_many(bad, tmp_path
     good = [f"class{i % 7}/img {i}.jpg" for i in range(70_000)]
     look_alike = good[:2000] + ["a..b/x..y.jpg", "class1/10:30.jpg", "x/C:.jpg"] + good[2000:]
     assert CodeSet(code_set(look_alike)).paths[2001] == "class1/10:30.jpg"
+    def as_bytes(path):  # (as stage 1 reads an index: a PathList, no str each)
+        with h5py.File(path) as f:
+            return check_code_file(f, path, compact=True)[2]
+
+    assert as_bytes(code_set(look_alike))[2002] == "x/C:.jpg"
     for at in (0, 65_536, 69_999):
         paths = list(good)
         paths[at] = bad
         with pytest.raises(UserError, match="data folder"):
             CodeSet(code_set(paths))
+        with pytest.raises(CodeFileError, match="data folder"):
+            as_bytes(code_set(paths))
