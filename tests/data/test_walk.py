@@ -98,8 +98,8 @@ def test_fingerprints_in_slices_shared_with_helpers(tmp_path, monkeypatch, done_
 
 
 @pytest.mark.parametrize("helper", ["import sys; sys.exit(3)",
-                                    "import sys; sys.stdin.buffer.read(8); sys.stdout.buffer.write(b'\\5' + bytes(7) "
-                                    "+ b'\\xff' * 5); sys.stdout.flush()"])
+                                    ("import sys; sys.stdin.buffer.read(8); sys.stdout.buffer.write(b'\\5' + bytes(7) "
+                                     "+ b'\\xff' * 5); sys.stdout.flush()")])
 def test_a_helper_that_dies_or_garbles_its_answer_leaves_its_jobs_to_this_process(tmp_path, monkeypatch, done_here,
                                                                                    started, helper):
     root = _hostile_tree(tmp_path / "data")
