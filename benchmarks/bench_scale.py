@@ -16,8 +16,9 @@
    images and 1% added and removed, each as a fraction of the build.
 
 Each step runs in a process of its own, which reports its own peak RSS (VmHWM) and the bytes
-it wrote (``wchar`` of /proc/self/io, every write the process made); its time is the whole
-command's, measured from outside. Before the build, 20 images are coded once so that the model's
+it wrote (``write_bytes`` of /proc/self/io: what it sent to storage); its time is the whole
+command's, measured from outside. A step of stage 1 is the command a user types (``cnn-codes
+codes``: its parsing, and its end without the interpreter's teardown). Before the build, 20 images are coded once so that the model's
 conversion for OpenVINO (once per machine and model) is in no step.
 """
 from __future__ import annotations
@@ -41,7 +42,9 @@ N_CLASSES = 10
 def proc_status() -> dict:
     status = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines() if ":" in l)
     io = dict(l.split(":", 1) for l in Path("/proc/self/io").read_text().splitlines())
-    return {"peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024, "written_bytes": int(io["wchar"])}
+    # write_bytes: what the process sent to storage; wchar would count pipes too (the scan's
+    # helpers answer through pipes, and a reaped child's counts are added to its parent's)
+    return {"peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024, "written_bytes": int(io["write_bytes"])}
 
 
 def make_images(root: Path, names: list[str], seed: int) -> None:
@@ -63,14 +66,23 @@ def names(start: int, stop: int) -> list[str]:
 # ---------------------------------------------------------------- steps (each in its own process)
 
 def step_codes(a) -> dict:
-    """``a.engine`` "real": the default backbone and settings (Lite0, ImageNet weights, 224 px)."""
-    from pipeline.codes import generate_codes
+    """One ``cnn-codes codes`` command as a user types it: its parsing, its run and its end without
+    the interpreter's teardown (as the installed command ends); ``a.engine`` "real": the default
+    backbone and settings (Lite0, ImageNet weights, 224 px)."""
+    import functools
+
+    import pipeline.cli.codes
+    from pipeline.cli.main import main
+
+    stats: dict = {}  # (what the command prints, unrounded)
+    pipeline.cli.codes.generate_codes = functools.partial(pipeline.cli.codes.generate_codes, stats=stats)
+    argv = ["codes", "--data", str(a.data), "--cache-dir", str(a.cache), "--no-progress"]
+    if a.engine != "real":
+        argv += ["--weights", "none", "--image-size", "32", "--batch-size", "128", "--engine", a.engine,
+                 "--workers", str(a.workers)]
     before = proc_status()["written_bytes"]
-    stats: dict = {}
     t0 = time.perf_counter()
-    settings = ({"weights": "none", "image_size": 32, "batch_size": 128, "engine": a.engine, "workers": a.workers}
-                if a.engine != "real" else {})
-    generate_codes(a.data, cache_dir=a.cache, progress=False, stats=stats, **settings)
+    main(argv)
     seconds = time.perf_counter() - t0
     status = proc_status()
     return {"seconds": seconds, "images": stats.get("images", 0), "loop_seconds": stats.get("seconds", 0.0),
@@ -300,7 +312,10 @@ def main():
         ns = argparse.Namespace()
         if kind in ("codes", "caltech"):
             ns.data, ns.cache, ns.engine, ns.workers = rest[0], rest[1], rest[2], int(rest[3])
-            print(json.dumps(step_codes(ns) if kind == "codes" else step_caltech(ns)))
+            print(json.dumps(step_codes(ns) if kind == "codes" else step_caltech(ns)), flush=True)
+            if kind == "codes":  # (ended as the command ends: pipeline.cli.main.exit_without_teardown)
+                sys.stderr.flush()
+                os._exit(0)
         elif kind == "baseline":
             print(json.dumps(step_baseline()))
         else:
