@@ -145,15 +145,34 @@ def fingerprint(path) -> tuple[int, int]:
 def fingerprints(root, paths) -> np.ndarray:
     """:func:`fingerprint` of each of ``paths`` (relative to ``root``) as an (n, 2) array, in
     slices shared with helper processes when there are many (see :mod:`pipeline.data._walk`)."""
-    paths = PathList.of(paths)
-    stats = run([("stat", os.fspath(root), list(paths[s:s + STAT_SLICE])) for s in range(0, len(paths), STAT_SLICE)])
+    stats = run(_StatJobs(os.fspath(root), PathList.of(paths)))
     return _as_fingerprints([sizes for sizes, _ in stats], [times for _, times in stats])
 
 
+class _StatJobs:
+    """The stat jobs of ``paths``, a slice each, made as they are taken (a million paths are
+    never all str at once)."""
+
+    def __init__(self, root: str, paths: PathList):
+        self.root, self.paths = root, paths
+
+    def __len__(self) -> int:
+        return (len(self.paths) + STAT_SLICE - 1) // STAT_SLICE
+
+    def __getitem__(self, i: int) -> tuple:
+        return "stat", self.root, list(self.paths[i * STAT_SLICE:(i + 1) * STAT_SLICE])
+
+
 def _as_fingerprints(sizes: list[bytes], times: list[bytes]) -> np.ndarray:
-    """The (n, 2) int64 array of pieces of sizes and times as :func:`~pipeline.data._walk.stat_paths` gives them."""
-    return np.column_stack([np.frombuffer(b"".join(sizes), np.int64),
-                            np.frombuffer(b"".join(times), np.int64)]).reshape(-1, 2)
+    """The (n, 2) int64 array of pieces of sizes and times as :func:`~pipeline.data._walk.stat_paths`
+    gives them (filled a piece at a time: no joined copy of a million numbers)."""
+    out = np.empty((sum(len(piece) for piece in sizes) // 8, 2), np.int64)
+    at = 0
+    for size, time in zip(sizes, times):
+        n = len(size) // 8
+        out[at:at + n, 0], out[at:at + n, 1] = np.frombuffer(size, np.int64), np.frombuffer(time, np.int64)
+        at += n
+    return out
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

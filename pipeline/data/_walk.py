@@ -146,8 +146,9 @@ def walk_and_stat(root, under) -> tuple:
 JOBS = {"walk": walk_and_stat, "stat": stat_paths}
 
 
-def run(jobs: list[tuple]) -> list:
-    """The result of each job (``(kind, *arguments)``, a kind of :data:`JOBS`), in order. This
+def run(jobs) -> list:
+    """The result of each job (``(kind, *arguments)``, a kind of :data:`JOBS`), in order; ``jobs``
+    is a list or anything with a length and an index (each job is taken once, as it starts). This
     process does them from the front; when there is more than one and the work is still going
     after :data:`START_AFTER`, helpers on the other cores take them from the back. A helper that
     cannot start or fails leaves its job to this process: helpers only ever save time."""
