@@ -33,18 +33,40 @@ def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[
     ``root`` (posix, in the order of sorted Paths); what was passed over, by kind (a file's
     extension, ``hidden`` for dot files and folders, ``special file`` for pipes, sockets and
     devices named like images, which are never opened); and (printable name, reason) of images
-    that cannot be named in a code set. Links to files are followed; links to folders are not
-    entered (a link loop cannot trap the walk)."""
+    that cannot be named in a code set, sorted. Links to files are followed; links to folders are
+    not entered (a link loop cannot trap the walk). The folders one level down (two, under fewer
+    than :data:`SPLIT_AT` folders: train/val/test) are walked as jobs (see :func:`run`)."""
+    files, subfolders, skipped, unnamable, deferred = _walk(root, under, split=True)
+    done = {}
+    for (rel, _), (blob, n, other, bad) in zip(deferred, run([("tree", os.fspath(root), path)
+                                                              for _, path in deferred])):
+        done[rel] = blob.decode("utf-8", "surrogateescape").split("\0")[:n]
+        skipped.update(other)
+        unnamable += bad
+    top = os.path.relpath(under or root, root).replace(os.sep, "/")
+    return _in_path_order(top, files, subfolders, done), skipped, sorted(unnamable)
+
+
+SPLIT_AT = 8  # a folder with fewer sub-folders than this has theirs walked as the jobs
+
+
+def _walk(root, under, split: bool) -> tuple:
+    """The walk of :func:`walk_images` in this process: each folder's images and sub-folders,
+    what was passed over, and (``split``) the folders left to walk as jobs, (relative path, path)."""
     # Strings, not Paths (a million Paths take seconds to sort); kept per folder, each folder's
     # images sorted by name and the folders put in place after the walk: the order of sorted
     # Paths without a key computed for each of a million paths.
     files: dict[str, list[str]] = {}
     subfolders: dict[str, list[tuple[str, str]]] = {}  # (name, relative path) of each folder's sub-folders
-    skipped, unnamable = collections.Counter(), []
+    skipped, unnamable, deferred = collections.Counter(), [], []
     top = os.path.relpath(under or root, root).replace(os.sep, "/")
-    stack = [(os.fspath(under or root), top)]
+    stack = [(os.fspath(under or root), top, 0)]
+    split_depth = None
     while stack:
-        folder, rel_dir = stack.pop()
+        folder, rel_dir, depth = stack.pop()
+        if split and depth == split_depth:
+            deferred.append((rel_dir, folder))
+            continue
         found, subs = files.setdefault(rel_dir, []), subfolders.setdefault(rel_dir, [])
         try:
             entries = list(os.scandir(folder))
@@ -59,7 +81,7 @@ def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
             try:
                 if e.is_dir(follow_symlinks=False):
-                    stack.append((e.path, rel))
+                    stack.append((e.path, rel, depth + 1))
                     subs.append((name, rel))
                     continue
             except OSError:
@@ -79,13 +101,23 @@ def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[
                                   "file name is not valid UTF-8"))
                 continue
             found.append(rel)
-    return _in_path_order(top, files, subfolders), skipped, unnamable
+        if depth == 0:
+            split_depth = 1 if len(subs) >= SPLIT_AT else 2
+    return files, subfolders, skipped, unnamable, deferred
 
 
-def _in_path_order(top: str, files: dict[str, list[str]], subfolders: dict[str, list[tuple[str, str]]]) -> list[str]:
+def _walk_all(root, under) -> tuple[list[str], collections.Counter, list[tuple[str, str]]]:
+    """:func:`walk_images` in this process alone (a job's own walk)."""
+    files, subfolders, skipped, unnamable, _ = _walk(root, under, split=False)
+    top = os.path.relpath(under or root, root).replace(os.sep, "/")
+    return _in_path_order(top, files, subfolders, {}), skipped, sorted(unnamable)
+
+
+def _in_path_order(top: str, files: dict[str, list[str]], subfolders: dict[str, list[tuple[str, str]]],
+                   done: dict[str, list[str]]) -> list[str]:
     """The images of every folder under ``top`` in the order of sorted Paths: a folder's entries
     by name, a sub-folder's images where its name falls (depth first, without recursion: a deep
-    tree cannot exhaust the stack)."""
+    tree cannot exhaust the stack); a folder of ``done`` is its list (walked as a job)."""
     out: list[str] = []
     stack = [iter([(top, True, top)])]
     while stack:
@@ -96,6 +128,9 @@ def _in_path_order(top: str, files: dict[str, list[str]], subfolders: dict[str, 
         _, is_folder, rel = item
         if not is_folder:
             out.append(rel)
+            continue
+        if rel in done:
+            out += done[rel]
             continue
         mine, subs = files.get(rel, []), subfolders.get(rel, [])
         mine.sort()  # (one prefix: the order of their names)
@@ -134,16 +169,26 @@ def stat_paths(root, paths) -> tuple[bytes, bytes]:
     return sizes.tobytes(), times.tobytes()
 
 
+def walk_tree(root, under) -> tuple:
+    """:func:`walk_images` of ``under`` as one job: (the paths' UTF-8 bytes, each ended by a NUL;
+    their number; skipped (a dict); unnamable). Bytes, not a list of str: compact to send."""
+    found, skipped, unnamable = _walk_all(root, under)
+    return _joined(found), len(found), dict(skipped), unnamable
+
+
 def walk_and_stat(root, under) -> tuple:
     """:func:`walk_images` of ``under`` and :func:`stat_paths` of what it finds, as one job:
-    (the paths' UTF-8 bytes, each ended by a NUL; their number; sizes; times; skipped (a dict);
-    unnamable). Bytes, not a list of str: compact to send and to keep."""
-    found, skipped, unnamable = walk_images(root, under)
-    blob = ("\0".join(found) + "\0").encode("utf-8", "surrogateescape") if found else b""
-    return (blob, len(found), *stat_paths(root, found), dict(skipped), unnamable)
+    (the paths' bytes as :func:`walk_tree` gives them; their number; sizes; times; skipped;
+    unnamable)."""
+    found, skipped, unnamable = _walk_all(root, under)
+    return (_joined(found), len(found), *stat_paths(root, found), dict(skipped), unnamable)
 
 
-JOBS = {"walk": walk_and_stat, "stat": stat_paths}
+def _joined(paths: list[str]) -> bytes:
+    return ("\0".join(paths) + "\0").encode("utf-8", "surrogateescape") if paths else b""
+
+
+JOBS = {"walk": walk_and_stat, "tree": walk_tree, "stat": stat_paths}
 
 
 def run(jobs) -> list:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipeline.data import _scan, _walk, scan
+from pipeline.data import _scan, _walk, scan, walk_images
 from pipeline.data._scan import fingerprints
 
 NON_UTF8 = os.fsdecode(b"d\xff")  # a folder name that is not UTF-8 (a str with a surrogate)
@@ -83,6 +83,27 @@ def test_a_scan_shared_with_helpers_gives_what_it_gives_alone(tmp_path, monkeypa
     assert [reason for _, reason in shared.unnamable] == ["file name is not valid UTF-8"]
     assert shared.fingerprints[list(shared.paths).index("class2/gone.jpg")].tolist() == [-1, -1]
     assert all(p.returncode == 0 for p in started)  # (ended, and ended well: its input closed)
+
+
+@pytest.mark.parametrize("layout", ["classes", "train/val/test"])
+def test_a_walk_of_a_whole_tree_shared_with_helpers_gives_what_it_gives_alone(tmp_path, done_here, started, layout):
+    """Sub-folders walked as jobs: those one level down (nine classes), or two under fewer than
+    eight (train/val/test, each with its classes), put back in the order of sorted paths."""
+    root = tmp_path / "data"
+    if layout == "classes":
+        _hostile_tree(root)
+        (root / "top.jpg").write_bytes(b"loose")  # (an image beside the folders: walked here)
+    else:
+        for part in ("train", "val", "test"):
+            _hostile_tree(root / part)
+        (root / "train" / "loose.png").write_bytes(b"x")
+    alone = _walk._walk_all(root, None)
+    done_here.clear()
+    shared = walk_images(root)
+    assert shared == alone and len(shared[0]) > 40
+    jobs = 9 if layout == "classes" else 27
+    assert 0 < done_here.count("tree") < jobs and len(started) == 1  # (the helper walked some)
+    assert shared[0] == [p.relative_to(root).as_posix() for p in sorted(root.joinpath(p) for p in shared[0])]
 
 
 def test_fingerprints_in_slices_shared_with_helpers(tmp_path, monkeypatch, done_here, started):
