@@ -26,6 +26,7 @@ import threading
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 START_AFTER = 0.01   # seconds: work done sooner than this never starts a helper
 MAX_HELPERS = 3      # a cap of four processes in all (measured: two cores, one helper)
+MAX_JOBS = 256       # more are packed into batches of neighbours (a job's round trip to a helper costs tens of µs)
 
 
 def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[tuple[str, str]]]:
@@ -188,7 +189,12 @@ def _joined(paths: list[str]) -> bytes:
     return ("\0".join(paths) + "\0").encode("utf-8", "surrogateescape") if paths else b""
 
 
-JOBS = {"walk": walk_and_stat, "tree": walk_tree, "stat": stat_paths}
+def batch(*jobs) -> list:
+    """The results of several jobs, as one job."""
+    return [_do(job) for job in jobs]
+
+
+JOBS = {"walk": walk_and_stat, "tree": walk_tree, "stat": stat_paths, "batch": batch}
 
 
 def run(jobs) -> list:
@@ -197,6 +203,8 @@ def run(jobs) -> list:
     process does them from the front; when there is more than one and the work is still going
     after :data:`START_AFTER`, helpers on the other cores take them from the back. A helper that
     cannot start or fails leaves its job to this process: helpers only ever save time."""
+    if len(jobs) > MAX_JOBS:  # (a folder per person of a face data set: 100,000 small jobs)
+        return [r for results in run(_Batches(jobs, -(-len(jobs) // MAX_JOBS))) for r in results]
     results: list = [None] * len(jobs)
     queue = collections.deque(range(len(jobs)))
     stop, procs = threading.Event(), []
@@ -224,6 +232,19 @@ def run(jobs) -> list:
         if r is None:
             results[i] = _do(jobs[i])
     return results
+
+
+class _Batches:
+    """``jobs`` packed ``size`` at a time into batch jobs, each made as it is taken."""
+
+    def __init__(self, jobs, size: int):
+        self.jobs, self.size = jobs, size
+
+    def __len__(self) -> int:
+        return (len(self.jobs) + self.size - 1) // self.size
+
+    def __getitem__(self, i: int) -> tuple:
+        return ("batch", *(self.jobs[k] for k in range(i * self.size, min((i + 1) * self.size, len(self.jobs)))))
 
 
 def _do(job: tuple):

@@ -106,6 +106,19 @@ def test_a_walk_of_a_whole_tree_shared_with_helpers_gives_what_it_gives_alone(tm
     assert shared[0] == [p.relative_to(root).as_posix() for p in sorted(root.joinpath(p) for p in shared[0])]
 
 
+def test_many_small_jobs_are_packed_into_batches(tmp_path, monkeypatch, done_here, started):
+    """More jobs than MAX_JOBS (a folder per person of a face data set) go in batches of
+    neighbours, each one round trip to a helper; the listing is the same."""
+    root = _hostile_tree(tmp_path / "data")
+    with monkeypatch.context() as alone:
+        alone.setattr(_walk, "_cores", lambda: 1)
+        expected = _listing(scan(root))
+    monkeypatch.setattr(_walk, "MAX_JOBS", 4)
+    done_here.clear()
+    assert _listing(scan(root)) == expected
+    assert 0 < done_here.count("batch") < 3 and len(started) == 1  # 9 jobs in 3 batches: the helper took some
+
+
 def test_fingerprints_in_slices_shared_with_helpers(tmp_path, monkeypatch, done_here, started):
     root = _hostile_tree(tmp_path / "data")
     paths = list(scan(root).paths) + ["class0/missing.jpg"]
