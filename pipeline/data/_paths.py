@@ -9,6 +9,7 @@ import numpy as np
 
 _BLOCK = 65536  # paths decoded or gathered at a time: bounded temporary memory
 _FIND_BLOCK = 4 * _BLOCK
+_SCAN = 1 << 22  # bytes searched for NULs at a time
 
 
 class PathList(Sequence):
@@ -35,32 +36,30 @@ class PathList(Sequence):
             blocks = iter(lambda: list(itertools.islice(paths, _BLOCK)), [])
         else:
             blocks = (paths[s:s + _BLOCK] for s in range(0, len(paths), _BLOCK))
-        return cls._joined((("\0".join(block) + "\0").encode("utf-8", "surrogateescape"), len(block))
-                           for block in blocks)
+        return cls.of_blocks((("\0".join(block) + "\0").encode("utf-8", "surrogateescape"), len(block))
+                             for block in blocks)
 
     @classmethod
     def of_encoded(cls, blocks: Iterable[list[bytes]]) -> PathList:
         """Paths given as UTF-8 bytes, a list at a time (as a file holds them), without making a
         str of each. A path holding a NUL is refused."""
-        return cls._joined((b"\0".join(block) + b"\0", len(block)) for block in blocks)
+        return cls.of_blocks((b"\0".join(block) + b"\0", len(block)) for block in blocks)
 
     @classmethod
-    def from_bytes(cls, data: bytes, n: int) -> PathList:
-        """``n`` paths given as their UTF-8 bytes, each ended by a NUL, in one piece (as a walk of
-        a folder gives them). A path holding a NUL is refused."""
-        return cls._joined([(data, n)])
-
-    @classmethod
-    def _joined(cls, blocks: Iterable[tuple[bytes, int]]) -> PathList:
-        """A PathList of blocks of (n paths' UTF-8 bytes, each ended by a NUL; n)."""
-        pieces, ends, at = [], [], 0
+    def of_blocks(cls, blocks: Iterable[tuple[bytes, int]]) -> PathList:
+        """Paths given as blocks of (n paths' UTF-8 bytes, each ended by a NUL; n), as a walk of
+        folders gives them. A path holding a NUL is refused."""
+        pieces = []
         for data, n in blocks:
             if data.count(b"\0") != n:
                 raise ValueError("a path holds a NUL character")
             pieces.append(data)
-            ends.append(np.flatnonzero(np.frombuffer(data, np.uint8) == 0) + (at + 1))
-            at += len(data)
-        return cls._whole(b"".join(pieces), np.concatenate([np.zeros(1, np.int64), *ends]))
+        blob = b"".join(pieces)
+        # where each path ends, found a few MB at a time over the joined bytes (bounded
+        # temporary memory, and no numpy call per block: a data set may have 100,000 folders)
+        view = np.frombuffer(blob, np.uint8)
+        ends = [np.flatnonzero(view[s:s + _SCAN] == 0) + (s + 1) for s in range(0, len(view), _SCAN)]
+        return cls._whole(blob, np.concatenate([np.zeros(1, np.int64), *ends]))
 
     @classmethod
     def _whole(cls, blob: bytes, starts: np.ndarray) -> PathList:

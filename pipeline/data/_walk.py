@@ -37,31 +37,31 @@ def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[
     that cannot be named in a code set, sorted. Links to files are followed; links to folders are
     not entered (a link loop cannot trap the walk). The folders one level down (two, under fewer
     than :data:`SPLIT_AT` folders: train/val/test) are walked as jobs (see :func:`run`)."""
-    files, subfolders, skipped, unnamable, deferred = _walk(root, under, split=True)
+    top = os.path.relpath(under or root, root).replace(os.sep, "/")
+    files, subfolders, skipped, unnamable, deferred = _walk(os.fspath(under or root), top, split=True)
     done = {}
-    for (rel, _), (blob, n, other, bad) in zip(deferred, run([("tree", os.fspath(root), path)
-                                                              for _, path in deferred])):
+    for (rel, _), (blob, n, other, bad) in zip(deferred, run([("tree", path, rel) for rel, path in deferred])):
         done[rel] = blob.decode("utf-8", "surrogateescape").split("\0")[:n]
         skipped.update(other)
         unnamable += bad
-    top = os.path.relpath(under or root, root).replace(os.sep, "/")
     return _in_path_order(top, files, subfolders, done), skipped, sorted(unnamable)
 
 
 SPLIT_AT = 8  # a folder with fewer sub-folders than this has theirs walked as the jobs
 
 
-def _walk(root, under, split: bool) -> tuple:
-    """The walk of :func:`walk_images` in this process: each folder's images and sub-folders,
-    what was passed over, and (``split``) the folders left to walk as jobs, (relative path, path)."""
+def _walk(folder: str, top: str, split: bool) -> tuple:
+    """The walk of :func:`walk_images` of ``folder`` (``top``: its path relative to the data
+    folder, "." for the data folder itself) in this process: each folder's images and
+    sub-folders, what was passed over, and (``split``) the folders left to walk as jobs,
+    (relative path, path)."""
     # Strings, not Paths (a million Paths take seconds to sort); kept per folder, each folder's
     # images sorted by name and the folders put in place after the walk: the order of sorted
     # Paths without a key computed for each of a million paths.
     files: dict[str, list[str]] = {}
     subfolders: dict[str, list[tuple[str, str]]] = {}  # (name, relative path) of each folder's sub-folders
     skipped, unnamable, deferred = collections.Counter(), [], []
-    top = os.path.relpath(under or root, root).replace(os.sep, "/")
-    stack = [(os.fspath(under or root), top, 0)]
+    stack = [(folder, top, 0)]
     split_depth = None
     while stack:
         folder, rel_dir, depth = stack.pop()
@@ -107,10 +107,9 @@ def _walk(root, under, split: bool) -> tuple:
     return files, subfolders, skipped, unnamable, deferred
 
 
-def _walk_all(root, under) -> tuple[list[str], collections.Counter, list[tuple[str, str]]]:
+def _walk_all(folder: str, top: str) -> tuple[list[str], collections.Counter, list[tuple[str, str]]]:
     """:func:`walk_images` in this process alone (a job's own walk)."""
-    files, subfolders, skipped, unnamable, _ = _walk(root, under, split=False)
-    top = os.path.relpath(under or root, root).replace(os.sep, "/")
+    files, subfolders, skipped, unnamable, _ = _walk(folder, top, split=False)
     return _in_path_order(top, files, subfolders, {}), skipped, sorted(unnamable)
 
 
@@ -170,18 +169,19 @@ def stat_paths(root, paths) -> tuple[bytes, bytes]:
     return sizes.tobytes(), times.tobytes()
 
 
-def walk_tree(root, under) -> tuple:
-    """:func:`walk_images` of ``under`` as one job: (the paths' UTF-8 bytes, each ended by a NUL;
-    their number; skipped (a dict); unnamable). Bytes, not a list of str: compact to send."""
-    found, skipped, unnamable = _walk_all(root, under)
+def walk_tree(folder: str, top: str) -> tuple:
+    """:func:`walk_images` of ``folder`` (``top``: its path relative to the data folder) as one
+    job: (the paths' UTF-8 bytes, each ended by a NUL; their number; skipped (a dict);
+    unnamable). Bytes, not a list of str: compact to send."""
+    found, skipped, unnamable = _walk_all(folder, top)
     return _joined(found), len(found), dict(skipped), unnamable
 
 
-def walk_and_stat(root, under) -> tuple:
-    """:func:`walk_images` of ``under`` and :func:`stat_paths` of what it finds, as one job:
-    (the paths' bytes as :func:`walk_tree` gives them; their number; sizes; times; skipped;
-    unnamable)."""
-    found, skipped, unnamable = _walk_all(root, under)
+def walk_and_stat(root: str, top: str) -> tuple:
+    """:func:`walk_images` of the folder ``top`` of ``root`` and :func:`stat_paths` of what it
+    finds, as one job: (the paths' bytes as :func:`walk_tree` gives them; their number; sizes;
+    times; skipped; unnamable)."""
+    found, skipped, unnamable = _walk_all(os.path.join(root, top), top)
     return (_joined(found), len(found), *stat_paths(root, found), dict(skipped), unnamable)
 
 

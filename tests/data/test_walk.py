@@ -97,7 +97,7 @@ def test_a_walk_of_a_whole_tree_shared_with_helpers_gives_what_it_gives_alone(tm
         for part in ("train", "val", "test"):
             _hostile_tree(root / part)
         (root / "train" / "loose.png").write_bytes(b"x")
-    alone = _walk._walk_all(root, None)
+    alone = _walk._walk_all(str(root), ".")
     done_here.clear()
     shared = walk_images(root)
     assert shared == alone and len(shared[0]) > 40
