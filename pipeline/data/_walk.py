@@ -3,8 +3,9 @@ is much to do, in helper processes on the machine's other cores.
 
 An update of a large data set spends most of its fixed cost here (a stat of every image: 4-6 µs
 each, nearly all of it the system call, which threads of one Python process do not overlap).
-Helpers take jobs (a class folder to walk, a slice of paths to stat) from the back of the list
-while this process takes them from the front, so the result never depends on who did what.
+Helpers take jobs (a class folder to walk and stat, a sub-folder to walk, a slice of paths to
+stat) from the back of the list while this process takes them from the front; each job's result
+goes in its place, so the result never depends on who did what.
 
 Standard library only, on purpose: a helper runs this file by its path (``python -I -S``), which
 starts in about 20 ms without importing the package. A multiprocessing worker would import the
@@ -27,6 +28,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 START_AFTER = 0.01   # seconds: work done sooner than this never starts a helper
 MAX_HELPERS = 3      # a cap of four processes in all (measured: two cores, one helper)
 MAX_JOBS = 256       # more are packed into batches of neighbours (a job's round trip to a helper costs tens of µs)
+SPLIT_AT = 8         # a walked folder with fewer sub-folders than this has theirs' sub-folders walked as the jobs
 
 
 def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[tuple[str, str]]]:
@@ -45,9 +47,6 @@ def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[
         skipped.update(other)
         unnamable += bad
     return _in_path_order(top, files, subfolders, done), skipped, sorted(unnamable)
-
-
-SPLIT_AT = 8  # a folder with fewer sub-folders than this has theirs walked as the jobs
 
 
 def _walk(folder: str, top: str, split: bool) -> tuple:
