@@ -28,7 +28,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 START_AFTER = 0.01   # seconds: work done sooner than this never starts a helper
 MAX_HELPERS = 3      # a cap of four processes in all (measured: two cores, one helper)
 MAX_JOBS = 256       # more are packed into batches of neighbours (a job's round trip to a helper costs tens of µs)
-SPLIT_AT = 8         # a walked folder with fewer sub-folders than this has theirs' sub-folders walked as the jobs
+SPLIT_AT = 8         # under a folder with fewer sub-folders than this, their own sub-folders are the jobs
 
 
 def walk_images(root, under=None) -> tuple[list[str], collections.Counter, list[tuple[str, str]]]:
