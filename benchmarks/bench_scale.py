@@ -18,8 +18,9 @@
 Each step runs in a process of its own, which reports its own peak RSS (VmHWM) and the bytes
 it wrote (``write_bytes`` of /proc/self/io: what it sent to storage); its time is the whole
 command's, measured from outside. A step of stage 1 is the command a user types (``cnn-codes
-codes``: its parsing, and its end without the interpreter's teardown). Before the build, 20 images are coded once so that the model's
-conversion for OpenVINO (once per machine and model) is in no step.
+codes``: its parsing, and its end without the interpreter's teardown). Before the build, 20
+images are coded once so that the model's conversion for OpenVINO (once per machine and model)
+is in no step.
 """
 from __future__ import annotations
 

@@ -155,7 +155,7 @@ class PathList(Sequence):
         if isinstance(other, PathList):
             if len(self) != len(other):
                 return False
-            return not len(self) or (self._span(self._lo, self._hi) == other._span(other._lo, other._hi)
+            return not len(self) or (self.encoded() == other.encoded()
                                      and np.array_equal(np.diff(self._starts[self._lo:self._hi + 1]),
                                                         np.diff(other._starts[other._lo:other._hi + 1])))
         if isinstance(other, (list, tuple)):
@@ -166,7 +166,7 @@ class PathList(Sequence):
         if not len(self):
             return PathList.of, ([],)
         starts = self._starts[self._lo:self._hi + 1] - self._starts[self._lo]
-        return PathList, (self._span(self._lo, self._hi) + b"\0", np.ascontiguousarray(starts))
+        return PathList, (self.encoded() + b"\0", np.ascontiguousarray(starts))
 
     def __repr__(self) -> str:
         head = ", ".join(repr(p) for p in self[:3])
@@ -184,7 +184,7 @@ def _hashes(paths: PathList) -> np.ndarray:
     out = np.empty(len(paths), np.uint64)
     for s in range(0, len(paths), _BLOCK):
         block = paths[s:s + _BLOCK]
-        items = block._span(block._lo, block._hi).split(b"\0")
+        items = block.encoded().split(b"\0")
         lengths = np.diff(block._starts[block._lo:block._hi + 1]).astype(np.int64) - 1
         n_words = (lengths + 7) // 8
         size = np.ceil(np.log2(np.maximum(n_words, 4))).astype(np.int64)  # 32 bytes or fewer, 64, 128, ...
@@ -210,8 +210,9 @@ def _same(a: PathList, b: PathList) -> np.ndarray:
         keep = np.flatnonzero(out)
         out[keep] = _same(a.take(keep), b.take(keep))
         return out
-    if len(la) and a._span(a._lo, a._hi) != b._span(b._lo, b._hi):  # (equal as a whole: the usual case)
-        differ = np.frombuffer(a._span(a._lo, a._hi), np.uint8) != np.frombuffer(b._span(b._lo, b._hi), np.uint8)
+    ea, eb = a.encoded(), b.encoded()  # (each copied once)
+    if len(la) and ea != eb:  # (equal as a whole: the usual case)
+        differ = np.frombuffer(ea, np.uint8) != np.frombuffer(eb, np.uint8)
         ends = np.cumsum(la) - 1  # (each path's NUL, left out of the spans but the last's)
         out &= np.add.reduceat(np.r_[differ, False], np.r_[0, ends[:-1] + 1]) == 0
     return out
