@@ -46,9 +46,10 @@ from pipeline.codes._format import (
 )
 from pipeline.codes._homes import claim_home
 from pipeline.codes._locks import writer_lock
-from pipeline.codes._plan import OutputPlan, Plan, make_plan
+from pipeline.codes._plan import OutputPlan, Partition, Plan, make_plan
 from pipeline.codes._runtimes import choose_runtime
 from pipeline.codes._settings import CodeIdentity, ComputeOptions, StoredSplit, split_options
+from pipeline.codes._shelf import shelved
 from pipeline.codes._worker import WorkSpec, default_decode_threads
 from pipeline.data import IMAGE_EXTENSIONS, LayoutOptions, assign_split, content_digest, describe_skipped, read_folder
 from pipeline.errors import USER_ERRNOS, Interrupted, UserError, check_seed, os_error_text
@@ -128,10 +129,11 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
             fault_point("locked")
             plan = make_plan(ds, files, out_attrs, overwrite=compute.overwrite, verify=compute.verify,
                              target=compute.partition_size, max_parts=compute.max_parts)
-            large = _compute(plan, spec, progress=progress, stats=stats)
-            fault_point("all-staged")
-            failed = _commit_all(plan, assign_split(ds, split, seed), _label_attrs(ds, split, seed),
-                                 compute.max_parts)
+            drawn = assign_split(ds, split, seed)
+            with shelved(plan, home):  # (the listing, 60 bytes an image, not held while computing)
+                large = _compute(plan, spec, progress=progress, stats=stats)
+                fault_point("all-staged")
+                failed = _commit_all(plan, drawn, _label_attrs(ds, split, seed), compute.max_parts)
     except KeyboardInterrupt:
         staged = sum(all(o.staged(p) for o in plan.outputs) for p in plan.pending) if plan else 0
         raise Interrupted(f"{staged} finished partition(s) are kept; run the same command again to resume"
@@ -255,11 +257,16 @@ def _commit_all(plan: Plan, split: np.ndarray, split_attrs: dict, max_parts) -> 
 @dataclasses.dataclass
 class _PartRows:
     """The rows a part of this run gives a code set: which of the part's rows (None: all) and
-    each one's image (its position in the data set)."""
+    each one's image (its position in the data set; None: the partition's own, read when
+    written: a build holds no position per image through its commit)."""
 
     name: str
     which: np.ndarray | None
-    images: np.ndarray
+    images: np.ndarray | None
+    partition: Partition
+
+    def __len__(self) -> int:
+        return len(self.partition) if self.images is None else len(self.images)
 
 
 @dataclasses.dataclass
@@ -277,7 +284,7 @@ class _NewRows:
 
     @property
     def n_rows(self) -> int:
-        return len(self.kept) + sum(len(p.images) for p in self.parts)
+        return len(self.kept) + sum(len(p) for p in self.parts)
 
 
 def _gather(out: OutputPlan, plan: Plan) -> _NewRows:
@@ -285,8 +292,9 @@ def _gather(out: OutputPlan, plan: Plan) -> _NewRows:
     ds, folder = plan.ds, parts_dir(out.path)
     fresh = np.zeros(len(ds), bool)  # images whose row comes from this run's parts (or that failed now)
     parts, new_failed, with_codes = [], [], []
-    for p in plan.partitions:
-        part = read_part(folder / f"part-{p.id}.h5")
+    for partition in plan.partitions:
+        part = read_part(folder / f"part-{partition.id}.h5")
+        p = partition.load()  # (its listing, a partition at a time)
         at = p.positions(part.paths + [f.path for f in part.failed])  # rows with codes, then failures
         at, failed_at = at[:len(part.paths)], at[len(part.paths):]
         # An image this code set already holds unchanged keeps its row (computed again only for
@@ -295,10 +303,9 @@ def _gather(out: OutputPlan, plan: Plan) -> _NewRows:
         fresh[at[new]] = True
         fresh[failed_at[failed_at >= 0]] = True
         if new.all():
-            # (a build: the partition's own positions, a view of the plan's, not a copy)
-            parts.append(_PartRows(part.name, None, p.images if np.array_equal(at, p.images) else at))
+            parts.append(_PartRows(part.name, None, None if np.array_equal(at, p.images) else at, partition))
         elif new.any():
-            parts.append(_PartRows(part.name, np.flatnonzero(new), at[new]))
+            parts.append(_PartRows(part.name, np.flatnonzero(new), at[new], partition))
         new_failed += part.failed
         if part.n_rows:
             with_codes.append((part.dim, part.code_shape, part.runtime))  # (not its rows: kept for every part)
@@ -329,7 +336,7 @@ def _index_attrs(out: OutputPlan, plan: Plan, rows: _NewRows, split_attrs: dict)
 def _labels_of(ds, images: np.ndarray) -> np.ndarray:
     """The labels of ``images`` as the index stores them; a multi-label set: rows of 0/1 targets."""
     return (ds.targets[images].astype(np.uint8, copy=False) if ds.multi_label
-            else np.asarray(ds.labels)[images].astype(np.int32, copy=False))
+            else ds.labels[images].astype(np.int32, copy=False))
 
 
 BLOCK = 65536  # kept rows written a block at a time
@@ -364,8 +371,13 @@ def _write_index(out: OutputPlan, plan: Plan, rows: _NewRows, split: np.ndarray,
             writer.add(piece, ds.paths.take(at), _labels_of(ds, at), split[at])
         for p in rows.parts:
             piece = read_part_rows(folder / p.name)
-            writer.add(piece if p.which is None else piece.take(p.which), ds.paths.take(p.images),
-                       _labels_of(ds, p.images), split[p.images])
+            if p.images is None:  # (the partition's own images, in its order)
+                own = p.partition.load()
+                images, paths = own.images, own.paths
+            else:
+                images, paths = p.images, ds.paths.take(p.images)
+            writer.add(piece if p.which is None else piece.take(p.which), paths, _labels_of(ds, images),
+                       split[images])
         writer.close(list(ds.class_names), rows.failed, attrs)
         return writer.n_parts
 

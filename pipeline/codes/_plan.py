@@ -42,6 +42,10 @@ class Partition:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def load(self) -> Partition:
+        """The partition with its listing in memory (this one: see the shelved ones of a run)."""
+        return self
+
     def positions(self, paths) -> np.ndarray:
         """Where each of ``paths`` (of this partition's images) is in the data set; -1 for another."""
         at = PathLookup(self.paths).find(paths)

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -24,7 +25,7 @@ from pipeline.codes._plan import Partition
 from pipeline.codes._runtimes import (OpenVINOMapper, SourceKey, choose_runtime, converted_from_source, make_mapper,
                                       remember_source)
 from pipeline.codes._settings import CodeIdentity, ComputeOptions
-from pipeline.data import ImageError, PathList, content_digest, load_image
+from pipeline.data import ImageError, content_digest, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +183,9 @@ class Worker:
         end one partition and start the next: no padded batch at each boundary), yielding each
         partition's result once its part files are in place."""
         s, ident = self.spec, self.spec.identity
-        # nothing held per image beyond the partitions (a build's paths: one view of the data set's)
-        paths = PathList.concat([part.paths for part in partitions])
+        paths = _Stream(partitions)  # (a partition's listing in memory while it is computed)
         left = np.array([len(p) for p in partitions])
-        first = np.cumsum(left) - left  # each partition's first image in the stream
+        first = paths.first
         writers: dict[int, list[PartWriter]] = {}
         failed: dict[int, list[FailedImage]] = {}
         large: dict[int, list[str]] = {}
@@ -199,7 +199,7 @@ class Worker:
                 ks = np.unique(owner)
                 for k in ks:
                     mine = owner == k
-                    fingerprints = np.asarray(partitions[k].fingerprints, np.int64).reshape(-1, 2)
+                    fingerprints = np.asarray(paths.partition(k).fingerprints, np.int64).reshape(-1, 2)
                     if k not in writers:
                         writers[k] = [PartWriter(Path(d), partitions[k].id, c.shape[1], ident.dtype, len(partitions[k]),
                                                  dict(json.loads(a), code_shape=json.dumps(list(shape))))
@@ -218,12 +218,44 @@ class Worker:
                     if left[k] == 0:
                         for w in writers.pop(k):
                             w.close(self.description)
+                        paths.let_go(k)
                         yield PartitionResult(partitions[k].id, len(partitions[k]), failed.pop(k), large.pop(k))
                 on_batch(len(batch.indices))
         finally:
             for ws in writers.values():  # interrupted: nothing half-written stays behind
                 for w in ws:
                     w.abort()
+
+
+class _Stream:
+    """The paths of partitions one after the other, as one sequence: each partition loaded
+    (:meth:`Partition.load`) when first needed and let go once computed. The decoding threads
+    read it a batch or two ahead of the writer, so a few partitions at most are held."""
+
+    def __init__(self, partitions: list[Partition]):
+        self.partitions = partitions
+        sizes = np.array([len(p) for p in partitions], np.int64)
+        self.first = np.cumsum(sizes) - sizes  # each partition's first image in the stream
+        self.n = int(sizes.sum())
+        self._held: dict[int, Partition] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def partition(self, k: int) -> Partition:
+        with self._lock:
+            if k not in self._held:
+                self._held[k] = self.partitions[k].load()
+            return self._held[k]
+
+    def let_go(self, k: int) -> None:
+        with self._lock:
+            self._held.pop(k, None)
+
+    def __getitem__(self, i) -> str:
+        k = int(np.searchsorted(self.first, i, side="right")) - 1
+        return self.partition(k).paths[int(i) - int(self.first[k])]
 
 
 def _with_mirrors(stream):

@@ -100,6 +100,14 @@ class PathList(Sequence):
         """The paths' UTF-8 bytes, joined by NULs."""
         return self._span(self._lo, self._hi) if len(self) else b""
 
+    def buffers(self) -> tuple[memoryview, np.ndarray]:
+        """The paths' bytes, each ended by a NUL (a view, not a copy), and where each starts in
+        them, with one more for the end: what ``PathList(bytes, starts)`` is made of again."""
+        if not len(self):
+            return memoryview(b""), np.zeros(1, np.int64)
+        lo, hi = int(self._starts[self._lo]), int(self._starts[self._hi])
+        return memoryview(self._blob)[lo:hi], self._starts[self._lo:self._hi + 1].astype(np.int64) - lo
+
     def max_bytes(self) -> int:
         """The length in bytes of the longest path (0 for none)."""
         if not len(self):

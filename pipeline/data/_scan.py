@@ -236,8 +236,8 @@ def assign_split(ds: ImageFolder, fractions=(0.7, 0.15, 0.15), seed=0) -> np.nda
         idx = np.flatnonzero(given == mark)
         if len(idx):
             total = sum(parts)
-            out[idx] = stratified_split(ds.paths.take(idx), ds.labels[idx], tuple(p / total for p in parts),
-                                        seed, ds.class_names)
+            # (by class name: no copy of the paths, which only a split without class names needs)
+            out[idx] = stratified_split(None, ds.labels[idx], tuple(p / total for p in parts), seed, ds.class_names)
     return out
 
 
