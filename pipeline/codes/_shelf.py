@@ -12,6 +12,7 @@ included, leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import tempfile
 import threading
@@ -222,6 +223,17 @@ def shelved(plan: Plan, folder: Path):
             ds.labels = shelf.put(ds.labels, np.asarray(ds.labels).dtype)
             if ds.targets is not None:
                 ds.targets = shelf.put(ds.targets, ds.targets.dtype, ds.targets.shape[1:])
+        _give_back_freed_memory()
         yield plan
     finally:
         shelf.close()
+
+
+def _give_back_freed_memory() -> None:
+    """Return to the system the memory the listing held: glibc keeps memory freed amid its heap,
+    and the computing allocates in threads of their own, which do not reuse it (at a million
+    images a build computed with 50 MB more than it needed). Elsewhere: nothing to do."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
