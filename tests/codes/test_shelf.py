@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import STAGE1_ATTRS, synthetic_folder
+
 from pipeline.codes import _shelf
 from pipeline.codes._plan import make_plan
 from pipeline.codes._shelf import Shelf, ShelvedPaths, shelved
