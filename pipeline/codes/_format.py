@@ -41,6 +41,7 @@ from pipeline.errors import UserError
 FORMAT_VERSION = 2
 STR = h5py.string_dtype()
 MAX_PARTS = 256  # before compaction; each part is an open file while the index is read
+PATH_BLOCK = 4096  # a part's paths written a block at a time
 
 
 def parts_dir(path: Path) -> Path:
@@ -92,22 +93,28 @@ class PartWriter:
         self.codes = self.f.create_dataset("codes", (0, dim), dtype=dtype, maxshape=(None, dim),
                                            chunks=(max(1, min(256, max_rows)), dim))
         self.f.attrs.update(attrs, format_version=FORMAT_VERSION, partition=part_id)
-        self.paths, self.fingerprints, self.digests, self.failed = [], [], [], []
+        # held as arrays and blocks of bytes, not a str and an int an image: a partition of a
+        # large build has 30,000 images, and a worker holds its part's columns until it closes
+        self.n_rows, self.paths, self.fingerprints, self.digests, self.failed = 0, [], [], [], []
 
     def append(self, codes: np.ndarray, paths, fingerprints, digests, failed: list[FailedImage]) -> None:
-        n = len(self.paths)
+        n = self.n_rows
         self.codes.resize(n + len(codes), axis=0)
         self.codes[n:] = codes
-        self.paths += list(paths)
+        self.n_rows += len(codes)
+        self.paths.append(PathList.of(list(paths) if not isinstance(paths, PathList) else paths))
         self.fingerprints.append(np.asarray(fingerprints, np.int64).reshape(-1, 2))
-        self.digests += list(digests)
+        self.digests.append(np.asarray(digests, np.uint64).reshape(-1))
         self.failed += failed
 
     def close(self, runtime: str) -> Path:
         f = self.f
-        f.create_dataset("paths", data=self.paths, dtype=STR)
+        paths = PathList.concat(self.paths)
+        column = f.create_dataset("paths", shape=(len(paths),), dtype=STR)
+        for s in range(0, len(paths), PATH_BLOCK):  # (strings made a block at a time)
+            column[s:s + PATH_BLOCK] = np.array(list(paths[s:s + PATH_BLOCK]), dtype=object)
         f.create_dataset("fingerprints", data=np.concatenate(self.fingerprints or [np.zeros((0, 2), np.int64)]))
-        f.create_dataset("digests", data=np.asarray(self.digests, np.uint64))
+        f.create_dataset("digests", data=np.concatenate(self.digests or [np.zeros(0, np.uint64)]))
         f.create_dataset("failed_paths", data=[x.path for x in self.failed], dtype=STR)
         f.create_dataset("failed_reasons", data=[x.reason for x in self.failed], dtype=STR)
         f.create_dataset("failed_fingerprints",
