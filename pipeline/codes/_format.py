@@ -102,7 +102,7 @@ class PartWriter:
         self.codes.resize(n + len(codes), axis=0)
         self.codes[n:] = codes
         self.n_rows += len(codes)
-        self.paths.append(PathList.of(list(paths) if not isinstance(paths, PathList) else paths))
+        self.paths.append(PathList.of(paths))
         self.fingerprints.append(np.asarray(fingerprints, np.int64).reshape(-1, 2))
         self.digests.append(np.asarray(digests, np.uint64).reshape(-1))
         self.failed += failed
