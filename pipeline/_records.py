@@ -110,6 +110,9 @@ def run_name(run_dir) -> str:
 AnyFloat = Annotated[float, Field(allow_inf_nan=True)]  # a diverged loss is NaN: what happened
 
 
+Interval = Annotated[list[Fraction], Field(min_length=2, max_length=2)]
+
+
 class RunMetrics(Schema):
     """What every run measured on its test images (more fields are kept as they are)."""
 
@@ -118,6 +121,13 @@ class RunMetrics(Schema):
     mean_per_class_accuracy: Fraction
     top5_accuracy: Fraction | None = None
     positive_class: Text | None = None
+    # 95% intervals [low, high] (reports._intervals; runs made before them have none)
+    accuracy_ci: Interval | None = None
+    mean_per_class_accuracy_ci: Interval | None = None
+    top5_accuracy_ci: Interval | None = None
+    mAP_ci: Interval | None = None
+    micro_f1_ci: Interval | None = None
+    macro_f1_ci: Interval | None = None
 
 
 class RunRecord(Schema):

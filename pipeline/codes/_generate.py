@@ -51,7 +51,15 @@ from pipeline.codes._runtimes import choose_runtime
 from pipeline.codes._settings import CodeIdentity, ComputeOptions, StoredSplit, split_options
 from pipeline.codes._shelf import shelved
 from pipeline.codes._worker import WorkSpec, default_decode_threads
-from pipeline.data import IMAGE_EXTENSIONS, LayoutOptions, assign_split, content_digest, describe_skipped, read_folder
+from pipeline.data import (
+    IMAGE_EXTENSIONS,
+    LayoutOptions,
+    assign_split,
+    content_digest,
+    describe_skipped,
+    keep_stored_split,
+    read_folder,
+)
 from pipeline.errors import USER_ERRNOS, Interrupted, UserError, check_seed, os_error_text
 
 logger = logging.getLogger(__name__)
@@ -129,11 +137,11 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
             fault_point("locked")
             plan = make_plan(ds, files, out_attrs, overwrite=compute.overwrite, verify=compute.verify,
                              target=compute.partition_size, max_parts=compute.max_parts)
-            drawn = assign_split(ds, split, seed)
+            drawn, kept = _kept_split(plan.outputs[0], ds, assign_split(ds, split, seed), resplit or compute.overwrite)
             with shelved(plan, home):  # (the listing, 60 bytes an image, not held while computing)
                 large = _compute(plan, spec, progress=progress, stats=stats)
                 fault_point("all-staged")
-                failed = _commit_all(plan, drawn, _label_attrs(ds, split, seed), compute.max_parts)
+                failed = _commit_all(plan, drawn, _label_attrs(ds, split, seed, kept), compute.max_parts)
     except KeyboardInterrupt:
         staged = sum(all(o.staged(p) for o in plan.outputs) for p in plan.pending) if plan else 0
         raise Interrupted(f"{staged} finished partition(s) are kept; run the same command again to resume"
@@ -222,9 +230,30 @@ def _percent(fractions) -> str:
     return "/".join(f"{100 * x:g}" for x in fractions) if fractions else "?"
 
 
-def _label_attrs(ds, split, seed) -> dict:
+SPLIT_METHOD = "path-hash"  # each drawn image's part a function of the seed and its path (data._scan.split_scores)
+
+
+def _kept_split(out: OutputPlan, ds, split: np.ndarray, redraw: bool) -> tuple[np.ndarray, int]:
+    """A code set written before the split was a function of each image's path keeps the split it
+    stored for the images it holds (never redrawn silently); only its new images take the path's.
+    Returns the split and how many images kept a stored part."""
+    index = out.index
+    if redraw or index is None or str(index.attrs.get("split_method", "")) == SPLIT_METHOD or not len(out.at):
+        return split, 0
+    stored = np.full(len(ds), -1, np.int8)
+    rows = np.flatnonzero(out.at >= 0)
+    stored[out.at[rows]] = np.asarray(index.split)[rows]
+    split, kept = keep_stored_split(ds, split, stored)
+    if kept:
+        logger.info(f"note: {out.path.name} was split by an earlier version: its {kept} image(s) keep the part they "
+                    f"had, new images take the part their path gives (--resplit: every image by its path, docs/data.md)")
+    return split, kept
+
+
+def _label_attrs(ds, split, seed, kept=0) -> dict:
     """What the index says about labels and split besides them: how they were read and drawn."""
     return dict(split_fractions=json.dumps([round(x, 6) for x in split]), split_seed=seed,
+                split_method=SPLIT_METHOD if not kept else f"stored by an earlier version; new images {SPLIT_METHOD}",
                 layout=json.dumps(ds.source, sort_keys=True),
                 task="multi-label" if ds.multi_label else "single-label")
 

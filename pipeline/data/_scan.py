@@ -9,7 +9,6 @@ import ntpath
 import os
 import posixpath
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,8 @@ SPLIT_NAMES = ("train", "val", "test", "unlabelled")
 # Split values of a layout that are still to be drawn (never stored): every part drawn, only the
 # validation part (the test part is given), only the test part (the validation part is given).
 DRAW, DRAW_VAL, DRAW_TEST = -1, -2, -3
+# The key of the split's hash (with the seed): another key would deal every image anew.
+SPLIT_KEY = b"cnn-codes split v1"
 
 
 @dataclasses.dataclass
@@ -199,46 +200,88 @@ def parse_split(text: str) -> tuple[float, float, float]:
     return tuple(p / total for p in parts)
 
 
-def stratified_split(paths, labels, fractions=(0.7, 0.15, 0.15), seed=0, class_names=None) -> np.ndarray:
-    """Per-class split: ``out[i]`` is TRAIN, VAL or TEST for image ``i``.
-
-    Within each class the images are shuffled by a generator seeded from ``seed`` and the class
-    name (``class_names[c]``; without them, the first folder of the class's first path), then cut
-    by ``fractions``, rounding so that each class keeps at least one training image and (with two
-    or more images) at least one test image (when ``fractions`` has a test part). The result
-    depends only on ``seed``, the fractions and each class's own image list.
-    """
-    labels = np.asarray(labels)
-    out = np.full(len(labels), TRAIN, np.int8)
-    _, f_val, f_test = fractions
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        key = (class_names[c] if class_names is not None and 0 <= c < len(class_names)
-               else str(c) if class_names is not None else paths[idx[0]].split("/")[0])
-        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-        idx = idx[rng.permutation(len(idx))]
-        n = len(idx)
-        n_test = min(max(int(round(n * f_test)), 1 if n >= 2 and f_test > 0 else 0), n - 1)
-        n_val = min(int(round(n * f_val)), n - 1 - n_test)
-        out[idx[:n_test]] = TEST
-        out[idx[n_test:n_test + n_val]] = VAL
+def split_scores(paths, seed=0) -> np.ndarray:
+    """Each path's place in [0, 1) under ``seed``: a keyed BLAKE2b of the path's own bytes
+    (relative to the data folder, as stored). It depends on nothing else, so an image keeps its
+    place whatever is added, removed or relabelled beside it, and wherever the folder moves."""
+    key = SPLIT_KEY + int(seed).to_bytes(8, "little")
+    out = np.empty(len(paths), np.float64)
+    at = 0
+    for block in PathList.of(paths).encoded_blocks():
+        h = np.frombuffer(b"".join(hashlib.blake2b(p, digest_size=8, key=key).digest() for p in block), "<u8")
+        out[at:at + len(h)] = (h >> np.uint64(11)) * 2.0 ** -53  # (the top 53 bits: exact in a float64)
+        at += len(h)
     return out
+
+
+def cut_split(scores, labels, fractions=(0.7, 0.15, 0.15)) -> np.ndarray:
+    """TRAIN, VAL or TEST from each image's score (:func:`split_scores`): test below the test
+    share, validation below test + validation, training above. The one exception, for tiny
+    classes: a class left without a training image gives its highest-scored image to training,
+    and one of two or more images left without a test image (where there is a test share) its
+    lowest-scored image to test; only such an image moves when its class changes."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
+    _, f_val, f_test = fractions
+    out = np.full(len(scores), TRAIN, np.int8)
+    out[scores < f_test + f_val] = VAL
+    out[scores < f_test] = TEST
+    if not len(out):
+        return out
+    _, cls = np.unique(labels, return_inverse=True)
+    order = np.lexsort((scores, cls))  # by class, then by score
+    n = np.bincount(cls)
+    first = np.r_[0, np.cumsum(n)[:-1]]
+    lacks_train = np.bincount(cls, out == TRAIN, len(n)) == 0
+    out[order[(first + n - 1)[lacks_train]]] = TRAIN
+    if f_test > 0:
+        lacks_test = (np.bincount(cls, out == TEST, len(n)) == 0) & (n >= 2)
+        out[order[first[lacks_test]]] = TEST
+    return out
+
+
+def stratified_split(paths, labels, fractions=(0.7, 0.15, 0.15), seed=0, class_names=None) -> np.ndarray:
+    """Per-class split of images by their own paths: ``out[i]`` is TRAIN, VAL or TEST for
+    ``paths[i]`` (:func:`split_scores` under ``seed``, cut by ``fractions``: :func:`cut_split`).
+    Each class keeps at least one training image and, with two or more images, one test image.
+    ``class_names`` is accepted for older callers and not used: the split depends only on
+    ``seed``, the fractions, each image's path and its class's other images (tiny classes)."""
+    return cut_split(split_scores(paths, seed), labels, fractions)
 
 
 def assign_split(ds: ImageFolder, fractions=(0.7, 0.15, 0.15), seed=0) -> np.ndarray:
     """Each image's split: the one the layout gives, the parts it leaves open drawn per class
-    from ``fractions`` (renormalised over the parts drawn), UNLABELLED for unlabelled images."""
+    by :func:`stratified_split` from ``fractions`` (renormalised over the parts drawn),
+    UNLABELLED for unlabelled images."""
     given = ds.split if ds.split is not None else np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
     out = given.astype(np.int8).copy()
+    drawn = np.flatnonzero(given < 0)
+    if not len(drawn):
+        return out
+    scores = split_scores(ds.paths.take(drawn), seed)
     f_train, f_val, f_test = fractions
     for mark, parts in ((DRAW, (f_train, f_val, f_test)), (DRAW_VAL, (f_train, f_val, 0.0)),
                         (DRAW_TEST, (f_train, 0.0, f_test))):
-        idx = np.flatnonzero(given == mark)
-        if len(idx):
+        which = given[drawn] == mark
+        if which.any():
             total = sum(parts)
-            # (by class name: no copy of the paths, which only a split without class names needs)
-            out[idx] = stratified_split(None, ds.labels[idx], tuple(p / total for p in parts), seed, ds.class_names)
+            idx = drawn[which]
+            out[idx] = cut_split(scores[which], ds.labels[idx], tuple(p / total for p in parts))
     return out
+
+
+def keep_stored_split(ds: ImageFolder, split: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, int]:
+    """``split`` (from :func:`assign_split`) with each drawn image's ``stored`` part kept where
+    the layout allows it (a code set split by an earlier version: its images keep their parts;
+    ``stored`` -1 where an image has none). Returns the split and how many images kept a part."""
+    given = ds.split if ds.split is not None else np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
+    stored = np.asarray(stored)
+    keep = (((given == DRAW) & (stored >= TRAIN) & (stored <= TEST))
+            | ((given == DRAW_VAL) & ((stored == TRAIN) | (stored == VAL)))
+            | ((given == DRAW_TEST) & ((stored == TRAIN) | (stored == TEST))))
+    if not keep.any():
+        return split, 0
+    split = np.where(keep, stored, split).astype(np.int8)
+    return split, int(keep.sum())
 
 
 class ImageError(Exception):

@@ -34,6 +34,7 @@ from pipeline.codes._codeset import data_root_of
 from pipeline.data import TEST, relative_inside
 from pipeline.errors import ParameterError, UserError, one_line
 from pipeline.heads import load_head
+from pipeline.reports._intervals import NOTE as INTERVALS_NOTE
 from pipeline.reports._pages import (
     embedded_figure,
     esc,
@@ -189,21 +190,29 @@ def gallery(predictions: list[dict], data_root: Path | None, limit: int = GALLER
 def run_page(run_dir: Path, record: dict, limit: int = GALLERY) -> str:
     m = record.get("metrics", {})
     class_names = record["class_names"]
-    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"
+    ci = lambda key, f: (f" (95% CI {f(m[key + '_ci'][0])} to {f(m[key + '_ci'][1])})"
+                         if m.get(key + "_ci") else "")  # (checked two fractions: RunMetrics)
+    percent = lambda v: f"{100 * v:.2f}%"
+    pct = lambda v, key=None: "n/a" if v is None else percent(v) + (ci(key, percent) if key else "")
+    fixed = lambda key: f"{m[key]:.4f}" + ci(key, lambda v: f"{v:.4f}")
     multi = m.get("task") == "multi-label"
-    items = [("kind", record["kind"]), ("test accuracy" + (" (exact match)" if multi else ""), pct(m.get("accuracy"))),
-             ("per-label accuracy" if multi else "mean per-class accuracy", pct(m.get("mean_per_class_accuracy")))]
+    items = [("kind", record["kind"]), ("test accuracy" + (" (exact match)" if multi else ""),
+                                        pct(m.get("accuracy"), "accuracy")),
+             ("per-label accuracy" if multi else "mean per-class accuracy",
+              pct(m.get("mean_per_class_accuracy"), "mean_per_class_accuracy"))]
     if multi:
-        items += [("mAP", "n/a" if m.get("mAP") is None else f"{m['mAP']:.4f}"),
-                  ("micro / macro F1", f"{m['micro_f1']:.4f} / {m['macro_f1']:.4f}")]
+        items += [("mAP", "n/a" if m.get("mAP") is None else fixed("mAP")),
+                  ("micro / macro F1", f"{fixed('micro_f1')} / {fixed('macro_f1')}")]
     if m.get("top5_accuracy") is not None:
-        items.append(("top-5 accuracy", pct(m["top5_accuracy"])))
+        items.append(("top-5 accuracy", pct(m["top5_accuracy"], "top5_accuracy")))
     if m.get("roc_auc") is not None:
         items += [("ROC AUC", f"{m['roc_auc']:.4f} (positive class {m['positive_class']})"),
                   ("average precision", f"{m['average_precision']:.4f}")]
     items += [("images (train / validation / test)", f"{record.get('n_train')} / {record.get('n_val')} / {record.get('n_test')}"),
               ("classes", len(class_names)), ("training seconds", record.get("train_seconds")),
               ("codes", record.get("codes", "")), ("run folder", run_name(run_dir))]
+    if m.get("accuracy_ci"):
+        items.append(("what the intervals mean", INTERVALS_NOTE))
     sections = [section("Summary", facts(items), "summary")]
     predictions = read_predictions(run_dir)
     if predictions is None and recompute_predictions(run_dir, record):

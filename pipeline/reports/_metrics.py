@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ParameterError
+from pipeline.reports._intervals import METHOD, mean_per_class_interval, multi_label_intervals, wilson
 from pipeline.reports._safe import plain_text
 
 # Deferred on purpose: scikit-learn, matplotlib are imported inside the functions that use them, so
@@ -43,6 +44,11 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names, positive: str |
                                         zero_division=0, digits=3),
         "confusion": confusion_matrix(y_true, pred, labels=labels).tolist(),
     }
+    out["accuracy_ci"] = list(wilson(int((pred == y_true).sum()), len(y_true)))
+    if out["top5_accuracy"] is not None:
+        out["top5_accuracy_ci"] = list(wilson(round(out["top5_accuracy"] * len(y_true)), len(y_true)))
+    out["mean_per_class_accuracy_ci"] = list(mean_per_class_interval(y_true, pred))
+    out["intervals"] = METHOD
     pos = positive_index(class_names, positive)
     if pos is not None:
         truth, score = (np.asarray(y_true) == pos), proba[:, pos]
@@ -88,6 +94,8 @@ def evaluate_multi_label(Y: np.ndarray, proba: np.ndarray, thresholds, label_nam
         "micro_f1": float(f1_score(Y, pred, average="micro", zero_division=0)),
         "macro_f1": float(f1_score(Y, pred, average="macro", zero_division=0)),
         "per_label": per_label, "report": "\n".join(lines) + "\n", "confusion": None,
+        "accuracy_ci": list(wilson(int((pred == Y).all(1).sum()), len(Y))),
+        **(multi_label_intervals(Y, proba, pred) if len(Y) else {}), "intervals": METHOD,
     }
 
 
@@ -104,18 +112,27 @@ def positive_index(class_names, positive: str | None = None) -> int | None:
     return class_names.index(positive) if positive is not None else 1
 
 
-def summary(metrics: dict) -> str:
-    """'test accuracy A, top-5 T, mean per-class M' (ROC AUC instead of top-5 for two classes);
-    multi-label: 'test accuracy A (exact match), per-label accuracy M, mAP P, micro F1 F'."""
-    if metrics.get("task") == "multi-label":
-        m = metrics
-        return (f"test accuracy {m['accuracy']:.4f} (exact match), per-label accuracy {m['mean_per_class_accuracy']:.4f}, "
-                + (f"mAP {m['mAP']:.4f}" if m["mAP"] is not None else "mAP n/a")
+def interval(metrics: dict, key: str) -> str:
+    """' 95% CI [L, H]' after a figure, where the metrics hold its interval ('' where not)."""
+    ci = metrics.get(f"{key}_ci")
+    return f" 95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci and None not in ci else ""
+
+
+def summary(metrics: dict, name: str = "test accuracy") -> str:
+    """'test accuracy A 95% CI [L, H], top-5 T, mean per-class M 95% CI [L, H]' (ROC AUC instead
+    of top-5 for two classes); multi-label: 'test accuracy A 95% CI [L, H] (exact match),
+    per-label accuracy M, mAP P 95% CI [L, H], micro F1 F, macro F1 G'; each figure's interval
+    where the metrics hold it (runs made before intervals have none)."""
+    m = metrics
+    if m.get("task") == "multi-label":
+        return (f"{name} {m['accuracy']:.4f}{interval(m, 'accuracy')} (exact match), per-label accuracy "
+                f"{m['mean_per_class_accuracy']:.4f}, "
+                + (f"mAP {m['mAP']:.4f}{interval(m, 'mAP')}" if m["mAP"] is not None else "mAP n/a")
                 + f", micro F1 {m['micro_f1']:.4f}, macro F1 {m['macro_f1']:.4f} (n={m['n']})")
-    parts = [f"test accuracy {metrics['accuracy']:.4f}"]
-    if metrics.get("top5_accuracy") is not None:
-        parts.append(f"top-5 {metrics['top5_accuracy']:.4f}")
-    parts.append(f"mean per-class {metrics['mean_per_class_accuracy']:.4f}")
+    parts = [f"{name} {m['accuracy']:.4f}{interval(m, 'accuracy')}"]
+    if m.get("top5_accuracy") is not None:
+        parts.append(f"top-5 {m['top5_accuracy']:.4f}")
+    parts.append(f"mean per-class {m['mean_per_class_accuracy']:.4f}{interval(m, 'mean_per_class_accuracy')}")
     if metrics.get("roc_auc") is not None:
         parts.append(f"ROC AUC {metrics['roc_auc']:.4f} (positive: {metrics['positive_class']})")
     return ", ".join(parts) + f" (n={metrics['n']})"

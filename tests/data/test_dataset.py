@@ -11,6 +11,7 @@ from pipeline.data import (
     TRAIN,
     VAL,
     ImageError,
+    cut_split,
     fingerprint,
     load_image,
     parse_split,
@@ -57,18 +58,43 @@ def test_scan_single_class(images):
 
 
 def test_split_is_stratified_deterministic_and_seed_dependent():
-    labels = np.repeat(np.arange(4), [10, 20, 40, 3])
+    labels = np.repeat(np.arange(5), [10, 20, 40, 3, 4000])
     paths = [f"c{l}/img{i}.jpg" for i, l in enumerate(labels)]
     a = stratified_split(paths, labels, (0.7, 0.15, 0.15), seed=1)
     assert np.array_equal(a, stratified_split(paths, labels, (0.7, 0.15, 0.15), seed=1))
     assert not np.array_equal(a, stratified_split(paths, labels, (0.7, 0.15, 0.15), seed=2))
-    for c, n in enumerate([10, 20, 40, 3]):
+    for c in range(5):
         part = a[labels == c]
         assert (part == TRAIN).sum() >= 1 and (part == TEST).sum() >= 1
-        if n >= 20:
-            assert abs((part == TEST).mean() - 0.15) < 0.03 and abs((part == VAL).mean() - 0.15) < 0.03
+    big = a[labels == 4]  # the shares are each image's chance: close to them over many images
+    assert abs((big == TEST).mean() - 0.15) < 0.02 and abs((big == VAL).mean() - 0.15) < 0.02
     b = stratified_split(paths, labels, parse_split("70/30"), seed=1)
-    assert (b == VAL).sum() == 0 and abs((b[labels == 2] == TEST).mean() - 0.3) < 0.03
+    assert (b == VAL).sum() == 0 and abs((b[labels == 4] == TEST).mean() - 0.3) < 0.03
+
+
+def test_split_of_an_image_depends_only_on_its_path():
+    """Adding, removing or relabelling images moves no other image across train/val/test (a
+    tiny class may move its one exception), and the split is the same wherever it is computed."""
+    labels = np.repeat(np.arange(10), 30)
+    paths = [f"c{l}/img{i:03d}.jpg" for i, l in enumerate(labels)]
+    before = dict(zip(paths, stratified_split(paths, labels, (0.7, 0.15, 0.15), seed=0)))
+    assert 0.10 <= np.mean([s == TEST for s in before.values()]) <= 0.20
+    grown = paths[2:] + [f"c{c}/new{i}.jpg" for c in (3, 7) for i in range(5)]  # 2 removed from c0, 10 added
+    grown_labels = np.r_[labels[2:], np.repeat([3, 7], 5)]
+    grown_labels[grown.index("c5/img150.jpg")] = 6  # and one relabelled
+    after = dict(zip(grown, stratified_split(grown, grown_labels, (0.7, 0.15, 0.15), seed=0)))
+    assert [p for p in after if p in before and after[p] != before[p]] == []
+    shuffled = np.random.default_rng(0).permutation(len(grown))  # order and company make no difference
+    again = stratified_split([grown[i] for i in shuffled], grown_labels[shuffled], (0.7, 0.15, 0.15), seed=0)
+    assert all(after[grown[i]] == s for i, s in zip(shuffled, again))
+
+
+def test_tiny_classes_keep_a_training_and_a_test_image():
+    scores = np.array([0.01, 0.02, 0.5, 0.9, 0.95, 0.05])  # class 0: all test; class 1: all train; class 2: one
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    split = cut_split(scores, labels, (0.7, 0.15, 0.15))
+    assert split.tolist() == [TEST, TRAIN, TEST, TRAIN, TRAIN, TRAIN]  # highest to train, lowest to test
+    assert cut_split(scores, labels, (0.85, 0.15, 0.0)).tolist() == [VAL, TRAIN, TRAIN, TRAIN, TRAIN, TRAIN]
 
 
 def test_parse_split():

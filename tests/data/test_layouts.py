@@ -15,6 +15,7 @@ from pipeline.data import (
     LayoutOptions,
     assign_split,
     read_folder,
+    split_scores,
 )
 from pipeline.errors import ParameterError, UserError
 
@@ -85,8 +86,9 @@ def test_split_folders_without_validation_draw_it_from_train_only(tmp_path):
     assert set(split[tops == "test_set"]) == {TEST}  # the test folder stays untouched
     train_part = split[tops == "training_set"]
     assert set(train_part) == {TRAIN, VAL}
-    # --split gives only the validation share: 15 / (70 + 15) of each class's 20 training images
-    assert (train_part == VAL).sum() == 2 * round(20 * 0.15 / 0.85)
+    # --split gives only the validation share: 15 / (70 + 15) of the training images, by their paths
+    scores = split_scores([p for p, t in zip(ds.paths, tops) if t == "training_set"], seed=0)
+    assert np.array_equal(train_part == VAL, scores < 0.15 / 0.85) and 0 < (train_part == VAL).sum() < 40
     # another seed draws another validation part, never touching the test folder
     other = assign_split(ds, (0.7, 0.15, 0.15), seed=1)
     assert not np.array_equal(other, split) and set(other[tops == "test_set"]) == {TEST}
