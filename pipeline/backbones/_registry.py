@@ -204,7 +204,7 @@ def build_base(backbone: Backbone, weights: str = "imagenet", image_size: int | 
     quiet_tensorflow()  # where stage 1 first imports TensorFlow: without its start-up chatter
     import keras
 
-    size = image_size or backbone.input_size
+    size = backbone.input_size if image_size is None else image_size
     if size < backbone.min_size:
         raise ParameterError("image_size", f"{size} is too small for {backbone.name} (minimum {backbone.min_size})")
     if size > MAX_IMAGE_SIZE:
@@ -311,7 +311,7 @@ def build_feature_model(backbone: Backbone, outputs, weights="imagenet", image_s
         check_layer(backbone, base, layer)
         if pooling not in POOLINGS:
             raise UserError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
-    size = image_size or backbone.input_size
+    size = backbone.input_size if image_size is None else image_size
     inputs = keras.Input((size, size, 3), name="image")
     x = apply_preprocessing(backbone.preprocessing, inputs)
     tapped = keras.Model(base.inputs, [base.get_layer(l).output for l, _ in outputs], name=backbone.name)

@@ -53,11 +53,14 @@ def add_arguments(p):
     p.add_argument("--memory-limit", type=parse_size, default=None, metavar="SIZE",
                    help="memory the codes may take (e.g. 4G, 500M, 25%% of RAM); larger code sets are streamed from "
                         "the file (default: half the RAM)")
-    add_common_options(p, seed="the head's initialization and shuffling", progress=None)
+    p.add_argument("--cv", type=int, default=None, metavar="K",
+                   help="K-fold cross-validation over every labelled image instead of the stored split (small sets): "
+                        "out-of-fold predictions for every image, the head saved trained on all of them")
+    add_common_options(p, seed="the head's initialization and shuffling (and the folds of --cv)", progress=None)
 
 
 def run(a):
     codes = code_paths(a)
     train(codes if len(codes) > 1 else codes[0], a.head, runs_dir=a.runs_dir, positive_class=a.positive_class,
-          memory_limit=a.memory_limit, **head_params(a, a.head))
+          memory_limit=a.memory_limit, cv=a.cv, **head_params(a, a.head))
     return 0

@@ -59,7 +59,8 @@ class CodeIdentity:
         unknown = set(settings) - {f.name for f in cls.settings()}
         if unknown:
             raise ParameterError(sorted(unknown)[0], "is not a setting of a code set")
-        identity = cls(bb.name, int(image_size or bb.input_size), weights_identity(weights), layer or bb.default_layer,
+        identity = cls(bb.name, int(bb.input_size if image_size is None else image_size), weights_identity(weights),
+                       layer or bb.default_layer,
                        pooling, bb.preprocessing, **settings)
         identity.check()
         return identity

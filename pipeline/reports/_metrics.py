@@ -73,7 +73,10 @@ def evaluate_multi_label(Y: np.ndarray, proba: np.ndarray, thresholds, label_nam
         precision_recall_fscore_support,
     )
     Y = (np.asarray(Y) > 0).astype(int)
-    pred = (proba >= np.asarray(thresholds)).astype(int)
+    thresholds = np.asarray(thresholds, float)  # one per label, or one per image and label (cross-validation)
+    pred = (proba >= thresholds).astype(int)
+    if thresholds.ndim == 2:
+        thresholds = np.median(thresholds, 0) if len(thresholds) else np.full(Y.shape[1], 0.5)
     names = list(label_names)
     ap = [float(average_precision_score(Y[:, j], proba[:, j])) if Y[:, j].any() else None for j in range(Y.shape[1])]
     p, r, f, support = precision_recall_fscore_support(Y, pred, average=None, zero_division=0)

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from pipeline.codes._codeset import CodeStream
 from pipeline.data import TEST, TRAIN, VAL
 from pipeline.errors import ParameterError, UserError, check_seed
 from pipeline.heads import make_head
-from pipeline.reports import positive_index
+from pipeline.reports import evaluate_multi_label, positive_index, wilson
 from pipeline.runs._folders import finish_run
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ def default_memory_limit() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
-def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_limit=None, **head_params) -> Run:
+def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_limit=None, cv=None,
+          **head_params) -> Run:
     """Fit ``head`` (with ``head_params``, the head's own parameters: ``epochs``, ``Cs``, ...) on
     the train part of a code set (validation part for model selection),
     evaluate on its test part and write a run folder. Returns its :class:`Run`. ``codes``: a code
@@ -35,10 +37,17 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
     trains on their codes side by side, rows matched by image
     path (:class:`~pipeline.codes.JoinedCodeSet`).
 
+    ``cv`` K: K-fold cross-validation instead of the stored split (for small sets, whose test part
+    is too small to tell heads apart): every labelled image is predicted by the head of the fold
+    that did not train on it (``predictions.csv`` holds them all), the run's figures are those
+    out-of-fold predictions', and the head saved is trained on every labelled image.
+
     Codes that take more than ``memory_limit`` bytes as float32 (default: half the RAM) are
     not loaded: the head is trained on them streamed from the file, a few blocks in memory at a
     time (:class:`~pipeline.codes._codeset.CodeStream`), with a note saying so."""
     check_seed(head_params.get("seed"))
+    if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
+        raise ParameterError("cv", f"{cv!r}: expected a whole number of folds, 2 or more")
     writable_folder(runs_dir, "--runs-dir")
     cs = open_code_sets(codes)
     codes_path = cs.path
@@ -52,6 +61,8 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
         if cs.nbytes() > limit:
             raise UserError(f"joined code sets are trained in memory: their {cs.nbytes() / 1e9:.2f} GB exceed "
                             f"--memory-limit {limit / 1e9:.2f} GB; raise it or join fewer sets")
+    if cv is not None:
+        return _cross_validate(cs, head, int(cv), runs_dir, positive_class, limit, head_params)
     if cs.nbytes() <= limit:
         X_tr, y_tr = cs.part(TRAIN)
         X_va, y_va = cs.part(VAL)
@@ -99,4 +110,87 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
                       test_paths=record["test_paths"], data_root=cs.data_root,
                       positive_class=positive_class, history=model.history_,
                       thresholds=getattr(model, "thresholds_", None),
+                      train_paths=[p for p, s in zip(cs.paths, cs.split) if s in (TRAIN, VAL)],
                       detail=f"trained in {seconds:.1f} s on {len(y_tr)} codes of {X_tr.shape[1]} values")
+
+
+def _cross_validate(cs, head: str, k: int, runs_dir, positive_class, limit: int, head_params: dict) -> Run:
+    """K folds over every labelled image (stratified by class; multi-label sets: plain folds): each
+    fold's head tested on the images it did not train on; then the head of every image, saved."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+    from tqdm.auto import tqdm
+
+    labelled = cs.labelled
+    if not labelled.any():
+        raise UserError(f"{cs.path}: none of its {len(cs)} images has a label: nothing to cross-validate")
+    if cs.nbytes(labelled) > limit:
+        raise UserError(f"--cv trains in memory: the labelled codes take {cs.nbytes(labelled) / 1e9:.2f} GB, more "
+                        f"than --memory-limit {limit / 1e9:.2f} GB (a set this large has a test part large enough: "
+                        f"train without --cv)")
+    X, y = cs.rows(labelled), np.asarray(cs.y)[labelled]
+    paths = [p for p, keep in zip(cs.paths, labelled) if keep]
+    n, classes = len(y), np.arange(len(cs.class_names))
+    if k > n:
+        raise ParameterError("cv", f"{k} folds of {n} labelled images: at most {n}")
+    seed = head_params.get("seed") or 0
+    if cs.multi_label:
+        folds = list(KFold(k, shuffle=True, random_state=seed).split(X))
+    else:
+        counts = np.bincount(y, minlength=len(classes))
+        if len(np.flatnonzero(counts)) < 2:
+            raise UserError(f"{cs.path}: its labelled images are of one class: nothing to tell apart")
+        small = [cs.class_names[c] for c in np.flatnonzero((counts > 0) & (counts < k))]
+        if small:
+            logger.info(f"note: {len(small)} class(es) have fewer than {k} images ({', '.join(small[:3])}"
+                        f"{' ...' if len(small) > 3 else ''}): some folds test none of their images")
+        with warnings.catch_warnings():  # (said above in one line)
+            warnings.simplefilter("ignore", UserWarning)
+            folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
+    logger.info(f"{k}-fold cross-validation over the {n} labelled images of {cs.path} (the stored split is not "
+                f"used: each image is tested once, by the head of the fold that did not train on it)")
+    proba = np.zeros((n, len(classes)))
+    thresholds = np.zeros((n, len(classes))) if cs.multi_label else None
+    scores = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=k + 1, desc=f"{k}-fold {head}", unit="fit", disable=None)
+    for fit_on, test_on in folds:
+        model = make_head(head, **head_params).fit(X[fit_on], y[fit_on], classes=classes)
+        proba[test_on] = model.predict_proba(X[test_on])
+        if cs.multi_label:
+            thresholds[test_on] = model.thresholds_  # each image decided by its own fold's thresholds
+            scores.append(evaluate_multi_label(y[test_on], proba[test_on], model.thresholds_, cs.class_names)["mAP"])
+        else:
+            scores.append(float((proba[test_on].argmax(1) == y[test_on]).mean()))
+        bar.update()
+    cv_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = make_head(head, **head_params).fit(X, y, classes=classes)
+    seconds = time.perf_counter() - t0
+    bar.update()
+    bar.close()
+    scored = np.array([s for s in scores if s is not None], float)
+    what = "mAP" if cs.multi_label else "accuracy"
+    if cs.multi_label:
+        pooled = evaluate_multi_label(y, proba, thresholds, cs.class_names)
+        ci = pooled.get("mAP_ci") or [float("nan")] * 2
+    else:
+        ci = wilson(int((proba.argmax(1) == y).sum()), n)
+    logger.info(f"{k}-fold {what} {scored.mean():.4f} ± {scored.std():.4f} over {k} folds, "
+                f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}] ({n} images, {cv_seconds:.1f} s)")
+    title = f"{head} on {cs.attrs.get('backbone')} {cs.attrs.get('layer')}/{cs.attrs.get('pooling')}"
+    record = {
+        "title": f"{title} ({k}-fold cross-validation)", "kind": "head-on-codes", "head": head,
+        "head_params": head_params, "codes": str(Path(cs.path)),
+        "code_attrs": {key: str(v) for key, v in cs.attrs.items()},
+        "n_train": n, "n_val": 0, "n_test": n, "test_paths": paths, "train_seconds": round(seconds, 3),
+        "out_of_core": False, "split_digest": cs.split_digest(),
+        "cv": {"folds": k, "seed": seed, "metric": what, "fold_scores": [None if s is None else float(s) for s in scores],
+               "mean": float(scored.mean()), "std": float(scored.std()), "ci": [float(c) for c in ci],
+               "seconds": round(cv_seconds, 3)},
+    }
+    return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, y_true=y, proba=proba,
+                      class_names=cs.class_names, save=model.save, test_paths=paths, data_root=cs.data_root,
+                      positive_class=positive_class, history=model.history_,
+                      thresholds=thresholds if cs.multi_label else None, train_paths=paths,
+                      detail=f"out of fold, {k}-fold cross-validation in {cv_seconds:.1f} s; the head saved trained "
+                             f"in {seconds:.1f} s on {n} codes of {X.shape[1]} values (every labelled image)")
