@@ -4,7 +4,7 @@ The code file is named by --codes, or found from the same options that made it w
 and history.png (roc_pr.png for two classes)."""
 from pipeline.cli import add_code_options, add_common_options, code_paths, default, finite_float, parse_size
 from pipeline.heads import HEADS, LogRegHead, MLPHead, SoftmaxHead
-from pipeline.runs import train
+from pipeline.runs import check_folds, train
 
 HELP = "stage 2: train a head on cached codes and evaluate it"
 
@@ -60,6 +60,7 @@ def add_arguments(p):
 
 
 def run(a):
+    check_folds(a.cv)  # (before the code set is looked for)
     codes = code_paths(a)
     train(codes if len(codes) > 1 else codes[0], a.head, runs_dir=a.runs_dir, positive_class=a.positive_class,
           memory_limit=a.memory_limit, cv=a.cv, **head_params(a, a.head))

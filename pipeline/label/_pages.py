@@ -179,9 +179,11 @@ _PROGRESS_BODY = """<h2>Progress</h2><p id="summary"></p><svg id="curve" width="
 _PROGRESS_SCRIPT = """<script>
 async function load() {
   const p = await api('api/progress');
-  const last = p.curve.length ? p.curve[p.curve.length - 1][1] : null;
+  const last = p.curve.length ? p.curve[p.curve.length - 1] : null;
+  const shown = last === null ? 'not yet (two labels per class needed)'
+    : last[1].toFixed(3) + (last.length > 3 ? ' (95% interval ' + last[2].toFixed(3) + ' to ' + last[3].toFixed(3) + ')' : '');
   document.getElementById('summary').textContent = p.labelled + ' of ' + p.images + ' images labelled, ' + p.excluded +
-    ' excluded; estimated ' + p.metric + ' (cross-validated on the labelled images): ' + (last === null ? 'not yet (two labels per class needed)' : last.toFixed(3)) +
+    ' excluded; estimated ' + p.metric + ' (cross-validated on the labelled images): ' + shown +
     (p.note ? '; ' + p.note : '');
   const body = document.querySelector('#counts tbody'); body.textContent = '';
   p.classes.forEach((c, i) => body.append(el('tr', {}, el('td', {}, c), el('td', {}, p.counts[i]))));
@@ -194,6 +196,13 @@ async function load() {
   line(m, H - m, W - m, H - m); line(m, m, m, H - m); text(4, Y(1) + 4, '1.0'); text(4, Y(0) + 4, '0.0');
   text(W / 2 - 30, H - 8, 'labels (' + maxN + ')');
   if (p.curve.length) {
+    const banded = p.curve.filter(c => c.length > 3);  // the 95% interval as a band under the line
+    if (banded.length) {
+      const band = document.createElementNS(ns, 'polygon');
+      band.setAttribute('points', banded.map(c => X(c[0]) + ',' + Y(c[3])).concat(banded.slice().reverse().map(c => X(c[0]) + ',' + Y(c[2]))).join(' '));
+      band.setAttribute('fill', '#2a7'); band.setAttribute('fill-opacity', 0.15); band.setAttribute('stroke', 'none'); svg.append(band);
+    }
+    p.curve.forEach(c => { const dot = document.createElementNS(ns, 'circle'); dot.setAttribute('cx', X(c[0])); dot.setAttribute('cy', Y(c[1])); dot.setAttribute('r', 3); dot.setAttribute('fill', '#2a7'); svg.append(dot); });
     const path = document.createElementNS(ns, 'polyline');
     path.setAttribute('points', p.curve.map(c => X(c[0]) + ',' + Y(c[1])).join(' '));
     path.setAttribute('fill', 'none'); path.setAttribute('stroke', '#2a7'); path.setAttribute('stroke-width', 2); svg.append(path);

@@ -21,6 +21,7 @@ import numpy as np
 from pipeline.data import UNLABELLED, LabelsTable, LayoutOptions, check_class_name, walk_images
 from pipeline.errors import UserError
 from pipeline.label._select import _reduced, select_next
+from pipeline.reports import mean_ap_interval, wilson
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class LabelSession:
         self.history: list[Decision] = []
         self.skipped: set[str] = set()
         self.reviewed: set[str] = set()
-        self.curve: list[tuple[int, float]] = []
+        self.curve: list[tuple[int, float, float, float]] = []
         self.note = ""
         self._dirty = False
         self._next_id = 1
@@ -243,9 +244,10 @@ class LabelSession:
 
     # ---------------------------------------------------------------- progress
 
-    def estimate(self, view: _View | None = None) -> float | None:
+    def estimate(self, view: _View | None = None) -> tuple[float, float, float] | None:
         """Cross-validated accuracy (multi-label: mean average precision) of the model on the
-        labelled images, None while a class has fewer than two of them."""
+        labelled images with its 95% interval (Wilson's; a bootstrap for mAP) as (value, low,
+        high), None while a class has fewer than two of them."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
@@ -260,14 +262,16 @@ class LabelSession:
                 return None
             P = cross_val_predict(OneVsRestClassifier(LogisticRegression(max_iter=500)), Z, y[:, keep],
                                   cv=KFold(min(5, len(y)), shuffle=True, random_state=0), method="predict_proba")
-            return float(average_precision_score(y[:, keep], P, average="macro"))
+            return (float(average_precision_score(y[:, keep], P, average="macro")),
+                    *mean_ap_interval(y[:, keep], P))
         counts = np.bincount(y) if len(y) else np.zeros(0)
         counts = counts[counts > 0]
         if len(counts) < 2 or counts.min() < 2:
             return None
         cv = StratifiedKFold(int(min(5, counts.min())), shuffle=True, random_state=0)
         pred = cross_val_predict(LogisticRegression(max_iter=500), Z, y, cv=cv)
-        return float((pred == y).mean())
+        right = int((pred == y).sum())
+        return (right / len(y), *wilson(right, len(y)))
 
     def progress(self) -> dict:
         with self.lock:
@@ -278,9 +282,9 @@ class LabelSession:
                       else [0] * len(view.class_names))
             n = int(lab.sum())
             if not self.curve or self.curve[-1][0] != n:
-                accuracy = self.estimate(view)
-                if accuracy is not None:
-                    self.curve.append((n, accuracy))
+                estimate = self.estimate(view)
+                if estimate is not None:
+                    self.curve.append((n, *estimate))  # (labels, value, 95% low, 95% high)
             return {"classes": view.class_names, "counts": counts, "labelled": n, "images": len(view.paths),
                     "excluded": len(self.table.excluded), "skipped": len(self.skipped),
                     "decisions": len(self.history), "curve": self.curve, "multi_label": self.multi,

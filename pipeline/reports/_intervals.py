@@ -7,6 +7,8 @@ every draw has the test set's class sizes), a fixed number of seeded draws, perc
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 # Deferred on purpose: SciPy is imported inside the function that uses it.
@@ -89,18 +91,30 @@ def weighted_average_precision(W: np.ndarray, truth: np.ndarray, score: np.ndarr
     return np.where(positives[:, 0] > 0, ap, np.nan)
 
 
+def mean_ap_interval(Y, proba) -> tuple[float, float]:
+    """Bootstrap interval of the mean over labels of average precision (labels with a positive
+    image), stratified by each image's first label."""
+    Y = np.asarray(Y) > 0
+    strata = np.where(Y.any(1), Y.argmax(1), -1)
+    scored = [j for j in range(Y.shape[1]) if Y[:, j].any()]
+
+    def mean_ap(W):
+        aps = np.stack([weighted_average_precision(W, Y[:, j], proba[:, j]) for j in scored], 1)
+        return np.nanmean(aps, 1)  # (labels without a positive in a draw left out; none at all: NaN)
+
+    if not scored:
+        return float("nan"), float("nan")
+    with warnings.catch_warnings():  # (a draw with no positive of any label: NaN, left out)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return bootstrap(mean_ap, strata)
+
+
 def multi_label_intervals(Y, proba, pred) -> dict:
     """Bootstrap intervals of a multi-label set's mAP, micro and macro F1 and per-label accuracy,
     stratified by each image's first label (images without one together)."""
     Y, pred = (np.asarray(Y) > 0), np.asarray(pred) > 0
     strata = np.where(Y.any(1), Y.argmax(1), -1)
     scored = [j for j in range(Y.shape[1]) if Y[:, j].any()]
-
-    def mean_ap(W):
-        if not scored:
-            return np.full(len(W), np.nan)
-        aps = np.stack([weighted_average_precision(W, Y[:, j], proba[:, j]) for j in scored], 1)
-        return np.nanmean(np.where(np.isnan(aps).all(1, keepdims=True), 0.0, aps), 1)
 
     def counts(W):
         return W @ (pred & Y), W @ (pred & ~Y), W @ (~pred & Y)
@@ -114,7 +128,7 @@ def multi_label_intervals(Y, proba, pred) -> dict:
         return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0).mean(1)
 
     per_label = (pred == Y).mean(1)
-    return {"mAP_ci": list(bootstrap(mean_ap, strata)) if scored else None,
+    return {"mAP_ci": list(mean_ap_interval(Y, proba)) if scored else None,
             "micro_f1_ci": list(bootstrap(micro_f1, strata)),
             "macro_f1_ci": list(bootstrap(macro_f1, strata)),
             "mean_per_class_accuracy_ci": list(bootstrap(lambda W: W @ per_label / W.sum(1), strata))}

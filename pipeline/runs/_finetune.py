@@ -28,7 +28,7 @@ from pipeline.deploy import save_model
 from pipeline.deploy._models import classifier_from_head_run, model_info
 from pipeline.errors import ParameterError, UserError
 from pipeline.heads._estimators import holdout
-from pipeline.reports import positive_index
+from pipeline.reports import positive_index, read_trained_on
 from pipeline.runs._folders import finish_run
 
 logger = logging.getLogger(__name__)
@@ -154,12 +154,35 @@ def _fit_and_predict(model, train, validation, test, options: TrainingOptions) -
 
 def _finish(runs_dir, name: str, cs: CodeSet, test, fitted: _Fitted, options: TrainingOptions, *, record: dict,
             save, detail: str):
-    """Evaluate on the test images and write the run folder (see :func:`finish_run`)."""
+    """Evaluate on the test images and write the run folder (see :func:`finish_run`); the images
+    it trained on are the training and validation parts, and those its warm-up head trained on."""
+    record = dict(record)
+    warmup_seen = record.pop("warmup_seen", set())
     return finish_run(runs_dir, name, record=dict(record, train_seconds=round(fitted.seconds, 2)), y_true=cs.y[test],
                       proba=fitted.proba, class_names=cs.class_names, save=save,
                       test_paths=[cs.paths[i] for i in test], data_root=cs.data_root,
                       positive_class=options.positive_class, history=fitted.history,
+                      train_paths=[cs.paths[i] for i in np.flatnonzero((cs.split == TRAIN) | (cs.split == VAL))]
+                      + sorted(warmup_seen),
                       detail=detail + f"trained in {fitted.seconds:.0f} s")
+
+
+def _never_seen(test: np.ndarray, cs: CodeSet, head_run) -> tuple[np.ndarray, set]:
+    """The test images a warm-up head never trained on, and the images it trained on. A code set
+    split anew (--resplit) after its head was trained may test on the head's training images:
+    only the others are counted, and one line says so."""
+    seen = read_trained_on(head_run)
+    if not seen:
+        return test, set()
+    fresh = np.array([cs.paths[i] not in seen for i in test], bool)
+    if not fresh.all():
+        if not fresh.any():
+            raise UserError(f"every test image of {cs.path} is a training image of the warm-up head {head_run} (the "
+                            f"split changed since it was trained): train a new head on this split first")
+        logger.info(f"note: {int((~fresh).sum())} of the {len(test)} test images of {cs.path} were training images of "
+                    f"the warm-up head (the split changed since it was trained): counted only the {int(fresh.sum())} "
+                    f"it never saw")
+    return test[fresh], seen
 
 
 def _set_trainable(trunk, tail_layers, head_model):
@@ -211,6 +234,7 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
                    else ", fast path on cached activations"))
     opt = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[optimizer](options.learning_rate)
     tr, va, te = _split_indices(cs)
+    te, seen = _never_seen(te, cs, head_run)
     keras.utils.set_random_seed(options.seed)
     if not options.augment:
         X, keep = _cut_activations(cs, attrs, cut, cache_dir, options.progress)
@@ -238,7 +262,8 @@ def finetune(head_run, unfreeze_blocks: int | None = 2, unfreeze_from: str | Non
            "cut_layer": cut, "trainable_weights": n_trainable, "optimizer": optimizer,
            "learning_rate": options.learning_rate, "augment": options.augment,
            "strength": options.strength if options.augment else None,
-           "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)), "warmup_metrics": warmup}
+           "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)), "warmup_metrics": warmup,
+           "warmup_seen": seen - {cs.paths[i] for i in np.r_[tr, va]}}
     save = lambda run_dir: save_model(model, run_dir / "model.keras", cs.class_names,
                                       model_info(attrs, "finetune", str(head_run)))
     return _finish(runs_dir, f"{attrs['backbone']}-finetune", cs, te, fitted, options, record=rec, save=save,

@@ -28,6 +28,12 @@ def default_memory_limit() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
+def check_folds(cv) -> None:
+    """``cv`` is None (the stored split) or a whole number of folds, 2 or more."""
+    if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
+        raise ParameterError("cv", f"{cv!r}: expected a whole number of folds, 2 or more")
+
+
 def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_limit=None, cv=None,
           **head_params) -> Run:
     """Fit ``head`` (with ``head_params``, the head's own parameters: ``epochs``, ``Cs``, ...) on
@@ -46,8 +52,7 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
     not loaded: the head is trained on them streamed from the file, a few blocks in memory at a
     time (:class:`~pipeline.codes._codeset.CodeStream`), with a note saying so."""
     check_seed(head_params.get("seed"))
-    if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
-        raise ParameterError("cv", f"{cv!r}: expected a whole number of folds, 2 or more")
+    check_folds(cv)
     writable_folder(runs_dir, "--runs-dir")
     cs = open_code_sets(codes)
     codes_path = cs.path
@@ -188,6 +193,8 @@ def _cross_validate(cs, head: str, k: int, runs_dir, positive_class, limit: int,
                "mean": float(scored.mean()), "std": float(scored.std()), "ci": [float(c) for c in ci],
                "seconds": round(cv_seconds, 3)},
     }
+    if cs.multi_label:  # (each image was decided by its fold's thresholds; the saved head decides by its own)
+        record["thresholds"] = [float(t) for t in model.thresholds_]
     return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, y_true=y, proba=proba,
                       class_names=cs.class_names, save=model.save, test_paths=paths, data_root=cs.data_root,
                       positive_class=positive_class, history=model.history_,

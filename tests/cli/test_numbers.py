@@ -15,7 +15,8 @@ CASES = [("codes", "--seed", "-1"), ("codes", "--seed", "2.5"), ("codes", "--see
          ("train", "--learning-rate", "inf"), ("train", "--learning-rate", "nan"), ("train", "--min-delta", "inf"),
          ("train", "--Cs", "1", "nan"), ("train", "--dropout", "-inf"), ("audit", "--threshold", "nan"),
          ("audit", "--outlier-fraction", "inf"), ("finetune", "--learning-rate", "inf"),
-         ("scratch", "--strength", "nan")]
+         ("scratch", "--strength", "nan"), ("codes", "--image-size", "0"), ("codes", "--image-size", "-3"),
+         ("train", "--cv", "1"), ("train", "--cv", "0")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=" ".join)

@@ -86,7 +86,8 @@ def test_a_multi_label_set_takes_several_labels_and_reports_mean_average_precisi
     assert rows_of(root / "tags.csv")[batch[0]["path"]] == "sea|boat"
     p = s.progress()
     assert p["metric"] == "mean average precision" and p["counts"] == [3 + 1, 3 + 3 + 1, 3 + 3]  # boat, sea, sky
-    assert 0 < p["curve"][-1][1] <= 1
+    n, value, low, high = p["curve"][-1]  # (labels, estimate, its 95% interval)
+    assert 0 < low <= value <= high <= 1 and n == p["labelled"]
     s.undo(d.id)
     assert batch[0]["path"] not in rows_of(root / "tags.csv")
     cs = CodeSet(s.codes_path)
