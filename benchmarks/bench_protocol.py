@@ -32,17 +32,24 @@ def draw(y: np.ndarray, n_train: int, seed: int) -> np.ndarray:
     return train
 
 
-def evaluate(cs, draws: int, n_train: int) -> tuple[list[float], float]:
+def evaluate(cs, draws: int, n_train: int) -> tuple[list[float], list[tuple[float, float]], float]:
+    """Mean per-class accuracy of each draw, its 95% interval (stratified bootstrap over the
+    draw's test images) and the seconds of a draw's fit."""
     from sklearn.metrics import balanced_accuracy_score
 
     from pipeline.heads import LogRegHead
-    scores, t0 = [], time.perf_counter()
+    from pipeline.reports import mean_per_class_interval
+    scores, intervals, seconds = [], [], 0.0
     X = cs.X
     for d in range(draws):
         train = draw(cs.y, n_train, d)
+        t0 = time.perf_counter()
         head = LogRegHead(seed=d).fit(X[train], cs.y[train])
-        scores.append(float(balanced_accuracy_score(cs.y[~train], head.predict(X[~train]))))
-    return scores, (time.perf_counter() - t0) / draws
+        pred = head.predict(X[~train])
+        seconds += time.perf_counter() - t0
+        scores.append(float(balanced_accuracy_score(cs.y[~train], pred)))
+        intervals.append(mean_per_class_interval(cs.y[~train], pred))
+    return scores, intervals, seconds / draws
 
 
 def main():
@@ -77,17 +84,21 @@ def main():
                  (("lite0", "lite1", "lite2"), [paths[b, resize, tta] for b in BACKBONES])]
         for names, files in sets:
             cs = CodeSet(files[0]) if len(files) == 1 else JoinedCodeSet(files)
-            scores, seconds = evaluate(cs, a.draws, a.n_train)
-            rows.append(("+".join(names), resize, tta, cs.shape[1], scores, seconds))
+            scores, intervals, seconds = evaluate(cs, a.draws, a.n_train)
+            rows.append(("+".join(names), resize, tta, cs.shape[1], scores, intervals, seconds))
             print(f"{'+'.join(names):20s} resize={resize:6s} tta={tta:4s} {cs.shape[1]:5d} values: "
-                  f"{100 * np.mean(scores):.2f} +- {100 * np.std(scores):.2f}  ({seconds:.0f} s per draw)", flush=True)
+                  f"{100 * np.mean(scores):.2f} +- {100 * np.std(scores):.2f}, 95% CI of a draw "
+                  f"[{100 * intervals[0][0]:.2f}, {100 * intervals[0][1]:.2f}]  ({seconds:.0f} s per draw)", flush=True)
     print(f"\nCaltech-101, 102 classes, {a.n_train} training images per class, the rest for testing, "
           f"mean per-class accuracy over {a.draws} draws, logistic regression (C by validation on the training images)")
-    print("| codes | images made square by | flip-averaged | values | mean per-class accuracy | per draw | fit s per draw |")
+    print("(95% CI: a stratified bootstrap of one draw's test images, per draw; the spread over draws is the +-)")
+    print("| codes | images made square by | flip-averaged | values | mean per-class accuracy | per draw (95% CI) "
+          "| fit s per draw |")
     print("|---|---|---|---|---|---|---|")
-    for names, resize, tta, dim, scores, seconds in rows:
-        print(f"| {names} | {'centre crop' if resize == 'crop' else 'squashing'} | {'yes' if tta == 'flip' else 'no'} | {dim} | {100 * np.mean(scores):.2f} +- "
-              f"{100 * np.std(scores):.2f} | {', '.join(f'{100 * s:.2f}' for s in scores)} | {seconds:.0f} |")
+    for names, resize, tta, dim, scores, intervals, seconds in rows:
+        per_draw = ", ".join(f"{100 * s:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]" for s, (lo, hi) in zip(scores, intervals))
+        print(f"| {names} | {'centre crop' if resize == 'crop' else 'squashing'} | {'yes' if tta == 'flip' else 'no'} "
+              f"| {dim} | {100 * np.mean(scores):.2f} +- {100 * np.std(scores):.2f} | {per_draw} | {seconds:.0f} |")
 
 
 if __name__ == "__main__":

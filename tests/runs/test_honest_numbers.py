@@ -145,3 +145,25 @@ def test_compare_marks_runs_it_cannot_tell_apart_and_uses_common_test_images(tmp
     table = compare_table(runs_dir=runs)
     n_test = int((split == TEST).sum())
     assert f"on the {n_test} test images all these runs were tested on" in table, table
+
+
+def test_a_run_lists_what_it_trained_on_and_a_warm_up_head_never_tests_on_it(tmp_path, logs):
+    from pipeline.codes import CodeSet
+    from pipeline.reports import read_trained_on
+    from pipeline.runs._finetune import _never_seen
+
+    path, _, split = fake_codes(tmp_path / "a.h5")
+    run = train(path, "logreg", runs_dir=tmp_path / "runs")
+    cs = CodeSet(path)
+    seen = read_trained_on(run.path)
+    assert seen == {p for p, s in zip(cs.paths, split) if s in (TRAIN, VAL)} and run.record["train_digest"]
+    test = np.flatnonzero(split == TEST)
+    assert np.array_equal(_never_seen(test, cs, run.path)[0], test)  # the same split: every test image counts
+    with h5py.File(path, "r+") as f:  # split anew since: two of the head's training images now test images
+        moved = np.flatnonzero(split == TRAIN)[:2]
+        f["split"][moved] = TEST
+    cs = CodeSet(path)
+    test = np.flatnonzero(cs.split == TEST)
+    kept, _ = _never_seen(test, cs, run.path)
+    assert len(kept) == len(test) - 2 and not set(kept) & set(moved)
+    assert any(f"2 of the {len(test)} test images" in line and "never saw" in line for line in logs)
