@@ -31,6 +31,11 @@ def add_arguments(p):
     p.add_argument("--draw-seed", type=seed_value, default=0, help="seed of the choice (random draws, k-means)")
     p.add_argument("--rescan", type=float, default=10.0,
                    help="seconds between looks for added images and label changes to take into the code set")
+    p.add_argument("--new-token", action="store_true",
+                   help="replace the folder's token (kept in the cache, so that open tabs go on after a restart)")
+    p.add_argument("--replay", action="store_true",
+                   help="rebuild the labels file from its journal (<labels stem>.journal.jsonl: every decision made "
+                        "in the app, in order) and exit")
 
 
 def labels_file_of(cs, data: Path, given) -> Path:
@@ -46,7 +51,27 @@ def labels_file_of(cs, data: Path, given) -> Path:
     return data / "labels.csv"
 
 
+def replay_journal(a) -> int:
+    """--replay: the labels file rebuilt from its journal, without computing any code."""
+    from pipeline.data import journal_file, read_folder, replay
+
+    data = Path(a.data)
+    labels = Path(a.labels) if a.labels else None
+    if labels is None:
+        source = read_folder(data, codes.layout_options(a)).source
+        labels = Path(source["labels_file"]) if source.get("layout") == "labels-file" else data / "labels.csv"
+    if not journal_file(labels).is_file():
+        raise UserError(f"no journal of {labels} ({journal_file(labels).name}): the app writes one beside the "
+                        f"labels file it edits")
+    applied, damaged = replay(labels, data, codes.layout_options(a))
+    print(f"replayed {applied} decision(s) from {journal_file(labels)} into {labels}"
+          + (f"; {damaged} damaged line(s) skipped" if damaged else ""))
+    return 0
+
+
 def run(a):
+    if a.replay:
+        return replay_journal(a)
     if a.port < 0 or a.port > 65535:
         raise ParameterError("port", "a port number from 0 to 65535 (0: a free one)")
     if not 1 <= a.batch <= 200:
@@ -59,7 +84,7 @@ def run(a):
     except ImportError:
         raise UserError("the labelling app needs its web server: pip install 'cnn-codes[label]'") from None
     from pipeline.label import LabelSession, make_app
-    from pipeline.label._app import listen, new_token, serve
+    from pipeline.label._app import listen, serve, stored_token
 
     first = [True]
 
@@ -74,7 +99,7 @@ def run(a):
     session = LabelSession(data, labels, make_codes, codes.layout_options(a), a.strategy, a.draw_seed, a.batch,
                            codes_set=cs)
     sock = listen(a.port)
-    token = new_token()
+    token = stored_token(Path(cs.path).parent.parent, renew=a.new_token)  # (the data folder's home in the cache)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/label?token={token}"
     print(f"labelling {len(session.paths)} images of {data} (decisions go to {labels}); open {url}", flush=True)
     print("Ctrl-C stops it", flush=True)

@@ -53,6 +53,86 @@ def excluded_file(labels_path: Path) -> Path:
     return labels_path.with_name(labels_path.stem + ".excluded.txt")
 
 
+def journal_file(labels_path: Path) -> Path:
+    labels_path = Path(labels_path)
+    return labels_path.with_name(labels_path.stem + ".journal.jsonl")
+
+
+def file_state(path: Path) -> tuple:
+    """What says a file changed: its size, modification time and, under 16 MB, a digest of its
+    bytes (an edit of the same size within the clock's resolution); () where there is no file."""
+    try:
+        st = os.stat(path)
+        digest = hashlib.blake2b(Path(path).read_bytes(), digest_size=16).digest() if st.st_size < 1 << 24 else b""
+    except FileNotFoundError:
+        return ()
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({exc.strerror})") from None
+    return st.st_size, st.st_mtime_ns, digest
+
+
+class Journal:
+    """``<labels stem>.journal.jsonl`` beside a labels file: every decision of the labelling app
+    appended as one JSON line (time, decision id, image, labels and exclusion before and after,
+    which tab), flushed to disk before the decision is answered, so that :func:`replay` can
+    rebuild the labels file from it."""
+
+    def __init__(self, labels_path: Path):
+        self.path = journal_file(labels_path)
+
+    def append(self, entry: dict) -> None:
+        import json
+
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def entries(self) -> tuple[list[dict], int]:
+        """The entries in order, and how many lines were damaged (skipped)."""
+        import json
+
+        if not self.path.is_file():
+            return [], 0
+        out, damaged = [], 0
+        with open(self.path, encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    e = json.loads(line)
+                    ok = (isinstance(e, dict) and isinstance(e.get("image"), str)
+                          and isinstance(e.get("after"), list) and all(isinstance(x, str) for x in e["after"])
+                          and isinstance(e.get("excluded", False), bool))
+                except (ValueError, RecursionError):
+                    ok = False
+                if ok:
+                    out.append(e)
+                else:
+                    damaged += 1
+        return out, damaged
+
+
+def replay(labels_path, root, options: LayoutOptions | None = None) -> tuple[int, int]:
+    """Apply every decision of the journal, in order, to the labels file as it is (each image
+    ends with what its last decision gave it) and write it whole. Returns (decisions applied,
+    damaged lines skipped)."""
+    entries, damaged = Journal(labels_path).entries()
+    multi = any(len(e["after"]) > 1 for e in entries)
+    table = LabelsTable(labels_path, root, options, multi=multi)
+    applied = 0
+    for e in entries:
+        try:
+            table.set(e["image"], e["after"], excluded=bool(e.get("excluded", False)))
+            applied += 1
+        except UserError:
+            damaged += 1  # (a name no file may hold: as a damaged line)
+    table.write()
+    return applied, damaged
+
+
 def _split_word(rel: str) -> str:
     h = int.from_bytes(hashlib.blake2b(rel.encode(), digest_size=8).digest(), "big") / 2**64
     return "train" if h < 0.70 else "val" if h < 0.85 else "test"

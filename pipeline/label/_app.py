@@ -25,8 +25,15 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)  # [A-Za-z0-9_-]
 
 
+COOKIE = "cnn_codes_label"
+SAME_SITE_FETCHES = ("same-origin", "none")  # Sec-Fetch-Site of the app's own pages, and of an address typed in
+
+
 class _TokenGate:
-    """ASGI middleware: 403 unless the request carries the token."""
+    """ASGI middleware: 403 unless the request carries the token (``?token=``, the ``X-Token``
+    header or the app's cookie) and comes from none other than the app's own pages (an
+    ``Origin`` of another site, or a ``Sec-Fetch-Site`` other than same-origin or none, is
+    refused even with the token: a page of another site cannot use a tab's cookie)."""
 
     def __init__(self, app, token: str):
         self.app, self.token = app, token
@@ -34,14 +41,52 @@ class _TokenGate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        from starlette.responses import PlainTextResponse
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        origin, fetch_site = headers.get("origin"), headers.get("sec-fetch-site")
+        host = headers.get("host", "")
+        if (origin is not None and origin not in (f"http://{host}",)) or (
+                fetch_site is not None and fetch_site not in SAME_SITE_FETCHES):
+            return await PlainTextResponse("forbidden: a request from another site", 403)(scope, receive, send)
         given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
-        header = dict(scope.get("headers") or []).get(b"x-token", b"").decode("latin-1")
-        if not (secrets.compare_digest(given.encode(), self.token.encode())
-                or secrets.compare_digest(header.encode(), self.token.encode())):
-            from starlette.responses import PlainTextResponse
+        cookie = _cookie(headers.get("cookie", ""))
+        if not any(secrets.compare_digest(x.encode(), self.token.encode())
+                   for x in (given, headers.get("x-token", ""), cookie)):
             return await PlainTextResponse("forbidden: open the address the label command printed", 403)(
                 scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+def _cookie(header: str) -> str:
+    from http.cookies import CookieError, SimpleCookie
+
+    try:
+        jar = SimpleCookie(header)
+    except CookieError:
+        return ""
+    return jar[COOKIE].value if COOKIE in jar else ""
+
+
+def stored_token(folder, renew: bool = False) -> str:
+    """The token of a data folder's labelling app, kept in ``folder/label-token`` (owner-only
+    permissions) so that it survives restarts and an open tab goes on; ``renew``: a new one."""
+    import os
+    from pathlib import Path
+
+    path = Path(folder) / "label-token"
+    if not renew and path.is_file():
+        token = path.read_text(encoding="ascii", errors="replace").strip()
+        if len(token) >= 32 and all(c.isalnum() or c in "-_" for c in token):
+            return token
+    token = new_token()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".label-token.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(token + "\n")
+    os.replace(tmp, path)
+    return token
 
 
 def make_app(session: LabelSession, token: str):
@@ -53,9 +98,19 @@ def make_app(session: LabelSession, token: str):
     from starlette.routing import Route
 
     def page(name):
-        return lambda request: HTMLResponse(render(name), headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'unsafe-inline'; "
-                                       "script-src 'unsafe-inline'", "Cache-Control": "no-store"})
+        def respond(request):
+            out = HTMLResponse(render(name), headers={
+                "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'unsafe-inline'; "
+                                           "script-src 'unsafe-inline'; frame-ancestors 'none'",
+                "X-Frame-Options": "DENY", "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+            # the token moves to a cookie of this site only (the page then drops it from the address)
+            out.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+            return out
+        return respond
+
+    def tab_of(request) -> str:
+        tab = request.headers.get("x-tab", "")
+        return tab if len(tab) <= 64 and all(c.isalnum() or c in "-_" for c in tab) else ""
 
     async def body(request) -> dict:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -85,7 +140,7 @@ def make_app(session: LabelSession, token: str):
         n = request.query_params.get("n")
         if n is not None and (not n.isdigit() or not 1 <= int(n) <= 200):
             raise UserError("n: a whole number from 1 to 200")
-        return JSONResponse(await run(session.next_batch, int(n) if n else None))
+        return JSONResponse(await run(session.next_batch, int(n) if n else None, (), tab_of(request)))
 
     @handled
     async def decide(request):
@@ -93,8 +148,9 @@ def make_app(session: LabelSession, token: str):
         path, labels, exclude = data.get("path"), data.get("labels") or [], bool(data.get("exclude", False))
         if not isinstance(path, str) or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise UserError("a decision is {path: text, labels: [text], exclude: true/false}")
-        d = await run(session.decide, path, labels, exclude)
-        return JSONResponse({"id": d.id, "path": d.path, "labels": list(d.after), "excluded": d.excluded})
+        d = await run(session.decide, path, labels, exclude, tab_of(request))
+        return JSONResponse({"id": d.id, "path": d.path, "labels": list(d.after), "excluded": d.excluded,
+                             "version": session.version})
 
     @handled
     async def undo(request):
@@ -102,8 +158,17 @@ def make_app(session: LabelSession, token: str):
         wanted = data.get("id")
         if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int)):
             raise UserError("id: the number of a decision")
-        d = await run(session.undo, wanted)
-        return JSONResponse({"undone": None if d is None else d.id})
+        # without an id: the last decision of the tab asking (another tab's stay)
+        d = await run(session.undo, wanted, tab_of(request) if wanted is None else None)
+        return JSONResponse({"undone": None if d is None else d.id, "path": None if d is None else d.path,
+                             "labels": None if d is None else list(d.before), "version": session.version})
+
+    @handled
+    async def state(request):
+        since = request.query_params.get("since", "0")
+        if not since.isdigit():
+            raise UserError("since: the version a page last saw")
+        return JSONResponse(await run(session.state, int(since)))
 
     @handled
     async def skip(request):
@@ -133,13 +198,15 @@ def make_app(session: LabelSession, token: str):
         return FileResponse(session.root / rel, headers={"Cache-Control": "private, max-age=3600"})
 
     async def home(request):
-        return RedirectResponse(f"/label?token={token}")
+        out = RedirectResponse("/label")
+        out.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        return out
 
     routes = [Route("/", home), Route("/label", page("label")), Route("/review", page("review")),
               Route("/progress", page("progress")), Route("/api/next", next_batch),
               Route("/api/decide", decide, methods=["POST"]), Route("/api/undo", undo, methods=["POST"]),
               Route("/api/skip", skip, methods=["POST"]), Route("/api/class", add_class, methods=["POST"]),
-              Route("/api/progress", progress), Route("/api/review", review),
+              Route("/api/progress", progress), Route("/api/review", review), Route("/api/state", state),
               Route("/image/{path:path}", image)]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"]),
                   Middleware(_TokenGate, token=token)]

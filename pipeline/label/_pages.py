@@ -14,32 +14,47 @@ nav a.on{{color:#fff;font-weight:bold}} main{{padding:12px 16px}}
 .tag{{display:inline-block;background:#e6f2ec;border-radius:3px;padding:1px 5px;margin:1px}}
 .tag.pick{{background:#2a7;color:#fff}} .muted{{color:#777}} .keys span{{margin-right:10px}}
 button{{margin:2px}} table{{border-collapse:collapse}} td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}}
-.pair{{display:flex;gap:10px;margin-bottom:10px}} #msg{{color:#a33;min-height:1.2em}}
+.pair{{display:flex;gap:10px;margin-bottom:10px}} #msg{{color:#a33;min-height:1.2em}} #msg.ok{{color:#276}}
 </style></head><body>
 <nav><a href="label" id="nav-label">Label next</a><a href="review" id="nav-review">Review</a>
 <a href="progress" id="nav-progress">Progress</a><span id="status" class="muted"></span></nav>
 <main><div id="msg"></div>{body}</main>
 <script>
+// The token came in the address once: the server set it as this site's cookie, so it leaves the
+// address bar and the history; requests carry the cookie (and the header while this page knows it).
 const TOKEN = new URLSearchParams(location.search).get('token') || '';
-for (const a of document.querySelectorAll('nav a')) a.href = a.getAttribute('href') + '?token=' + encodeURIComponent(TOKEN);
+if (TOKEN) history.replaceState(null, '', location.pathname);
+const TAB = sessionStorage.getItem('cnn-codes-tab') || (crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2));
+sessionStorage.setItem('cnn-codes-tab', TAB);
 document.getElementById('nav-{page}').className = 'on';
-function q(path) {{ return path + (path.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(TOKEN); }}
+const sleep = ms => new Promise(r => setTimeout(r, ms));
 async function api(path, body) {{
-  const init = body === undefined ? {{headers: {{'X-Token': TOKEN}}}} :
-    {{method: 'POST', headers: {{'X-Token': TOKEN, 'Content-Type': 'application/json'}}, body: JSON.stringify(body)}};
-  const r = await fetch(q(path), init);
-  const data = await r.json().catch(() => ({{}}));
-  if (!r.ok) {{ say(data.error || ('error ' + r.status)); throw new Error(data.error || r.status); }}
-  return data;
+  const headers = {{'X-Tab': TAB}};
+  if (TOKEN) headers['X-Token'] = TOKEN;
+  const init = body === undefined ? {{headers}} :
+    {{method: 'POST', headers: {{...headers, 'Content-Type': 'application/json'}}, body: JSON.stringify(body)}};
+  for (let wait = 1000; ; wait = Math.min(2 * wait, 10000)) {{
+    let r;
+    try {{ r = await fetch(path, init); }}
+    catch (err) {{  // the server is gone (stopped, restarting): said, and tried again
+      say('the labelling app is not answering (stopped or restarting?): trying again in ' + wait / 1000 + ' s');
+      await sleep(wait); continue;
+    }}
+    const data = await r.json().catch(() => ({{}}));
+    if (r.status === 403) {{ say('this page has no valid token: open the address the label command printed'); throw new Error('403'); }}
+    if (!r.ok) {{ say(data.error || ('error ' + r.status)); throw new Error(data.error || r.status); }}
+    if (document.getElementById('msg').textContent.startsWith('the labelling app is not answering')) say('');
+    return data;
+  }}
 }}
-function say(t) {{ document.getElementById('msg').textContent = t || ''; }}
+function say(t, ok) {{ const m = document.getElementById('msg'); m.textContent = t || ''; m.className = ok ? 'ok' : ''; }}
 function el(tag, attrs, ...kids) {{
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {{}})) {{ if (k === 'on') for (const [ev, f] of Object.entries(v)) e.addEventListener(ev, f); else e.setAttribute(k, v); }}
   for (const k of kids) e.append(k instanceof Node ? k : document.createTextNode(String(k)));
   return e;
 }}
-function img(path) {{ return el('img', {{src: q('image/' + path.split('/').map(encodeURIComponent).join('/')), alt: path, title: path}}); }}
+function img(path) {{ return el('img', {{src: 'image/' + path.split('/').map(encodeURIComponent).join('/'), alt: path, title: path}}); }}
 </script>
 {script}
 </body></html>"""
@@ -52,7 +67,7 @@ _LABEL_BODY = """<h2>Label next <span id="strategy" class="muted"></span></h2>
 <div class="grid" id="grid"></div>"""
 
 _LABEL_SCRIPT = """<script>
-let batch = [], cur = 0, classes = [], multi = false, mine = [];
+let batch = [], cur = 0, classes = [], multi = false, mine = [], version = 0;
 async function loadClasses() {
   const p = await api('api/progress'); classes = p.classes; multi = p.multi_label;
   const box = document.getElementById('classes'); box.textContent = '';
@@ -64,6 +79,7 @@ async function loadClasses() {
 async function nextBatch() {
   await loadClasses();
   const b = await api('api/next');
+  version = Math.max(version, b.version || 0);
   batch = b.images.map(x => ({...x, picked: multi ? [...x.suggested] : x.suggested.slice(0, 1), done: null}));
   cur = 0; document.getElementById('strategy').textContent = b.strategy ? '(' + b.strategy + ', ' + b.pool + ' in the pool)' : '';
   if (!batch.length) say('every image has a label, is skipped or is excluded');
@@ -79,7 +95,26 @@ function draw() {
     g.append(el('div', {class: 'card' + (i === cur ? ' cur' : '') + (x.done ? ' done' : ''), 'data-path': x.path,
                         on: {click: () => { cur = i; draw(); }}}, img(x.path), el('div', {}, x.path), tags, state));
   });
+  const shown = g.querySelector('.card.cur');
+  if (shown && shown.scrollIntoView) shown.scrollIntoView({block: 'nearest'});
 }
+async function follow() {  // decisions of other tabs and edits of the file, on this page within 2 s
+  try {
+    const s = await api('api/state?since=' + version);
+    document.getElementById('status').textContent = s.labelled + ' of ' + s.images + ' labelled';
+    for (const e of s.events) {
+      version = Math.max(version, e.version);
+      if (e.kind === 'file') { say(e.text, true); continue; }
+      if (e.tab === TAB) continue;
+      const x = batch.find(b => b.path === e.path);
+      if (!x) continue;
+      x.done = e.kind === 'undo' ? null : (e.excluded ? 'excluded in another tab' : 'labelled in another tab: ' + e.labels.join(', '));
+      say((e.kind === 'undo' ? 'another tab undid ' : 'another tab labelled ') + e.text, true);
+    }
+    if (s.events.length) draw();
+  } catch (err) {}
+}
+setInterval(follow, 2000);
 function advance() {
   const open = batch.findIndex((x, i) => i > cur && !x.done);
   const any = batch.findIndex(x => !x.done);
@@ -90,13 +125,17 @@ async function decide(labels, exclude) {
   const x = batch[cur]; if (!x) return;
   const d = await api('api/decide', {path: x.path, labels: labels, exclude: !!exclude});
   mine.push({id: d.id, index: cur}); x.done = exclude ? 'excluded' : 'labelled ' + labels.join(', ');
+  const st = document.getElementById('status'), m = /^(\d+) of/.exec(st.textContent);
+  if (m && !x.counted && !exclude) { st.textContent = st.textContent.replace(/^\d+/, Number(m[1]) + 1); x.counted = true; }
   advance();
 }
-async function undo() {
-  const last = mine.pop(); if (!last) { say('nothing of this page to undo'); return; }
-  await api('api/undo', {id: last.id});
-  if (batch[last.index]) { batch[last.index].done = null; cur = last.index; }
-  say('undone'); draw();
+async function undo() {  // this tab's own last decision (after a reload: the server knows it by the tab)
+  const last = mine.pop();
+  const r = await api('api/undo', last ? {id: last.id} : {});
+  if (r.undone === null) { say('nothing of this tab to undo'); return; }
+  const i = batch.findIndex(b => b.path === r.path);
+  if (i >= 0) { batch[i].done = null; cur = i; }
+  say('undone: ' + r.path, true); draw();
 }
 document.addEventListener('keydown', async (e) => {
   if (e.target.tagName === 'INPUT') return;
@@ -151,12 +190,13 @@ function actions(path, given, suggested) {  // label lists: one class each in a 
 }
 async function act(path, labels, exclude) {
   await api('api/decide', {path: path, labels: labels, exclude: !!exclude});
-  say((exclude ? 'excluded ' : 'labelled ' + labels.join(', ') + ': ') + path); load();
+  say((exclude ? 'excluded ' : 'labelled ' + labels.join(', ') + ': ') + path, true); load();
 }
 async function load() {
   classes = (await api('api/progress')).classes;
   const r = await api('api/review');
-  document.getElementById('note').textContent = r.note;
+  document.getElementById('note').textContent = r.note || (!r.issues.length && !r.pairs.length && !r.outliers.length
+    ? 'nothing found: no likely label error, no copy across classes or the split, no outlier' : '');
   const issues = document.getElementById('issues'); issues.textContent = '';
   for (const x of r.issues) issues.append(el('div', {class: 'card issue', 'data-path': x.path}, img(x.path), el('div', {}, x.path),
     el('div', {}, x.given + ' \\u2192 ' + x.suggested + ' (p given ' + x.p_given + ')'), actions(x.path, x.given_labels, x.suggested_labels)));
@@ -194,7 +234,8 @@ async function load() {
   const line = (x1, y1, x2, y2) => { const l = document.createElementNS(ns, 'line'); for (const [k, v] of Object.entries({x1, y1, x2, y2, stroke: '#999'})) l.setAttribute(k, v); svg.append(l); };
   const text = (x, y, t) => { const e = document.createElementNS(ns, 'text'); e.setAttribute('x', x); e.setAttribute('y', y); e.setAttribute('font-size', 11); e.textContent = t; svg.append(e); };
   line(m, H - m, W - m, H - m); line(m, m, m, H - m); text(4, Y(1) + 4, '1.0'); text(4, Y(0) + 4, '0.0');
-  text(W / 2 - 30, H - 8, 'labels (' + maxN + ')');
+  text(W / 2 - 20, H - 4, 'labels');
+  for (let k = 0; k <= 4; k++) { const n = Math.round(maxN * k / 4); line(X(n), H - m, X(n), H - m + 4); text(X(n) - 8, H - m + 16, String(n)); }
   if (p.curve.length) {
     const banded = p.curve.filter(c => c.length > 3);  // the 95% interval as a band under the line
     if (banded.length) {

@@ -11,14 +11,25 @@ in images added to the folder meanwhile.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from pipeline.data import UNLABELLED, LabelsTable, LayoutOptions, check_class_name, walk_images
+from pipeline.data import (
+    UNLABELLED,
+    Journal,
+    LabelsTable,
+    LayoutOptions,
+    check_class_name,
+    excluded_file,
+    file_state,
+    walk_images,
+)
 from pipeline.errors import UserError
 from pipeline.label._select import _reduced, select_next
 from pipeline.reports import mean_ap_interval, wilson
@@ -30,7 +41,8 @@ REVIEW_LIMIT = 60  # findings of each kind on the review page
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """One decision, as undo needs it: the image's labels and exclusion before and after."""
+    """One decision, as undo needs it: the image's labels and exclusion before and after, and
+    the tab that made it ("" where none was named)."""
 
     id: int
     path: str
@@ -38,6 +50,25 @@ class Decision:
     after: tuple[str, ...]
     was_excluded: bool
     excluded: bool
+    tab: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """Something every open page should see: a decision or an undo (from any tab) or the labels
+    file changed on disk; ``version`` numbers them in order."""
+
+    version: int
+    kind: str                 # decide, undo, file
+    text: str
+    path: str = ""
+    labels: tuple[str, ...] = ()
+    excluded: bool = False
+    tab: str = ""
+
+
+EVENTS_KEPT = 500  # the newest events a page polling /api/state can catch up on
+HANDED_FOR = 600   # seconds a batch given to one tab is kept from the others
 
 
 @dataclasses.dataclass
@@ -74,6 +105,11 @@ class LabelSession:
         self.reviewed: set[str] = set()
         self.curve: list[tuple[int, float, float, float]] = []
         self.note = ""
+        self.events: list[Event] = []
+        self.handed: dict[str, tuple[float, set[str]]] = {}  # the batch each tab was last given, and when
+        self.version = 0
+        self.journal = Journal(self.labels_path)
+        self._on_disk: tuple = ()  # the labels file's state when the app last read or wrote it
         self._dirty = False
         self._next_id = 1
         self._stop = threading.Event()
@@ -101,9 +137,64 @@ class LabelSession:
             self.stored_split = np.asarray(cs.split)  # the code set's, for leakage across it
             self.where = {p: i for i, p in enumerate(self.paths)}
             self.table = table
-            self.classes = sorted(set(getattr(self, "classes", [])) | set(cs.class_names)
-                                  | {x for v in table.labels().values() for x in v})
+            self._on_disk = self._state_on_disk()
+            self._add_classes(list(cs.class_names) + [x for v in table.labels().values() for x in v])
             self._model = None
+
+    def _add_classes(self, names) -> None:
+        """Classes keep the order they first appeared in (the digit keys stay put); new ones go last."""
+        known = list(getattr(self, "classes", []))
+        for name in names:
+            if name not in known:
+                known.append(name)
+        self.classes = known
+
+    def _state_on_disk(self) -> tuple:
+        return file_state(self.labels_path), file_state(excluded_file(self.labels_path))
+
+    def _sync(self) -> int:
+        """The labels file is the truth: read it again if it changed on disk since the app last
+        read or wrote it (an edit beside the app), before any decision is applied to it. Returns
+        how many images' labels changed."""
+        state = self._state_on_disk()
+        if state == self._on_disk:
+            return 0
+        old, was = self.table.labels(), set(self.table.excluded)
+        self.table = LabelsTable(self.labels_path, self.root, self._layout(), multi=self.multi)
+        self._on_disk = state
+        new = self.table.labels()
+        changed = sum(old.get(p) != new.get(p) for p in set(old) | set(new)) + len(was ^ self.table.excluded)
+        self._add_classes(x for v in new.values() for x in v)
+        self._model, self._dirty = None, True
+        if changed:
+            self._event("file", f"{self.labels_path.name} changed: {changed} row(s) reloaded")
+        return changed
+
+    def _event(self, kind: str, text: str, **what) -> Event:
+        self.version += 1
+        e = Event(self.version, kind, text, **what)
+        self.events = self.events[-(EVENTS_KEPT - 1):] + [e]
+        return e
+
+    def state(self, since: int = 0) -> dict:
+        """What changed since ``version`` ``since``: the events a page has not seen (decisions of
+        other tabs, undos, the file changed on disk), and the counts."""
+        with self.lock:
+            self._sync()
+            fresh = [dataclasses.asdict(e) for e in self.events if e.version > since]
+            labelled = sum(1 for p, v in self.table.labels().items() if p in self.where and (v or self.multi))
+            return {"version": self.version, "events": fresh, "labelled": labelled, "images": len(self.paths)}
+
+    def _write(self, d: Decision, kind: str) -> None:
+        """The labels file written whole, then the decision journaled (flushed to disk)."""
+        self.table.write()
+        self._on_disk = self._state_on_disk()
+        self.journal.append({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+                             "kind": kind, "id": d.id, "image": d.path,
+                             "before": list(d.before) if kind == "decide" else list(d.after),
+                             "after": list(d.after) if kind == "decide" else list(d.before),
+                             "excluded_before": d.was_excluded if kind == "decide" else d.excluded,
+                             "excluded": d.excluded if kind == "decide" else d.was_excluded, "tab": d.tab})
 
     @property
     def multi(self) -> bool:
@@ -138,41 +229,61 @@ class LabelSession:
 
     # ---------------------------------------------------------------- decisions
 
-    def decide(self, path: str, labels: list[str] | None, exclude: bool = False) -> Decision:
-        """Give ``path`` these labels (or exclude it), write the labels file whole, remember it for undo."""
+    def decide(self, path: str, labels: list[str] | None, exclude: bool = False, tab: str = "") -> Decision:
+        """Give ``path`` these labels (or exclude it) in the labels file as it is on disk now,
+        write it whole, journal the decision and remember it for undo."""
         with self.lock:
             if path not in self.where:
                 raise UserError(f"{path}: not an image of this data set")
             labels = [check_class_name(x, self.multi) for x in (labels or [])]
+            self._sync()
             before = tuple(self.table.labels().get(path, []))
             was_excluded = path in self.table.excluded
-            for name in labels:
-                if name not in self.classes:
-                    self.classes = sorted(set(self.classes) | {name})
             self.table.set(path, [] if exclude else labels, excluded=exclude)
-            self.table.write()
-            d = Decision(self._next_id, path, before, tuple([] if exclude else labels), was_excluded, exclude)
+            after = tuple(self.table.labels().get(path, []))  # (as the file reads it back: a label set sorted)
+            d = Decision(self._next_id, path, before, after, was_excluded, exclude, tab)
+            self._write(d, "decide")
+            self._add_classes(labels)
             self._next_id += 1
             self.history.append(d)
             self.skipped.discard(path)
             self.reviewed.add(path)
             self._model, self._dirty = None, True
+            self._event("decide", f"{path}: " + ("excluded" if exclude else ", ".join(labels) or "no label"),
+                        path=path, labels=d.after, excluded=exclude, tab=tab)
             return d
 
-    def undo(self, decision_id: int | None = None) -> Decision | None:
-        """Take back a decision (the last one if no id): the image gets what it had before."""
+    def undo(self, decision_id: int | None = None, tab: str | None = None) -> Decision | None:
+        """Take back a decision (by id; without one, the last decision of ``tab``, or the last
+        of all without a tab): the image gets what it had before, but only while it still holds
+        what the decision wrote; otherwise a :class:`UserError` says who changed it since, and
+        nothing changes."""
         with self.lock:
-            if not self.history:
-                return None
-            d = (self.history[-1] if decision_id is None
-                 else next((x for x in self.history if x.id == decision_id), None))
-            if d is None:
-                raise UserError(f"no decision {decision_id} to undo")
+            self._sync()
+            if decision_id is None:
+                mine = [x for x in self.history if tab is None or x.tab == tab]
+                if not mine:
+                    return None
+                d = mine[-1]
+            else:
+                d = next((x for x in self.history if x.id == decision_id), None)
+                if d is None:
+                    raise UserError(f"no decision {decision_id} to undo")
+            now = tuple(self.table.labels().get(d.path, []))
+            if now != d.after or (d.path in self.table.excluded) != d.excluded:
+                later = [x for x in self.history if x.path == d.path and x.id > d.id]
+                who = ("another tab" if later[-1].tab != d.tab else "a later decision of this tab") if later \
+                    else f"an edit of {self.labels_path.name}"
+                shown = "excluded" if d.path in self.table.excluded else ", ".join(now) or "no label"
+                raise UserError(f"{d.path} was changed since by {who} (now: {shown}): nothing undone")
             self.table.set(d.path, list(d.before), excluded=d.was_excluded)
-            self.table.write()
+            self._write(d, "undo")
             self.history.remove(d)
             self.reviewed.discard(d.path)
             self._model, self._dirty = None, True
+            self._event("undo", f"{d.path}: back to " + ("excluded" if d.was_excluded else ", ".join(d.before)
+                                                         or "no label"),
+                        path=d.path, labels=d.before, excluded=d.was_excluded, tab=d.tab)
             return d
 
     def skip(self, path: str) -> None:
@@ -182,7 +293,7 @@ class LabelSession:
     def add_class(self, name: str) -> str:
         with self.lock:
             name = check_class_name(name, self.multi)
-            self.classes = sorted(set(self.classes) | {name})
+            self._add_classes([name])
             return name
 
     # ---------------------------------------------------------------- the model and the next batch
@@ -225,12 +336,17 @@ class LabelSession:
             out.append({"suggested": suggested, "proba": dict(sorted(proba.items(), key=lambda kv: -kv[1])[:5])})
         return out
 
-    def next_batch(self, n: int | None = None, taken=()) -> dict:
-        """The next images to label (none already labelled, skipped, excluded or in ``taken``),
-        each with the current model's suggestion; records a point of the progress curve."""
+    def next_batch(self, n: int | None = None, taken=(), tab: str = "") -> dict:
+        """The next images to label (none already labelled, skipped, excluded, in ``taken`` or
+        handed to another tab within the last :data:`HANDED_FOR` seconds: two tabs labelling at
+        once get different images), each with the current model's suggestion."""
         with self.lock:
+            self._sync()
             view = self.view()
-            skip = {self.where[p] for p in set(self.skipped) | set(self.table.excluded) | set(taken)
+            now = time.monotonic()
+            self.handed = {t: (when, paths) for t, (when, paths) in self.handed.items() if now - when < HANDED_FOR}
+            elsewhere = set().union(*(paths for t, (_, paths) in self.handed.items() if t != tab))
+            skip = {self.where[p] for p in set(self.skipped) | set(self.table.excluded) | set(taken) | elsewhere
                     if p in self.where}
             pool = len(set(np.flatnonzero(view.split == UNLABELLED).tolist()) - skip)
             if pool <= 0:
@@ -240,7 +356,9 @@ class LabelSession:
             choice = select_next(view, int(n or self.batch), self.strategy, self.seed + len(self.history), exclude=skip)
             hints = self.suggest(choice.rows, view)
             images = [{"path": self.paths[r], **h} for r, h in zip(choice.rows, hints)]
-            return {"images": images, "strategy": choice.strategy, "pool": pool}
+            if tab:
+                self.handed[tab] = (now, {x["path"] for x in images})
+            return {"images": images, "strategy": choice.strategy, "pool": pool, "version": self.version}
 
     # ---------------------------------------------------------------- progress
 
@@ -275,6 +393,7 @@ class LabelSession:
 
     def progress(self) -> dict:
         with self.lock:
+            self._sync()
             view = self.view()
             lab = view.split != UNLABELLED
             counts = (view.y[lab].sum(0).tolist() if self.multi else

@@ -107,6 +107,31 @@ def test_every_request_without_the_token_is_refused(app):
     assert app.request("/api/progress", headers={"Host": "evil.example"})[0] == 400
 
 
+def test_requests_from_another_site_are_refused_even_with_the_token(app):
+    some = app.json("/api/next")["images"][0]["path"]
+    before = (app.root / "labels.csv").read_bytes()
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Sec-Fetch-Site": "same-site"}, {"Origin": f"http://127.0.0.1:{app.port + 1}"}):
+        status, _ = app.request("/api/decide", {"path": some, "labels": ["class0"]}, headers=headers)
+        assert status == 403, headers
+        assert app.request("/api/next", headers=headers)[0] == 403, headers
+    assert (app.root / "labels.csv").read_bytes() == before
+    # the app's own pages send their origin, or a same-origin fetch: they pass
+    own = {"Origin": f"http://127.0.0.1:{app.port}", "Sec-Fetch-Site": "same-origin"}
+    assert app.request("/api/progress", headers=own)[0] == 200
+
+
+def test_pages_cannot_be_framed_and_the_token_moves_to_a_cookie(app):
+    req = urllib.request.Request(f"{app.url}")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"] and r.headers["X-Frame-Options"] == "DENY"
+        cookie = r.headers["Set-Cookie"]
+    assert app.token in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    jar = cookie.split(";")[0]
+    assert app.request("/api/progress", token=False, headers={"Cookie": jar})[0] == 200  # no token in the address
+    assert app.request("/api/progress", token=False, headers={"Cookie": jar[:-3] + "xyz"})[0] == 403
+
+
 def test_only_the_data_sets_images_are_served(app, tmp_path):
     secret = app.root.parent / "secret.png"
     secret.write_bytes(b"not for you")
@@ -214,3 +239,22 @@ def test_images_added_while_it_runs_get_codes_and_join_the_pool_and_labels_reach
     labelled = {p: cs.class_names[y] for p, y, s in zip(cs.paths, cs.y, cs.split) if s != 3}
     assert all(labelled[p] == "class2" for p in pool)  # the index took the decisions
     assert len(cs) == n + 3
+
+
+def test_the_token_survives_a_restart_and_new_token_replaces_it(tmp_path):
+    root = flat_folder(tmp_path, per_class=4)
+    first = App(tmp_path, root)
+    first.stop()
+    again = App(tmp_path, root)
+    try:
+        assert again.token == first.token  # an open tab goes on after a restart
+        assert again.request("/api/progress")[0] == 200
+    finally:
+        again.stop()
+    token_file = next((tmp_path / "cache").glob("*/label-token"))
+    assert token_file.stat().st_mode & 0o077 == 0  # owner-only
+    renewed = App(tmp_path, root, "--new-token")
+    try:
+        assert renewed.token != first.token and renewed.request("/api/progress", token=first.token)[0] == 403
+    finally:
+        renewed.stop()

@@ -117,3 +117,69 @@ def test_the_review_of_a_multi_label_set_offers_label_sets_and_accepting_one_fix
     s.decide(planted, issue["suggested_labels"])
     assert sorted(rows_of(root / "tags.csv")[planted].split("|")) == ["boat", "sky"]
     assert planted not in {x["path"] for x in s.review()["issues"]}
+
+
+def test_a_hand_edit_of_the_file_survives_the_next_decision_and_is_announced(tmp_path):
+    root = folder(tmp_path, ["red", "green", "blue"])
+    s = session(tmp_path, root)
+    pool = [x["path"] for x in s.next_batch(6)["images"]]
+    s.decide(pool[0], ["red"])
+    version = s.state()["version"]
+    text = (root / "tags.csv").read_text()  # edited beside the app, as a spreadsheet would
+    first = text.splitlines()[1].split(",")[0]
+    text = text.replace(f"{first},red", f"{first},blue") + f"{pool[1]},green\n"
+    (root / "tags.csv").write_text(text)
+    s.decide(pool[2], ["green"])
+    rows = rows_of(root / "tags.csv")
+    assert rows[first] == "blue" and rows[pool[1]] == "green" and rows[pool[2]] == "green" and rows[pool[0]] == "red"
+    events = s.state(version)["events"]
+    assert any(e["kind"] == "file" and "tags.csv changed: 2 row(s) reloaded" in e["text"] for e in events), events
+
+
+def test_undo_takes_back_only_what_the_image_still_holds_and_only_the_tabs_own(tmp_path):
+    root = folder(tmp_path, ["red", "green", "blue"])
+    s = session(tmp_path, root)
+    image, other = [x["path"] for x in s.next_batch(2, tab="A")["images"]]
+    assert image not in {x["path"] for x in s.next_batch(4, tab="B")["images"]}  # two tabs, different images
+    a = s.decide(image, ["red"], tab="A")
+    s.decide(other, ["blue"], tab="B")
+    s.decide(image, ["green"], tab="B")  # tab B relabels tab A's image
+    with pytest.raises(UserError, match="changed since by another tab"):
+        s.undo(a.id)
+    assert rows_of(root / "tags.csv")[image] == "green"  # B's label stays
+    with pytest.raises(UserError, match="another tab"):  # A's 'u': its own last decision, which B overwrote
+        s.undo(tab="A")
+    assert rows_of(root / "tags.csv")[image] == "green" and rows_of(root / "tags.csv")[other] == "blue"
+    assert s.undo(tab="B").path == image and rows_of(root / "tags.csv")[image] == "red"  # B's own last
+
+
+def test_the_journal_rebuilds_the_labels_file(tmp_path):
+    from pipeline.data import Journal, journal_file, replay
+
+    root = folder(tmp_path, ["red", "green", "blue"])
+    s = session(tmp_path, root)
+    pool = [x["path"] for x in s.next_batch(3)["images"]]
+    s.decide(pool[0], ["red"], tab="A")
+    d = s.decide(pool[1], ["blue"], tab="A")
+    s.decide(pool[2], [], exclude=True)
+    s.undo(d.id)
+    entries, damaged = Journal(root / "tags.csv").entries()
+    assert [e["kind"] for e in entries] == ["decide", "decide", "decide", "undo"] and damaged == 0
+    assert entries[0]["image"] == pool[0] and entries[0]["after"] == ["red"] and entries[0]["tab"] == "A"
+    kept = rows_of(root / "tags.csv")
+    (root / "tags.csv").write_text("image,tags\n")  # the file clobbered by another program
+    with open(journal_file(root / "tags.csv"), "a") as fh:
+        fh.write('{"image": "half a line\n')  # and a damaged line
+    applied, damaged = replay(root / "tags.csv", root)
+    assert applied == 4 and damaged == 1
+    assert {p: v for p, v in rows_of(root / "tags.csv").items()} == {pool[0]: "red"}
+    assert set(kept) >= {pool[0]} and pool[1] not in kept  # (the undo took pool[1] back)
+
+
+def test_digit_keys_stay_put_when_a_class_is_added(tmp_path):
+    root = folder(tmp_path, ["red", "green", "blue"])
+    s = session(tmp_path, root)
+    before = s.progress()["classes"]
+    s.add_class("amber")  # sorts first by name, but takes the next number
+    after = s.progress()["classes"]
+    assert after == before + ["amber"]
