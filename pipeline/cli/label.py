@@ -3,7 +3,6 @@
 each, turns the audit's findings into fixed labels, and writes every decision to the labels file
 (DATA/labels.csv unless the folder has one or --labels names one) whole, at once. Images added to
 the folder while it runs get codes in the background and join the pool. Ctrl-C stops it."""
-import json
 import sys
 import threading
 import webbrowser
@@ -12,7 +11,7 @@ from pathlib import Path
 from pipeline.cli import codes, seed_value
 from pipeline.codes import CodeSet
 from pipeline.errors import ParameterError, UserError
-from pipeline.label import STRATEGIES
+from pipeline.label import STRATEGIES, labels_file_of
 
 HELP = "a local web app to label the images worth labelling, and fix the audit's findings"
 
@@ -36,19 +35,6 @@ def add_arguments(p):
     p.add_argument("--replay", action="store_true",
                    help="rebuild the labels file from its journal (<labels stem>.journal.jsonl: every decision made "
                         "in the app, in order) and exit")
-
-
-def labels_file_of(cs, data: Path, given) -> Path:
-    """Where decisions go: --labels, else the labels file the folder's layout was read from, else DATA/labels.csv."""
-    if given:
-        return Path(given)
-    try:
-        source = json.loads(cs.attrs.get("layout") or "{}")
-    except ValueError:
-        source = {}
-    if isinstance(source, dict) and source.get("layout") == "labels-file" and source.get("labels_file"):
-        return Path(source["labels_file"])
-    return data / "labels.csv"
 
 
 def replay_journal(a) -> int:

@@ -9,9 +9,9 @@ from pathlib import Path
 from pipeline._files import durable_replace
 from pipeline.cli import codes, seed_value
 from pipeline.codes import CodeSet
-from pipeline.data import UNLABELLED
+from pipeline.data import UNLABELLED, excluded_images
 from pipeline.errors import ParameterError
-from pipeline.label import STRATEGIES, select_next
+from pipeline.label import STRATEGIES, labels_file_of, select_next
 
 HELP = "the next unlabelled images to label, as a CSV"
 
@@ -38,7 +38,9 @@ def run(a):
     if out.is_dir():
         raise ParameterError("out", f"{out} is a folder: give a file name")
     cs = CodeSet(codes.compute_codes(a)[0])
-    choice = select_next(cs, a.n, a.strategy, a.draw_seed)
+    excluded = excluded_images(labels_file_of(cs, Path(a.data), a.labels))  # (as the labelling app leaves them out)
+    choice = select_next(cs, a.n, a.strategy, a.draw_seed,
+                         exclude=[i for i, p in enumerate(cs.paths) if p in excluded] if excluded else ())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # whole or absent; read back as data: no cell escaping
     try:
@@ -50,5 +52,6 @@ def run(a):
         durable_replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"{len(choice.rows)} of {int((cs.split == UNLABELLED).sum())} unlabelled images suggested ({choice.strategy}) -> {out}")
+    print(f"{len(choice.rows)} of {int((cs.split == UNLABELLED).sum())} unlabelled images suggested ({choice.strategy})"
+          + (f", {len(excluded)} excluded in the labelling app left out" if excluded else "") + f" -> {out}")
     return 0

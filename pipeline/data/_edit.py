@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from pathlib import Path
 
 from pipeline._faults import fault_point
@@ -26,8 +27,10 @@ from pipeline.data._layouts import (
     _columns,
     _ImageIndex,
     _read_table,
+    _has_separator,
     _split_labels,
     _Table,
+    escape_name,
 )
 from pipeline.errors import UserError
 
@@ -36,21 +39,35 @@ MAX_NAME = 200
 
 
 def check_class_name(name: str, multi: bool = False) -> str:
-    """``name`` stripped, if it can be a class: not empty, on one line, at most 200 characters
-    (multi-label: without the separators a cell joins labels with)."""
+    """``name`` stripped, if it can be a class: not empty, on one line (no control character, no
+    Unicode line or paragraph separator), at most 200 characters (multi-label: without the
+    separators a cell joins labels with)."""
     if not isinstance(name, str) or not name.strip():
         raise UserError("a class name cannot be empty")
     name = name.strip()
-    if any(c in name for c in "\r\n\x00") or len(name) > MAX_NAME:
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name) or len(name) > MAX_NAME:
         raise UserError(f"a class name is one line of at most {MAX_NAME} characters (not {name[:40]!r})")
-    if multi and any(s in name for s in MULTI_SEPARATORS):
-        raise UserError(f"a label of a multi-label set cannot hold {' '.join(MULTI_SEPARATORS)} (not {name!r})")
+    if multi and (any(s in name for s in MULTI_SEPARATORS) or name.endswith("\\")):
+        raise UserError(f"a label of a multi-label set cannot hold {' '.join(MULTI_SEPARATORS)} or end in a "
+                        f"backslash (not {name!r})")
     return name
 
 
 def excluded_file(labels_path: Path) -> Path:
     labels_path = Path(labels_path)
     return labels_path.with_name(labels_path.stem + ".excluded.txt")
+
+
+def excluded_images(labels_path: Path) -> set[str]:
+    """The images a person excluded in the labelling app (``<labels stem>.excluded.txt``), by
+    their paths relative to the data folder; every tool that offers images to label leaves them out."""
+    f = excluded_file(labels_path)
+    if not f.is_file():
+        return set()
+    try:
+        return {ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{f} cannot be read as a list of images ({exc})") from None
 
 
 def journal_file(labels_path: Path) -> Path:
@@ -154,8 +171,7 @@ class LabelsTable:
             self.image_col, self.label_col, self.split_col, self.onehot = cols.image, cols.label, cols.split, cols.onehot
             cells = [r[cols.label] for r in self.table.rows if cols.label is not None and cols.label < len(r)]
             self.multi = (cols.label is None or options.task == "multi-label"
-                          or (options.task != "single-label" and any(any(s in c for s in MULTI_SEPARATORS)
-                                                                    for c in cells)))
+                          or (options.task != "single-label" and any(_has_separator(c) for c in cells)))
             self.separator = next((s for s in MULTI_SEPARATORS if any(s in c for c in cells)), "|")
         else:
             self.table = _Table(self.path, list(NEW_HEADER), [], ",")
@@ -193,18 +209,13 @@ class LabelsTable:
         return out
 
     def _read_excluded(self) -> set[str]:
-        f = excluded_file(self.path)
-        if not f.is_file():
-            return set()
-        try:
-            return {ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()}
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{f} cannot be read as a list of images ({exc})") from None
+        return excluded_images(self.path)
 
     # ---------------------------------------------------------------- editing
 
     def _cell(self, labels) -> str:
-        return self.separator.join(labels) if self.multi else (labels[0] if labels else "")
+        # (a single-label name holding a separator is escaped: it reads back as one class)
+        return self.separator.join(labels) if self.multi else (escape_name(labels[0]) if labels else "")
 
     def set(self, rel: str, labels: list[str] | None, excluded: bool = False) -> None:
         """Give image ``rel`` these labels (None or []: no row, unlabelled), in memory."""

@@ -406,13 +406,28 @@ def _columns(table: _Table, options: LayoutOptions, path: Path) -> _Columns:
     return _Columns(image, label, split, onehot)
 
 
+def escape_name(name: str) -> str:
+    """A single-label class name as a cell: a backslash before each ``|``, ``;`` or ``,`` it holds,
+    so that the cell reads back as one class of a single-label set (not as several labels)."""
+    return re.sub(r"([|;,])", r"\\\1", name)
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([|;,])", r"\1", text)
+
+
+def _has_separator(cell: str) -> bool:
+    """Whether a cell joins several labels: it holds a separator no backslash escapes."""
+    return bool(re.search(r"(?<!\\)[|;,]", cell))
+
+
 def _split_labels(cell: str, multi: bool) -> list[str]:
     if not multi:
-        return [cell]
+        return [_unescape(cell)]
     for sep in MULTI_SEPARATORS:
-        if sep in cell:
-            return [x.strip() for x in cell.split(sep) if x.strip()]
-    return [cell] if cell else []
+        if re.search(rf"(?<!\\){re.escape(sep)}", cell):
+            return [_unescape(x.strip()) for x in re.split(rf"(?<!\\){re.escape(sep)}", cell) if x.strip()]
+    return [_unescape(cell)] if cell else []
 
 
 def _labels_file(root: Path, options: LayoutOptions, table: _Table | None = None,
@@ -446,7 +461,7 @@ def _labels_file(root: Path, options: LayoutOptions, table: _Table | None = None
     repeated = False
     if cols.label is not None and options.task != "single-label":
         cells = [r[cols.label] for r in table.rows if cols.label < len(r)]
-        multi = options.task == "multi-label" or any(any(s in c for s in MULTI_SEPARATORS) for c in cells)
+        multi = options.task == "multi-label" or any(_has_separator(c) for c in cells)
     else:
         multi = cols.label is None
     if cols.label is None and options.task == "single-label":

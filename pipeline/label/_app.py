@@ -148,7 +148,7 @@ def make_app(session: LabelSession, token: str):
         path, labels, exclude = data.get("path"), data.get("labels") or [], bool(data.get("exclude", False))
         if not isinstance(path, str) or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise UserError("a decision is {path: text, labels: [text], exclude: true/false}")
-        d = await run(session.decide, path, labels, exclude, tab_of(request))
+        d = await run(session.decide, path, labels, exclude, tab_of(request), data.get("reviewed") is True)
         return JSONResponse({"id": d.id, "path": d.path, "labels": list(d.after), "excluded": d.excluded,
                              "version": session.version})
 

@@ -189,7 +189,7 @@ function actions(path, given, suggested) {  // label lists: one class each in a 
   return box;
 }
 async function act(path, labels, exclude) {
-  await api('api/decide', {path: path, labels: labels, exclude: !!exclude});
+  await api('api/decide', {path: path, labels: labels, exclude: !!exclude, reviewed: true});
   say((exclude ? 'excluded ' : 'labelled ' + labels.join(', ') + ': ') + path, true); load();
 }
 async function load() {

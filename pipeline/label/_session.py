@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import threading
 import time
@@ -229,9 +230,12 @@ class LabelSession:
 
     # ---------------------------------------------------------------- decisions
 
-    def decide(self, path: str, labels: list[str] | None, exclude: bool = False, tab: str = "") -> Decision:
+    def decide(self, path: str, labels: list[str] | None, exclude: bool = False, tab: str = "",
+               reviewed: bool = False) -> Decision:
         """Give ``path`` these labels (or exclude it) in the labels file as it is on disk now,
-        write it whole, journal the decision and remember it for undo."""
+        write it whole, journal the decision and remember it for undo. ``reviewed``: made on the
+        review page, whose finding it settles (the review hides it); the label page's decisions
+        stay under review, so a wrong key press can still be flagged."""
         with self.lock:
             if path not in self.where:
                 raise UserError(f"{path}: not an image of this data set")
@@ -247,7 +251,8 @@ class LabelSession:
             self._next_id += 1
             self.history.append(d)
             self.skipped.discard(path)
-            self.reviewed.add(path)
+            if reviewed:
+                self.reviewed.add(path)
             self._model, self._dirty = None, True
             self._event("decide", f"{path}: " + ("excluded" if exclude else ", ".join(labels) or "no label"),
                         path=path, labels=d.after, excluded=exclude, tab=tab)
@@ -491,3 +496,16 @@ class LabelSession:
     def stop(self) -> None:
         self._stop.set()
 
+
+def labels_file_of(cs, data: Path, given=None) -> Path:
+    """Where the labelling app's decisions go for code set ``cs`` of folder ``data``: ``given``
+    (--labels), else the labels file the folder's layout was read from, else DATA/labels.csv."""
+    if given:
+        return Path(given)
+    try:
+        source = json.loads(cs.attrs.get("layout") or "{}")
+    except ValueError:
+        source = {}
+    if isinstance(source, dict) and source.get("layout") == "labels-file" and source.get("labels_file"):
+        return Path(source["labels_file"])
+    return data / "labels.csv"

@@ -114,3 +114,11 @@ def test_suggest_writes_the_next_images_of_a_labels_file_set(tmp_path, capsys):
     paths = [r[0] for r in rows[1:]]
     assert len(set(paths)) == 5 and not set(paths) & set(labelled) and all((data / p).is_file() for p in paths)
     assert "5 of 16 unlabelled images suggested (coverage)" in capsys.readouterr().out
+    # images excluded in the labelling app are never suggested again
+    (data / "labels.excluded.txt").write_text("".join(f"{p}\n" for p in paths[:3]))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, args)
+    assert exit_.value.code == 0, capsys.readouterr().err
+    again = [r[0] for r in list(csv.reader(out.open()))[1:]]
+    assert len(again) == 5 and not set(again) & set(paths[:3])
+    assert "3 excluded in the labelling app left out" in capsys.readouterr().out
