@@ -11,7 +11,7 @@ from pipeline.cli import codes, seed_value
 from pipeline.codes import CodeSet
 from pipeline.data import UNLABELLED, excluded_images
 from pipeline.errors import ParameterError
-from pipeline.label import STRATEGIES, labels_file_of, select_next
+from pipeline.label import GROUP_SIZE, STRATEGIES, labels_file_of, select_group, select_next
 
 HELP = "the next unlabelled images to label, as a CSV"
 
@@ -29,6 +29,42 @@ def add_arguments(p):
                         "with diversity)")
     p.add_argument("--draw-seed", type=seed_value, default=0,
                    help="seed of the choice (random draws, k-means); --seed is the split's, as in codes")
+    p.add_argument("--groups", action="store_true",
+                   help="groups of look-alikes to label a group at a time (as the labelling app's g), densest first: "
+                        "columns path, group, suggested (the class the current labels suggest)")
+    p.add_argument("--group-size", type=int, default=GROUP_SIZE, help="--groups: images per group at most")
+
+
+def write_whole(out: Path, header, rows) -> None:
+    """The CSV ``out``, whole or absent."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # read back as data: no cell escaping
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(rows)
+        durable_replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_groups(a, cs, out: Path, left_out: list) -> int:
+    """--groups: groups of look-alikes, densest first, until --n images are in them."""
+    if a.group_size < 1:
+        raise ParameterError("group_size", "must be at least 1")
+    taken, rows, n_groups = list(left_out), [], 0
+    pool = int((cs.split == UNLABELLED).sum()) - len(left_out)
+    while len(rows) < a.n and len(taken) - len(left_out) < pool:
+        group = select_group(cs, int(min(a.group_size, a.n - len(rows))), a.draw_seed + n_groups, exclude=taken)
+        n_groups += 1
+        name = "" if group.suggested is None else cs.class_names[group.suggested]
+        rows += [(cs.paths[r], n_groups, name) for r in group.rows]
+        taken += group.rows.tolist()
+    write_whole(out, ["path", "group", "suggested"], rows)
+    print(f"{len(rows)} of {pool + len(left_out)} unlabelled images suggested in {n_groups} group(s) of look-alikes"
+          + (f", {len(left_out)} excluded in the labelling app left out" if left_out else "") + f" -> {out}")
+    return 0
 
 
 def run(a):
@@ -39,19 +75,12 @@ def run(a):
         raise ParameterError("out", f"{out} is a folder: give a file name")
     cs = CodeSet(codes.compute_codes(a)[0])
     excluded = excluded_images(labels_file_of(cs, Path(a.data), a.labels))  # (as the labelling app leaves them out)
-    choice = select_next(cs, a.n, a.strategy, a.draw_seed,
-                         exclude=[i for i, p in enumerate(cs.paths) if p in excluded] if excluded else ())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # whole or absent; read back as data: no cell escaping
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path", "rank", "strategy"])
-            for rank, row in enumerate(choice.rows, 1):
-                w.writerow([cs.paths[row], rank, choice.strategy])
-        durable_replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    left_out = [i for i, p in enumerate(cs.paths) if p in excluded] if excluded else []
+    if a.groups:
+        return write_groups(a, cs, out, left_out)
+    choice = select_next(cs, a.n, a.strategy, a.draw_seed, exclude=left_out)
+    write_whole(out, ["path", "rank", "strategy"],
+                [(cs.paths[row], rank, choice.strategy) for rank, row in enumerate(choice.rows, 1)])
     print(f"{len(choice.rows)} of {int((cs.split == UNLABELLED).sum())} unlabelled images suggested ({choice.strategy})"
           + (f", {len(excluded)} excluded in the labelling app left out" if excluded else "") + f" -> {out}")
     return 0

@@ -2,7 +2,8 @@
 the labelling app's session (:class:`LabelSession`; its web app: :func:`make_app`)."""
 
 from pipeline.label._app import make_app
-from pipeline.label._select import STRATEGIES, Choice, select_next
+from pipeline.label._select import GROUP_SIZE, STRATEGIES, Choice, Group, select_group, select_next
 from pipeline.label._session import Decision, LabelSession, labels_file_of
 
-__all__ = ["STRATEGIES", "Choice", "Decision", "LabelSession", "labels_file_of", "make_app", "select_next"]
+__all__ = ["GROUP_SIZE", "STRATEGIES", "Choice", "Decision", "Group", "LabelSession", "labels_file_of", "make_app",
+           "select_group", "select_next"]

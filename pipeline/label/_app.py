@@ -153,6 +153,23 @@ def make_app(session: LabelSession, token: str):
                              "version": session.version})
 
     @handled
+    async def group(request):
+        n = request.query_params.get("n")
+        if n is not None and (not n.isdigit() or not 1 <= int(n) <= 200):
+            raise UserError("n: a whole number from 1 to 200")
+        return JSONResponse(await run(session.next_group, int(n) if n else None, tab_of(request)))
+
+    @handled
+    async def decide_group(request):
+        data = await body(request)
+        paths, labels = data.get("paths"), data.get("labels") or []
+        if (not isinstance(paths, list) or not paths or len(paths) > 200 or not all(isinstance(p, str) for p in paths)
+                or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+            raise UserError("a group's decision is {paths: [text], labels: [text]}")
+        ds = await run(session.decide_group, paths, labels, tab_of(request))
+        return JSONResponse({"ids": [d.id for d in ds], "labels": list(ds[0].after), "version": session.version})
+
+    @handled
     async def undo(request):
         data = await body(request)
         wanted = data.get("id")
@@ -205,6 +222,7 @@ def make_app(session: LabelSession, token: str):
     routes = [Route("/", home), Route("/label", page("label")), Route("/review", page("review")),
               Route("/progress", page("progress")), Route("/api/next", next_batch),
               Route("/api/decide", decide, methods=["POST"]), Route("/api/undo", undo, methods=["POST"]),
+              Route("/api/group", group), Route("/api/decide-group", decide_group, methods=["POST"]),
               Route("/api/skip", skip, methods=["POST"]), Route("/api/class", add_class, methods=["POST"]),
               Route("/api/progress", progress), Route("/api/review", review), Route("/api/state", state),
               Route("/image/{path:path}", image)]

@@ -61,13 +61,49 @@ function img(path) {{ return el('img', {{src: 'image/' + path.split('/').map(enc
 
 _LABEL_BODY = """<h2>Label next <span id="strategy" class="muted"></span></h2>
 <div class="keys muted"><span>1-9: class (0: 10th)</span><span>Enter: accept the suggestion</span><span>s: skip</span>
-<span>x: exclude</span><span>u: undo</span><span>&larr; &rarr;: move</span><span>c: any class by name (a new one too)</span></div>
+<span>x: exclude</span><span>u: undo</span><span>&larr; &rarr;: move</span><span>c: any class by name (a new one too)</span>
+<span>g: groups of look-alikes (click or space: take one out; Enter or a class key: label the rest)</span></div>
 <p id="classes"></p>
 <p><input id="classname" list="classlist" placeholder="class name, Enter: label the current image"><datalist id="classlist"></datalist></p>
 <div class="grid" id="grid"></div>"""
 
 _LABEL_SCRIPT = """<script>
-let batch = [], cur = 0, classes = [], multi = false, mine = [], version = 0;
+let batch = [], cur = 0, classes = [], multi = false, mine = [], version = 0, mode = 'one', grp = null;
+async function loadGroup() {
+  await loadClasses();
+  const g = await api('api/group');
+  version = Math.max(version, g.version || 0);
+  grp = {suggested: g.suggested, images: g.images.map(x => ({...x, out: false}))}; cur = 0;
+  document.getElementById('strategy').textContent = '(a group of look-alikes: ' +
+    (g.suggested ? 'suggested ' + g.suggested + ', Enter labels them' : 'no suggestion yet, a class key labels them') + ')';
+  if (!grp.images.length) say('no unlabelled image left for a group');
+  drawGroup();
+}
+function drawGroup() {
+  const g = document.getElementById('grid'); g.textContent = '';
+  grp.images.forEach((x, i) => g.append(el('div', {class: 'card' + (i === cur ? ' cur' : '') + (x.out ? ' done' : ''),
+    'data-path': x.path, on: {click: () => { x.out = !x.out; cur = i; drawGroup(); }}}, img(x.path), el('div', {}, x.path),
+    el('div', {class: 'muted'}, x.out ? 'taken out: back to the pool' : (grp.suggested || 'class?')))));
+  const shown = g.querySelector('.card.cur');
+  if (shown && shown.scrollIntoView) shown.scrollIntoView({block: 'nearest'});
+}
+async function labelGroup(name) {
+  const paths = grp.images.filter(x => !x.out).map(x => x.path);
+  if (!paths.length) { say('every image was taken out of the group'); return; }
+  const r = await api('api/decide-group', {paths: paths, labels: [name]});
+  mine.push({ids: r.ids});
+  say('labelled ' + paths.length + ' image(s) ' + name, true);
+  await loadGroup();
+}
+async function groupKey(e) {
+  const x = grp && grp.images[cur];
+  if (/^[0-9]$/.test(e.key)) { const i = (Number(e.key) + 9) % 10; if (i < classes.length) await labelGroup(classes[i]); }
+  else if (e.key === 'Enter') { if (grp.suggested) await labelGroup(grp.suggested); else say('no suggestion: press a class key'); }
+  else if ((e.key === ' ' || e.key === 'r') && x) { e.preventDefault(); x.out = !x.out; drawGroup(); }
+  else if (e.key === 'ArrowRight') { cur = Math.min(cur + 1, grp.images.length - 1); drawGroup(); }
+  else if (e.key === 'ArrowLeft') { cur = Math.max(cur - 1, 0); drawGroup(); }
+  else if (e.key === 'u' || e.key === 'Backspace') { e.preventDefault(); await undo(); await loadGroup(); }
+}
 async function loadClasses() {
   const p = await api('api/progress'); classes = p.classes; multi = p.multi_label;
   const box = document.getElementById('classes'); box.textContent = '';
@@ -111,7 +147,7 @@ async function follow() {  // decisions of other tabs and edits of the file, on 
       x.done = e.kind === 'undo' ? null : (e.excluded ? 'excluded in another tab' : 'labelled in another tab: ' + e.labels.join(', '));
       say((e.kind === 'undo' ? 'another tab undid ' : 'another tab labelled ') + e.text, true);
     }
-    if (s.events.length) draw();
+    if (s.events.length && mode === 'one') draw();
   } catch (err) {}
 }
 setInterval(follow, 2000);
@@ -131,6 +167,10 @@ async function decide(labels, exclude) {
 }
 async function undo() {  // this tab's own last decision (after a reload: the server knows it by the tab)
   const last = mine.pop();
+  if (last && last.ids) {  // a group: every image of it
+    for (const id of last.ids.slice().reverse()) await api('api/undo', {id: id});
+    say('undone: a group of ' + last.ids.length, true); return;
+  }
   const r = await api('api/undo', last ? {id: last.id} : {});
   if (r.undone === null) { say('nothing of this tab to undo'); return; }
   const i = batch.findIndex(b => b.path === r.path);
@@ -141,6 +181,8 @@ document.addEventListener('keydown', async (e) => {
   if (e.target.tagName === 'INPUT') return;
   const x = batch[cur]; say('');
   try {
+    if (e.key === 'g' && !multi) { mode = mode === 'one' ? 'group' : 'one'; if (mode === 'group') await loadGroup(); else await nextBatch(); return; }
+    if (mode === 'group') { await groupKey(e); return; }
     if (/^[0-9]$/.test(e.key)) {
       const i = (Number(e.key) + 9) % 10; if (i >= classes.length || !x) return;
       if (multi) { x.picked = x.picked.includes(classes[i]) ? x.picked.filter(c => c !== classes[i]) : [...x.picked, classes[i]]; draw(); }

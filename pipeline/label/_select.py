@@ -59,6 +59,17 @@ def _cluster_representatives(Z: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.array([i for _, i in sorted(picks)], np.int64)
 
 
+def _pool_proba(X_lab, y_lab, X_pool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A single-label set's class probabilities of each pool image (a logistic regression on the
+    labelled codes, standardized), and the classes of its columns."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300, random_state=seed)).fit(X_lab, y_lab)
+    return clf.predict_proba(X_pool), clf.classes_
+
+
 def _uncertainty(X_lab, y_lab, X_pool, multi_label: bool, seed: int) -> np.ndarray:
     """The gap between the two most probable classes of each pool image (multi-label: the
     distance of its least certain label from 0.5, doubled): smaller is less certain."""
@@ -67,15 +78,14 @@ def _uncertainty(X_lab, y_lab, X_pool, multi_label: bool, seed: int) -> np.ndarr
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = LogisticRegression(C=0.1, max_iter=300, random_state=seed)
     if multi_label:
         keep = (y_lab.min(0) != y_lab.max(0))  # labels both present and absent among the labelled
         if not keep.any():
             return np.ones(len(X_pool))
+        model = LogisticRegression(C=0.1, max_iter=300, random_state=seed)
         clf = make_pipeline(StandardScaler(), OneVsRestClassifier(model)).fit(X_lab, y_lab[:, keep])
         return (2 * np.abs(clf.predict_proba(X_pool) - 0.5)).min(1)
-    clf = make_pipeline(StandardScaler(), model).fit(X_lab, y_lab)
-    p = np.sort(clf.predict_proba(X_pool), axis=1)
+    p = np.sort(_pool_proba(X_lab, y_lab, X_pool, seed)[0], axis=1)
     return p[:, -1] - p[:, -2]
 
 
@@ -128,3 +138,64 @@ def select_next(codes, n: int, strategy: str = "auto", seed: int = 0, exclude=()
     picked = candidates[_cluster_representatives(Z_pool[candidates], n, seed)]
     picked = picked[np.argsort(gap[picked], kind="stable")]
     return Choice(pool[picked], "auto (margin with diversity)", gap[picked])
+
+
+GROUP_SIZE = 12  # images shown as one group of look-alikes (a batch's size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Look-alikes to label with one key: rows of the code set (the densest image first, then its
+    nearest neighbours), and the class the current model suggests for them (None before it can)."""
+
+    rows: np.ndarray
+    suggested: int | None
+
+
+def select_group(codes, n: int = GROUP_SIZE, seed: int = 0, exclude=()) -> Group:
+    """Up to ``n`` unlabelled images of a single-label set that the codes say belong together:
+    the pool image whose ``n`` nearest pool neighbours are nearest (the densest region left: as
+    coverage, groups taken one after another cover the pool, dense regions first), with those of
+    its neighbours the current model gives the same class (all of them before it can learn),
+    nearest first. ``exclude``: rows not to choose."""
+    from sklearn.neighbors import NearestNeighbors
+
+    if codes.multi_label:
+        raise UserError("groups of look-alikes take one class each: label a multi-label set one image at a time")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ParameterError("n", f"must be a whole number of at least 1 (not {n!r})")
+    pool = np.setdiff1d(np.flatnonzero(codes.split == UNLABELLED), np.asarray(list(exclude), np.int64))
+    if not len(pool):
+        raise UserError(f"{codes.path}: no unlabelled image left to choose from (every image has a label)")
+    labelled = np.flatnonzero(codes.split != UNLABELLED)
+    # the geometry of the whole set (not of what is left of the pool: the same scale every time)
+    Z = _reduced(codes.rows(np.ones(len(codes), bool)), seed)
+    Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    Z_pool = Z[pool]
+    y = np.asarray(codes.y)
+    predicted = suggested = None
+    if len(labelled) and len(np.unique(y[labelled])) >= 2:
+        from sklearn.linear_model import LogisticRegression
+
+        # (the labelling app's suggestion model: what the person is shown for each image)
+        model = LogisticRegression(C=1.0, max_iter=500).fit(Z[labelled], y[labelled])
+        predicted = model.predict(Z_pool)
+    k = int(min(n, len(pool)))
+    dist, near = NearestNeighbors(n_neighbors=k).fit(Z_pool).kneighbors(Z_pool)
+    centre = int(np.argmin(dist.mean(1)))  # the densest pool image
+    # no farther from it than 1.5 times the data set's typical radius of a group (the distance of an
+    # image to its k-th nearest image, on a sample): the last, scattered images of a pool make groups
+    # of their own, not one of strangers
+    sample = np.random.default_rng(seed).permutation(len(Z))[:2000]
+    typical = NearestNeighbors(n_neighbors=int(min(k + 1, len(sample)))).fit(Z[sample]).kneighbors(Z[sample])[0]
+    reach = 1.5 * float(np.median(typical[:, -1]))
+    around, far = near[centre], dist[centre]
+    if predicted is not None:
+        suggested = int(predicted[centre])
+        # the nearest pool images the model puts in the centre's class (more than k looked at)
+        far, around = NearestNeighbors(n_neighbors=int(min(len(pool), 4 * k))).fit(Z_pool).kneighbors(Z_pool[[centre]])
+        far, around = far[0], around[0]
+        same = predicted[around] == suggested
+        far, around = far[same], around[same]
+    members = around[(far <= reach) | (around == centre)][:k]
+    return Group(pool[members], suggested)

@@ -32,7 +32,7 @@ from pipeline.data import (
     walk_images,
 )
 from pipeline.errors import UserError
-from pipeline.label._select import _reduced, select_next
+from pipeline.label._select import _reduced, select_group, select_next
 from pipeline.reports import mean_ap_interval, wilson
 
 logger = logging.getLogger(__name__)
@@ -395,6 +395,38 @@ class LabelSession:
         pred = cross_val_predict(LogisticRegression(max_iter=500), Z, y, cv=cv)
         right = int((pred == y).sum())
         return (right / len(y), *wilson(right, len(y)))
+
+    def next_group(self, n: int | None = None, tab: str = "") -> dict:
+        """Up to ``n`` (the batch's size) unlabelled look-alikes to label with one key
+        (:func:`~pipeline.label.select_group`), the class the current model suggests for them,
+        and each one's own suggestion."""
+        with self.lock:
+            self._sync()
+            if self.multi:
+                raise UserError("groups take one class each: a multi-label set is labelled one image at a time")
+            view = self.view()
+            now = time.monotonic()
+            self.handed = {t: (when, paths) for t, (when, paths) in self.handed.items() if now - when < HANDED_FOR}
+            elsewhere = set().union(*(paths for t, (_, paths) in self.handed.items() if t != tab))
+            skip = {self.where[p] for p in set(self.skipped) | set(self.table.excluded) | elsewhere if p in self.where}
+            if not len(set(np.flatnonzero(view.split == UNLABELLED).tolist()) - skip):
+                return {"images": [], "suggested": None, "version": self.version}
+            group = select_group(view, int(n or self.batch), self.seed + len(self.history), exclude=skip)
+            hints = self.suggest(group.rows, view)
+            images = [{"path": self.paths[r], **h} for r, h in zip(group.rows, hints)]
+            if tab:
+                self.handed[tab] = (now, {x["path"] for x in images})
+            return {"images": images, "version": self.version,
+                    "suggested": None if group.suggested is None else view.class_names[group.suggested]}
+
+    def decide_group(self, paths: list[str], labels: list[str], tab: str = "") -> list[Decision]:
+        """The same labels for every image of a group (each a decision of its own: journaled, and
+        undone one by one or together)."""
+        with self.lock:
+            unknown = [p for p in paths if p not in self.where]
+            if unknown:
+                raise UserError(f"{unknown[0]}: not an image of this data set")
+            return [self.decide(p, labels, tab=tab) for p in paths]
 
     def progress(self) -> dict:
         with self.lock:

@@ -97,9 +97,10 @@ def test_suggest_writes_the_next_images_of_a_labels_file_set(tmp_path, capsys):
     src = make_images(tmp_path / "src", n_classes=3, per_class=8)
     data = tmp_path / "data"
     data.mkdir()
-    labelled = {}
+    labelled, colour = {}, {}
     for i, p in enumerate(sorted(q for q in src.rglob("*") if q.suffix.lower() in (".png", ".jpg", ".jpeg"))):
         Image.open(p).convert("RGB").save(data / f"{i:03d}.png")
+        colour[f"{i:03d}.png"] = p.relative_to(src).parts[0]
         if i % 3 == 0:
             labelled[f"{i:03d}.png"] = p.relative_to(src).parts[0]
     (data / "labels.csv").write_text("image,label\n" + "".join(f"{k},{v}\n" for k, v in labelled.items()))
@@ -122,3 +123,60 @@ def test_suggest_writes_the_next_images_of_a_labels_file_set(tmp_path, capsys):
     again = [r[0] for r in list(csv.reader(out.open()))[1:]]
     assert len(again) == 5 and not set(again) & set(paths[:3])
     assert "3 excluded in the labelling app left out" in capsys.readouterr().out
+    # groups of look-alikes: each group one colour here, densest first
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [*args, "--groups", "--group-size", "4", "--n", "8"])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(out.open()))
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(colour[r["path"]])
+    assert len(rows) == 8 and not {r["path"] for r in rows} & set(paths[:3])
+    assert all(len(g) <= 4 and len(set(g)) == 1 for g in groups.values()), groups  # each group one colour
+    assert sum(r["suggested"] == colour[r["path"]] for r in rows) >= 6, rows  # and its suggestion mostly right
+    assert f"8 of 16 unlabelled images suggested in {len(groups)} group(s) of look-alikes" in capsys.readouterr().out
+
+
+def overlapping(tmp_path, labelled_per_class=0, seed=0):
+    """Three classes of 40 images whose clusters touch (some images nearer another class's centre),
+    the first ``labelled_per_class`` of each labelled."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 16)) * 2.0
+    X = np.concatenate([centres[c] + rng.normal(size=(40, 16)) for c in range(3)]).astype(np.float32)
+    truth = np.repeat(np.arange(3), 40)
+    first = np.tile(np.arange(40), 3) < labelled_per_class
+    path = write_code_file(tmp_path / "codes.h5", X, np.where(first, truth, -1), np.where(first, 0, UNLABELLED),
+                           [f"img{i:03d}.png" for i in range(len(X))], ["a", "b", "c"])
+    return CodeSet(path), truth
+
+
+def test_a_group_of_look_alikes_is_mostly_one_class_and_groups_cover_the_pool(tmp_path):
+    from pipeline.label import select_group
+
+    cs, cluster = planted(tmp_path, labelled_per_class=0, segment=False)
+    taken = []
+    while len(taken) < len(cluster):
+        group = select_group(cs, 12, exclude=taken)
+        assert 1 <= len(group.rows) <= 12 and group.suggested is None  # no labels yet: no suggestion
+        assert (cs.split[group.rows] == UNLABELLED).all() and not set(group.rows.tolist()) & set(taken)
+        assert len({int(cluster[r]) for r in group.rows}) == 1  # one tight cluster: one class
+        taken += group.rows.tolist()
+    assert sorted(taken) == list(range(len(cluster)))  # groups, one after another, cover the pool
+    assert len(taken) <= 12 * 16  # (40 per cluster: 4 groups each at most)
+
+
+def test_the_model_keeps_a_group_to_one_class_where_classes_touch(tmp_path):
+    from pipeline.label import select_group
+
+    cs, truth = overlapping(tmp_path, labelled_per_class=5)
+    purity, taken = [], []
+    for _ in range(5):
+        g = select_group(cs, 12, exclude=taken)
+        assert g.suggested is not None
+        purity.append(np.mean(truth[g.rows] == g.suggested))
+        taken += g.rows.tolist()
+    assert np.mean(purity) >= 0.9, purity  # the suggested class is the group's class
+    with pytest.raises(ParameterError, match="^n "):
+        select_group(cs, 0)
+
+
