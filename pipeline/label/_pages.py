@@ -134,7 +134,10 @@ function draw() {
   const shown = g.querySelector('.card.cur');
   if (shown && shown.scrollIntoView) shown.scrollIntoView({block: 'nearest'});
 }
+let following = false;
 async function follow() {  // decisions of other tabs and edits of the file, on this page within 2 s
+  if (following) return;  // (one poll at a time: a poll waiting on a stopped server is not stacked)
+  following = true;
   try {
     const s = await api('api/state?since=' + version);
     document.getElementById('status').textContent = s.labelled + ' of ' + s.images + ' labelled';
@@ -148,7 +151,7 @@ async function follow() {  // decisions of other tabs and edits of the file, on 
       say((e.kind === 'undo' ? 'another tab undid ' : 'another tab labelled ') + e.text, true);
     }
     if (s.events.length && mode === 'one') draw();
-  } catch (err) {}
+  } catch (err) {} finally { following = false; }
 }
 setInterval(follow, 2000);
 function advance() {

@@ -183,3 +183,20 @@ def test_digit_keys_stay_put_when_a_class_is_added(tmp_path):
     s.add_class("amber")  # sorts first by name, but takes the next number
     after = s.progress()["classes"]
     assert after == before + ["amber"]
+
+
+def test_a_group_of_look_alikes_is_labelled_with_one_decision_each_and_undone(tmp_path):
+    root = folder(tmp_path, ["red", "green", "blue"])
+    s = session(tmp_path, root)
+    g = s.next_group(4, tab="A")
+    paths = [x["path"] for x in g["images"]]
+    colours = {p[1] for p in paths}  # c<colour>_<i>: the group is one colour
+    assert len(paths) >= 2 and len(colours) == 1 and g["suggested"] == ["red", "green", "blue"][int(colours.pop())]
+    assert not set(paths) & {x["path"] for x in s.next_batch(12, tab="B")["images"]}  # not offered to tab B
+    ds = s.decide_group(paths[1:], [g["suggested"]], tab="A")  # the first taken out of the group
+    rows = rows_of(root / "tags.csv")
+    assert all(rows[p] == g["suggested"] for p in paths[1:]) and paths[0] not in rows
+    assert len(ds) == len(paths) - 1 and len({d.id for d in ds}) == len(ds)
+    for d in reversed(ds):
+        s.undo(d.id)
+    assert not set(paths) & set(rows_of(root / "tags.csv"))
