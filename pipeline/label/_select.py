@@ -141,6 +141,7 @@ def select_next(codes, n: int, strategy: str = "auto", seed: int = 0, exclude=()
 
 
 GROUP_SIZE = 12  # images shown as one group of look-alikes (a batch's size)
+REACH = 1.5      # a group reaches this many times the typical distance of an image to its N-th nearest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,13 +183,19 @@ def select_group(codes, n: int = GROUP_SIZE, seed: int = 0, exclude=()) -> Group
         predicted = model.predict(Z_pool)
     k = int(min(n, len(pool)))
     dist, near = NearestNeighbors(n_neighbors=k).fit(Z_pool).kneighbors(Z_pool)
-    centre = int(np.argmin(dist.mean(1)))  # the densest pool image
+    spread = dist.mean(1)
+    if predicted is not None:
+        # the class with the fewest labels among those the model gives the pool first (the large
+        # classes' dense regions would otherwise take every group), then its densest image
+        counts = np.bincount(y[labelled], minlength=int(max(y.max(), predicted.max())) + 1)
+        spread = np.where(counts[predicted] == counts[predicted].min(), spread, np.inf)
+    centre = int(np.argmin(spread))  # the densest pool image (of the class with the fewest labels)
     # no farther from it than 1.5 times the data set's typical radius of a group (the distance of an
     # image to its k-th nearest image, on a sample): the last, scattered images of a pool make groups
     # of their own, not one of strangers
     sample = np.random.default_rng(seed).permutation(len(Z))[:2000]
     typical = NearestNeighbors(n_neighbors=int(min(k + 1, len(sample)))).fit(Z[sample]).kneighbors(Z[sample])[0]
-    reach = 1.5 * float(np.median(typical[:, -1]))
+    reach = REACH * float(np.median(typical[:, -1]))
     around, far = near[centre], dist[centre]
     if predicted is not None:
         suggested = int(predicted[centre])
