@@ -21,6 +21,25 @@ def writable_folder(path, option: str):
     return path
 
 
+NAME_MAX = 255  # bytes of a file name on the file systems we meet
+
+
+def temporary_beside(dst: Path) -> Path:
+    """A hidden temporary name beside ``dst`` for a file about to replace it, unique to this
+    process, within the file system's 255 bytes however long ``dst``'s own name is (a name that
+    fits is never refused for its temporary one)."""
+    import hashlib
+
+    dst = Path(dst)
+    tag = f".{os.getpid()}-{os.urandom(3).hex()}.tmp"
+    name = dst.name.encode("utf-8", "surrogateescape")
+    room = NAME_MAX - 1 - len(tag.encode())
+    if len(name) > room:  # cut where a character ends, with a digest of the whole name
+        digest = hashlib.blake2b(name, digest_size=4).hexdigest()
+        name = name[:room - 9].decode("utf-8", "ignore").encode("utf-8", "surrogateescape") + b"~" + digest.encode()
+    return dst.with_name("." + name.decode("utf-8", "surrogateescape") + tag)
+
+
 def durable_replace(tmp: Path, dst: Path) -> None:
     """Move a finished file into place so that it is whole or absent, even after a power cut:
     its bytes reach the disk before the rename, and the rename before we go on."""

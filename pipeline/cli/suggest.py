@@ -3,15 +3,15 @@ on DATA (only what is missing is computed; images without a label in its labels 
 beside class folders, are the pool), then the choice of --strategy, written to --out as a CSV
 whose first column is each image's path relative to DATA, best first."""
 import csv
-import os
 from pathlib import Path
 
-from pipeline._files import durable_replace
+from pipeline._files import durable_replace, temporary_beside
 from pipeline.cli import codes, seed_value
 from pipeline.codes import CodeSet
 from pipeline.data import UNLABELLED, excluded_images
 from pipeline.errors import ParameterError
 from pipeline.label import GROUP_SIZE, STRATEGIES, labels_file_of, select_group, select_next
+from pipeline.reports import to_cell
 
 HELP = "the next unlabelled images to label, as a CSV"
 
@@ -38,12 +38,13 @@ def add_arguments(p):
 def write_whole(out: Path, header, rows) -> None:
     """The CSV ``out``, whole or absent."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # read back as data: no cell escaping
+    tmp = temporary_beside(out)
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(header)
-            w.writerows(rows)
+            # cells a spreadsheet would run as formulas (=2+5.jpg) neutralised, as in every CSV we write
+            w.writerows([to_cell(c) if isinstance(c, str) else c for c in row] for row in rows)
         durable_replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

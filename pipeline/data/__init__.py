@@ -1,7 +1,16 @@
 """Data: finding the images and their classes, the train/validation/test split, decoding."""
 
 from pipeline.data._decode import augmentation, image_dataset
-from pipeline.data._edit import Journal, LabelsTable, check_class_name, excluded_file, excluded_images, file_state, journal_file, replay
+from pipeline.data._edit import (
+    Journal,
+    LabelsTable,
+    check_class_name,
+    excluded_file,
+    excluded_images,
+    file_state,
+    journal_file,
+    replay,
+)
 from pipeline.data._layouts import LAYOUTS, SPLIT_WORDS, TASKS, LayoutOptions, read_folder
 from pipeline.data._paths import PathList, PathLookup
 from pipeline.data._scan import (

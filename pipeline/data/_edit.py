@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import unicodedata
 from pathlib import Path
 
 from pipeline._faults import fault_point
-from pipeline._files import durable_replace
+from pipeline._files import durable_replace, temporary_beside
 from pipeline.data._layouts import (
     MULTI_SEPARATORS,
     LayoutOptions,
     _columns,
+    _has_separator,
     _ImageIndex,
     _read_table,
-    _has_separator,
     _split_labels,
     _Table,
+    breaks_line,
     escape_name,
 )
 from pipeline.errors import UserError
@@ -45,7 +45,7 @@ def check_class_name(name: str, multi: bool = False) -> str:
     if not isinstance(name, str) or not name.strip():
         raise UserError("a class name cannot be empty")
     name = name.strip()
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name) or len(name) > MAX_NAME:
+    if breaks_line(name) or len(name) > MAX_NAME:
         raise UserError(f"a class name is one line of at most {MAX_NAME} characters (not {name[:40]!r})")
     if multi and (any(s in name for s in MULTI_SEPARATORS) or name.endswith("\\")):
         raise UserError(f"a label of a multi-label set cannot hold {' '.join(MULTI_SEPARATORS)} or end in a "
@@ -257,7 +257,7 @@ class LabelsTable:
         import csv
 
         def whole(dst: Path, fill) -> None:
-            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+            tmp = temporary_beside(dst)
             try:
                 with open(tmp, "w", newline="", encoding="utf-8") as fh:
                     fill(fh)

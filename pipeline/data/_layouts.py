@@ -20,6 +20,7 @@ import dataclasses
 import io
 import os
 import re
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
@@ -60,6 +61,7 @@ LABEL_COLUMNS = ("label", "labels", "class", "classes", "class_name", "category"
 SPLIT_COLUMNS = ("split", "set", "fold", "subset", "partition")
 TABLE_EXTENSIONS = (".csv", ".tsv")
 MULTI_SEPARATORS = ("|", ";", ",")
+PATTERN_SECONDS = 1.0  # the most --label-pattern may take on one file name
 MAX_TABLE_BYTES = 1 << 30
 
 
@@ -99,10 +101,14 @@ class LayoutOptions:
             return "names"
         return self.layout
 
-    def compiled_pattern(self) -> re.Pattern:
+    def compiled_pattern(self):
+        """The pattern compiled by the ``regex`` package (Python's syntax; unlike ``re``, a match
+        can be given a time budget: see :data:`PATTERN_SECONDS`)."""
+        import regex
+
         try:
-            rx = re.compile(self.label_pattern)
-        except re.error as exc:
+            rx = regex.compile(self.label_pattern)
+        except (regex.error, RecursionError, OverflowError) as exc:
             raise ParameterError("label_pattern", f"{self.label_pattern!r} is not a regular expression ({exc})") from None
         if rx.groups < 1:
             raise ParameterError("label_pattern", f"{self.label_pattern!r} has no group: put the class in "
@@ -133,11 +139,18 @@ def read_folder(root, options: LayoutOptions | None = None) -> ImageFolder:
         raise UserError(f"{exc}; {rejected[0][0]} was not read as a labels file: {rejected[0][1]}") from None
 
 
+def breaks_line(name: str) -> bool:
+    """Whether a name holds what some reader takes for a line break: a control character (C0, C1
+    such as U+0085, DEL) or a Unicode line or paragraph separator (U+2028, U+2029). The one rule
+    for every name the project writes one per line (class names, labels files)."""
+    return any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name)
+
+
 def _one_line_names(ds: ImageFolder) -> ImageFolder:
     """Class names go one per line into exported ``labels.txt`` files: a name holding a line break
     (or another control character) would shift every name after it, so it is refused here."""
     for name in ds.class_names:
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        if breaks_line(name):
             raise UserError(f"the class name {name!r} holds a line break or another control character; rename it "
                             f"(class names are written one per line in exported labels.txt files)")
     return ds
@@ -570,7 +583,13 @@ def _names(root: Path, options: LayoutOptions) -> ImageFolder:
     paths, ignored, unnamable = walk_images(root)
     classes = []
     for p in paths:
-        m = rx.search(p.rsplit("/", 1)[-1])
+        name = p.rsplit("/", 1)[-1]
+        try:  # a pattern that backtracks without end (e.g. ^(a|aa)+$) is stopped, not waited for
+            m = rx.search(name, timeout=PATTERN_SECONDS)
+        except TimeoutError:
+            raise UserError(f"--label-pattern {options.label_pattern!r} takes more than {PATTERN_SECONDS:g} s on the "
+                            f"file name {name[:60]!r}: simplify it (repeats inside repeats, such as (a|aa)+, can "
+                            f"backtrack without end)") from None
         c = m.group(1) if m and m.group(1) else None
         classes.append(c if c not in options.exclude else None)
     names = sorted({c for c in classes if c is not None})

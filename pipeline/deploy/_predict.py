@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
-from pipeline._files import durable_replace
+from pipeline._files import durable_replace, temporary_beside
 from pipeline.backbones import check_batch_memory
 from pipeline.codes import choose_runtime, setting
 from pipeline.codes._runtimes import make_mapper
@@ -102,7 +101,7 @@ def write_csv(rows, out: Path) -> None:
     """One row per image: path, then class and probability of each of its top k."""
     top_k = max((len(top) for _, top in rows), default=0)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # whole or absent: written aside, then renamed
+    tmp = temporary_beside(out)  # whole or absent: written aside, then renamed
     try:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)

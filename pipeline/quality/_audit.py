@@ -309,14 +309,26 @@ def set_probabilities(label_proba: np.ndarray, sets: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def multi_label_issues(targets: np.ndarray, label_proba: np.ndarray) -> np.ndarray:
-    """Likely label errors of a multi-label set by confident learning (cleanlab, multi_label)."""
+def multi_label_issues(targets: np.ndarray, label_proba: np.ndarray, label_names=None) -> np.ndarray:
+    """Likely label errors of a multi-label set by confident learning (cleanlab, multi_label).
+    A label on every image, or on none, cannot be wrong in a way confident learning sees (and
+    cleanlab refuses it): it is left out of the search, with a note."""
     from cleanlab.filter import find_label_issues
 
-    labels = [np.flatnonzero(t).tolist() for t in targets]
+    targets = np.asarray(targets) > 0
+    varies = targets.any(0) & ~targets.all(0)
+    if not varies.all():
+        names = [label_names[j] if label_names is not None else f"label {j}" for j in np.flatnonzero(~varies)]
+        logger.info(f"note: {len(names)} label(s) on every image or on none ({', '.join(names[:3])}"
+                    f"{' ...' if len(names) > 3 else ''}): not searched for label errors")
+    if varies.sum() < 1:
+        return np.zeros(0, np.int64)
+    kept = np.flatnonzero(varies)
+    labels = [np.flatnonzero(t[kept]).tolist() for t in targets]
+    proba = label_proba[:, kept]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(find_label_issues(labels, label_proba, multi_label=True, n_jobs=1,
+        return np.asarray(find_label_issues(labels, proba, multi_label=True, n_jobs=1,
                                             return_indices_ranked_by="self_confidence"), np.int64)
 
 
