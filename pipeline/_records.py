@@ -95,10 +95,11 @@ def assembled_run(runs_dir, name: str):
     run = RunFolder(runs_dir, name)
     try:
         yield run
+        run.commit()  # (inside: a Ctrl-C at the last moment leaves no partial folder either)
     except BaseException:
-        run.abandon()
+        if run.path != run.final:  # not moved into place yet
+            run.abandon()
         raise
-    run.commit()
 
 
 def run_name(run_dir) -> str:

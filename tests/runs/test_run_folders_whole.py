@@ -30,7 +30,7 @@ def newest(runs, pattern="*-fake-prototype"):
 
 
 @pytest.mark.parametrize("point,sig", [("run-head-saved", "KILL"), ("run-assembled", "KILL"),
-                                       ("run-head-saved", "INT")])
+                                       ("run-head-saved", "INT"), ("run-assembled", "INT")])
 def test_a_killed_train_leaves_no_run_to_pick(tmp_path, point, sig):
     codes, _, _ = fake_codes(tmp_path / "codes.h5")
     runs = tmp_path / "runs"
