@@ -159,7 +159,16 @@ def _one_line_names(ds: ImageFolder) -> ImageFolder:
 # ------------------------------------------------------------------ detection
 
 def _top_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The folders in ``root`` that a layout reads (split or class folders). A link to a folder is
+    refused in one line: the walk does not follow links to folders (one could loop, or lead out of
+    the data folder), so its images would be counted as a folder and never read."""
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    linked = [p for p in dirs if p.is_symlink()]
+    if linked:
+        raise UserError(f"{linked[0]} is a link to a folder ({os.readlink(linked[0])}); links to folders are not "
+                        f"followed (one could loop or lead out of {root}): copy the folder, or link its files one "
+                        f"by one" + (f" ({len(linked) - 1} more such link(s))" if len(linked) > 1 else ""))
+    return dirs
 
 
 def _detect(root: Path, tables: list[Path]) -> str:

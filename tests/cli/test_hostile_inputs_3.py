@@ -81,3 +81,27 @@ def test_suggest_neutralises_formula_cells_and_takes_an_out_name_of_255_bytes(tm
     assert cells and all(not c.startswith("=") for c in cells)
     assert any(c.startswith("'=2+") for c in cells)  # neutralised as the other CSVs are, read back by from_cell
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("layout", ["split folders", "class folders"])
+def test_a_linked_folder_is_refused_in_one_line_naming_it(tmp_path, capsys, layout):
+    data = tmp_path / "d"
+    if layout == "split folders":
+        make_images(data / "train", n_classes=2, per_class=4)
+        make_images(tmp_path / "elsewhere", n_classes=2, per_class=3)
+        (data / "test").symlink_to(tmp_path / "elsewhere")  # test -> outside the data folder
+        link = data / "test"
+    else:
+        make_images(data, n_classes=2, per_class=4)
+        make_images(tmp_path / "other", n_classes=1, per_class=3)
+        (data / "linked").symlink_to(tmp_path / "other" / "class0")
+        link = data / "linked"
+    code, _, err, _ = run(["codes", "--data", data, "--cache-dir", tmp_path / "cache", *FAST], capsys)
+    assert code == 2 and user_error_lines(err) == err.strip().splitlines() and str(link) in err, err
+    assert "link to a folder" in err
+    (tmp_path / "linked-root").symlink_to(tmp_path / "elsewhere" if layout == "split folders" else data)
+    if layout == "class folders":  # the data folder itself may be a link: it is the user's own path
+        link.unlink()
+        code, out, err, _ = run(["codes", "--data", tmp_path / "linked-root", "--cache-dir", tmp_path / "cache",
+                                 *FAST], capsys)
+        assert code == 0 and "8 images" in out + err, err
