@@ -271,7 +271,8 @@ class LabelsTable:
             w.writerow(self.table.header)
             w.writerows(self.table.rows)
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.is_dir():  # (moved or deleted: never made again under its old name)
+            raise UserError(f"{self.path.parent} is gone (moved or deleted?): {self.path.name} cannot be written there")
         whole(self.path, table)
         f = excluded_file(self.path)
         if self.excluded or f.exists():

@@ -31,7 +31,7 @@ from pipeline.data import (
     file_state,
     walk_images,
 )
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.label._select import _reduced, select_group, select_next
 from pipeline.reports import mean_ap_interval, wilson
 
@@ -186,10 +186,30 @@ class LabelSession:
             labelled = sum(1 for p, v in self.table.labels().items() if p in self.where and (v or self.multi))
             return {"version": self.version, "events": fresh, "labelled": labelled, "images": len(self.paths)}
 
-    def _write(self, d: Decision, kind: str) -> None:
-        """The labels file written whole, then the decision journaled (flushed to disk)."""
-        self.table.write()
+    def _write_or_undo(self, d: Decision, kind: str) -> None:
+        """The labels file written whole, then the decision journaled (flushed to disk). A write
+        that fails (the file a folder, a read-only disk, the data folder moved) is one message on
+        the page and in the terminal, and the decision is not counted: the table goes back to what
+        is on disk."""
+        try:
+            self.table.write()
+        except (OSError, UserError) as exc:
+            why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+            try:
+                self.table = LabelsTable(self.labels_path, self.root, self._layout(), multi=self.multi)
+            except (OSError, UserError):
+                pass  # (unreadable too: the next decision says so again)
+            self._on_disk = ()
+            message = f"{self.labels_path}: the decision on {d.path} was not saved ({one_line(why)})"
+            logger.warning(f"warning: {message}")
+            raise UserError(message) from None
         self._on_disk = self._state_on_disk()
+        try:
+            self._journal(d, kind)
+        except OSError as exc:  # the decision is in the labels file: kept, and said
+            logger.warning(f"warning: {self.journal.path}: a decision was not journaled ({exc.strerror or exc})")
+
+    def _journal(self, d: Decision, kind: str) -> None:
         self.journal.append({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
                              "kind": kind, "id": d.id, "image": d.path,
                              "before": list(d.before) if kind == "decide" else list(d.after),
@@ -246,7 +266,7 @@ class LabelSession:
             self.table.set(path, [] if exclude else labels, excluded=exclude)
             after = tuple(self.table.labels().get(path, []))  # (as the file reads it back: a label set sorted)
             d = Decision(self._next_id, path, before, after, was_excluded, exclude, tab)
-            self._write(d, "decide")
+            self._write_or_undo(d, "decide")
             self._add_classes(labels)
             self._next_id += 1
             self.history.append(d)
@@ -282,7 +302,7 @@ class LabelSession:
                 shown = "excluded" if d.path in self.table.excluded else ", ".join(now) or "no label"
                 raise UserError(f"{d.path} was changed since by {who} (now: {shown}): nothing undone")
             self.table.set(d.path, list(d.before), excluded=d.was_excluded)
-            self._write(d, "undo")
+            self._write_or_undo(d, "undo")
             self.history.remove(d)
             self.reviewed.discard(d.path)
             self._model, self._dirty = None, True

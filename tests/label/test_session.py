@@ -200,3 +200,23 @@ def test_a_group_of_look_alikes_is_labelled_with_one_decision_each_and_undone(tm
     for d in reversed(ds):
         s.undo(d.id)
     assert not set(paths) & set(rows_of(root / "tags.csv"))
+
+
+def test_a_write_that_fails_is_one_message_and_not_counted(tmp_path):
+    root = folder(tmp_path, ["red", "green", "blue"])
+    s = session(tmp_path, root)
+    pool = [x["path"] for x in s.next_batch(3)["images"]]
+    s.decide(pool[0], ["red"])
+    saved = (root / "tags.csv").read_text()
+    (root / "tags.csv").unlink()
+    (root / "tags.csv").mkdir()  # the labels file became a folder
+    with pytest.raises(UserError, match="not saved|cannot be read"):
+        s.decide(pool[1], ["green"])
+    assert len(s.history) == 1 and (root / "tags.csv").is_dir()
+    (root / "tags.csv").rmdir()
+    (root / "tags.csv").write_text(saved)
+    moved = tmp_path / "moved"
+    root.rename(moved)  # the data folder moved while the app runs
+    with pytest.raises(UserError, match="gone|not saved"):
+        s.decide(pool[2], ["blue"])
+    assert not root.exists() and len(s.history) == 1  # no folder made under the old name
