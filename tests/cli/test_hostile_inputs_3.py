@@ -105,3 +105,12 @@ def test_a_linked_folder_is_refused_in_one_line_naming_it(tmp_path, capsys, layo
         code, out, err, _ = run(["codes", "--data", tmp_path / "linked-root", "--cache-dir", tmp_path / "cache",
                                  *FAST], capsys)
         assert code == 0 and "8 images" in out + err, err
+
+
+def test_a_crafted_labels_file_is_read_quickly(tmp_path, capsys):
+    make_images(tmp_path / "d", n_classes=2, per_class=3)
+    (tmp_path / "d" / "labels.csv").write_text("path,label\n" + '"' + ',"' * 32000 + "\n")  # 64 KB of quotes
+    t0 = time.perf_counter()
+    code, _, err, _ = run(["codes", "--data", tmp_path / "d", "--cache-dir", tmp_path / "cache", "--labels",
+                           tmp_path / "d" / "labels.csv", *FAST], capsys)
+    assert time.perf_counter() - t0 < 5 and code == 2 and user_error_lines(err) == err.strip().splitlines(), err
