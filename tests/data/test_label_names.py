@@ -90,3 +90,19 @@ def test_names_with_line_or_paragraph_separators_are_refused():
     for name in ("a\u2028b", "a\u0085b", "a\u2029b", "a\x1fb", "a\nb"):
         with pytest.raises(UserError, match="one line"):
             check_class_name(name)
+
+
+def test_a_labels_file_of_a_long_name_has_its_excluded_list_and_journal(tmp_path):
+    from pipeline.data import Journal, excluded_file, journal_file
+
+    for i in range(2):
+        (tmp_path / f"img{i}.jpg").write_bytes(b"x")
+    path = tmp_path / ("l" * 246 + ".csv")  # 250 bytes: <stem>.excluded.txt would be 259
+    table = LabelsTable(path, tmp_path)
+    table.set("img0.jpg", ["a"])
+    table.set("img1.jpg", [], excluded=True)
+    table.write()
+    Journal(path).append({"image": "img0.jpg", "after": ["a"]})
+    assert len(excluded_file(path).name.encode()) <= 255 and excluded_file(path).read_text() == "img1.jpg\n"
+    assert len(journal_file(path).name.encode()) <= 255 and journal_file(path).is_file()
+    assert excluded_file(path) != journal_file(path) and LabelsTable(path, tmp_path).excluded == {"img1.jpg"}
