@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from pipeline._faults import fault_point
-from pipeline._files import durable_replace, temporary_beside
+from pipeline._files import NAME_MAX, durable_replace, temporary_beside
 from pipeline.data._layouts import (
     MULTI_SEPARATORS,
     LayoutOptions,
@@ -53,9 +53,20 @@ def check_class_name(name: str, multi: bool = False) -> str:
     return name
 
 
-def excluded_file(labels_path: Path) -> Path:
+def _beside(labels_path: Path, suffix: str) -> Path:
+    """``<labels stem><suffix>`` beside the labels file, within the file system's 255 bytes (a
+    long stem is cut, with a digest of the whole, so that a labels file of any name can have it)."""
     labels_path = Path(labels_path)
-    return labels_path.with_name(labels_path.stem + ".excluded.txt")
+    stem = labels_path.stem.encode("utf-8", "surrogateescape")
+    room = NAME_MAX - len(suffix.encode())
+    if len(stem) > room:
+        digest = hashlib.blake2b(stem, digest_size=4).hexdigest().encode()
+        stem = stem[:room - 9].decode("utf-8", "ignore").encode() + b"~" + digest
+    return labels_path.with_name(stem.decode("utf-8", "surrogateescape") + suffix)
+
+
+def excluded_file(labels_path: Path) -> Path:
+    return _beside(labels_path, ".excluded.txt")
 
 
 def excluded_images(labels_path: Path) -> set[str]:
@@ -71,8 +82,7 @@ def excluded_images(labels_path: Path) -> set[str]:
 
 
 def journal_file(labels_path: Path) -> Path:
-    labels_path = Path(labels_path)
-    return labels_path.with_name(labels_path.stem + ".journal.jsonl")
+    return _beside(labels_path, ".journal.jsonl")
 
 
 def file_state(path: Path) -> tuple:
