@@ -76,9 +76,35 @@ def excluded_images(labels_path: Path) -> set[str]:
     if not f.is_file():
         return set()
     try:
-        return {ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()}
+        lines = f.read_text(encoding="utf-8", errors="surrogateescape").split("\n")
+        return {_unquoted(ln) for ln in lines if ln.strip()}
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{f} cannot be read as a list of images ({exc})") from None
+
+
+def _quoted(rel: str) -> str:
+    """A path as one line of the excluded list: as it is, or as a JSON string where it holds a
+    line break (or starts with a quote, or with or ends in white space), so that it reads back
+    the same."""
+    import json
+
+    if rel.startswith('"') or rel != rel.strip() or any(c in rel for c in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+        return json.dumps(rel)
+    return rel
+
+
+def _unquoted(line: str) -> str:
+    import json
+
+    line = line.rstrip("\r")
+    if line.startswith('"'):
+        try:
+            value = json.loads(line)
+            if isinstance(value, str):
+                return value
+        except ValueError:
+            pass
+    return line.strip()
 
 
 def journal_file(labels_path: Path) -> Path:
@@ -286,4 +312,4 @@ class LabelsTable:
         whole(self.path, table)
         f = excluded_file(self.path)
         if self.excluded or f.exists():
-            whole(f, lambda fh: fh.write("".join(f"{rel}\n" for rel in sorted(self.excluded))))
+            whole(f, lambda fh: fh.write("".join(f"{_quoted(rel)}\n" for rel in sorted(self.excluded))))

@@ -106,3 +106,21 @@ def test_a_labels_file_of_a_long_name_has_its_excluded_list_and_journal(tmp_path
     assert len(excluded_file(path).name.encode()) <= 255 and excluded_file(path).read_text() == "img1.jpg\n"
     assert len(journal_file(path).name.encode()) <= 255 and journal_file(path).is_file()
     assert excluded_file(path) != journal_file(path) and LabelsTable(path, tmp_path).excluded == {"img1.jpg"}
+
+
+def test_an_excluded_image_of_any_name_stays_excluded(tmp_path):
+    from pipeline.data import excluded_images
+
+    names = ["plain.jpg", "two\nlines.jpg", '"quoted".jpg', "sep\u2028line.jpg", " spaced.jpg"]
+    path = tmp_path / "labels.csv"
+    table = LabelsTable(path, tmp_path)
+    for n in names:
+        table.set(n, [], excluded=True)
+    table.write()
+    assert excluded_images(path) == set(names) and len(excluded_file_lines(path)) == len(names)
+
+
+def excluded_file_lines(path):
+    from pipeline.data import excluded_file
+
+    return excluded_file(path).read_bytes().split(b"\n")[:-1]
