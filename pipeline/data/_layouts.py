@@ -154,6 +154,13 @@ def _one_line_names(ds: ImageFolder) -> ImageFolder:
         if breaks_line(name):
             raise UserError(f"the class name {name!r} holds a line break or another control character; rename it "
                             f"(class names are written one per line in exported labels.txt files)")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # (a folder named in another encoding, read with surrogate escapes)
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise UserError(f"the class name '{shown}' is not valid UTF-8 (a folder or label named in another "
+                            f"encoding, such as Latin-1); rename it in UTF-8 (code sets and reports store names "
+                            f"as UTF-8)") from None
     return ds
 
 

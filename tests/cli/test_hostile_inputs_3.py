@@ -114,3 +114,13 @@ def test_a_crafted_labels_file_is_read_quickly(tmp_path, capsys):
     code, _, err, _ = run(["codes", "--data", tmp_path / "d", "--cache-dir", tmp_path / "cache", "--labels",
                            tmp_path / "d" / "labels.csv", *FAST], capsys)
     assert time.perf_counter() - t0 < 5 and code == 2 and user_error_lines(err) == err.strip().splitlines(), err
+
+
+def test_a_class_folder_named_in_latin_1_is_one_error_line(tmp_path, capsys):
+    import os
+
+    make_images(tmp_path / "d", n_classes=2, per_class=3)
+    os.rename(os.fsencode(tmp_path / "d" / "class1"), os.fsencode(tmp_path / "d") + b"/caf\xe9")
+    code, _, err, _ = run(["codes", "--data", tmp_path / "d", "--cache-dir", tmp_path / "cache", *FAST], capsys)
+    assert code == 2 and user_error_lines(err) == err.strip().splitlines() and "UTF-8" in err, err
+    assert "caf\\xe9" in err  # named as it is on disk
