@@ -126,6 +126,12 @@ def read_folder(root, options: LayoutOptions | None = None) -> ImageFolder:
         raise UserError(f"data folder {root} does not exist")
     if not root.is_dir():
         raise UserError(f"data path {root} is not a folder")
+    try:  # (its path goes into every file the project writes about it: code sets, runs, reports)
+        str(root.resolve()).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(root.resolve()).decode("utf-8", "backslashreplace")
+        raise UserError(f"the data folder's path '{shown}' is not valid UTF-8 (named in another encoding, such as "
+                        f"Latin-1); rename it in UTF-8") from None
     if options.chosen != "auto":
         return _one_line_names(READERS[options.chosen](root, options))
     tables, rejected, index = _labels_tables(root, options)

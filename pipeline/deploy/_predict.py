@@ -103,7 +103,8 @@ def write_csv(rows, out: Path) -> None:
     out = Path(out)
     tmp = temporary_beside(out)  # whole or absent: written aside, then renamed
     try:
-        with open(tmp, "w", newline="") as fh:
+        # (a file name that is not UTF-8 is written back as its own bytes: the path names the same file)
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
             w = csv.writer(fh)
             w.writerow(["path"] + [f"{kind}{i + 1}" for i in range(top_k) for kind in ("class", "prob")])
             for path, top in rows:

@@ -124,3 +124,31 @@ def test_a_class_folder_named_in_latin_1_is_one_error_line(tmp_path, capsys):
     code, _, err, _ = run(["codes", "--data", tmp_path / "d", "--cache-dir", tmp_path / "cache", *FAST], capsys)
     assert code == 2 and user_error_lines(err) == err.strip().splitlines() and "UTF-8" in err, err
     assert "caf\\xe9" in err  # named as it is on disk
+
+
+def test_a_data_folder_named_in_latin_1_is_one_error_line(tmp_path, capsys):
+    import os
+
+    make_images(tmp_path / "d", n_classes=2, per_class=3)
+    latin = os.fsencode(tmp_path) + b"/dat\xe9"
+    os.rename(os.fsencode(tmp_path / "d"), latin)
+    code, _, err, _ = run(["codes", "--data", os.fsdecode(latin), "--cache-dir", tmp_path / "cache", *FAST], capsys)
+    assert code == 2 and user_error_lines(err) == err.strip().splitlines() and "dat\\xe9" in err, err
+
+
+@pytest.mark.slow
+def test_predict_writes_an_image_named_in_latin_1_as_its_own_bytes(tmp_path, capsys):
+    import os
+
+    make_images(tmp_path / "d", n_classes=2, per_class=5)
+    first = sorted((tmp_path / "d" / "class1").iterdir())[0]
+    os.rename(os.fsencode(first), os.fsencode(first.parent) + b"/ima\xe9" + os.fsencode(first.suffix))
+    common = ["--data", tmp_path / "d", "--cache-dir", tmp_path / "cache", "--weights", "none", "--image-size", "32"]
+    assert run(["codes", *common, "--no-progress"], capsys)[0] == 0
+    code, _, err, _ = run(["train", *common, "--head", "prototype", "--runs-dir", tmp_path / "runs"], capsys)
+    assert code == 0, err
+    model = next((tmp_path / "runs").iterdir())
+    code, out, err, _ = run(["predict", tmp_path / "d" / "class1", "--model", model, "--out", tmp_path / "p.csv"],
+                            capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert b"ima\xe9" in (tmp_path / "p.csv").read_bytes()  # the path names the same file
