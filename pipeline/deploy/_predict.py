@@ -89,8 +89,10 @@ def predict(model_path, target, top_k=5, batch_size=32, runtime="auto"):
 
 
 def format_rows(rows, limit: int = 20, more_in=None) -> str:
-    """``<path>: <class> P%, ...`` per image, the first ``limit`` of them."""
-    lines = [path + ": " + (", ".join(f"{name} {100 * prob:.1f}%" for name, prob in top) or "no label above its threshold")
+    """``<path>: <class> P%, ...`` per image, the first ``limit`` of them (a file name that is not
+    UTF-8 shown with its odd bytes as ``\\xNN``)."""
+    shown = lambda path: path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    lines = [shown(path) + ": " + (", ".join(f"{name} {100 * prob:.1f}%" for name, prob in top) or "no label above its threshold")
              for path, top in rows[:limit]]
     if len(rows) > limit:
         lines.append(f"... ({len(rows) - limit} more" + (f" in {more_in})" if more_in else ")"))
