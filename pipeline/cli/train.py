@@ -56,6 +56,9 @@ def add_arguments(p):
     p.add_argument("--cv", type=int, default=None, metavar="K",
                    help="K-fold cross-validation over every labelled image instead of the stored split (small sets): "
                         "out-of-fold predictions for every image, the head saved trained on all of them")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="learn from the code set's unlabelled images too (labels spread over the codes' neighbours, "
+                        "then the head on labelled and pseudo-labelled codes), where held-out labels find it better")
     add_common_options(p, seed="the head's initialization and shuffling (and the folds of --cv)", progress=None)
 
 
@@ -63,5 +66,5 @@ def run(a):
     check_folds(a.cv)  # (before the code set is looked for)
     codes = code_paths(a)
     train(codes if len(codes) > 1 else codes[0], a.head, runs_dir=a.runs_dir, positive_class=a.positive_class,
-          memory_limit=a.memory_limit, cv=a.cv, **head_params(a, a.head))
+          memory_limit=a.memory_limit, cv=a.cv, unlabelled=a.unlabelled, **head_params(a, a.head))
     return 0

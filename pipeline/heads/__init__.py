@@ -12,6 +12,7 @@ from pipeline.heads._estimators import (
     read_thresholds,
 )
 from pipeline.heads._scaling import ShrunkScaler
+from pipeline.heads._semi import Propagation, Verdict, held_out_gain, propagate, reduced
 
 __all__ = ["HEADS", "LogRegHead", "MLPHead", "PrototypeHead", "SoftmaxHead", "load_head", "make_head",
-           "read_thresholds", "ShrunkScaler"]
+           "read_thresholds", "ShrunkScaler", "Propagation", "Verdict", "held_out_gain", "propagate", "reduced"]

@@ -1,6 +1,7 @@
 """Train one head on one cached code set, evaluate it on the stored test split, save a run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from pipeline._files import writable_folder
 from pipeline._records import Run
 from pipeline.codes import JoinedCodeSet, open_code_sets
 from pipeline.codes._codeset import CodeStream
-from pipeline.data import TEST, TRAIN, VAL
+from pipeline.data import TEST, TRAIN, UNLABELLED, VAL, excluded_images
 from pipeline.errors import ParameterError, UserError, check_seed
 from pipeline.heads import make_head
 from pipeline.reports import evaluate_multi_label, positive_index, wilson
@@ -35,7 +36,7 @@ def check_folds(cv) -> None:
 
 
 def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_limit=None, cv=None,
-          **head_params) -> Run:
+          unlabelled=False, **head_params) -> Run:
     """Fit ``head`` (with ``head_params``, the head's own parameters: ``epochs``, ``Cs``, ...) on
     the train part of a code set (validation part for model selection),
     evaluate on its test part and write a run folder. Returns its :class:`Run`. ``codes``: a code
@@ -47,6 +48,12 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
     is too small to tell heads apart): every labelled image is predicted by the head of the fold
     that did not train on it (``predictions.csv`` holds them all), the run's figures are those
     out-of-fold predictions', and the head saved is trained on every labelled image.
+
+    ``unlabelled``: learn from the code set's unlabelled images too (labels spread over the
+    codes' nearest-neighbour graph, balanced over the classes, then the head trained on labelled
+    and pseudo-labelled codes), where held-out labels find it better than the labelled images
+    alone; the summary line says ``with U unlabelled images`` or ``U unlabelled images not used:
+    <reason>``. Never validation or test images, never images excluded in the labelling app.
 
     Codes that take more than ``memory_limit`` bytes as float32 (default: half the RAM) are
     not loaded: the head is trained on them streamed from the file, a few blocks in memory at a
@@ -66,6 +73,9 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
         if cs.nbytes() > limit:
             raise UserError(f"joined code sets are trained in memory: their {cs.nbytes() / 1e9:.2f} GB exceed "
                             f"--memory-limit {limit / 1e9:.2f} GB; raise it or join fewer sets")
+    if cv is not None and unlabelled:
+        raise ParameterError("unlabelled", "and --cv: choose one (cross-validation tests every labelled image; the "
+                                           "unlabelled ones are used with the stored split)")
     if cv is not None:
         return _cross_validate(cs, head, int(cv), runs_dir, positive_class, limit, head_params)
     if cs.nbytes() <= limit:
@@ -102,6 +112,12 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
     model.fit(X_tr, y_tr, validation_data=(X_va, y_va) if len(X_va) else None,
               classes=np.arange(len(cs.class_names)))
     seconds = time.perf_counter() - t0
+    semi = None
+    if unlabelled:
+        t0 = time.perf_counter()
+        model, semi = _with_unlabelled(cs, head, head_params, model, (X_tr, y_tr), (X_va, y_va))
+        seconds += time.perf_counter() - t0
+        logger.info(f"{semi.line}" + (f" ({semi.rule})" if semi.rule else ""))
     title = f"{head} on {cs.attrs.get('backbone')} {cs.attrs.get('layer')}/{cs.attrs.get('pooling')}"
     record = {
         "title": title, "kind": "head-on-codes", "head": head, "head_params": head_params,
@@ -110,13 +126,95 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
         "test_paths": [p for p, s in zip(cs.paths, cs.split) if s == TEST], "train_seconds": round(seconds, 3),
         "out_of_core": not isinstance(X_tr, np.ndarray), "split_digest": cs.split_digest(),
     }
+    if semi is not None:
+        record["unlabelled"] = dataclasses.asdict(semi)
     return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, y_true=y_te,
                       proba=model.predict_proba(X_te), class_names=cs.class_names, save=model.save,
                       test_paths=record["test_paths"], data_root=cs.data_root,
                       positive_class=positive_class, history=model.history_,
                       thresholds=getattr(model, "thresholds_", None),
                       train_paths=[p for p, s in zip(cs.paths, cs.split) if s in (TRAIN, VAL)],
-                      detail=f"trained in {seconds:.1f} s on {len(y_tr)} codes of {X_tr.shape[1]} values")
+                      detail=f"trained in {seconds:.1f} s on {len(y_tr)} codes of {X_tr.shape[1]} values"
+                      + (f" {semi.line}" if semi is not None else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Unlabelled:
+    """What became of the code set's unlabelled images (``train(..., unlabelled=True)``): how many
+    the head could use, whether it did, why, and the rule that chose."""
+
+    available: int
+    used: bool
+    reason: str = ""
+    rule: str = ""
+    pseudo_labelled: int = 0
+
+    @property
+    def line(self) -> str:
+        """The words of the summary line: exactly one of the two forms."""
+        if self.used:
+            return f"with {self.available} unlabelled images"
+        return f"{self.available} unlabelled images not used: {self.reason}"
+
+
+def _with_unlabelled(cs, head, head_params, alone, train, validation):
+    """The head trained on the labelled codes (``alone``) or one trained on them and the
+    pseudo-labelled unlabelled codes (labels spread over the codes' graph, balanced over the
+    classes: :mod:`pipeline.heads._semi`), whichever held-out labels find better: the validation
+    part where it has two images per class, else folds of the training labels. Validation and
+    test images never join the graph; images excluded in the labelling app neither."""
+    from pipeline.heads import held_out_gain, propagate, reduced
+
+    free = np.asarray(cs.split) == UNLABELLED
+    excluded = _excluded(cs)
+    if excluded:
+        free &= ~np.isin(np.asarray(cs.paths, dtype=object), list(excluded))
+    n_free = int(free.sum())
+    X_tr, y_tr = train
+    X_va, y_va = validation
+    if cs.multi_label:
+        return alone, Unlabelled(n_free, False, "multi-label sets learn from their labelled images only, for now")
+    if not isinstance(X_tr, np.ndarray):
+        return alone, Unlabelled(n_free, False, "the codes are trained out of core (semi-supervision is in memory)")
+    if n_free == 0:
+        return alone, Unlabelled(0, False, "the code set has none (every image has a label, or is excluded)")
+    seed = head_params.get("seed") or 0
+    n_classes = len(cs.class_names)
+    X_free = cs.rows(free)
+    Z = reduced(np.concatenate([X_tr, X_free]), seed)
+    seen = np.zeros(len(Z), bool)
+    seen[:len(y_tr)] = True
+    pseudo = propagate(Z, np.concatenate([y_tr, np.zeros(n_free, int)]), seen, n_classes).labels[len(y_tr):]
+    classes = np.arange(n_classes)
+    present = len(np.unique(y_tr))
+    if len(y_va) >= 2 * present:  # a validation part of two images per class: the heads themselves compared
+        semi = make_head(head, **head_params).fit(np.concatenate([X_tr, X_free]), np.concatenate([y_tr, pseudo]),
+                                                  validation_data=(X_va, y_va), classes=classes)
+        with_, without = (float((m.predict(X_va) == y_va).mean()) for m in (semi, alone))
+        rule = f"validation accuracy {with_:.4f} with them, {without:.4f} without"
+        if with_ > without:
+            return semi, Unlabelled(n_free, True, rule=rule, pseudo_labelled=n_free)
+        return alone, Unlabelled(n_free, False, f"they did not help on the validation images ({rule})", rule)
+    verdict = held_out_gain(Z, np.concatenate([y_tr, np.zeros(n_free, int)]), seen, n_classes, seed)
+    rule = (f"{verdict.rule}: {verdict.spread:.4f} right spread over the unlabelled codes, {verdict.alone:.4f} from "
+            f"the labelled codes alone (too few validation images to choose on)")
+    if verdict.helps:
+        semi = make_head(head, **head_params).fit(np.concatenate([X_tr, X_free]), np.concatenate([y_tr, pseudo]),
+                                                  validation_data=(X_va, y_va) if len(y_va) else None, classes=classes)
+        return semi, Unlabelled(n_free, True, rule=rule, pseudo_labelled=n_free)
+    return alone, Unlabelled(n_free, False, f"they did not help ({rule})", rule)
+
+
+def _excluded(cs) -> set:
+    """The images excluded in the labelling app, from the labels file the code set was read from."""
+    try:
+        source = json.loads(cs.attrs.get("layout") or "{}")
+    except ValueError:
+        return set()
+    if isinstance(source, dict) and source.get("layout") == "labels-file" and source.get("labels_file"):
+        return excluded_images(Path(source["labels_file"]))
+    data_root = cs.data_root
+    return excluded_images(Path(data_root) / "labels.csv") if data_root else set()
 
 
 def _cross_validate(cs, head: str, k: int, runs_dir, positive_class, limit: int, head_params: dict) -> Run:
