@@ -16,7 +16,7 @@ import numpy as np
 CONFIDENCE = 0.95
 DRAWS = 1000         # bootstrap draws
 SEED = 0             # the bootstrap's seed: the same run reports the same interval
-_CELLS = 4_000_000   # draws x images held at a time (32 MB of float64 weights)
+_CELLS = 500_000     # draws x images held at a time (4 MB of float64 weights: out-of-core runs stay in their cap)
 METHOD = (f"{CONFIDENCE:.0%} intervals: Wilson for accuracy, top-5 and exact match; a stratified bootstrap "
           f"({DRAWS} draws, seed {SEED}) for mean per-class accuracy, mAP and F1")
 NOTE = (f"{METHOD}. Another draw of test images as many as these would give a figure in the interval "
@@ -66,12 +66,17 @@ def bootstrap(statistic, strata, *, draws: int = DRAWS, seed: int = SEED,
 
 def mean_per_class_interval(y_true, pred) -> tuple[float, float]:
     """Mean per-class accuracy (scikit-learn's balanced accuracy), stratified by true class."""
+    from scipy.sparse import csr_matrix
+
     y_true = np.asarray(y_true)
     classes, cls = np.unique(y_true, return_inverse=True)
-    right = np.zeros((len(y_true), len(classes)))
-    right[np.arange(len(y_true)), cls] = np.asarray(pred) == y_true
+    n = len(y_true)  # each image's right answer in its class's column, sparse (n values, not n x classes)
+    right = csr_matrix(((np.asarray(pred) == y_true).astype(float), (np.arange(n), cls)), shape=(n, len(classes)))
     sizes = np.bincount(cls)  # (the same in every draw: the strata are the classes)
-    return bootstrap(lambda W: (W @ right / sizes).mean(1), cls)
+
+    def mean_per_class(W):
+        return (np.asarray(right.T @ W.T).T / sizes).mean(1)
+    return bootstrap(mean_per_class, cls)
 
 
 def weighted_average_precision(W: np.ndarray, truth: np.ndarray, score: np.ndarray) -> np.ndarray:

@@ -73,7 +73,8 @@ def test_export_of_joined_flip_codes_and_of_a_scratch_run(images, tmp_path):
     out = run_script("export", scratch_dir, "--formats", "onnx", "--check-images", "5", "--no-progress")
     assert out.returncode == 0, out.stderr
     (onnx,) = json.loads((scratch_dir / "exports.json").read_text())["exports"]
-    assert onnx["format"] == "onnx" and onnx["images_checked"] == 5 and onnx["top1_agreement"] == 1.0
+    n_test = int((CodeSet(a).split == TEST).sum())  # (checked on test images: at most 5)
+    assert onnx["format"] == "onnx" and onnx["images_checked"] == min(5, n_test) >= 2 and onnx["top1_agreement"] == 1.0
     assert not (scratch_dir / "model.tflite").exists()
 
 
