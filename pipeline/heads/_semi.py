@@ -91,10 +91,10 @@ class Verdict:
 
 
 def held_out_gain(Z: np.ndarray, y: np.ndarray, labelled: np.ndarray, n_classes: int, seed: int = 0) -> Verdict:
-    """What decides where no validation part can (:class:`Verdict`): the accuracy of spreading with
-    the unlabelled codes against a logistic regression on the labelled codes alone. With three
-    or more labels in every class, on held-out labels (each of :data:`FOLDS` folds of the labelled
-    rows hidden in turn); with fewer (a fold would hide a class's only label), no label can be
+    """What decides where no validation part can (:class:`Verdict`): the accuracy of a logistic
+    regression on the labelled codes and the unlabelled ones' spread labels against one on the
+    labelled codes alone. With three or more labels in every class, on held-out labels (each of
+    :data:`FOLDS` folds of the labelled rows hidden in turn, the spreading done without them); with fewer (a fold would hide a class's only label), no label can be
     held out: the spreading is used where each labelled code's nearest unlabelled codes mostly get
     its own class (:data:`AGREEMENT` of them), which labels the graph contradicts do not get."""
     from sklearn.linear_model import LogisticRegression
@@ -113,12 +113,19 @@ def held_out_gain(Z: np.ndarray, y: np.ndarray, labelled: np.ndarray, n_classes:
         near = NearestNeighbors(n_neighbors=k).fit(Z[unl]).kneighbors(Z[rows], return_distance=False)
         agree = float((spread[unl][near] == y[rows][:, None]).mean())
         return Verdict(agree, AGREEMENT, "agreement of the labelled codes' neighbourhoods (one or two labels per class)")
+    # the whole procedure on each fold, as train does it (a quick linear model for the head): on the
+    # kept labels alone, and on them with the unlabelled codes' spread labels; scored on the hidden
     spread_right = alone_right = 0
+    unl = np.flatnonzero(~labelled)
     for keep, hide in KFold(int(min(FOLDS, len(rows))), shuffle=True, random_state=seed).split(rows):
         seen = np.zeros(len(Z), bool)
         seen[rows[keep]] = True
-        spread_right += int((propagate(Z, y, seen, n_classes).labels[rows[hide]] == y[rows[hide]]).sum())
-        if len(np.unique(y[rows[keep]])) >= 2:
-            alone = LogisticRegression(C=1.0, max_iter=500).fit(Z[rows[keep]], y[rows[keep]])
-            alone_right += int((alone.predict(Z[rows[hide]]) == y[rows[hide]]).sum())
+        if len(np.unique(y[rows[keep]])) < 2:
+            continue
+        pseudo = propagate(Z, y, seen, n_classes).labels
+        fit_on = np.concatenate([rows[keep], unl])
+        with_ = LogisticRegression(C=1.0, max_iter=500).fit(Z[fit_on], np.where(seen, y, pseudo)[fit_on])
+        alone = LogisticRegression(C=1.0, max_iter=500).fit(Z[rows[keep]], y[rows[keep]])
+        spread_right += int((with_.predict(Z[rows[hide]]) == y[rows[hide]]).sum())
+        alone_right += int((alone.predict(Z[rows[hide]]) == y[rows[hide]]).sum())
     return Verdict(spread_right / len(rows), alone_right / len(rows), "held-out training labels")
