@@ -197,7 +197,8 @@ def _with_unlabelled(cs, head, head_params, alone, train, validation):
         return alone, Unlabelled(n_free, False, f"they did not help on the validation images ({rule})", rule)
     verdict = held_out_gain(Z, np.concatenate([y_tr, np.zeros(n_free, int)]), seen, n_classes, seed)
     rule = (f"{verdict.rule}: {verdict.spread:.4f} right spread over the unlabelled codes, {verdict.alone:.4f} from "
-            f"the labelled codes alone (too few validation images to choose on)")
+            f"the labelled codes alone" + (f", {verdict.margin:.2f} more needed" if verdict.margin else "")
+            + " (too few validation images to choose on)")
     if verdict.helps:
         semi = make_head(head, **head_params).fit(np.concatenate([X_tr, X_free]), np.concatenate([y_tr, pseudo]),
                                                   validation_data=(X_va, y_va) if len(y_va) else None, classes=classes)
