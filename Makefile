@@ -40,6 +40,7 @@ help:
 	@echo "make audit [DATA=.. and the code options, or CODES=a.h5]: near-duplicates, leakage, label errors, outliers"
 	@echo "make label [DATA=.. LABELS=labels.csv and the code options]: a local app to label what matters next"
 	@echo "make export [RUN=..]   make predict IMG=image-or-folder [MODEL=run folder or .keras file]   make compare"
+	@echo "every target: CACHE=cache RUNS=runs, ARGS='any other option of the cnn-codes command'"
 	@echo "make test | make bench"
 
 codes:

@@ -54,6 +54,25 @@ def test_the_link_check_finds_a_broken_link(tmp_path):
     assert broken_links(page) == ["gone.png", "there.md#nope"]
 
 
+def makefile_variables(text: str) -> set[str]:
+    """The variables a user sets on the make command line (the Makefile's ``NAME ?=``), but the
+    two that name the programs."""
+    return set(re.findall(r"^([A-Z_]+) *\?=", text, re.M)) - {"PYTHON", "CNN"}
+
+
+def test_the_readmes_make_variables_are_the_makefiles_and_make_help_names_each():
+    makefile = (ROOT / "Makefile").read_text()
+    listed = re.search(r"`make help` lists the targets and their variables \(`([A-Z_ \n]+)`\)",
+                       (ROOT / "README.md").read_text())
+    assert listed, "the README's sentence on make help moved"
+    wanted = makefile_variables(makefile)
+    assert set(listed.group(1).split()) == wanted
+    help_text = "\n".join(re.findall(r'^\t@echo "(.*)"$', makefile.split("\nhelp:", 1)[1].split("\n\n", 1)[0], re.M))
+    assert {v for v in wanted if not re.search(rf"\b{v}=", help_text)} == set(), help_text
+    # the check finds a variable the README leaves out (shown once)
+    assert makefile_variables(makefile + "\nEXTRA ?= 1\n") != set(listed.group(1).split())
+
+
 def test_the_cli_reference_matches_the_parsers():
     assert (ROOT / "docs" / "cli.md").read_text() == reference(), \
         "docs/cli.md is stale: python -m pipeline.cli.reference > docs/cli.md"
