@@ -53,6 +53,7 @@ from pipeline.codes._shelf import shelved
 from pipeline.codes._worker import WorkSpec, default_decode_threads
 from pipeline.data import (
     IMAGE_EXTENSIONS,
+    TEST,
     LayoutOptions,
     assign_split,
     content_digest,
@@ -138,6 +139,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
             plan = make_plan(ds, files, out_attrs, overwrite=compute.overwrite, verify=compute.verify,
                              target=compute.partition_size, max_parts=compute.max_parts)
             drawn, kept = _kept_split(plan.outputs[0], ds, assign_split(ds, split, seed), resplit or compute.overwrite)
+            _note_untested(ds, drawn)
             with shelved(plan, home):  # (the listing, 60 bytes an image, not held while computing)
                 large = _compute(plan, spec, progress=progress, stats=stats)
                 fault_point("all-staged")
@@ -248,6 +250,19 @@ def _kept_split(out: OutputPlan, ds, split: np.ndarray, redraw: bool) -> tuple[n
         logger.info(f"note: {out.path.name} was split by an earlier version: its {kept} image(s) keep the part they "
                     f"had, new images take the part their path gives (--resplit: every image by its path, docs/data.md)")
     return split, kept
+
+
+def _note_untested(ds, split: np.ndarray) -> None:
+    """A note for the labels of a multi-label set that no test image has (rare labels): their
+    figures cannot be measured, and the report's mAP leaves them out."""
+    if not ds.multi_label or ds.targets is None:
+        return
+    tested = np.asarray(ds.targets)[np.asarray(split) == TEST].sum(0)
+    missing = [ds.class_names[j] for j in np.flatnonzero(tested == 0)]
+    if missing:
+        logger.info(f"note: {len(missing)} label(s) have no test image ({', '.join(missing[:5])}"
+                    f"{' ...' if len(missing) > 5 else ''}): their figures cannot be measured (mAP leaves them "
+                    f"out); label more images with them, or --resplit with a larger test share")
 
 
 def _label_attrs(ds, split, seed, kept=0) -> dict:

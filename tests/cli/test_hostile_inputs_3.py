@@ -152,3 +152,18 @@ def test_predict_writes_an_image_named_in_latin_1_as_its_own_bytes(tmp_path, cap
                             capsys)
     assert code == 0 and "Traceback" not in err, err
     assert b"ima\xe9" in (tmp_path / "p.csv").read_bytes()  # the path names the same file
+
+
+def test_a_rare_label_without_a_test_image_is_said(tmp_path, capsys):
+    src = make_images(tmp_path / "src", n_classes=2, per_class=10)
+    data = tmp_path / "d"
+    data.mkdir()
+    rows = []
+    for i, p in enumerate(sorted(src.rglob("*.*"))):
+        shutil.copy(p, data / f"img{i:02d}{p.suffix}")
+        tags = p.relative_to(src).parts[0] + ("|rare" if i == 0 else "|common")
+        rows.append(f"img{i:02d}{p.suffix},{tags}\n")
+    (data / "tags.csv").write_text("image,tags\n" + "".join(rows))
+    code, out, err, _ = run(["codes", "--data", data, "--cache-dir", tmp_path / "cache", *FAST], capsys)
+    assert code == 0, err
+    assert "1 label(s) have no test image (rare)" in out + err
