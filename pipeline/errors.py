@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import numbers
+import re
 
 
 class UserError(Exception):
@@ -27,9 +28,24 @@ def one_line(text) -> str:
     return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+_TEMPORARY = (re.compile(r"^(?P<dir>.*/)?\.(?P<name>.+)\.\d+(-[0-9a-f]+)?\.tmp$"),     # .labels.csv.123-ab12.tmp
+              re.compile(r"^(?P<dir>.*/)?(?P<name>.+)\.\d+-[0-9a-f]+\.tmp(?P<ext>\.h5)$"))  # top-avg.123-ab12.tmp.h5
+
+
+def user_file(path) -> str:
+    """The file a user knows for one of the project's temporary names (the file it becomes)."""
+    text = str(path)
+    for pattern in _TEMPORARY:
+        m = pattern.match(text)
+        if m:
+            return (m.group("dir") or "") + m.group("name") + (m.groupdict().get("ext") or "")
+    return text
+
+
 def os_error_text(exc: OSError) -> str:
-    """A file-system error as one line: what went wrong, and on which file."""
-    return one_line(exc.strerror or exc) + (f": {exc.filename}" if exc.filename else "")
+    """A file-system error as one line: what went wrong, and on which file (the user's file, not
+    the temporary name it was being written under)."""
+    return one_line(exc.strerror or exc) + (f": {user_file(exc.filename)}" if exc.filename else "")
 
 
 # File-system errors a user causes (a file where a folder belongs, permissions, a full disk).

@@ -167,3 +167,12 @@ def test_a_rare_label_without_a_test_image_is_said(tmp_path, capsys):
     code, out, err, _ = run(["codes", "--data", data, "--cache-dir", tmp_path / "cache", *FAST], capsys)
     assert code == 0, err
     assert "1 label(s) have no test image (rare)" in out + err
+
+
+def test_error_lines_name_the_users_files_not_our_temporary_ones():
+    from pipeline.errors import os_error_text
+
+    for temporary, theirs in (("/x/.data.3832.tmp", "/x/data"), ("/x/.labels.csv.123-ab12cd.tmp", "/x/labels.csv"),
+                              ("c/d/top_activation-avg.4411-0a1b2c3d.tmp.h5", "c/d/top_activation-avg.h5"),
+                              ("/x/labels.csv", "/x/labels.csv")):
+        assert os_error_text(IsADirectoryError(21, "Is a directory", temporary)) == f"Is a directory: {theirs}"
