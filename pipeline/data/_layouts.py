@@ -173,16 +173,20 @@ def _one_line_names(ds: ImageFolder) -> ImageFolder:
 # ------------------------------------------------------------------ detection
 
 def _top_dirs(root: Path) -> list[Path]:
-    """The folders in ``root`` that a layout reads (split or class folders). A link to a folder is
-    refused in one line: the walk does not follow links to folders (one could loop, or lead out of
-    the data folder), so its images would be counted as a folder and never read."""
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _no_linked_folders(dirs: list[Path], root: Path) -> None:
+    """Split folders, and the class folders in them, are read by one walk of the data folder, which
+    does not follow links to folders (one could loop, or lead out of the data folder): such a link
+    is refused in one line, not counted as a folder whose images are never read. (Class folders
+    of the class-folders layout are each walked on their own: a link there is followed.)"""
     linked = [p for p in dirs if p.is_symlink()]
     if linked:
-        raise UserError(f"{linked[0]} is a link to a folder ({os.readlink(linked[0])}); links to folders are not "
-                        f"followed (one could loop or lead out of {root}): copy the folder, or link its files one "
-                        f"by one" + (f" ({len(linked) - 1} more such link(s))" if len(linked) > 1 else ""))
-    return dirs
+        raise UserError(f"{linked[0]} is a link to a folder ({os.readlink(linked[0])}); split folders and the "
+                        f"class folders in them are not followed through links (one could loop or lead out of "
+                        f"{root}): copy the folder, or link its files one by one"
+                        + (f" ({len(linked) - 1} more such link(s))" if len(linked) > 1 else ""))
 
 
 def _detect(root: Path, tables: list[Path]) -> str:
@@ -309,6 +313,9 @@ def _split_folders(root: Path, options: LayoutOptions) -> ImageFolder:
         raise UserError(f"{root} has split folders ({', '.join(d.name + '/' for d in dirs)}) but no training folder "
                         f"(one of {', '.join(SPLIT_WORDS[TRAIN][:4])})")
     folders = {s: d[0] for s, d in by_split.items()}
+    _no_linked_folders(dirs, root)
+    for d in folders.values():
+        _no_linked_folders(_top_dirs(d), root)
     for s, d in folders.items():
         loose = next(iter(_images_under(d, recursive=False)), None)
         if loose is not None:

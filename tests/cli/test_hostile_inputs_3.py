@@ -83,28 +83,33 @@ def test_suggest_neutralises_formula_cells_and_takes_an_out_name_of_255_bytes(tm
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("layout", ["split folders", "class folders"])
-def test_a_linked_folder_is_refused_in_one_line_naming_it(tmp_path, capsys, layout):
+@pytest.mark.parametrize("where", ["split folder", "class folder in a split folder"])
+def test_a_linked_folder_the_walk_would_skip_is_refused_in_one_line_naming_it(tmp_path, capsys, where):
     data = tmp_path / "d"
-    if layout == "split folders":
-        make_images(data / "train", n_classes=2, per_class=4)
-        make_images(tmp_path / "elsewhere", n_classes=2, per_class=3)
-        (data / "test").symlink_to(tmp_path / "elsewhere")  # test -> outside the data folder
+    make_images(data / "train", n_classes=2, per_class=4)
+    make_images(tmp_path / "elsewhere", n_classes=2, per_class=3)
+    if where == "split folder":
         link = data / "test"
+        link.symlink_to(tmp_path / "elsewhere")  # test -> outside the data folder
     else:
-        make_images(data, n_classes=2, per_class=4)
-        make_images(tmp_path / "other", n_classes=1, per_class=3)
-        (data / "linked").symlink_to(tmp_path / "other" / "class0")
-        link = data / "linked"
+        (data / "test").mkdir()
+        (data / "test" / "class0").symlink_to(tmp_path / "elsewhere" / "class0")
+        link = data / "test" / "class0"
     code, _, err, _ = run(["codes", "--data", data, "--cache-dir", tmp_path / "cache", *FAST], capsys)
     assert code == 2 and user_error_lines(err) == err.strip().splitlines() and str(link) in err, err
     assert "link to a folder" in err
-    (tmp_path / "linked-root").symlink_to(tmp_path / "elsewhere" if layout == "split folders" else data)
-    if layout == "class folders":  # the data folder itself may be a link: it is the user's own path
-        link.unlink()
-        code, out, err, _ = run(["codes", "--data", tmp_path / "linked-root", "--cache-dir", tmp_path / "cache",
-                                 *FAST], capsys)
-        assert code == 0 and "8 images" in out + err, err
+
+
+def test_linked_class_folders_and_a_linked_data_folder_are_read(tmp_path, capsys):
+    make_images(tmp_path / "real", n_classes=2, per_class=4)
+    data = tmp_path / "d"
+    data.mkdir()
+    for c in ("class0", "class1"):  # class folders linked one by one (a subset of a larger set)
+        (data / c).symlink_to(tmp_path / "real" / c)
+    (tmp_path / "linked-root").symlink_to(data)
+    code, out, err, _ = run(["codes", "--data", tmp_path / "linked-root", "--cache-dir", tmp_path / "cache", *FAST],
+                            capsys)
+    assert code == 0 and "8 images" in out + err, err
 
 
 def test_a_crafted_labels_file_is_read_quickly(tmp_path, capsys):
