@@ -49,7 +49,7 @@ def one(X, y, test, labelled, unlabelled, head, seed) -> tuple[float, float, boo
     seen[:labelled.sum()] = True
     target = np.where(seen, y[rows], 0)
     pseudo = propagate(Z, target, seen, n_classes).labels
-    chosen = held_out_gain(Z, target, seen, n_classes, seed).helps  # (no validation part at these sizes)
+    chosen = held_out_gain(Z, target, seen, n_classes, pseudo, seed).helps  # (no validation part at these sizes)
     b = a
     if chosen:
         semi = make_head(head, seed=seed).fit(X[rows], np.where(seen, y[rows], pseudo), classes=np.arange(n_classes))

@@ -88,7 +88,7 @@ def _quoted(rel: str) -> str:
     the same."""
     import json
 
-    if rel.startswith('"') or rel != rel.strip() or any(c in rel for c in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+    if rel.startswith('"') or rel != rel.strip() or breaks_line(rel):
         return json.dumps(rel)
     return rel
 

@@ -248,11 +248,16 @@ def stratified_split(paths, labels, fractions=(0.7, 0.15, 0.15), seed=0, class_n
     return cut_split(split_scores(paths, seed), labels, fractions)
 
 
+def _given_split(ds: ImageFolder) -> np.ndarray:
+    """The split the layout gives each image: a part, DRAW marks (to be drawn), UNLABELLED."""
+    return ds.split if ds.split is not None else np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
+
+
 def assign_split(ds: ImageFolder, fractions=(0.7, 0.15, 0.15), seed=0) -> np.ndarray:
     """Each image's split: the one the layout gives, the parts it leaves open drawn per class
     by :func:`stratified_split` from ``fractions`` (renormalised over the parts drawn),
     UNLABELLED for unlabelled images."""
-    given = ds.split if ds.split is not None else np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
+    given = _given_split(ds)
     out = given.astype(np.int8).copy()
     drawn = np.flatnonzero(given < 0)
     if not len(drawn):
@@ -273,7 +278,7 @@ def keep_stored_split(ds: ImageFolder, split: np.ndarray, stored: np.ndarray) ->
     """``split`` (from :func:`assign_split`) with each drawn image's ``stored`` part kept where
     the layout allows it (a code set split by an earlier version: its images keep their parts;
     ``stored`` -1 where an image has none). Returns the split and how many images kept a part."""
-    given = ds.split if ds.split is not None else np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
+    given = _given_split(ds)
     stored = np.asarray(stored)
     keep = (((given == DRAW) & (stored >= TRAIN) & (stored <= TEST))
             | ((given == DRAW_VAL) & ((stored == TRAIN) | (stored == VAL)))

@@ -103,14 +103,15 @@ def _linear():
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500))
 
 
-def held_out_gain(Z: np.ndarray, y: np.ndarray, labelled: np.ndarray, n_classes: int, seed: int = 0) -> Verdict:
+def held_out_gain(Z: np.ndarray, y: np.ndarray, labelled: np.ndarray, n_classes: int, spread: np.ndarray,
+                  seed: int = 0) -> Verdict:
     """What decides where no validation part can (:class:`Verdict`): the accuracy of a logistic
     regression on the labelled codes and the unlabelled ones' spread labels against one on the
     labelled codes alone. With three or more labels in every class, on held-out labels (each of
     :data:`FOLDS` folds of the labelled rows hidden in turn, the spreading done without them); with fewer (a fold would hide a class's only label), no label can be
     held out: the spreading is used where each labelled code's nearest unlabelled codes mostly get
-    its own class (:data:`AGREEMENT` of them), which labels the graph contradicts do not get."""
-    from sklearn.linear_model import LogisticRegression
+    its own class (:data:`AGREEMENT` of them), which labels the graph contradicts do not get.
+    ``spread``: the classes :func:`propagate` gave every row from these labels (made once, by the caller)."""
     from sklearn.model_selection import KFold
 
     rows = np.flatnonzero(labelled)
@@ -121,7 +122,6 @@ def held_out_gain(Z: np.ndarray, y: np.ndarray, labelled: np.ndarray, n_classes:
         from sklearn.neighbors import NearestNeighbors
 
         unl = np.flatnonzero(~labelled)
-        spread = propagate(Z, y, labelled, n_classes).labels
         k = int(min(NEIGHBOURS // 2, len(unl)))
         near = NearestNeighbors(n_neighbors=k).fit(Z[unl]).kneighbors(Z[rows], return_distance=False)
         agree = float((spread[unl][near] == y[rows][:, None]).mean())

@@ -29,6 +29,10 @@ def default_memory_limit() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
+def _title(cs, head: str) -> str:
+    return f"{head} on {cs.attrs.get('backbone')} {cs.attrs.get('layer')}/{cs.attrs.get('pooling')}"
+
+
 def check_folds(cv) -> None:
     """``cv`` is None (the stored split) or a whole number of folds, 2 or more."""
     if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
@@ -118,7 +122,7 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
         model, semi = _with_unlabelled(cs, head, head_params, model, (X_tr, y_tr), (X_va, y_va))
         seconds += time.perf_counter() - t0
         logger.info(f"{semi.line}" + (f" ({semi.rule})" if semi.rule else ""))
-    title = f"{head} on {cs.attrs.get('backbone')} {cs.attrs.get('layer')}/{cs.attrs.get('pooling')}"
+    title = _title(cs, head)
     record = {
         "title": title, "kind": "head-on-codes", "head": head, "head_params": head_params,
         "codes": str(Path(codes_path)), "code_attrs": {k: str(v) for k, v in cs.attrs.items()},
@@ -184,25 +188,28 @@ def _with_unlabelled(cs, head, head_params, alone, train, validation):
     Z = reduced(np.concatenate([X_tr, X_free]), seed)
     seen = np.zeros(len(Z), bool)
     seen[:len(y_tr)] = True
-    pseudo = propagate(Z, np.concatenate([y_tr, np.zeros(n_free, int)]), seen, n_classes).labels[len(y_tr):]
-    classes = np.arange(n_classes)
+    target = np.concatenate([y_tr, np.zeros(n_free, int)])
+    spread = propagate(Z, target, seen, n_classes).labels
+    pseudo = spread[len(y_tr):]
+
+    def with_them():
+        return make_head(head, **head_params).fit(np.concatenate([X_tr, X_free]), np.concatenate([y_tr, pseudo]),
+                                                  validation_data=(X_va, y_va) if len(y_va) else None,
+                                                  classes=np.arange(n_classes))
     present = len(np.unique(y_tr))
     if len(y_va) >= 2 * present:  # a validation part of two images per class: the heads themselves compared
-        semi = make_head(head, **head_params).fit(np.concatenate([X_tr, X_free]), np.concatenate([y_tr, pseudo]),
-                                                  validation_data=(X_va, y_va), classes=classes)
+        semi = with_them()
         with_, without = (float((m.predict(X_va) == y_va).mean()) for m in (semi, alone))
         rule = f"validation accuracy {with_:.4f} with them, {without:.4f} without"
         if with_ > without:
             return semi, Unlabelled(n_free, True, rule=rule, pseudo_labelled=n_free)
         return alone, Unlabelled(n_free, False, f"they did not help on the validation images ({rule})", rule)
-    verdict = held_out_gain(Z, np.concatenate([y_tr, np.zeros(n_free, int)]), seen, n_classes, seed)
+    verdict = held_out_gain(Z, target, seen, n_classes, spread, seed)
     rule = (f"{verdict.rule}: {verdict.spread:.4f} right spread over the unlabelled codes, {verdict.alone:.4f} from "
             f"the labelled codes alone" + (f", {verdict.margin:.2f} more needed" if verdict.margin else "")
             + " (too few validation images to choose on)")
     if verdict.helps:
-        semi = make_head(head, **head_params).fit(np.concatenate([X_tr, X_free]), np.concatenate([y_tr, pseudo]),
-                                                  validation_data=(X_va, y_va) if len(y_va) else None, classes=classes)
-        return semi, Unlabelled(n_free, True, rule=rule, pseudo_labelled=n_free)
+        return with_them(), Unlabelled(n_free, True, rule=rule, pseudo_labelled=n_free)
     return alone, Unlabelled(n_free, False, f"they did not help ({rule})", rule)
 
 
@@ -281,7 +288,7 @@ def _cross_validate(cs, head: str, k: int, runs_dir, positive_class, limit: int,
         ci = wilson(int((proba.argmax(1) == y).sum()), n)
     logger.info(f"{k}-fold {what} {scored.mean():.4f} ± {scored.std():.4f} over {k} folds, "
                 f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}] ({n} images, {cv_seconds:.1f} s)")
-    title = f"{head} on {cs.attrs.get('backbone')} {cs.attrs.get('layer')}/{cs.attrs.get('pooling')}"
+    title = _title(cs, head)
     record = {
         "title": f"{title} ({k}-fold cross-validation)", "kind": "head-on-codes", "head": head,
         "head_params": head_params, "codes": str(Path(cs.path)),
