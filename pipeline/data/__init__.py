@@ -9,6 +9,7 @@ from pipeline.data._edit import (
     excluded_images,
     file_state,
     journal_file,
+    labels_file_for,
     replay,
 )
 from pipeline.data._layouts import LAYOUTS, SPLIT_WORDS, TASKS, LayoutOptions, read_folder
@@ -58,6 +59,7 @@ __all__ = [
     "file_state",
     "Journal",
     "journal_file",
+    "labels_file_for",
     "replay",
     "LayoutOptions",
     "SPLIT_WORDS",

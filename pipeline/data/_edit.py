@@ -65,6 +65,23 @@ def _beside(labels_path: Path, suffix: str) -> Path:
     return labels_path.with_name(stem.decode("utf-8", "surrogateescape") + suffix)
 
 
+def labels_file_for(layout: str | None, data, given=None) -> Path | None:
+    """The labels file a code set's decisions go to (the labelling app) and its exclusions come
+    from: ``given`` (--labels), else the one its layout (the code set's ``layout`` attribute, JSON)
+    was read from, else DATA/labels.csv (None without a data folder)."""
+    import json
+
+    if given:
+        return Path(given)
+    try:
+        source = json.loads(layout or "{}")
+    except ValueError:
+        source = {}
+    if isinstance(source, dict) and source.get("layout") == "labels-file" and source.get("labels_file"):
+        return Path(source["labels_file"])
+    return Path(data) / "labels.csv" if data is not None else None
+
+
 def excluded_file(labels_path: Path) -> Path:
     return _beside(labels_path, ".excluded.txt")
 

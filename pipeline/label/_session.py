@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import threading
 import time
@@ -29,6 +28,7 @@ from pipeline.data import (
     check_class_name,
     excluded_file,
     file_state,
+    labels_file_for,
     walk_images,
 )
 from pipeline.errors import UserError, one_line
@@ -552,12 +552,4 @@ class LabelSession:
 def labels_file_of(cs, data: Path, given=None) -> Path:
     """Where the labelling app's decisions go for code set ``cs`` of folder ``data``: ``given``
     (--labels), else the labels file the folder's layout was read from, else DATA/labels.csv."""
-    if given:
-        return Path(given)
-    try:
-        source = json.loads(cs.attrs.get("layout") or "{}")
-    except ValueError:
-        source = {}
-    if isinstance(source, dict) and source.get("layout") == "labels-file" and source.get("labels_file"):
-        return Path(source["labels_file"])
-    return data / "labels.csv"
+    return labels_file_for(cs.attrs.get("layout"), data, given)

@@ -15,7 +15,7 @@ from pipeline._files import writable_folder
 from pipeline._records import Run
 from pipeline.codes import JoinedCodeSet, open_code_sets
 from pipeline.codes._codeset import CodeStream
-from pipeline.data import TEST, TRAIN, UNLABELLED, VAL, excluded_images
+from pipeline.data import TEST, TRAIN, UNLABELLED, VAL, excluded_images, labels_file_for
 from pipeline.errors import ParameterError, UserError, check_seed
 from pipeline.heads import make_head
 from pipeline.reports import evaluate_multi_label, positive_index, wilson
@@ -214,15 +214,9 @@ def _with_unlabelled(cs, head, head_params, alone, train, validation):
 
 
 def _excluded(cs) -> set:
-    """The images excluded in the labelling app, from the labels file the code set was read from."""
-    try:
-        source = json.loads(cs.attrs.get("layout") or "{}")
-    except ValueError:
-        return set()
-    if isinstance(source, dict) and source.get("layout") == "labels-file" and source.get("labels_file"):
-        return excluded_images(Path(source["labels_file"]))
-    data_root = cs.data_root
-    return excluded_images(Path(data_root) / "labels.csv") if data_root else set()
+    """The images excluded in the labelling app, from the labels file of the code set's layout."""
+    labels = labels_file_for(cs.attrs.get("layout"), cs.data_root)
+    return excluded_images(labels) if labels is not None else set()
 
 
 def _cross_validate(cs, head: str, k: int, runs_dir, positive_class, limit: int, head_params: dict) -> Run:
