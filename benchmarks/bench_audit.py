@@ -95,7 +95,7 @@ def exact_against_approximate(codes: Path, work: Path) -> dict:
         runs[search] = (seconds, peak, findings(run))
     (te, pe, ex), (ta, pa, ap) = runs["exact"], runs["approximate"]
     print(f"{codes.name}: {ex['summary']['images']} codes")
-    print(f"| search | wall s | peak GB | pairs | label errors | outliers |")
+    print("| search | wall s | peak GB | pairs | label errors | outliers |")
     print("|---|---|---|---|---|---|")
     for name, (t, peak, f) in runs.items():
         print(f"| {name} | {t:.1f} | {peak:.2f} | {sum(map(len, f['pairs'].values()))} | {len(f['issues'])} | "

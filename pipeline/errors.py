@@ -65,3 +65,17 @@ def check_seed(seed, parameter: str = "seed") -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
                              or not 0 <= int(seed) <= MAX_SEED):
         raise ParameterError(parameter, f"{seed!r}: give a whole number from 0 to {MAX_SEED}")
+
+
+def with_positionals(function: str, names: tuple[str, ...], given: tuple, options: dict, before: int) -> dict:
+    """``options`` with ``given``, the positional arguments of a call past a function's first
+    ``before`` parameters, under the ``names`` those parameters had when they were positional (a
+    long parameter list turned into keyword options; calls made before keep working). A Python
+    TypeError as the interpreter would raise it for a name given twice or too many arguments."""
+    if len(given) > len(names):
+        raise TypeError(f"{function}() takes at most {before + len(names)} positional arguments "
+                        f"({before + len(given)} given)")
+    for name, value in zip(names, given):
+        if name in options:
+            raise TypeError(f"{function}() got multiple values for argument '{name}'")
+    return {**dict(zip(names, given)), **options}

@@ -6,8 +6,7 @@ learning); outliers. Writes duplicates.csv, label_issues.csv, outliers.csv, audi
 report.html gallery of each finding in a new run folder. The code set is named by --codes or found
 from the options that made it with `cnn-codes codes`."""
 from pipeline.cli import add_code_options, add_common_options, code_paths, default, finite_float
-from pipeline.quality import _audit as audit
-from pipeline.quality._neighbours import EXACT_LIMIT, SEARCHES
+from pipeline.quality import EXACT_LIMIT, SEARCHES, audit
 
 HELP = "find near-duplicates, leakage, likely label errors and outliers in a data set from its codes"
 
@@ -16,7 +15,7 @@ NEEDS_TENSORFLOW = False
 
 def add_arguments(p):
     add_code_options(p, join=True)
-    d = lambda name: default(audit.audit, name)
+    d = lambda name: default(audit, name)
     p.add_argument("--threshold", type=finite_float, default=d("threshold"),
                    help="cosine similarity from which two images of one class are near-duplicates")
     p.add_argument("--cross-threshold", type=finite_float, default=d("cross_threshold"),
@@ -34,8 +33,8 @@ def add_arguments(p):
 
 def run(a):
     codes = code_paths(a)
-    audit.audit(codes if len(codes) > 1 else codes[0], runs_dir=a.runs_dir, threshold=a.threshold,
-                      cross_threshold=a.cross_threshold, neighbours=a.neighbours, folds=a.folds,
-                      outlier_fraction=a.outlier_fraction, gallery=a.gallery, seed=a.seed, progress=not a.no_progress,
-                      search=a.search)
+    audit(codes if len(codes) > 1 else codes[0], runs_dir=a.runs_dir, threshold=a.threshold,
+          cross_threshold=a.cross_threshold, neighbours=a.neighbours, folds=a.folds,
+          outlier_fraction=a.outlier_fraction, gallery=a.gallery, seed=a.seed, progress=not a.no_progress,
+          search=a.search)
     return 0

@@ -69,8 +69,7 @@ def run(a):
         import uvicorn  # noqa: F401
     except ImportError:
         raise UserError("the labelling app needs its web server: pip install 'cnn-codes[label]'") from None
-    from pipeline.label import LabelSession, make_app
-    from pipeline.label._app import listen, serve, stored_token
+    from pipeline.label import LabelSession, listen, make_app, serve, stored_token
 
     first = [True]
 

@@ -4,8 +4,7 @@ from pathlib import Path
 
 from pipeline.cli import default
 from pipeline.codes import RUNTIMES
-from pipeline.deploy import predict
-from pipeline.deploy._predict import format_rows, write_csv
+from pipeline.deploy import format_rows, predict, write_csv
 
 HELP = "top-k classes of an image or a folder with an exported model"
 

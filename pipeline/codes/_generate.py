@@ -61,7 +61,7 @@ from pipeline.data import (
     keep_stored_split,
     read_folder,
 )
-from pipeline.errors import USER_ERRNOS, Interrupted, UserError, check_seed, os_error_text
+from pipeline.errors import USER_ERRNOS, Interrupted, UserError, check_seed, os_error_text, with_positionals
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,12 @@ logger = logging.getLogger(__name__)
 # workers that never need it start without loading it.
 
 
+# generate_codes' parameters after ``exclude``: by keyword, or by position as calls made them once
+LATER = ("split", "seed", "resplit", "progress", "stats")
+
+
 def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, weights="imagenet", image_size=None,
-                   cache_dir="cache", exclude=(), split=None, seed=None, resplit=False, progress=True, stats=None,
-                   **options) -> list[Path]:
+                   cache_dir="cache", exclude=(), *later, **options) -> list[Path]:
     """Compute (or complete) one cached code set per (layer, pooling); return their paths.
 
     ``layers`` (default: the backbone's final conv block) x ``poolings`` (default: avg) are the
@@ -97,6 +100,9 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
     for the first (``wait=False``: refuses) and then finds its work done. ``stats``, if a dict,
     receives the streaming figures: images computed and loop seconds.
     """
+    options = with_positionals("generate_codes", LATER, later, options, before=8)
+    split, seed, resplit = options.pop("split", None), options.pop("seed", None), options.pop("resplit", False)
+    progress, stats = options.pop("progress", True), options.pop("stats", None)
     identity, compute = options.pop("identity", None), options.pop("compute", None)
     reading = options.pop("reading", None) or LayoutOptions()
     settings, how, layout = split_options(options)

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipeline._tf import quiet_tensorflow
-from pipeline.backbones._lite import weights_cache_dir
+from pipeline.backbones import weights_cache_dir
 from pipeline.errors import ParameterError, UserError
 
 logger = logging.getLogger(__name__)

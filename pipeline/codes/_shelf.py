@@ -12,7 +12,6 @@ included, leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import tempfile
 import threading
@@ -223,27 +222,6 @@ def shelved(plan: Plan, folder: Path):
             ds.labels = shelf.put(ds.labels, np.asarray(ds.labels).dtype)
             if ds.targets is not None:
                 ds.targets = shelf.put(ds.targets, ds.targets.dtype, ds.targets.shape[1:])
-        _give_back_freed_memory()
         yield plan
     finally:
         shelf.close()
-
-
-def _give_back_freed_memory() -> None:
-    """Return to the system the memory the listing held, and keep what the computing frees from
-    staying. glibc keeps memory freed amid its heap, which the computing's threads do not reuse
-    (at a million images a build computed with 50 MB more than it needed); and the listing's
-    large blocks, once freed, raised glibc's size above which a block gets pages of its own
-    (given back when freed) from 128 KB to tens of MB, so the computing's buffers then stayed in
-    the heap too (9-15 MB more at a million images than at 200,000). It is set back to glibc's
-    default and kept there, for this process (as ``MALLOC_MMAP_THRESHOLD_=131072`` would).
-    Elsewhere than glibc: nothing to do."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):
-        pass
-
-
-M_MMAP_THRESHOLD = -3  # (glibc's malloc.h)

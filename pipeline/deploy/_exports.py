@@ -29,7 +29,7 @@ from tqdm import tqdm
 from pipeline._files import durable_replace
 from pipeline._records import load_record
 from pipeline.codes import open_code_sets, setting
-from pipeline.codes._worker import batches_of, read_batches
+from pipeline.codes import batches_of, read_batches
 from pipeline.data import TEST
 from pipeline.deploy._models import export_head_run, load_model
 from pipeline.errors import ParameterError, UserError, one_line

@@ -20,8 +20,8 @@ from pipeline._checked import ClassNames, Fraction, Schema, Text, check_json
 from pipeline._faults import fault_point
 from pipeline._files import durable_replace
 from pipeline._records import KINDS, load_record, process_alive
-from pipeline.backbones import MAX_IMAGE_SIZE, build_base, get_backbone
-from pipeline.backbones._registry import POOLING_LAYERS, apply_preprocessing, check_layer, code_layer_name
+from pipeline.backbones import (MAX_IMAGE_SIZE, POOLING_LAYERS, apply_preprocessing, build_base, check_layer,
+                                 code_layer_name, get_backbone)
 from pipeline.codes import setting, stated_making
 from pipeline.data import RESIZES
 from pipeline.errors import UserError, one_line

@@ -10,8 +10,7 @@ import numpy as np
 from pipeline._files import durable_replace, temporary_beside
 from pipeline.backbones import check_batch_memory
 from pipeline.codes import choose_runtime, setting
-from pipeline.codes._runtimes import make_mapper
-from pipeline.codes._worker import batches_of, read_batches
+from pipeline.codes import batches_of, make_mapper, read_batches
 from pipeline.data import IMAGE_EXTENSIONS
 from pipeline.deploy._models import export_head_run, load_model
 from pipeline.errors import ParameterError, UserError

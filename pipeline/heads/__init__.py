@@ -7,6 +7,7 @@ from pipeline.heads._estimators import (
     MLPHead,
     PrototypeHead,
     SoftmaxHead,
+    holdout,
     load_head,
     make_head,
     read_thresholds,
@@ -14,5 +15,5 @@ from pipeline.heads._estimators import (
 from pipeline.heads._scaling import ShrunkScaler
 from pipeline.heads._semi import Propagation, Verdict, held_out_gain, propagate, reduced
 
-__all__ = ["HEADS", "LogRegHead", "MLPHead", "PrototypeHead", "SoftmaxHead", "load_head", "make_head",
+__all__ = ["HEADS", "LogRegHead", "MLPHead", "PrototypeHead", "SoftmaxHead", "holdout", "load_head", "make_head",
            "read_thresholds", "ShrunkScaler", "Propagation", "Verdict", "held_out_gain", "propagate", "reduced"]

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pipeline._checked import Fraction, Name, Schema, read_checked
-from pipeline.codes._codeset import CodeStream
+from pipeline.codes import CodeStream
 from pipeline.errors import ParameterError, UserError, check_seed, one_line
 from pipeline.heads._scaling import (
     ShrunkScaler,

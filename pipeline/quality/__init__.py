@@ -2,6 +2,7 @@
 
 from pipeline.quality._audit import (
     CROSS_THRESHOLD,
+    AuditSettings,
     THRESHOLD,
     Findings,
     audit,
@@ -11,6 +12,7 @@ from pipeline.quality._audit import (
     suggested_classes,
     unit_rows,
 )
+from pipeline.quality._neighbours import EXACT_LIMIT, SEARCHES
 
-__all__ = ["CROSS_THRESHOLD", "THRESHOLD", "Findings", "audit", "find", "label_sets", "set_name", "suggested_classes",
+__all__ = ["AuditSettings", "CROSS_THRESHOLD", "EXACT_LIMIT", "SEARCHES", "THRESHOLD", "Findings", "audit", "find", "label_sets", "set_name", "suggested_classes",
            "unit_rows"]

@@ -38,11 +38,10 @@ from pipeline._files import writable_folder
 from pipeline._records import Run, assembled_run
 from pipeline.codes import CodeView, open_code_sets
 from pipeline.data import SPLIT_NAMES
-from pipeline.errors import ParameterError, UserError, check_seed
+from pipeline.errors import ParameterError, UserError, check_seed, with_positionals
 from pipeline.quality._neighbours import (CHUNK_BYTES, EXACT_LIMIT, SEARCHES, Neighbours, approximate,
                                          nearest_neighbours)
-from pipeline.reports import to_cell
-from pipeline.reports._pages import esc, facts, page, section, shot, table
+from pipeline.reports import esc, facts, page, section, shot, table, to_cell
 
 logger = logging.getLogger(__name__)
 
@@ -375,13 +374,40 @@ class Findings:
     copy: float = COPY        # the cosine from which a pair across classes is a copy (copy_threshold)
 
 
-def find(Z: np.ndarray, y: np.ndarray, n_classes: int, threshold=THRESHOLD, cross_threshold=CROSS_THRESHOLD,
-         neighbours=NEIGHBOURS, folds=FOLDS, outlier_fraction=OUTLIER_FRACTION, chunk_bytes=CHUNK_BYTES, seed=0,
-         progress=True, targets=None, sets=None, search="auto", cosines=None) -> Findings:
+@dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    """How the audit looks: pairs above ``threshold`` cosine (``cross_threshold`` across splits),
+    ``neighbours`` per image, ``folds`` for the out-of-fold label model, the ``outlier_fraction``
+    listed, the exact search's temporary memory (``chunk_bytes``), the ``seed``, and ``search``:
+    exact, approximate or auto."""
+
+    threshold: float = THRESHOLD
+    cross_threshold: float = CROSS_THRESHOLD
+    neighbours: int = NEIGHBOURS
+    folds: int = FOLDS
+    outlier_fraction: float = OUTLIER_FRACTION
+    chunk_bytes: int = CHUNK_BYTES
+    seed: int = 0
+    search: str = "auto"
+
+
+# find's parameters after ``n_classes`` when they were all positional
+_FIND_ORDER = ("threshold", "cross_threshold", "neighbours", "folds", "outlier_fraction", "chunk_bytes", "seed",
+               "progress", "targets", "sets", "search", "cosines")
+
+
+def find(Z: np.ndarray, y: np.ndarray, n_classes: int, *later, settings: AuditSettings | None = None, progress=True,
+         targets=None, sets=None, cosines=None, **given) -> Findings:
     """Every finding on the unit-length codes ``Z`` with labels ``y`` (multi-label: ``y`` the
-    index of each image's label set among ``sets``, ``targets`` its labels). Neighbours exact or
-    approximate as ``search`` says; ``cosines(a, b)`` measures the pairs found again (see
-    :func:`duplicate_pairs`)."""
+    index of each image's label set among ``sets``, ``targets`` its labels), looked for as
+    ``settings`` say (or its fields as keywords). ``cosines(a, b)`` measures the pairs found again
+    (see :func:`duplicate_pairs`)."""
+    given = with_positionals("find", _FIND_ORDER, later, given, before=3)
+    progress, targets = given.pop("progress", progress), given.pop("targets", targets)
+    sets, cosines = given.pop("sets", sets), given.pop("cosines", cosines)
+    s = dataclasses.replace(settings or AuditSettings(), **given)
+    threshold, cross_threshold, neighbours, folds = s.threshold, s.cross_threshold, s.neighbours, s.folds
+    outlier_fraction, chunk_bytes, seed, search = s.outlier_fraction, s.chunk_bytes, s.seed, s.search
     nb = nearest_neighbours(Z, y, neighbours, chunk_bytes, progress, search=search,
                             floor=min(threshold, cross_threshold), seed=seed)
     if targets is None:

@@ -2,11 +2,18 @@
 
 from pipeline.reports._html import GALLERY, PREDICTIONS, REPORT, build_report, read_predictions, write_predictions
 from pipeline.reports._intervals import bootstrap, mean_ap_interval, mean_per_class_interval, overlaps, wilson
+from pipeline.reports._pages import esc, facts, page, section, shot, table
 from pipeline.reports._metrics import evaluate, evaluate_multi_label, interval, positive_index, summary, write_report
 from pipeline.reports._safe import from_cell, plain_text, to_cell
 from pipeline.reports._trained import TRAINED_ON, paths_digest, read_trained_on, write_trained_on
 
 __all__ = [
+    "esc",
+    "facts",
+    "page",
+    "section",
+    "shot",
+    "table",
     "bootstrap",
     "evaluate",
     "interval",

@@ -29,8 +29,7 @@ from pipeline._checked import (
 )
 from pipeline._files import durable_replace
 from pipeline._records import load_record, run_name
-from pipeline.codes import open_code_sets
-from pipeline.codes._codeset import data_root_of
+from pipeline.codes import data_root_of, open_code_sets
 from pipeline.data import TEST, relative_inside
 from pipeline.errors import ParameterError, UserError, one_line
 from pipeline.heads import load_head

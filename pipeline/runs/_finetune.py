@@ -20,16 +20,14 @@ import numpy as np
 
 from pipeline._files import writable_folder
 from pipeline._records import load_record
-from pipeline.backbones import MAX_IMAGE_SIZE, check_batch_memory, get_backbone
-from pipeline.backbones._registry import code_layer_name
+from pipeline.backbones import MAX_IMAGE_SIZE, check_batch_memory, code_layer_name, get_backbone
 from pipeline.codes import CodeSet, generate_codes, open_code_sets, setting
 from pipeline.data import TEST, TRAIN, VAL, augmentation, image_dataset
-from pipeline.deploy import save_model
-from pipeline.deploy._models import classifier_from_head_run, model_info
+from pipeline.deploy import classifier_from_head_run, model_info, save_model
 from pipeline.errors import ParameterError, UserError
-from pipeline.heads._estimators import holdout
+from pipeline.heads import holdout
 from pipeline.reports import positive_index, read_trained_on
-from pipeline.runs._folders import finish_run
+from pipeline.runs._folders import Tested, finish_run
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +156,10 @@ def _finish(runs_dir, name: str, cs: CodeSet, test, fitted: _Fitted, options: Tr
     it trained on are the training and validation parts, and those its warm-up head trained on."""
     record = dict(record)
     warmup_seen = record.pop("warmup_seen", set())
-    return finish_run(runs_dir, name, record=dict(record, train_seconds=round(fitted.seconds, 2)), y_true=cs.y[test],
-                      proba=fitted.proba, class_names=cs.class_names, save=save,
-                      test_paths=[cs.paths[i] for i in test], data_root=cs.data_root,
-                      positive_class=options.positive_class, history=fitted.history,
+    return finish_run(runs_dir, name, record=dict(record, train_seconds=round(fitted.seconds, 2)), save=save,
+                      tested=Tested(cs.y[test], fitted.proba, cs.class_names, [cs.paths[i] for i in test],
+                                    cs.data_root, options.positive_class),
+                      history=fitted.history,
                       train_paths=[cs.paths[i] for i in np.flatnonzero((cs.split == TRAIN) | (cs.split == VAL))]
                       + sorted(warmup_seen),
                       detail=detail + f"trained in {fitted.seconds:.0f} s")

@@ -33,14 +33,31 @@ from pipeline.reports import (
 logger = logging.getLogger(__name__)
 
 
-def finish_run(runs_dir, name: str, *, record: dict, y_true, proba, class_names, save, test_paths, data_root,
-               positive_class=None, history=None, detail: str = "", thresholds=None, train_paths=None):
-    """Evaluate ``proba`` against ``y_true`` (the test images ``test_paths``, relative to
-    ``data_root``), make the run folder, ``save(run_dir)`` the model, write record.json, the
-    report, predictions.csv, the images it trained on (``train_paths``: trained_on.csv, and their
-    digest in the record) and report.html, log the summary line; returns the :class:`Run`.
-    ``thresholds`` (multi-label) are one per label, or one per test image and label (each image
-    decided by its own cross-validation fold's); the record keeps the saved head's."""
+@dataclasses.dataclass(frozen=True)
+class Tested:
+    """What a run predicted on its test images: ``proba`` against ``y_true`` for the images
+    ``test_paths`` (relative to ``data_root``). ``thresholds`` (multi-label) are one per label, or one
+    per test image and label (each image decided by its own cross-validation fold's)."""
+
+    y_true: np.ndarray
+    proba: np.ndarray
+    class_names: list
+    test_paths: list
+    data_root: object = None
+    positive_class: object = None
+    thresholds: object = None
+
+
+def finish_run(runs_dir, name: str, *, record: dict, save, tested: Tested | None = None, history=None,
+               detail: str = "", train_paths=None, **test):
+    """Evaluate what was ``tested``, make the run folder, ``save(run_dir)`` the model, write
+    record.json, the report, predictions.csv, the images it trained on (``train_paths``:
+    trained_on.csv, and their digest in the record) and report.html, log the summary line; returns
+    the :class:`Run`. The fields of :class:`Tested` may be given as keywords instead (as calls
+    made them once). Multi-label: the record keeps the saved head's thresholds."""
+    tested = tested or Tested(**test)
+    y_true, proba, class_names, thresholds = tested.y_true, tested.proba, tested.class_names, tested.thresholds
+    test_paths, data_root, positive_class = tested.test_paths, tested.data_root, tested.positive_class
 
     multi = np.ndim(y_true) == 2  # multi-label: a probability per label, decided by ``thresholds``
     metrics = (evaluate_multi_label(y_true, proba, thresholds, class_names) if multi

@@ -13,13 +13,12 @@ import numpy as np
 
 from pipeline._files import writable_folder
 from pipeline._records import Run
-from pipeline.codes import JoinedCodeSet, open_code_sets
-from pipeline.codes._codeset import CodeStream
+from pipeline.codes import CodeStream, JoinedCodeSet, open_code_sets
 from pipeline.data import TEST, TRAIN, UNLABELLED, VAL, excluded_images, labels_file_for
 from pipeline.errors import ParameterError, UserError, check_seed
 from pipeline.heads import make_head
 from pipeline.reports import evaluate_multi_label, positive_index, wilson
-from pipeline.runs._folders import finish_run
+from pipeline.runs._folders import Tested, finish_run
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +131,10 @@ def train(codes, head="logreg", *, runs_dir="runs", positive_class=None, memory_
     }
     if semi is not None:
         record["unlabelled"] = dataclasses.asdict(semi)
-    return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, y_true=y_te,
-                      proba=model.predict_proba(X_te), class_names=cs.class_names, save=model.save,
-                      test_paths=record["test_paths"], data_root=cs.data_root,
-                      positive_class=positive_class, history=model.history_,
-                      thresholds=getattr(model, "thresholds_", None),
+    return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, save=model.save,
+                      tested=Tested(y_te, model.predict_proba(X_te), cs.class_names, record["test_paths"],
+                                    cs.data_root, positive_class, getattr(model, "thresholds_", None)),
+                      history=model.history_,
                       train_paths=[p for p, s in zip(cs.paths, cs.split) if s in (TRAIN, VAL)],
                       detail=f"trained in {seconds:.1f} s on {len(y_tr)} codes of {X_tr.shape[1]} values"
                       + (f" {semi.line}" if semi is not None else ""))
@@ -295,9 +293,9 @@ def _cross_validate(cs, head: str, k: int, runs_dir, positive_class, limit: int,
     }
     if cs.multi_label:  # (each image was decided by its fold's thresholds; the saved head decides by its own)
         record["thresholds"] = [float(t) for t in model.thresholds_]
-    return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, y_true=y, proba=proba,
-                      class_names=cs.class_names, save=model.save, test_paths=paths, data_root=cs.data_root,
-                      positive_class=positive_class, history=model.history_,
-                      thresholds=thresholds if cs.multi_label else None, train_paths=paths,
+    return finish_run(runs_dir, f"{cs.attrs.get('backbone')}-{head}", record=record, save=model.save,
+                      tested=Tested(y, proba, cs.class_names, paths, cs.data_root, positive_class,
+                                    thresholds if cs.multi_label else None),
+                      history=model.history_, train_paths=paths,
                       detail=f"out of fold, {k}-fold cross-validation in {cv_seconds:.1f} s; the head saved trained "
                              f"in {seconds:.1f} s on {n} codes of {X.shape[1]} values (every labelled image)")

@@ -3,7 +3,6 @@ token guards every request, only the data set's images are served, decisions fro
 reach the labels file, a kill while writing loses nothing written before, and images added to
 the folder join the pool with codes computed in the background."""
 import json
-import os
 import shutil
 import socket
 import subprocess

@@ -5,7 +5,6 @@ what a head trained on a labels file written by hand with the same labels scores
 import re
 import shutil
 import subprocess
-import time
 
 import pytest
 from helpers import CNN_CODES, user_env
