@@ -215,7 +215,7 @@ def synthetic_folder(root, n: int):
 def write_planned_parts(plan, file) -> None:
     """The part files of every partition of ``plan``, written directly (codes of 4 ones)."""
     from pipeline.codes import parts_dir
-    from pipeline.codes._format import PartWriter
+    from pipeline.codes._parts import PartWriter
 
     for p in plan.partitions:
         w = PartWriter(parts_dir(file), p.id, 4, "float32", len(p), dict(STAGE1_ATTRS, code_shape="[4]"))

@@ -4,12 +4,12 @@ OpenVINO) and commits code sets; ``CodeSet`` reads one. The reader (``read_batch
 
 from pipeline._faults import POINTS
 from pipeline.codes._codeset import CodeSet, CodeStream, CodeView, JoinedCodeSet, data_root_of, load_codes, open_code_sets
-from pipeline.codes._format import MAX_PARTS, parts_dir
+from pipeline.codes._format import parts_dir
 from pipeline.codes._generate import generate_codes
 from pipeline.codes._locks import writer_lock
 from pipeline.codes._reader import Batch, batches_of, read_batches
 from pipeline.codes._runtimes import PRECISIONS, RUNTIMES, choose_runtime, make_mapper
-from pipeline.codes._settings import DTYPES, ENGINES, TTAS, CodeIdentity, ComputeOptions, setting, stated_making
+from pipeline.codes._settings import MAX_PARTS, DTYPES, ENGINES, TTAS, CodeIdentity, ComputeOptions, setting, stated_making
 
 __all__ = [
     "Batch",

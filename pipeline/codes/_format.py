@@ -1,4 +1,5 @@
-"""The code-set file format: part files, the index that makes them one code set, and reading it.
+"""The code-set file format: part files, the index that makes them one code set, and reading and
+checking them (writing: :mod:`._parts` writes part files, :mod:`._commit` the index).
 
 A code set is one path, ``<layer>-<pooling>.h5``, that plain h5py opens: datasets ``codes``
 (N, D), ``paths``, ``labels``, ``split``, ``class_names`` (and ``fingerprints``, ``digests``,
@@ -8,7 +9,7 @@ written once, whole, by one partition of stage 1 and never modified. So an updat
 parts of the images it computes plus a new index, never the codes already there; a removed
 image is a row the index no longer maps. The index is replaced atomically, so a reader sees the
 old code set or the new one; parts no index refers to are deleted after it. When updates have
-left many small parts, :func:`compact` merges them.
+left many small parts, :func:`~pipeline.codes._commit.compact` merges them.
 
 Trade-off (see the README): a virtual dataset opens its part files lazily and reads nothing
 for a part it cannot open but its fill value, so the index records its parts, the reader
@@ -23,49 +24,28 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import resource
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
+from pydantic import ValidationError
 
-from pipeline._faults import fault_point
-from pipeline._files import durable_replace
+from pipeline._checked import problem
+from pipeline.codes._settings import IndexAttrs
 from pipeline.data import PathList
 from pipeline.errors import UserError
 
 FORMAT_VERSION = 2
 STR = h5py.string_dtype()
-MAX_PARTS = 256  # before compaction; each part is an open file while the index is read
-PATH_BLOCK = 4096  # a part's paths written a block at a time
+CHUNK = 65536  # rows per chunk of the index's per-row columns
 
 
 def parts_dir(path: Path) -> Path:
     """The folder of a code set's part files (not named ``<layer>-<pooling>.h5``)."""
     path = Path(path)
     return path.with_name(path.stem + ".parts")
-
-
-def check_room(path: Path, n_bytes: int, kept: str = "") -> None:
-    """Refuse to start writing ``path`` where it cannot fit: HDF5 does not survive a failed
-    write (it crashes the process while closing the file), so a full disk must be found first.
-    Counts the free space and this process's file-size limit (``ulimit -f``)."""
-    need = int(n_bytes * 1.02) + (1 << 20)
-    free = shutil.disk_usage(path.parent).free
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    room = min(free, limit if limit != resource.RLIM_INFINITY else free)
-    if room < need:
-        why = "free on that disk" if room == free else "allowed per file by ulimit -f"
-        raise UserError(f"not enough room to write {path}: it needs about {need / 1e6:.1f} MB, "
-                        f"{room / 1e6:.1f} MB are {why}" + (f"; {kept}" if kept else ""))
-
-
-def _unique_tmp(final: Path) -> Path:
-    return final.with_name(f"{final.stem}.{os.getpid()}-{os.urandom(4).hex()}.tmp.h5")
 
 
 # ------------------------------------------------------------------ part files
@@ -75,62 +55,6 @@ class FailedImage:
     path: str
     reason: str
     fingerprint: tuple[int, int]
-
-
-class PartWriter:
-    """Writes one part file: codes appended batch by batch under a temporary name, the
-    bookkeeping at the end, then moved into place whole (``part-<id>.h5``)."""
-
-    def __init__(self, folder: Path, part_id: str, dim: int, dtype: str, max_rows: int, attrs: dict):
-        self.final = Path(folder) / f"part-{part_id}.h5"
-        self.tmp = _unique_tmp(self.final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        check_room(self.final, max_rows * dim * np.dtype(dtype).itemsize + max_rows * 200,
-                   kept=f"the parts finished so far are kept in {folder}: make room and run the same command again")
-        # a chunk cache that holds a chunk until it is full: each chunk written once
-        chunk_bytes = max(1, min(256, max_rows)) * dim * np.dtype(dtype).itemsize
-        self.f = h5py.File(self.tmp, "w", rdcc_nbytes=max(1 << 20, 4 * chunk_bytes))
-        self.codes = self.f.create_dataset("codes", (0, dim), dtype=dtype, maxshape=(None, dim),
-                                           chunks=(max(1, min(256, max_rows)), dim))
-        self.f.attrs.update(attrs, format_version=FORMAT_VERSION, partition=part_id)
-        # held as arrays and blocks of bytes, not a str and an int an image: a partition of a
-        # large build has 30,000 images, and a worker holds its part's columns until it closes
-        self.n_rows, self.paths, self.fingerprints, self.digests, self.failed = 0, [], [], [], []
-
-    def append(self, codes: np.ndarray, paths, fingerprints, digests, failed: list[FailedImage]) -> None:
-        n = self.n_rows
-        self.codes.resize(n + len(codes), axis=0)
-        self.codes[n:] = codes
-        self.n_rows += len(codes)
-        self.paths.append(PathList.of(paths))
-        self.fingerprints.append(np.asarray(fingerprints, np.int64).reshape(-1, 2))
-        self.digests.append(np.asarray(digests, np.uint64).reshape(-1))
-        self.failed += failed
-
-    def close(self, runtime: str) -> Path:
-        f = self.f
-        paths = PathList.concat(self.paths)
-        column = f.create_dataset("paths", shape=(len(paths),), dtype=STR)
-        for s in range(0, len(paths), PATH_BLOCK):  # (strings made a block at a time)
-            column[s:s + PATH_BLOCK] = np.array(list(paths[s:s + PATH_BLOCK]), dtype=object)
-        f.create_dataset("fingerprints", data=np.concatenate(self.fingerprints or [np.zeros((0, 2), np.int64)]))
-        f.create_dataset("digests", data=np.concatenate(self.digests or [np.zeros(0, np.uint64)]))
-        f.create_dataset("failed_paths", data=[x.path for x in self.failed], dtype=STR)
-        f.create_dataset("failed_reasons", data=[x.reason for x in self.failed], dtype=STR)
-        f.create_dataset("failed_fingerprints",
-                         data=np.asarray([x.fingerprint for x in self.failed], np.int64).reshape(-1, 2))
-        f.attrs["runtime"] = runtime
-        f.close()
-        fault_point("part-tmp-written")
-        durable_replace(self.tmp, self.final)
-        fault_point("part-saved")
-        return self.final
-
-    def abort(self) -> None:
-        try:
-            self.f.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass
@@ -268,23 +192,6 @@ def legacy_part_name(path: Path) -> str:
     return f"part-v1-{hashlib.blake2b(f'{st.st_size}-{st.st_mtime_ns}'.encode(), digest_size=8).hexdigest()}.h5"
 
 
-def adopt_legacy(path: Path) -> str:
-    """Make a format-1 file's codes a part of its code set: a hard link (no copy) where the
-    file system allows, else a copy. Returns the part name."""
-    name = legacy_part_name(path)
-    dst = parts_dir(path) / name
-    if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _unique_tmp(dst)
-        try:
-            os.link(path, tmp)
-        except OSError:
-            check_room(dst, path.stat().st_size)
-            shutil.copyfile(path, tmp)
-        durable_replace(tmp, dst)
-    return name
-
-
 @dataclasses.dataclass
 class IndexContent:
     """Everything a new index holds besides its attributes."""
@@ -298,275 +205,6 @@ class IndexContent:
     dim: int
     dtype: str
 
-
-def _segments(part: np.ndarray, row: np.ndarray):
-    """Runs of consecutive rows of one part: (part, first row in part, count, first code-set row)."""
-    if not len(part):
-        return []
-    starts = np.flatnonzero(np.r_[True, (part[1:] != part[:-1]) | (row[1:] != row[:-1] + 1)])
-    stops = np.r_[starts[1:], len(part)]
-    return list(zip(part[starts].tolist(), row[starts].tolist(), (stops - starts).tolist(), starts.tolist()))
-
-
-MAX_BLOCKS = 256  # runs of rows of one part a mapping of the virtual codes may join
-
-
-def _virtual_codes(f, sources: list[str], shapes: list[tuple], segments, shape: tuple, dtype: str) -> None:
-    """The ``codes`` virtual dataset over segments (part, first row, count, first row here),
-    made with h5py's low-level calls. Consecutive segments of one part, in increasing rows, are
-    one mapping whose source is the union of their rows (up to ``MAX_BLOCKS`` of them: HDF5
-    joins each in a time that grows with those before it): HDF5 holds about 19 KB per mapping
-    once the index is opened, so the 20,000 runs that scattered removals leave in a million rows
-    took 374 MB and 0.45 s to open, one mapping each; joined, 7 MB and 0.05 s."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_layout(h5py.h5d.VIRTUAL)
-    dcpl.set_fill_value(np.array([np.nan], dtype))
-    space = h5py.h5s.create_simple(shape)
-    names = [s.encode() for s in sources]
-    source, first, p_open, end, n_blocks = None, 0, -1, 0, 0
-    for p, start, count, at in [*segments, (-1, 0, 0, shape[0])]:
-        if p != p_open or start < end or n_blocks == MAX_BLOCKS:  # a mapping ends (the selections are copied)
-            if source is not None:
-                space.select_hyperslab((first, 0), (at - first, shape[1]))
-                dcpl.set_virtual(space, names[p_open], b"codes", source)
-            if p < 0:
-                break
-            source, first, p_open, n_blocks = h5py.h5s.create_simple(tuple(shapes[p])), at, p, 0
-            source.select_none()
-        source.select_hyperslab((start, 0), (count, shape[1]), op=h5py.h5s.SELECT_OR)
-        end, n_blocks = start + count, n_blocks + 1
-    h5py.h5d.create(f.id, b"codes", h5py.h5t.py_create(np.dtype(dtype), logical=1), h5py.h5s.create_simple(shape),
-                    dcpl=dcpl)
-
-
-CHUNK = 65536  # rows per chunk of the index's per-row columns
-MAX_FIXED_WIDTH = 256  # bytes: paths longer than this make the index's paths text of variable length
-
-
-class _Column:
-    """One per-row column of an index being written: rows appended in pieces of any size,
-    written a whole chunk at a time (a chunk written in parts would be compressed again for
-    each), compressed: the index is rewritten by every update."""
-
-    def __init__(self, f, name: str, shape: tuple, dtype):
-        self.chunk = max(1, min(shape[0], CHUNK))
-        self.ds = f.create_dataset(name, shape, dtype=dtype, chunks=(self.chunk, *shape[1:]), compression="gzip",
-                                   compression_opts=1, shuffle=True)
-        self.dtype = dtype  # (text: fixed-width bytes given, marked UTF-8 for h5py as written)
-        self.pending: list[np.ndarray] = []
-        self.n_pending = self.at = 0
-
-    def add(self, values: np.ndarray) -> None:
-        self.pending.append(values)
-        self.n_pending += len(values)
-        if self.n_pending >= self.chunk:
-            self._write(self.n_pending // self.chunk * self.chunk)
-
-    def _write(self, n: int) -> None:
-        block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        self.ds[self.at:self.at + n] = block[:n].view(self.dtype)
-        self.at += n
-        rest = block[n:]
-        self.pending, self.n_pending = ([rest] if len(rest) else []), len(rest)
-
-    def finish(self) -> None:
-        if self.n_pending:
-            self._write(self.n_pending)
-        if self.at != self.ds.shape[0]:
-            raise ValueError(f"index column {self.ds.name}: {self.at} rows written of {self.ds.shape[0]}")
-
-
-class IndexWriter:
-    """Writes the index of a code set (format 2) a piece of rows at a time, so that a million
-    rows are never held at once: the per-row columns are appended as the pieces come, the
-    virtual ``codes`` over every part they name is made at the end. Under a temporary name,
-    moved into place by :meth:`close`; :meth:`abort` (or an exception inside ``with``) leaves
-    nothing behind. ``n_rows`` and ``path_width`` (the longest path in UTF-8 bytes) are known
-    before the first piece: the columns are made whole at once."""
-
-    def __init__(self, path: Path, *, n_rows: int, dim: int, dtype: str, path_width: int, labels_shape: tuple):
-        self.path, self.folder, self.n_rows, self.dim, self.dtype = Path(path), parts_dir(path), n_rows, dim, dtype
-        self.width = max(1, path_width)
-        check_room(self.path, n_rows * (min(self.width, MAX_FIXED_WIDTH) + 80),
-                   kept=f"the computed parts are kept in {self.folder}: make room and run the same command again")
-        self.tmp = _unique_tmp(self.path)
-        self.f = h5py.File(self.tmp, "w")
-        # fixed width (written from the bytes as they are), unless one long path would widen every
-        # row: then text of variable length (a Python object per path while a chunk is written)
-        self.fixed = self.width <= MAX_FIXED_WIDTH
-        text = h5py.string_dtype("utf-8", self.width if self.fixed else None)
-        n = (n_rows,)
-        self.columns = {
-            "paths": _Column(self.f, "paths", n, text),
-            # A multi-label set has no ``labels``: a reader that knows one label per image cannot
-            # mistake it for a single-label set (attribute task = multi-label).
-            "labels": _Column(self.f, "targets" if len(labels_shape) == 1 else "labels", n + tuple(labels_shape),
-                              np.uint8 if len(labels_shape) == 1 else np.int32),
-            "split": _Column(self.f, "split", n, np.int8),
-            "fingerprints": _Column(self.f, "fingerprints", (n_rows, 2), np.int64),
-            "digests": _Column(self.f, "digests", n, np.uint64),
-            "part": _Column(self.f, "row_part", n, np.int32),
-            "row": _Column(self.f, "row_in_part", n, np.int32),
-        }
-        self.names: list[str] = []
-        self.number: dict[str, int] = {}
-        self.segments: list[tuple[int, int, int, int]] = []
-        self.at = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb) -> None:
-        if kind is not None:
-            self.abort()
-
-    @property
-    def n_parts(self) -> int:
-        return len(self.names)
-
-    def add(self, rows: Rows, paths: PathList, labels: np.ndarray, split: np.ndarray) -> None:
-        """Append ``rows`` (where the codes are), with their images' paths, labels and split."""
-        n = len(rows)
-        if not len(paths) == len(labels) == len(split) == n or self.at + n > self.n_rows:
-            raise ValueError(f"a piece of {n} rows with {len(paths)} paths, {len(labels)} labels, {len(split)} "
-                             f"split values at row {self.at} of {self.n_rows}")
-        if paths.max_bytes() > self.width:
-            raise ValueError(f"a path of {paths.max_bytes()} bytes in an index of paths {self.width} wide")
-        used = np.flatnonzero(np.bincount(rows.part, minlength=len(rows.part_names))).tolist()
-        number = np.full(len(rows.part_names), -1, np.int32)
-        for i in used:  # parts numbered in order of first use: a piece's names are only those it uses
-            name = rows.part_names[i]
-            if name not in self.number:
-                self.number[name] = len(self.names)
-                self.names.append(name)
-            number[i] = self.number[name]
-        part = number[rows.part]
-        self.segments += [(p, start, count, self.at + at) for p, start, count, at in _segments(part, rows.row)]
-        for block in paths.encoded_blocks(CHUNK):
-            self.columns["paths"].add(np.array(block, dtype=f"S{self.width}" if self.fixed else object))
-        self.columns["labels"].add(np.asarray(labels, self.columns["labels"].dtype))
-        self.columns["split"].add(np.asarray(split, np.int8))
-        self.columns["fingerprints"].add(rows.fingerprints.astype(np.int64, copy=False).reshape(-1, 2))
-        self.columns["digests"].add(rows.digests.astype(np.uint64, copy=False))
-        self.columns["part"].add(part)
-        self.columns["row"].add(rows.row.astype(np.int32, copy=False))
-        self.at += n
-
-    def close(self, class_names: list[str], failed: list[FailedImage], attrs: dict) -> None:
-        """Finish the index and move it into place."""
-        try:
-            for column in self.columns.values():
-                column.finish()
-            f = self.f
-            shapes = []
-            for n in self.names:
-                with h5py.File(self.folder / n, "r") as part:
-                    shapes.append(part["codes"].shape)
-            _virtual_codes(f, [f"{self.folder.name}/{n}" for n in self.names], shapes, self.segments,
-                           (self.n_rows, self.dim), self.dtype)
-            f.create_dataset("class_names", data=class_names, dtype=STR)
-            failed = sorted(failed, key=lambda x: x.path)
-            f.create_dataset("failed_paths", data=[x.path for x in failed], dtype=STR)
-            f.create_dataset("failed_reasons", data=[x.reason for x in failed], dtype=STR)
-            f.create_dataset("failed_fingerprints",
-                             data=np.asarray([x.fingerprint for x in failed], np.int64).reshape(-1, 2))
-            f.create_dataset("part_names", data=self.names, dtype=STR)
-            f.attrs.update(attrs, format_version=FORMAT_VERSION, parts=self.folder.name)
-            f.close()
-            fault_point("index-tmp-written")
-            durable_replace(self.tmp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        fault_point("index-moved")
-
-    def abort(self) -> None:
-        try:
-            self.f.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
-
-
-def write_index(path: Path, content: IndexContent, attrs: dict) -> None:
-    """Write the index of a code set whose rows are all in memory (see :class:`IndexWriter`)."""
-    paths = PathList.of(content.paths)
-    with IndexWriter(path, n_rows=len(content.rows), dim=content.dim, dtype=content.dtype,
-                     path_width=paths.max_bytes(), labels_shape=content.labels.shape[1:]) as writer:
-        writer.add(content.rows, paths, content.labels, content.split)
-        writer.close(content.class_names, content.failed, attrs)
-
-
-def referenced_parts(path: Path) -> set[str]:
-    with h5py.File(path, "r") as f:
-        return set(f["part_names"].asstr()[()]) if "part_names" in f else set()
-
-
-def collect_garbage(path: Path) -> None:
-    """Delete what the committed index does not refer to: parts of removed or replaced images,
-    parts staged by a plan that no longer applies, temporary files of killed writers, the
-    staging folder of format 1. Called with the writer lock held."""
-    folder = parts_dir(path)
-    keep = referenced_parts(path) if path.exists() else set()
-    if folder.exists():
-        for p in folder.iterdir():
-            if p.name not in keep:
-                p.unlink()
-        if not keep:
-            folder.rmdir()
-    legacy = path.with_name(path.stem + ".partial")
-    if legacy.exists():
-        shutil.rmtree(legacy, ignore_errors=True)
-    for tmp in path.parent.glob(f"{path.stem}.*.tmp.h5"):
-        tmp.unlink(missing_ok=True)
-    fault_point("parts-cleaned")
-
-
-def compact(path: Path, content: IndexContent, attrs: dict, max_parts: int, write_attrs: dict) -> IndexContent:
-    """Merge the parts with fewer rows in use than a part would have at ``max_parts // 2`` parts
-    into parts of that size, and write the index over them: the same rows in the same order.
-    Each new part is written whole before the index refers to it; the old ones go with the next
-    garbage collection."""
-    folder = parts_dir(path)
-    rows = content.rows
-    names = rows.names()
-    part = rows.renumbered(names)
-    live = np.bincount(part, minlength=len(names))
-    target = -(-len(rows) // max(1, max_parts // 2))  # rows per part at half the limit
-    merging = np.flatnonzero(live < target)
-    if len(merging) < 2:
-        merging = np.array(sorted(range(len(names)), key=lambda p: (live[p], names[p]))[:2])
-    moving = np.flatnonzero(np.isin(part, merging))
-    new_part, new_row, new_names = part.copy(), rows.row.copy(), list(names)
-    for s in range(0, len(moving), target):
-        chunk = moving[s:s + target]
-        paths = [content.paths[i] for i in chunk.tolist()]
-        fps = rows.fingerprints[chunk]
-        digest = hashlib.blake2b(json.dumps([[p, fp] for p, fp in zip(paths, fps.tolist())]).encode(),
-                                 digest_size=8)
-        part_id = "merged-" + digest.hexdigest()
-        writer = PartWriter(folder, part_id, content.dim, content.dtype, len(chunk), write_attrs)
-        try:
-            block = np.empty((len(chunk), content.dim), content.dtype)
-            for p in np.unique(part[chunk]).tolist():  # each source part read once
-                with h5py.File(folder / names[p], "r") as f:
-                    codes = f["codes"][()]
-                mine = part[chunk] == p
-                block[mine] = codes[rows.row[chunk][mine]]
-            writer.append(block, paths, fps, rows.digests[chunk], [])
-            writer.close(str(attrs.get("runtime", "unknown")))
-        except BaseException:
-            writer.abort()
-            raise
-        fault_point("compact-part-saved")
-        new_part[chunk] = len(new_names)
-        new_row[chunk] = np.arange(len(chunk))
-        new_names.append(writer.final.name)
-    content = dataclasses.replace(content, rows=Rows(new_names, new_part, new_row, rows.fingerprints, rows.digests))
-    write_index(path, content, attrs)
-    return content
-
-
-# ------------------------------------------------------------------ reading a code set
 
 class CodeFileError(ValueError):
     """A code file's datasets do not hold what a code set holds (the message names the dataset)."""
@@ -639,11 +277,6 @@ def _integers(f, name: str, shape: tuple, low: int, high: int) -> np.ndarray:
 
 def _attrs_problem(attrs: dict) -> str | None:
     """What is wrong with the attributes a code set's readers parse (JSON, numbers), if anything."""
-    from pydantic import ValidationError
-
-    from pipeline._checked import problem
-    from pipeline.codes._settings import IndexAttrs
-
     try:
         IndexAttrs.model_validate({k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()})
     except ValidationError as exc:

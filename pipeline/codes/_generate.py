@@ -19,34 +19,22 @@ folder ``<layer>-<pooling>.parts/`` beside it.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from pipeline import __version__
 from pipeline._faults import fault_point
 from pipeline._files import writable_folder
 from pipeline.backbones import DEFAULT_BACKBONE, check_batch_memory
+from pipeline.codes._commit import commit_all
 from pipeline.codes._engines import compute
-from pipeline.codes._format import (
-    FailedImage,
-    IndexWriter,
-    adopt_legacy,
-    collect_garbage,
-    compact,
-    parts_dir,
-    read_content,
-    read_part,
-    read_part_rows,
-)
+from pipeline.codes._format import parts_dir
 from pipeline.codes._homes import claim_home
 from pipeline.codes._locks import writer_lock
-from pipeline.codes._plan import OutputPlan, Partition, Plan, make_plan
+from pipeline.codes._plan import OutputPlan, Plan, make_plan
 from pipeline.codes._runtimes import choose_runtime
 from pipeline.codes._settings import CodeIdentity, ComputeOptions, StoredSplit, split_options
 from pipeline.codes._shelf import shelved
@@ -56,7 +44,6 @@ from pipeline.data import (
     TEST,
     LayoutOptions,
     assign_split,
-    content_digest,
     describe_skipped,
     keep_stored_split,
     read_folder,
@@ -149,7 +136,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
             with shelved(plan, home):  # (the listing, 60 bytes an image, not held while computing)
                 large = _compute(plan, spec, progress=progress, stats=stats)
                 fault_point("all-staged")
-                failed = _commit_all(plan, drawn, _label_attrs(ds, split, seed, kept), compute.max_parts)
+                failed = commit_all(plan, drawn, _label_attrs(ds, split, seed, kept), compute.max_parts)
     except KeyboardInterrupt:
         staged = sum(all(o.staged(p) for o in plan.outputs) for p in plan.pending) if plan else 0
         raise Interrupted(f"{staged} finished partition(s) are kept; run the same command again to resume"
@@ -277,184 +264,6 @@ def _label_attrs(ds, split, seed, kept=0) -> dict:
                 split_method=SPLIT_METHOD if not kept else f"stored by an earlier version; new images {SPLIT_METHOD}",
                 layout=json.dumps(ds.source, sort_keys=True),
                 task="multi-label" if ds.multi_label else "single-label")
-
-
-def _commit_all(plan: Plan, split: np.ndarray, split_attrs: dict, max_parts) -> list:
-    """Commit every code set of the plan; returns the unreadable images of the first."""
-    failed = []
-    for out in plan.outputs:
-        rows = _gather(out, plan)
-        attrs = _index_attrs(out, plan, rows, split_attrs)
-        if _unchanged(out, plan, rows, split, dict(split_attrs, **out.attrs, data_root=attrs["data_root"])):
-            n_parts = len(out.index.rows.names())
-        else:
-            n_parts = _write_index(out, plan, rows, split, attrs)
-        if n_parts > max_parts:  # also when a run was killed before it compacted
-            content = read_content(out.path)
-            part_attrs = dict(CodeIdentity.from_attrs(out.attrs).to_attrs(), code_shape=attrs["code_shape"])
-            content = compact(out.path, content, attrs, max_parts, part_attrs)
-            logger.info(f"note: merged small parts of {out.path.name}: {len(content.rows.names())} parts now")
-        collect_garbage(out.path)
-        fault_point("output-done")
-        logger.info(f"{out.path}: {rows.n_rows} images x {rows.dim} values"
-                    + (f"; {len(rows.failed)} unreadable image(s) skipped" if rows.failed else "")
-                    + (f" ({len(plan.ds.missing)} of them listed in the labels file and missing)"
-                       if plan.ds.missing else ""))
-        failed = failed or rows.failed
-    return failed
-
-
-@dataclasses.dataclass
-class _PartRows:
-    """The rows a part of this run gives a code set: which of the part's rows (None: all) and
-    each one's image (its position in the data set; None: the partition's own, read when
-    written: a build holds no position per image through its commit)."""
-
-    name: str
-    which: np.ndarray | None
-    images: np.ndarray | None
-    partition: Partition
-
-    def __len__(self) -> int:
-        return len(self.partition) if self.images is None else len(self.images)
-
-
-@dataclasses.dataclass
-class _NewRows:
-    """What a code set holds after this run, as the commit writes it: the rows of the index
-    kept (in their order), then the rows of this run's parts (in plan order); unreadable images
-    kept or newly found; the shape and runtimes of the codes."""
-
-    kept: np.ndarray              # rows of the committed index kept
-    parts: list[_PartRows]
-    failed: list[FailedImage]
-    dim: int
-    code_shape: list
-    runtimes: set[str]
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.kept) + sum(len(p) for p in self.parts)
-
-
-def _gather(out: OutputPlan, plan: Plan) -> _NewRows:
-    """Which rows one code set has after this run (the parts' paths read, their codes not)."""
-    ds, folder = plan.ds, parts_dir(out.path)
-    fresh = np.zeros(len(ds), bool)  # images whose row comes from this run's parts (or that failed now)
-    parts, new_failed, with_codes = [], [], []
-    for partition in plan.partitions:
-        part = read_part(folder / f"part-{partition.id}.h5")
-        p = partition.load()  # (its listing, a partition at a time)
-        at = p.positions(part.paths + [f.path for f in part.failed])  # rows with codes, then failures
-        at, failed_at = at[:len(part.paths)], at[len(part.paths):]
-        # An image this code set already holds unchanged keeps its row (computed again only for
-        # another code set of the run, or before an interruption).
-        new = (at >= 0) & ~out.cached[np.maximum(at, 0)]
-        fresh[at[new]] = True
-        fresh[failed_at[failed_at >= 0]] = True
-        if new.all():
-            parts.append(_PartRows(part.name, None, None if np.array_equal(at, p.images) else at, partition))
-        elif new.any():
-            parts.append(_PartRows(part.name, np.flatnonzero(new), at[new], partition))
-        new_failed += part.failed
-        if part.n_rows:
-            with_codes.append((part.dim, part.code_shape, part.runtime))  # (not its rows: kept for every part)
-    kept = np.flatnonzero(out.usable & ~fresh[np.maximum(out.at, 0)])
-    failed = [f for i, f in out.failed.items() if not fresh[i]] + new_failed
-    failed += [FailedImage(name, "listed in the labels file, not found", (-1, -1)) for name in ds.missing]
-    rows = _NewRows(kept, parts, failed, 0, [], {runtime for _, _, runtime in with_codes})
-    if not rows.n_rows:
-        if out.index is None:  # nothing to keep: no code set, no parts
-            collect_garbage(out.path)
-        raise UserError(f"none of the {len(ds)} images under {ds.root} could be read"
-                        + (f" (e.g. {failed[0].path}: {failed[0].reason})" if failed else ""))
-    old = out.index.attrs if out.index else {}
-    rows.dim = with_codes[0][0] if with_codes else out.index.dim
-    rows.code_shape = (with_codes[0][1] if with_codes and with_codes[0][1] is not None
-                       else json.loads(old["code_shape"]) if "code_shape" in old else [rows.dim])  # (checked when read)
-    if len(kept) and "runtime" in old:
-        rows.runtimes |= set(str(old["runtime"]).split("; "))
-    return rows
-
-
-def _index_attrs(out: OutputPlan, plan: Plan, rows: _NewRows, split_attrs: dict) -> dict:
-    return dict(out.attrs, **split_attrs, code_shape=json.dumps(list(rows.code_shape)), versions=_versions(),
-                runtime="; ".join(sorted(rows.runtimes)) or "unknown", data_root=str(plan.ds.root.resolve()),
-                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-
-
-def _labels_of(ds, images: np.ndarray) -> np.ndarray:
-    """The labels of ``images`` as the index stores them; a multi-label set: rows of 0/1 targets."""
-    return (ds.targets[images].astype(np.uint8, copy=False) if ds.multi_label
-            else ds.labels[images].astype(np.int32, copy=False))
-
-
-BLOCK = 65536  # kept rows written a block at a time
-
-
-def _kept_rows(out: OutputPlan, ds, kept: np.ndarray):
-    """The kept rows of the committed index, a block at a time, with their images: unchanged
-    images keep their row; one whose time changed over the same bytes records its new time."""
-    legacy = [adopt_legacy(out.path)] if len(kept) and out.index.format_version < 2 else None
-    for s in range(0, len(kept), BLOCK):
-        which = kept[s:s + BLOCK]
-        rows, at = out.index.rows.take(which), out.at[which]
-        if legacy:  # the old file becomes the first part, as it is
-            rows.part_names = legacy
-        now = ds.fingerprints[at]
-        stale = np.flatnonzero((rows.digests == 0) | (rows.fingerprints != now).any(axis=1))
-        rows.fingerprints[stale] = now[stale]
-        for i in stale[rows.digests[stale] == 0].tolist():
-            rows.digests[i] = content_digest(ds.root / ds.paths[at[i]])
-        yield rows, at
-
-
-def _write_index(out: OutputPlan, plan: Plan, rows: _NewRows, split: np.ndarray, attrs: dict) -> int:
-    """Write the new index a piece at a time: kept rows a block at a time, then each part's.
-    Returns the number of parts it names."""
-    ds, folder = plan.ds, parts_dir(out.path)
-    split = np.asarray(split)
-    with IndexWriter(out.path, n_rows=rows.n_rows, dim=rows.dim, dtype=out.attrs["dtype"],
-                     path_width=ds.paths.max_bytes(), labels_shape=ds.targets.shape[1:] if ds.multi_label else ()
-                     ) as writer:
-        for piece, at in _kept_rows(out, ds, rows.kept):
-            writer.add(piece, ds.paths.take(at), _labels_of(ds, at), split[at])
-        for p in rows.parts:
-            piece = read_part_rows(folder / p.name)
-            if p.images is None:  # (the partition's own images, in its order)
-                own = p.partition.load()
-                images, paths = own.images, own.paths
-            else:
-                images, paths = p.images, ds.paths.take(p.images)
-            writer.add(piece if p.which is None else piece.take(p.which), paths, _labels_of(ds, images),
-                       split[images])
-        writer.close(list(ds.class_names), rows.failed, attrs)
-        return writer.n_parts
-
-
-def _unchanged(out: OutputPlan, plan: Plan, rows: _NewRows, split: np.ndarray, attrs: dict) -> bool:
-    """True when the committed index (as the plan read it) already says exactly this: every row
-    kept as it is, in its order, nothing added; then it is not rewritten."""
-    index, ds = out.index, plan.ds
-    if index is None or index.format_version < 2 or rows.parts or len(rows.kept) != len(out.at):
-        return False
-    return (not (index.rows.digests == 0).any()
-            and np.array_equal(index.rows.fingerprints, ds.fingerprints[out.at])
-            and np.array_equal(index.labels, _labels_of(ds, out.at)) and np.array_equal(index.split, split[out.at])
-            and index.class_names == list(ds.class_names)
-            and sorted(index.failed) == sorted(x.path for x in rows.failed)
-            and all(str(index.attrs.get(k)) == str(v) for k, v in attrs.items()))
-
-
-def _versions() -> str:
-
-    def of(package):
-        try:
-            return version(package)
-        except PackageNotFoundError:
-            return "unknown"
-    return json.dumps({"pipeline": __version__, "tensorflow": of("tensorflow"), "keras": of("keras"),
-                       "numpy": np.__version__, "h5py": h5py.__version__, "pillow": of("pillow")})
 
 
 def _pil_limit() -> int:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.codes._format import MAX_PARTS, FailedImage, Index, parts_dir, read_index
-from pipeline.codes._settings import CodeIdentity
+from pipeline.codes._format import FailedImage, Index, parts_dir, read_index
+from pipeline.codes._settings import MAX_PARTS, CodeIdentity
 from pipeline.data import ImageFolder, PathList, PathLookup, content_digest
 from pipeline.errors import ParameterError, UserError
 

@@ -16,7 +16,6 @@ from pydantic import Field, Json, field_validator
 
 from pipeline._checked import Fraction, LaxSchema, Name, Text, check_value
 from pipeline.backbones import DEFAULT_BACKBONE, MAX_IMAGE_SIZE, POOLINGS, get_backbone, weights_identity
-from pipeline.codes._format import MAX_PARTS
 from pipeline.codes._homes import find_home
 from pipeline.codes._runtimes import PRECISIONS
 from pipeline.data import RESIZES, LayoutOptions
@@ -31,6 +30,9 @@ def _setting(default, choices, help, *, folder=True):
     """A setting with a command-line option; ``folder``: a value other than the default makes a
     code set of its own, in a folder named with that value."""
     return dataclasses.field(default=default, metadata={"choices": choices, "help": help, "folder": folder})
+
+
+MAX_PARTS = 256  # before compaction; each part is an open file while the index is read
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pipeline.backbones import build_feature_model, get_backbone
-from pipeline.codes._format import FailedImage, PartWriter
+from pipeline.codes._format import FailedImage
+from pipeline.codes._parts import PartWriter
 from pipeline.codes._plan import Partition
 from pipeline.codes._reader import batches_of, read_batches
 from pipeline.codes._runtimes import (OpenVINOMapper, SourceKey, choose_runtime, converted_from_source, make_mapper,

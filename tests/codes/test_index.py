@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from helpers import STAGE1_ATTRS, synthetic_folder, write_planned_parts
 
-from pipeline.codes import _format, parts_dir
-from pipeline.codes._format import FailedImage, IndexWriter, PartWriter, Rows, read_index
-from pipeline.codes._generate import _commit_all
+from pipeline.codes import _commit, parts_dir
+from pipeline.codes._commit import IndexWriter
+from pipeline.codes._format import FailedImage, Rows, read_index
+from pipeline.codes._parts import PartWriter
+from pipeline.codes._commit import commit_all
 from pipeline.codes._plan import make_plan
 from pipeline.data import PathList
 
@@ -28,8 +30,8 @@ def write_parts(folder, sizes: dict, rng) -> dict:
 
 
 def test_an_index_written_in_pieces_maps_every_row_to_its_code(tmp_path, monkeypatch):
-    monkeypatch.setattr(_format, "CHUNK", 4)  # pieces of 1-6 rows across chunks of 4: partial chunks joined
-    monkeypatch.setattr(_format, "MAX_BLOCKS", 2)  # runs of a part joined in mappings of at most 2
+    monkeypatch.setattr(_commit, "CHUNK", 4)  # pieces of 1-6 rows across chunks of 4: partial chunks joined
+    monkeypatch.setattr(_commit, "MAX_BLOCKS", 2)  # runs of a part joined in mappings of at most 2
     path = tmp_path / "l-avg.h5"
     rng = np.random.default_rng(0)
     codes = write_parts(parts_dir(path), {"a": 6, "b": 5, "c": 3}, rng)
@@ -94,7 +96,7 @@ def commit_extra(tmp_path, n: int) -> int:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        _commit_all(plan, split, SPLIT_ATTRS, max_parts=256)
+        commit_all(plan, split, SPLIT_ATTRS, max_parts=256)
         return tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
@@ -107,7 +109,7 @@ def test_a_build_commits_its_index_a_piece_at_a_time(tmp_path, monkeypatch):
     the whole index, about 90 bytes an image, before it was written in pieces)."""
     from pipeline.codes import CodeSet
 
-    monkeypatch.setattr(_format, "CHUNK", 4096)  # the same chunk at both sizes
+    monkeypatch.setattr(_commit, "CHUNK", 4096)  # the same chunk at both sizes
     small, large = commit_extra(tmp_path, 20_000), commit_extra(tmp_path, 80_000)
     assert small > 100_000, small  # (the measure sees the commit's buffers: not ~0)
     per_image = (large - small) / 60_000

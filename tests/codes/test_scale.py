@@ -278,7 +278,7 @@ def bookkeeping_peak(tmp_path, n: int) -> int:
     plan and the index hold per image, without images, a model or the scan."""
     import tracemalloc
 
-    from pipeline.codes._generate import _commit_all
+    from pipeline.codes._commit import commit_all
 
     ds = synthetic_folder(tmp_path, n)
     files = [tmp_path / f"cache{n}" / "x.h5"]
@@ -286,7 +286,7 @@ def bookkeeping_peak(tmp_path, n: int) -> int:
     try:
         plan = make_plan(ds, files, [STAGE1_ATTRS])
         write_planned_parts(plan, files[0])
-        _commit_all(plan, np.zeros(n, np.int8), dict(split_fractions="[0.7, 0.15, 0.15]", split_seed=0,
+        commit_all(plan, np.zeros(n, np.int8), dict(split_fractions="[0.7, 0.15, 0.15]", split_seed=0,
                                                      layout="{}", task="single-label"), max_parts=256)
         return tracemalloc.get_traced_memory()[1]
     finally:
