@@ -1,11 +1,15 @@
 """Stage 1: run every image once through a frozen conv base and cache its CNN codes in HDF5.
 
-plan -> compute -> commit, under one writer lock per code set:
-- plan (:mod:`pipeline.codes._plan`): scan the folder, decide each image's state once (cached, new,
-  changed, removed, failed) and cut the new and changed ones into partitions with stable ids;
-- compute (:mod:`pipeline.codes._engines`, :mod:`pipeline.codes._worker`): workers built from a picklable
-  spec, here or on a Ray cluster, write one part file per partition and code set;
-- commit (:mod:`pipeline.codes._codeset`): a new index makes the kept rows and the new parts one code
+This module is the runner: read -> plan -> shelve -> compute -> commit, under one writer lock
+per code set, each step handing frozen records to the next:
+- read (:mod:`pipeline.data`): the folder's listing and labels, an :class:`~pipeline.data.ImageFolder`;
+- plan (:mod:`pipeline.codes._plan`): decide each image's state once (cached, new, changed,
+  removed, failed) and cut the new and changed ones into partitions with stable ids;
+- shelve (:mod:`pipeline.codes._shelf`): the plan's listing moved to a temporary file while computing;
+- compute (:mod:`pipeline.codes._engines` runs :mod:`pipeline.codes._worker`: reader
+  :mod:`~pipeline.codes._reader` -> mapper :mod:`~pipeline.codes._runtimes` -> writer
+  :mod:`~pipeline.codes._parts`), here or on a Ray cluster: one part file per partition and code set;
+- commit (:mod:`pipeline.codes._commit`): a new index makes the kept rows and the new parts one code
   set, moved into place atomically; what it no longer refers to is deleted; many small parts
   are merged.
 An interrupted run (Ctrl-C, kill -9) never damages a finished code set, and the next run takes
@@ -87,7 +91,30 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
     for the first (``wait=False``: refuses) and then finds its work done. ``stats``, if a dict,
     receives the streaming figures: images computed and loop seconds.
     """
-    options = with_positionals("generate_codes", LATER, later, options, before=8)
+    request = _request(data, backbone, layers, poolings, weights, image_size, cache_dir, exclude,
+                       with_positionals("generate_codes", LATER, later, options, before=8))
+    return _run(request)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a call of :func:`generate_codes` asks, checked: the code sets (one identity each), how
+    they are computed, how the folder is read, the split asked for, and how the run reports."""
+
+    data: Path
+    identities: tuple[CodeIdentity, ...]
+    weights: str
+    compute: ComputeOptions
+    reading: LayoutOptions
+    cache_dir: Path
+    split: tuple | None
+    seed: int | None
+    redraw: bool                       # --resplit or --overwrite: the split may change
+    progress: bool
+    stats: dict | None
+
+
+def _request(data, backbone, layers, poolings, weights, image_size, cache_dir, exclude, options: dict) -> Request:
     split, seed, resplit = options.pop("split", None), options.pop("seed", None), options.pop("resplit", False)
     progress, stats = options.pop("progress", True), options.pop("stats", None)
     identity, compute = options.pop("identity", None), options.pop("compute", None)
@@ -103,40 +130,42 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
     compute.check()
     if compute.batch_size:  # (None: each runtime's own)
         check_batch_memory(compute.batch_size, identity.image_size, copies=2 * compute.workers)  # 2 in flight each
-    identities = [dataclasses.replace(identity, layer=l, pooling=p)
-                  for l in (layers or [identity.layer]) for p in (poolings or [identity.pooling])]
+    identities = tuple(dataclasses.replace(identity, layer=l, pooling=p)
+                       for l in (layers or [identity.layer]) for p in (poolings or [identity.pooling]))
     for i in identities:
         i.check()
     choose_runtime(compute.runtime, identity.precision, gpus=0)  # checked now; "auto" is resolved by each worker
-    ds = read_folder(data, reading)
-    logger.info(f"layout: {ds.description}")
-    for note in ds.notes:
-        logger.info(f"note: {note}")
-    writable_folder(cache_dir, "--cache-dir")
-    home = claim_home(cache_dir, data)
-    files = [i.file_in(home) for i in identities]
-    split, seed = _split_to_use(files[0], ds, split, seed, resplit or compute.overwrite)
-    out_attrs = [dict(i.to_attrs(), weights=str(weights)) for i in identities]
-    spec = WorkSpec(str(ds.root), identity, tuple((i.layer, i.pooling) for i in identities), str(weights), compute,
-                    compute.decode_threads or default_decode_threads(), tuple(str(parts_dir(f)) for f in files),
-                    tuple(json.dumps(a) for a in out_attrs))
-    if ds.skipped:
-        logger.info(f"note: {sum(ds.skipped.values())} file(s) under {ds.root} not read as images: "
-                    f"{describe_skipped(ds.skipped)} (images: {', '.join(IMAGE_EXTENSIONS)})")
-    if ds.empty_classes:
-        logger.info(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
-    plan = None
+    return Request(Path(data), identities, str(weights), compute, reading, Path(cache_dir), split, seed,
+                   bool(resplit or compute.overwrite), progress, stats)
+
+
+def _run(r: Request) -> list[Path]:
+    """Stage 1's runner: read the folder, plan against the code sets there, shelve the listing,
+    compute (locally or on Ray), commit. The listing is handed on at each step (the plan, then
+    the shelf), never held twice."""
+    ds = read_folder(r.data, r.reading)
+    _say_what_was_read(ds)
+    writable_folder(r.cache_dir, "--cache-dir")
+    home = claim_home(r.cache_dir, r.data)
+    files = [i.file_in(home) for i in r.identities]
+    split, seed = _split_to_use(files[0], ds, r.split, r.seed, r.redraw)
+    out_attrs = [dict(i.to_attrs(), weights=r.weights) for i in r.identities]
+    spec = WorkSpec(str(ds.root), r.identities[0], tuple((i.layer, i.pooling) for i in r.identities), r.weights,
+                    r.compute, r.compute.decode_threads or default_decode_threads(),
+                    tuple(str(parts_dir(f)) for f in files), tuple(json.dumps(a) for a in out_attrs))
+    unnamable, plan = ds.unnamable, None
     try:
-        with writer_lock(files, wait=compute.wait):
+        with writer_lock(files, wait=r.compute.wait):
             fault_point("locked")
-            plan = make_plan(ds, files, out_attrs, overwrite=compute.overwrite, verify=compute.verify,
-                             target=compute.partition_size, max_parts=compute.max_parts)
-            drawn, kept = _kept_split(plan.outputs[0], ds, assign_split(ds, split, seed), resplit or compute.overwrite)
-            _note_untested(ds, drawn)
-            with shelved(plan, home):  # (the listing, 60 bytes an image, not held while computing)
-                large = _compute(plan, spec, progress=progress, stats=stats)
+            plan = make_plan(ds, files, out_attrs, overwrite=r.compute.overwrite, verify=r.compute.verify,
+                             target=r.compute.partition_size, max_parts=r.compute.max_parts)
+            del ds  # (the plan holds the listing now, and hands it to the shelf)
+            drawn, kept = _kept_split(plan.outputs[0], plan.ds, assign_split(plan.ds, split, seed), r.redraw)
+            _note_untested(plan.ds, drawn)
+            with shelved(plan, home) as plan:  # (the listing, 60 bytes an image, not held while computing)
+                large = _compute(plan, spec, progress=r.progress, stats=r.stats)
                 fault_point("all-staged")
-                failed = commit_all(plan, drawn, _label_attrs(ds, split, seed, kept), compute.max_parts)
+                failed = commit_all(plan, drawn, _label_attrs(plan.ds, split, seed, kept), r.compute.max_parts)
     except KeyboardInterrupt:
         staged = sum(all(o.staged(p) for o in plan.outputs) for p in plan.pending) if plan else 0
         raise Interrupted(f"{staged} finished partition(s) are kept; run the same command again to resume"
@@ -148,7 +177,7 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
         raise UserError(os_error_text(exc)
                         + ("; the parts computed so far are kept: run the same command again once this is "
                            "fixed" if staged else "")) from None
-    skipped = sorted((f.path, f.reason) for f in failed) + list(ds.unnamable)
+    skipped = sorted((f.path, f.reason) for f in failed) + list(unnamable)
     if skipped:
         logger.warning(f"warning: {len(skipped)} image(s) skipped, listed in failed_paths: "
                        + "; ".join(f"{p} ({r})" for p, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
@@ -156,6 +185,17 @@ def generate_codes(data, backbone=DEFAULT_BACKBONE, layers=None, poolings=None, 
         logger.warning(f"note: {len(large)} image(s) over Pillow's decompression-bomb warning limit "
                        f"({_pil_limit()} megapixels) were decoded, e.g. {large[0]}; larger than twice that are skipped")
     return files
+
+
+def _say_what_was_read(ds) -> None:
+    logger.info(f"layout: {ds.description}")
+    for note in ds.notes:
+        logger.info(f"note: {note}")
+    if ds.skipped:
+        logger.info(f"note: {sum(ds.skipped.values())} file(s) under {ds.root} not read as images: "
+                    f"{describe_skipped(ds.skipped)} (images: {', '.join(IMAGE_EXTENSIONS)})")
+    if ds.empty_classes:
+        logger.info(f"note: skipped {len(ds.empty_classes)} empty class folder(s): {', '.join(ds.empty_classes)}")
 
 
 def _compute(plan: Plan, spec: WorkSpec, *, progress, stats) -> list[str]:

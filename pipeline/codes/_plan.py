@@ -70,7 +70,7 @@ class OutputPlan:
         return (parts_dir(self.path) / f"part-{partition.id}.h5").is_file()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Plan:
     ds: ImageFolder
     outputs: list[OutputPlan]
@@ -163,7 +163,6 @@ def cut(paths, target: int) -> list[tuple[int, int]]:
 
 def make_plan(ds: ImageFolder, files: list[Path], out_attrs: list[dict], *, overwrite=False, verify=False,
               target: int | None = None, max_parts: int = MAX_PARTS) -> Plan:
-    ds.fingerprints = np.asarray(ds.fingerprints, np.int64).reshape(-1, 2)
     # each image's position by path, only while planning (16 bytes an image) and only to match
     # the rows of an existing code set: a build has none
     existing = not overwrite and any(Path(f).exists() for f in files)

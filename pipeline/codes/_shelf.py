@@ -11,7 +11,6 @@ included, leaves nothing behind.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import tempfile
 import threading
@@ -198,30 +197,44 @@ class ShelvedWork:
     images: ShelvedArray
 
 
-@contextlib.contextmanager
-def shelved(plan: Plan, folder: Path):
-    """Move the listing of the plan's work (every partition's paths, fingerprints and positions)
-    to a temporary file in ``folder`` for the rest of the run; ``plan`` is changed in place, the
-    file closed on leaving. Where the work is the whole data set (a build, ``--overwrite``) the
-    data set's paths and fingerprints are the work's, and its labels are shelved too: nothing is
-    then held per image but the plan's flags and the split. An update keeps the data set's
-    listing in memory (the rows it keeps are matched to it) and writes only its work's."""
-    shelf = Shelf(folder)
-    try:
-        ds, parts = plan.ds, plan.partitions
-        work = ShelvedWork(ShelvedPaths.put(shelf, [p.paths for p in parts]),
-                           shelf.put([p.fingerprints for p in parts], np.int64, (2,)),
-                           shelf.put([p.images for p in parts], np.int64))
-        bounds = np.cumsum([0] + [len(p) for p in parts]).tolist()
-        moved = {id(p): ShelvedPartition(p.id, work, lo, hi) for p, lo, hi in zip(parts, bounds, bounds[1:])}
-        plan.partitions = [moved[id(p)] for p in parts]
-        plan.pending = [moved[id(p)] for p in plan.pending]
-        del parts, moved
-        if bounds[-1] == len(ds):  # every image, in the data set's order (the partitions cut it in order)
-            ds.paths, ds.fingerprints = work.paths, work.fingerprints
-            ds.labels = shelf.put(ds.labels, np.asarray(ds.labels).dtype)
-            if ds.targets is not None:
-                ds.targets = shelf.put(ds.targets, ds.targets.dtype, ds.targets.shape[1:])
-        yield plan
-    finally:
-        shelf.close()
+class shelved:  # noqa: N801 (used as a context manager: ``with shelved(plan, folder) as plan``)
+    """The plan with the listing of its work (every partition's paths, fingerprints and positions)
+    moved to a temporary file in ``folder`` for the rest of the run, the file closed on leaving.
+    Where the work is the whole data set (a build, ``--overwrite``) the data set's paths and
+    fingerprints are the work's, and its labels are shelved too: nothing is then held per image
+    but the plan's flags and the split. An update keeps the data set's listing in memory (the rows
+    it keeps are matched to it) and writes only its work's.
+
+    The plan given is handed over: it is not changed (records are frozen), a new one is made,
+    and this keeps no reference to the given one once entered, so that the caller, rebinding its
+    name (``as plan``), lets the listing in memory go."""
+
+    def __init__(self, plan: Plan, folder: Path):
+        self._given, self._folder, self._shelf = plan, folder, None
+
+    def __enter__(self) -> Plan:
+        plan, self._given = self._given, None
+        self._shelf = shelf = Shelf(self._folder)
+        try:
+            return _onto(shelf, plan)
+        except BaseException:
+            shelf.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self._shelf.close()
+
+
+def _onto(shelf: Shelf, plan: Plan) -> Plan:
+    ds, parts = plan.ds, plan.partitions
+    work = ShelvedWork(ShelvedPaths.put(shelf, [p.paths for p in parts]),
+                       shelf.put([p.fingerprints for p in parts], np.int64, (2,)),
+                       shelf.put([p.images for p in parts], np.int64))
+    bounds = np.cumsum([0] + [len(p) for p in parts]).tolist()
+    moved = {id(p): ShelvedPartition(p.id, work, lo, hi) for p, lo, hi in zip(parts, bounds, bounds[1:])}
+    if bounds[-1] == len(ds):  # every image, in the data set's order (the partitions cut it in order)
+        ds = dataclasses.replace(
+            ds, paths=work.paths, fingerprints=work.fingerprints, labels=shelf.put(ds.labels, np.asarray(ds.labels).dtype),
+            targets=None if ds.targets is None else shelf.put(ds.targets, ds.targets.dtype, ds.targets.shape[1:]))
+    return dataclasses.replace(plan, ds=ds, partitions=[moved[id(p)] for p in parts],
+                               pending=[moved[id(p)] for p in plan.pending])

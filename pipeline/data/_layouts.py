@@ -358,12 +358,11 @@ def _split_folders(root: Path, options: LayoutOptions) -> ImageFolder:
            else "validation drawn from " + folders[TRAIN].name + "/")
     if TEST not in folders:
         how += "; no test folder: test images drawn from " + folders[TRAIN].name + "/"
-    ds = _folder(root, paths, labels, names, skipped=dict(ignored), unnamable=tuple(unnamable))
-    ds.split = np.asarray(split, np.int8)
-    ds.description = f"split folders {named} ({how}; {len(names)} classes)"
-    ds.notes = tuple(notes)
-    ds.source = {"layout": "split-folders", "folders": {("train", "val", "test")[s]: d.name for s, d in folders.items()}}
-    return ds
+    return dataclasses.replace(
+        _folder(root, paths, labels, names, skipped=dict(ignored), unnamable=tuple(unnamable)),
+        split=np.asarray(split, np.int8), description=f"split folders {named} ({how}; {len(names)} classes)",
+        notes=tuple(notes),
+        source={"layout": "split-folders", "folders": {("train", "val", "test")[s]: d.name for s, d in folders.items()}})
 
 
 # ------------------------------------------------------------------ labels files
@@ -575,17 +574,13 @@ def _labels_file(root: Path, options: LayoutOptions, table: _Table | None = None
             ls = np.flatnonzero(targets[i])
             labels[i] = ls[np.argmin(counts[ls])] if len(ls) else len(names)
     unlabelled = int((split == UNLABELLED).sum())
-    ds = _folder(root, paths, labels, names, skipped=dict(ignored), unnamable=tuple(unnamable))
-    ds.split = split
-    ds.targets = targets
-    ds.missing = tuple(missing)
     col_text = (f"image column {table.header[cols.image]!r}, "
                 + (f"label column {table.header[cols.label]!r}" if cols.label is not None
                    else f"{len(cols.onehot)} 0/1 label columns")
                 + (f", split column {table.header[cols.split]!r}" if cols.split is not None else "; split drawn"))
     where = path.name if path.parent.resolve() == root.resolve() else str(path)
-    ds.description = (f"labels file {where} ({col_text}; {len(names)} {'labels, multi-label' if multi else 'classes'}; "
-                      f"{len(found)} labelled, {unlabelled} unlabelled image(s))")
+    description = (f"labels file {where} ({col_text}; {len(names)} {'labels, multi-label' if multi else 'classes'}; "
+                   f"{len(found)} labelled, {unlabelled} unlabelled image(s))")
     notes = []
     if absent:
         notes.append(f"{len(absent)} label(s) of {path.name} have none of their images here and are not classes: "
@@ -596,12 +591,13 @@ def _labels_file(root: Path, options: LayoutOptions, table: _Table | None = None
                      f"the labels file decides")
     if repeated and multi and cols.label is not None:
         notes.append("images listed on several rows take the labels of all of them")
-    ds.notes = tuple(notes)
-    ds.source = {"layout": "labels-file", "labels_file": str(path.resolve()), "image_column": table.header[cols.image],
-                 "label_column": table.header[cols.label] if cols.label is not None else None,
-                 "split_column": table.header[cols.split] if cols.split is not None else None,
-                 "task": "multi-label" if multi else "single-label"}
-    return ds
+    source = {"layout": "labels-file", "labels_file": str(path.resolve()), "image_column": table.header[cols.image],
+              "label_column": table.header[cols.label] if cols.label is not None else None,
+              "split_column": table.header[cols.split] if cols.split is not None else None,
+              "task": "multi-label" if multi else "single-label"}
+    return dataclasses.replace(_folder(root, paths, labels, names, skipped=dict(ignored), unnamable=tuple(unnamable)),
+                               split=split, targets=targets, missing=tuple(missing), description=description,
+                               notes=tuple(notes), source=source)
 
 
 # ------------------------------------------------------------------ names and unlabelled
@@ -634,40 +630,37 @@ def _names(root: Path, options: LayoutOptions) -> ImageFolder:
     label_of = {n: i for i, n in enumerate(names)}
     labels = [label_of[c] if c is not None else -1 for c in classes]
     ds = _folder(root, paths, labels, names, skipped=dict(ignored), unnamable=tuple(unnamable))
-    ds.split = np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
     unmatched = int((ds.labels < 0).sum())
-    ds.description = (f"labels in file names, pattern {options.label_pattern!r} ({len(names)} classes; "
-                      f"{unmatched} file(s) do not match: unlabelled)")
-    ds.source = {"layout": "names", "label_pattern": options.label_pattern}
-    return ds
+    return dataclasses.replace(ds, split=np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8),
+                               description=(f"labels in file names, pattern {options.label_pattern!r} ({len(names)} "
+                                            f"classes; {unmatched} file(s) do not match: unlabelled)"),
+                               source={"layout": "names", "label_pattern": options.label_pattern})
 
 
 def _unlabelled(root: Path) -> ImageFolder:
     paths, ignored, unnamable = walk_images(root)
     if not paths:
         raise UserError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    ds = _folder(root, paths, np.full(len(paths), -1), [], skipped=dict(ignored), unnamable=tuple(unnamable))
-    ds.split = np.full(len(paths), UNLABELLED, np.int8)
-    ds.description = f"unlabelled images ({len(paths)}; codes only: label them to train)"
-    ds.source = {"layout": "unlabelled"}
-    return ds
+    return dataclasses.replace(
+        _folder(root, paths, np.full(len(paths), -1), [], skipped=dict(ignored), unnamable=tuple(unnamable)),
+        split=np.full(len(paths), UNLABELLED, np.int8), source={"layout": "unlabelled"},
+        description=f"unlabelled images ({len(paths)}; codes only: label them to train)")
 
 
 def _folders(root: Path, options: LayoutOptions) -> ImageFolder:
     if options.task == "multi-label":
         raise ParameterError("task", "multi-label needs a labels file (folders give one class per image)")
     ds = scan(root, options.exclude)
-    ds.description = f"class folders ({len(ds.class_names)} classes)"
-    ds.source = {"layout": "folders"}
+    ds = dataclasses.replace(ds, description=f"class folders ({len(ds.class_names)} classes)", source={"layout": "folders"})
     loose = list(_images_under(root, recursive=False))
-    if loose:
-        ds.notes = ((f"{len(loose)} image(s) at the top of {root.name}/ are in no class folder: computed, "
-                     f"unlabelled (e.g. {loose[0]})"),)
-        ds.paths = PathList.concat([ds.paths, PathList.of(loose)])
-        ds.labels = np.concatenate([ds.labels, np.full(len(loose), -1, np.int32)])
-        ds.fingerprints = np.concatenate([ds.fingerprints, fingerprints(root, loose)])
-        ds.split = np.where(ds.labels >= 0, DRAW, UNLABELLED).astype(np.int8)
-    return ds
+    if not loose:
+        return ds
+    labels = np.concatenate([ds.labels, np.full(len(loose), -1, np.int32)])
+    return dataclasses.replace(ds, notes=((f"{len(loose)} image(s) at the top of {root.name}/ are in no class folder: "
+                                           f"computed, unlabelled (e.g. {loose[0]})"),),
+                               paths=PathList.concat([ds.paths, PathList.of(loose)]), labels=labels,
+                               fingerprints=np.concatenate([ds.fingerprints, fingerprints(root, loose)]),
+                               split=np.where(labels >= 0, DRAW, UNLABELLED).astype(np.int8))
 
 
 READERS = {"folders": _folders, "split-folders": _split_folders, "labels-file": _labels_file, "names": _names,

@@ -33,14 +33,16 @@ DRAW, DRAW_VAL, DRAW_TEST = -1, -2, -3
 SPLIT_KEY = b"cnn-codes split v1"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ImageFolder:
     """A scanned data set. ``paths`` are relative to ``root`` (posix), sorted, held as a
     :class:`~pipeline.data.PathList` (a sequence of str, compact: stage 1 holds a million through
     a build; a list given is converted); ``labels[i]``
     indexes ``class_names`` (-1: unlabelled); ``fingerprints[i]`` is (size in bytes, mtime in ns).
     ``split`` is the split the layout gives (None: drawn; see :func:`assign_split`),
-    ``targets`` the (N, labels) 0/1 matrix of a multi-label set (``labels`` then only stratifies)."""
+    ``targets`` the (N, labels) 0/1 matrix of a multi-label set (``labels`` then only stratifies).
+    Frozen: a layout reader builds it, and a later phase that needs it otherwise (the shelf) makes
+    another with :func:`dataclasses.replace`."""
 
     root: Path
     paths: PathList
@@ -59,7 +61,11 @@ class ImageFolder:
     source: dict = dataclasses.field(default_factory=lambda: {"layout": "folders"})  # recorded in the code set
 
     def __post_init__(self):
-        self.paths = PathList.of(self.paths)
+        # lists given become compact columns; columns kept elsewhere (stage 1's shelf) stay there
+        if not hasattr(self.paths, "take"):
+            object.__setattr__(self, "paths", PathList.of(self.paths))
+        if isinstance(self.fingerprints, (list, tuple, np.ndarray)):
+            object.__setattr__(self, "fingerprints", np.asarray(self.fingerprints, np.int64).reshape(-1, 2))
 
     @property
     def multi_label(self) -> bool:
