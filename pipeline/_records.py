@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from pipeline._checked import ClassNames, Count, Fraction, Name, Schema, Seconds, Text, read_checked
+from pipeline._checked import ClassNames, Count, Fraction, Name, Schema, Seconds, Text, problem, read_checked
 from pipeline._faults import fault_point
 from pipeline.errors import UserError
 
@@ -170,6 +170,18 @@ class RunRecord(Schema):
         if len(self.test_paths) > self.n_test:
             raise ValueError(f"test_paths lists {len(self.test_paths)} images, n_test says {self.n_test}")
         return self
+
+
+def write_record(run_dir, record: dict) -> None:
+    """Write a run's ``record.json``, checked against :class:`RunRecord` as it will be read back:
+    a record that its own readers would refuse is a bug of the writer, found here (a ValueError
+    naming the field), never by a user's next command."""
+    text = json.dumps({"record_version": RECORD_VERSION, **record}, indent=2)
+    try:
+        RunRecord.model_validate_json(text)
+    except ValidationError as exc:
+        raise ValueError(f"a run record that would not read back: {problem(exc)}") from None
+    (Path(run_dir) / "record.json").write_text(text)
 
 
 def load_record(run_dir, kind: str | None = None) -> dict:

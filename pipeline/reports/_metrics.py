@@ -1,11 +1,11 @@
 """Evaluation reports shared by every way of training: metrics, per-class report, plots, run folder."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from pipeline._records import write_record
 from pipeline.errors import ParameterError
 from pipeline.reports._intervals import METHOD, mean_per_class_interval, multi_label_intervals, wilson
 from pipeline.reports._safe import plain_text
@@ -221,8 +221,7 @@ def write_report(run_dir: Path, record: dict, metrics: dict, class_names, histor
     and for two classes roc_pr.png."""
     run_dir = Path(run_dir)
     summary_ = {k: v for k, v in metrics.items() if k not in ("report", "confusion", "curves")}
-    (run_dir / "record.json").write_text(json.dumps({**record, "metrics": summary_,
-                                                     "confusion": metrics["confusion"]}, indent=2))
+    write_record(run_dir, {**record, "metrics": summary_, "confusion": metrics["confusion"]})
     if metrics.get("task") == "multi-label":  # no confusion matrix: one row per label in the report
         (run_dir / "report.txt").write_text(summary(metrics) + "\n\n" + metrics["report"])
         if history and any(k in history for k in ("loss", "accuracy")):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline._faults import fault_point
-from pipeline._records import RECORD_VERSION, Run, assembled_run, load_record
+from pipeline._records import Run, assembled_run, load_record
 from pipeline.errors import UserError
 from pipeline.reports import (
     build_report,
@@ -62,7 +62,7 @@ def finish_run(runs_dir, name: str, *, record: dict, save, tested: Tested | None
     multi = np.ndim(y_true) == 2  # multi-label: a probability per label, decided by ``thresholds``
     metrics = (evaluate_multi_label(y_true, proba, thresholds, class_names) if multi
                else evaluate(y_true, proba, class_names, positive_class))
-    record = {"record_version": RECORD_VERSION, **record, "class_names": list(class_names),
+    record = {**record, "class_names": list(class_names),
               "history": history or {}, "data_root": str(data_root) if data_root else None}
     if train_paths is not None:
         record["train_digest"] = paths_digest(train_paths)
