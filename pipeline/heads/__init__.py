@@ -12,8 +12,9 @@ from pipeline.heads._estimators import (
     make_head,
     read_thresholds,
 )
+from pipeline.heads._probe import linear_probe
 from pipeline.heads._scaling import ShrunkScaler
 from pipeline.heads._semi import Propagation, Verdict, held_out_gain, propagate, reduced
 
-__all__ = ["HEADS", "LogRegHead", "MLPHead", "PrototypeHead", "SoftmaxHead", "holdout", "load_head", "make_head",
+__all__ = ["HEADS", "LogRegHead", "MLPHead", "PrototypeHead", "SoftmaxHead", "holdout", "linear_probe", "load_head", "make_head",
            "read_thresholds", "ShrunkScaler", "Propagation", "Verdict", "held_out_gain", "propagate", "reduced"]

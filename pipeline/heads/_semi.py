@@ -14,6 +14,8 @@ import dataclasses
 
 import numpy as np
 
+from pipeline.heads._probe import linear_probe
+
 # Deferred on purpose: scikit-learn is imported inside the functions that use it.
 
 NEIGHBOURS = 20     # the graph: each code's nearest codes (10 did worse, 40 the same)
@@ -96,11 +98,7 @@ def _linear():
     """The quick head the choice is made with: a logistic regression on standardized codes (on
     unit-length codes without it, C = 1 regularizes so much that a few labels score 0.4 where the
     real head scores 0.86)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500))
+    return linear_probe(1.0, standardize=True)
 
 
 def held_out_gain(Z: np.ndarray, y: np.ndarray, labelled: np.ndarray, n_classes: int, spread: np.ndarray,

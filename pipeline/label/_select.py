@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.data import UNLABELLED
 from pipeline.errors import ParameterError, UserError
+from pipeline.heads import linear_probe
 
 STRATEGIES = ("auto", "random", "margin", "coverage")
 COMPONENTS = 64     # principal components the codes are reduced to for clustering and the model
@@ -62,28 +63,18 @@ def _cluster_representatives(Z: np.ndarray, k: int, seed: int) -> np.ndarray:
 def _pool_proba(X_lab, y_lab, X_pool, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A single-label set's class probabilities of each pool image (a logistic regression on the
     labelled codes, standardized), and the classes of its columns."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300, random_state=seed)).fit(X_lab, y_lab)
+    clf = linear_probe(0.1, standardize=True, max_iter=300, seed=seed).fit(X_lab, y_lab)
     return clf.predict_proba(X_pool), clf.classes_
 
 
 def _uncertainty(X_lab, y_lab, X_pool, multi_label: bool, seed: int) -> np.ndarray:
     """The gap between the two most probable classes of each pool image (multi-label: the
     distance of its least certain label from 0.5, doubled): smaller is less certain."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if multi_label:
         keep = (y_lab.min(0) != y_lab.max(0))  # labels both present and absent among the labelled
         if not keep.any():
             return np.ones(len(X_pool))
-        model = LogisticRegression(C=0.1, max_iter=300, random_state=seed)
-        clf = make_pipeline(StandardScaler(), OneVsRestClassifier(model)).fit(X_lab, y_lab[:, keep])
+        clf = linear_probe(0.1, standardize=True, multi_label=True, max_iter=300, seed=seed).fit(X_lab, y_lab[:, keep])
         return (2 * np.abs(clf.predict_proba(X_pool) - 0.5)).min(1)
     p = np.sort(_pool_proba(X_lab, y_lab, X_pool, seed)[0], axis=1)
     return p[:, -1] - p[:, -2]
@@ -176,10 +167,8 @@ def select_group(codes, n: int = GROUP_SIZE, seed: int = 0, exclude=()) -> Group
     y = np.asarray(codes.y)
     predicted = suggested = None
     if len(labelled) and len(np.unique(y[labelled])) >= 2:
-        from sklearn.linear_model import LogisticRegression
-
         # (the labelling app's suggestion model: what the person is shown for each image)
-        model = LogisticRegression(C=1.0, max_iter=500).fit(Z[labelled], y[labelled])
+        model = linear_probe().fit(Z[labelled], y[labelled])
         predicted = model.predict(Z_pool)
     k = int(min(n, len(pool)))
     dist, near = NearestNeighbors(n_neighbors=k).fit(Z_pool).kneighbors(Z_pool)

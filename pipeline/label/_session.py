@@ -32,6 +32,7 @@ from pipeline.data import (
     walk_images,
 )
 from pipeline.errors import UserError, one_line
+from pipeline.heads import linear_probe
 from pipeline.label._select import _reduced, select_group, select_next
 from pipeline.reports import mean_ap_interval, wilson
 
@@ -325,9 +326,6 @@ class LabelSession:
 
     def _fit(self, view: _View):
         """A logistic regression on the labelled codes (reduced), or None while it cannot learn."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.multiclass import OneVsRestClassifier
-
         if self._model is not None:
             return self._model
         lab = view.split != UNLABELLED
@@ -335,12 +333,12 @@ class LabelSession:
             keep = view.y[lab].min(0) != view.y[lab].max(0) if lab.sum() else np.zeros(0, bool)
             if lab.sum() < 2 or not keep.any():
                 return None
-            model = OneVsRestClassifier(LogisticRegression(C=1.0, max_iter=500)).fit(self.Z[lab], view.y[lab][:, keep])
+            model = linear_probe(multi_label=True).fit(self.Z[lab], view.y[lab][:, keep])
             self._model = (model, np.flatnonzero(keep))
         else:
             if len(np.unique(view.y[lab])) < 2:
                 return None
-            model = LogisticRegression(C=1.0, max_iter=500).fit(self.Z[lab], view.y[lab])
+            model = linear_probe().fit(self.Z[lab], view.y[lab])
             self._model = (model, model.classes_)
         return self._model
 
@@ -391,7 +389,6 @@ class LabelSession:
         """Cross-validated accuracy (multi-label: mean average precision) of the model on the
         labelled images with its 95% interval (Wilson's; a bootstrap for mAP) as (value, low,
         high), None while a class has fewer than two of them."""
-        from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
         view = view or self.view()
@@ -399,11 +396,10 @@ class LabelSession:
         Z, y = self.Z[lab], view.y[lab]
         if self.multi:
             from sklearn.metrics import average_precision_score
-            from sklearn.multiclass import OneVsRestClassifier
             keep = (y.sum(0) >= 2) & (y.sum(0) <= len(y) - 2)
             if len(y) < 4 or not keep.any():
                 return None
-            P = cross_val_predict(OneVsRestClassifier(LogisticRegression(max_iter=500)), Z, y[:, keep],
+            P = cross_val_predict(linear_probe(multi_label=True), Z, y[:, keep],
                                   cv=KFold(min(5, len(y)), shuffle=True, random_state=0), method="predict_proba")
             return (float(average_precision_score(y[:, keep], P, average="macro")),
                     *mean_ap_interval(y[:, keep], P))
@@ -412,7 +408,7 @@ class LabelSession:
         if len(counts) < 2 or counts.min() < 2:
             return None
         cv = StratifiedKFold(int(min(5, counts.min())), shuffle=True, random_state=0)
-        pred = cross_val_predict(LogisticRegression(max_iter=500), Z, y, cv=cv)
+        pred = cross_val_predict(linear_probe(), Z, y, cv=cv)
         right = int((pred == y).sum())
         return (right / len(y), *wilson(right, len(y)))
 

@@ -38,6 +38,7 @@ from pipeline._files import writable_folder
 from pipeline._records import Run, assembled_run
 from pipeline.codes import CodeView, open_code_sets
 from pipeline.data import SPLIT_NAMES
+from pipeline.heads import linear_probe
 from pipeline.errors import ParameterError, UserError, check_seed, with_positionals
 from pipeline.quality._neighbours import (CHUNK_BYTES, EXACT_LIMIT, SEARCHES, Neighbours, approximate,
                                          nearest_neighbours)
@@ -248,7 +249,6 @@ def out_of_fold_probabilities(Z: np.ndarray, y: np.ndarray, n_classes: int, fold
     stratified cross-validation. Components are not standardized: scaled up, the many small ones
     are noise the model overfits (out-of-fold accuracy 89% instead of 96% on 500 images)."""
 
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(y, minlength=n_classes)
@@ -259,20 +259,18 @@ def out_of_fold_probabilities(Z: np.ndarray, y: np.ndarray, n_classes: int, fold
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # classes smaller than the folds
         splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(P, y))
-    return out_of_fold(LogisticRegression(C=C, max_iter=300), P, y, splits, n_classes, seed=seed, n_jobs=n_jobs)
+    return out_of_fold(linear_probe(C, max_iter=300), P, y, splits, n_classes, seed=seed, n_jobs=n_jobs)
 
 
 def out_of_fold_label_probabilities(Z: np.ndarray, Y: np.ndarray, folds: int = FOLDS, components: int = COMPONENTS,
                                     C: float = LABEL_C, seed: int = 0) -> np.ndarray:
     """Multi-label: each image's probability of each label from one-vs-rest logistic regression
     on the leading principal components that did not see it (``folds``-fold cross-validation)."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold
-    from sklearn.multiclass import OneVsRestClassifier
 
     P = label_features(Z, components, seed)
     splits = KFold(min(folds, len(Z)), shuffle=True, random_state=seed).split(P)
-    return out_of_fold(OneVsRestClassifier(LogisticRegression(C=C, max_iter=300)), P, Y.astype(int), splits,
+    return out_of_fold(linear_probe(C, multi_label=True, max_iter=300), P, Y.astype(int), splits,
                        Y.shape[1], seed=seed)
 
 
