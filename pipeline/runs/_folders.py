@@ -1,4 +1,4 @@
-"""Run folders: ``runs/<time>-<name>/`` with a versioned ``record.json``, written and read here only.
+"""Run folders: ``runs/<time>-<name>/``, each with its ``record.json`` (which pipeline._records writes and reads).
 
 Every kind of run (a head on codes, a fine-tuned model, the from-scratch baseline) ends in
 :func:`finish_run`, which evaluates on the test images, saves the model, writes the report and

@@ -90,3 +90,31 @@ def test_the_quickstart_example_goes_from_images_to_predictions(tmp_path):
     predictions = [l for l in lines if l.startswith("umbrella/")]
     assert len(predictions) == 3 and all("%" in l for l in predictions)
     assert list((tmp_path / "runs").glob("*-logreg/model.keras"))
+
+
+def layout_problems(text: str, root=ROOT) -> list[str]:
+    """What docs/development.md's layout gets wrong: a private module of the package it does not
+    name (``_name.py``, each under the subpackage it lists it in), a tests/ or pipeline/ file it
+    names that is not there."""
+    problems = []
+    for module in sorted((root / "pipeline").rglob("_*.py")):
+        if module.name.startswith("__"):
+            continue
+        owner = module.parent.relative_to(root).as_posix()
+        entry = re.search(rf"^{re.escape(owner)}/.*?(?=^\S)", text + "\nend", re.S | re.M) if owner != "pipeline" else None
+        if module.name not in (entry.group(0) if entry else text):
+            problems.append(f"{module.relative_to(root)} not described")
+    for named in re.findall(r"\b((?:tests|pipeline)/[\w/]+\.py)\b", text):
+        if not (root / named).exists():
+            problems.append(f"{named} named but not there")
+    return problems
+
+
+def test_the_development_page_names_every_module_where_it_is_and_no_file_that_is_gone():
+    text = (ROOT / "docs" / "development.md").read_text()
+    assert not layout_problems(text)
+    # and the check sees a module left out, one listed under another package, and a file gone
+    assert layout_problems(text.replace("_probe.py", "probe")) == ["pipeline/heads/_probe.py not described"]
+    moved = text.replace(" _trained.py a run's training list", "").replace("_probe.py the", "_probe.py, _trained.py the")
+    assert layout_problems(moved) == ["pipeline/reports/_trained.py not described"]
+    assert layout_problems(text + "\ntests/codes/test_gone.py\n") == ["tests/codes/test_gone.py named but not there"]
