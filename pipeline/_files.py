@@ -24,20 +24,26 @@ def writable_folder(path, option: str):
 NAME_MAX = 255  # bytes of a file name on the file systems we meet
 
 
+def fit_name(name: str, room: int) -> str:
+    """``name`` within ``room`` bytes (UTF-8): as it is if it fits, else cut where a character
+    ends, with a digest of the whole name (two long names that differ stay apart)."""
+    import hashlib
+
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= room:
+        return name
+    digest = hashlib.blake2b(raw, digest_size=4).hexdigest().encode()
+    return (raw[:room - 9].decode("utf-8", "ignore").encode("utf-8", "surrogateescape") + b"~" + digest
+            ).decode("utf-8", "surrogateescape")
+
+
 def temporary_beside(dst: Path) -> Path:
     """A hidden temporary name beside ``dst`` for a file about to replace it, unique to this
     process, within the file system's 255 bytes however long ``dst``'s own name is (a name that
     fits is never refused for its temporary one)."""
-    import hashlib
-
     dst = Path(dst)
     tag = f".{os.getpid()}-{os.urandom(3).hex()}.tmp"
-    name = dst.name.encode("utf-8", "surrogateescape")
-    room = NAME_MAX - 1 - len(tag.encode())
-    if len(name) > room:  # cut where a character ends, with a digest of the whole name
-        digest = hashlib.blake2b(name, digest_size=4).hexdigest()
-        name = name[:room - 9].decode("utf-8", "ignore").encode("utf-8", "surrogateescape") + b"~" + digest.encode()
-    return dst.with_name("." + name.decode("utf-8", "surrogateescape") + tag)
+    return dst.with_name("." + fit_name(dst.name, NAME_MAX - 1 - len(tag.encode())) + tag)
 
 
 def durable_replace(tmp: Path, dst: Path) -> None:

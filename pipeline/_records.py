@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from pipeline._checked import ClassNames, Count, Fraction, Name, Schema, Seconds, Text, problem, read_checked
 from pipeline._faults import fault_point
+from pipeline._files import fit_name
 from pipeline.errors import UserError
 
 RECORD_VERSION = 1  # 0: records written before the version was recorded (same fields)
@@ -27,6 +28,7 @@ KINDS = ("head-on-codes", "finetune", "scratch")
 
 
 PARTIAL = ".partial-"
+NAME_ROOM = 160  # bytes of a run's name: with its time, a -N and the partial folder's, within 255
 
 
 def _free_name(runs_dir: Path, name: str) -> Path:
@@ -65,7 +67,8 @@ class RunFolder:
         runs_dir = Path(runs_dir)
         runs_dir.mkdir(parents=True, exist_ok=True)
         clean_partial_runs(runs_dir)
-        self.final = _free_name(runs_dir, name)
+        # (a name made of a code set's attributes, which a file handed to us may make of any length)
+        self.final = _free_name(runs_dir, fit_name(name, NAME_ROOM))
         self.name = self.final.name
         self.path = runs_dir / f"{PARTIAL}{self.name}.{os.getpid()}"
         self.path.mkdir()

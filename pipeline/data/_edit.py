@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from pipeline._faults import fault_point
-from pipeline._files import NAME_MAX, durable_replace, temporary_beside
+from pipeline._files import NAME_MAX, durable_replace, fit_name, temporary_beside
 from pipeline.data._layouts import (
     MULTI_SEPARATORS,
     LayoutOptions,
@@ -57,12 +57,7 @@ def _beside(labels_path: Path, suffix: str) -> Path:
     """``<labels stem><suffix>`` beside the labels file, within the file system's 255 bytes (a
     long stem is cut, with a digest of the whole, so that a labels file of any name can have it)."""
     labels_path = Path(labels_path)
-    stem = labels_path.stem.encode("utf-8", "surrogateescape")
-    room = NAME_MAX - len(suffix.encode())
-    if len(stem) > room:
-        digest = hashlib.blake2b(stem, digest_size=4).hexdigest().encode()
-        stem = stem[:room - 9].decode("utf-8", "ignore").encode() + b"~" + digest
-    return labels_path.with_name(stem.decode("utf-8", "surrogateescape") + suffix)
+    return labels_path.with_name(fit_name(labels_path.stem, NAME_MAX - len(suffix.encode())) + suffix)
 
 
 def labels_file_for(layout: str | None, data, given=None) -> Path | None:

@@ -8,7 +8,7 @@ import numpy as np
 from pipeline._records import write_record
 from pipeline.errors import ParameterError
 from pipeline.reports._intervals import METHOD, mean_per_class_interval, multi_label_intervals, wilson
-from pipeline.reports._safe import plain_text
+from pipeline.reports._safe import plain_text, shown
 
 # Deferred on purpose: scikit-learn, matplotlib are imported inside the functions that use them, so
 # that commands and workers that never need them start without loading them.
@@ -162,12 +162,12 @@ def plot_confusion(confusion, class_names, path: Path, title="") -> None:
     n = len(class_names)
     side = min(max(6.0, 0.18 * n + 3), 24)
     fig, ax = plt.subplots(figsize=(side, side))
-    ConfusionMatrixDisplay(norm, display_labels=class_names).plot(
+    ConfusionMatrixDisplay(norm, display_labels=[shown(c, 40) for c in class_names]).plot(
         ax=ax, include_values=n <= 20, cmap="Blues", colorbar=True, values_format=".2f",
         xticks_rotation="vertical")
     if n > 40:
         ax.tick_params(labelsize=5)
-    ax.set_title(title or "confusion matrix (rows normalized)")
+    ax.set_title(shown(title or "confusion matrix (rows normalized)"))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -188,7 +188,7 @@ def plot_history(history: dict, path: Path, title="") -> None:
         ax.set_ylabel(metric)
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(title or "training curves")
+    fig.suptitle(shown(title or "training curves"))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -210,7 +210,7 @@ def plot_binary_curves(curves: dict, metrics: dict, path: Path, title="") -> Non
     for ax in (roc, pr):
         ax.legend(loc="lower left" if ax is pr else "lower right")
         ax.grid(alpha=0.3)
-    fig.suptitle((title + " · " if title else "") + f"positive class: {metrics['positive_class']}")
+    fig.suptitle(shown((title + " · " if title else "") + f"positive class: {metrics['positive_class']}", 160))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

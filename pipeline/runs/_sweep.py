@@ -29,7 +29,7 @@ from pipeline.codes import open_code_sets
 from pipeline.data import TEST, TRAIN, VAL
 from pipeline.errors import ParameterError, UserError, check_seed
 from pipeline.heads import HEADS, make_head
-from pipeline.reports import build_report, evaluate_multi_label, plain_text
+from pipeline.reports import build_report, evaluate_multi_label, plain_text, shown
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def plot_sweep(summary, sets, path: Path) -> None:
         x = np.array([all_x if s["n"] == "all" else s["n"] for s in pts], float)
         m = np.array([s["accuracy_mean"] for s in pts]) * 100
         sd = np.array([s["accuracy_std"] for s in pts]) * 100
-        (line,) = ax.plot(x, m, marker="o", label=f"{label} · {head}")
+        (line,) = ax.plot(x, m, marker="o", label=shown(f"{label} · {head}"))
         ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.2)
     metric = sets[0].get("metric", "accuracy")
     if metric == "accuracy":

@@ -181,3 +181,25 @@ def test_error_lines_name_the_users_files_not_our_temporary_ones():
                               ("c/d/top_activation-avg.4411-0a1b2c3d.tmp.h5", "c/d/top_activation-avg.h5"),
                               ("/x/labels.csv", "/x/labels.csv")):
         assert os_error_text(IsADirectoryError(21, "Is a directory", temporary)) == f"Is a directory: {theirs}"
+
+
+def test_code_set_attributes_of_100000_characters_make_short_names_and_figures(tmp_path, capsys):
+    """A code set handed over with a backbone and a layer of 100,000 characters: the run's name is
+    cut within the file system's limit (with a digest: two such sets stay apart) and its figures
+    show the texts cut (matplotlib laid out every character: 12 s a figure)."""
+    from pipeline.reports import shown
+
+    codes = tmp_path / "x.h5"
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 12)
+    write_code_file(codes, rng.normal(size=(24, 8)) + y[:, None] * 3, y, np.tile([0, 0, 2], 8),
+                    [f"c{c}/{i}.jpg" for i, c in enumerate(y)], ["c0", "c1"], backbone="fake", layer="top",
+                    pooling="avg", image_size=32)
+    with h5py.File(codes, "a") as f:
+        f.attrs["backbone"], f.attrs["layer"] = "[" * 100_000, "a" * 100_000
+    code, out, err, _ = run(["train", "--codes", codes, "--head", "prototype", "--runs-dir", tmp_path / "runs"], capsys)
+    assert code == 0, err
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert len(run_dir.name.encode()) <= 255 and "~" in run_dir.name  # cut, with a digest
+    assert (run_dir / "confusion.png").stat().st_size > 1000 and (run_dir / "report.html").is_file()
+    assert shown("a" * 100_000) == "a" * 99 + "\u2026" and shown("short title") == "short title"
