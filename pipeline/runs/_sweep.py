@@ -143,7 +143,9 @@ def _run_in_workers(tasks, order, rows, workers, seed, head_params, progress) ->
                 rows[i] = dict(fut.result(), code_set=tasks[i][0])
                 bar.update()
     except BaseException:  # Ctrl-C, SIGTERM, an error: no worker outlives the command
-        executor.shutdown(wait=False, kill_workers=True)
+        # (killed before this returns: the command then ends at once, and a shutdown that only
+        # asked loky's manager thread to kill them left them running on for about 45 s)
+        executor.shutdown(wait=True, kill_workers=True)
         raise
     executor.shutdown(wait=True)
 

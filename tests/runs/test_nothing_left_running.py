@@ -52,13 +52,15 @@ def stop_and_check(proc, workers_wanted: int, sig, code: int, word: str, settle:
     time.sleep(settle)  # the workers are busy
     workers |= {p for p in descendants(proc.pid) if alive(p)}
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == code and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].startswith(word), err
+    proc.wait(timeout=120)  # (the command's end: a worker left running would hold the pipes open on)
     ended = time.time()
     while time.time() < ended + 5 and any(alive(p) for p in workers):
         time.sleep(0.2)
-    assert not [p for p in workers if alive(p)], "workers still running 5 s after the command ended"
+    left = [p for p in workers if alive(p)]
+    out, err = proc.communicate(timeout=120)
+    assert not left, "workers still running 5 s after the command ended"
+    assert proc.returncode == code and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(word), err
     return workers
 
 
