@@ -129,3 +129,23 @@ def test_calls_made_with_the_long_lists_keep_working(tmp_path):
                                                      outlier_fraction=0.1), progress=False)
     default = find(Z, y, 2, neighbours=5, folds=2, progress=False)
     assert len(by_position.pairs) == len(by_record.pairs) > len(default.pairs) > 0  # the thresholds given were used
+
+
+def test_collecting_the_suite_imports_no_tensorflow_openvino_or_ray():
+    """Collection stays quick (seconds, not the minute it took): the heavy runtimes are imported
+    by the tests that use them, when they run."""
+    import subprocess
+    import sys
+    plugin = ("import sys\n"
+              "def pytest_collection_finish(session):\n"
+              "    print('HEAVY', sorted(m for m in ('tensorflow', 'keras', 'openvino', 'ray', 'onnxruntime', 'torch')"
+              " if m in sys.modules))\n")
+    folder = ROOT / "tests"
+    done = subprocess.run([sys.executable, "-c", "import sys, types, pytest; m = types.ModuleType('heavy'); "
+                           f"exec({plugin!r}, m.__dict__); sys.exit(pytest.main(['--collect-only', '-q', '-n', '0', "
+                           f"'-p', 'no:cacheprovider', {str(folder)!r}], plugins=[m]))"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    heavy = next(line for line in done.stdout.splitlines() if line.startswith("HEAVY"))
+    assert heavy == "HEAVY []", heavy
+    assert int(done.stdout.split(" tests collected")[0].rsplit("\n", 1)[-1]) > 400  # (the whole suite was collected)

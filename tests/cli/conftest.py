@@ -1,17 +1,18 @@
 """What the command-line tests share: a workspace of every kind of file the project writes."""
-import keras
 import pytest
 from helpers import FAST, make_images
-
-from pipeline.codes import generate_codes
-from pipeline.deploy import save_model
-from pipeline.runs import sweep, train
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """A code set, a logistic-regression head run and a Keras (softmax) head run on it, a sweep
     run, and a small model file (its metadata is what is mutated)."""
+    import keras  # (here, not at the top: collecting the suite imports neither TensorFlow nor scikit-learn)
+
+    from pipeline.codes import generate_codes
+    from pipeline.deploy import save_model
+    from pipeline.runs import sweep, train
+
     t = tmp_path_factory.mktemp("made")
     data = make_images(t / "data", n_classes=3, per_class=8)
     code_file = generate_codes(data, layers=["top_activation"], poolings=["avg"], cache_dir=t / "cache", **FAST)[0]

@@ -9,7 +9,6 @@ import json
 import pickle
 import shutil
 
-import keras
 import numpy as np
 import pytest
 from helpers import FAST
@@ -34,6 +33,8 @@ class Payload:
 
 def lambda_model(marker, n_values=1280, n_classes=3):
     """A Keras model whose Lambda layer writes the marker when the model is rebuilt or called."""
+    import keras  # (in the test: collecting the suite imports no TensorFlow)
+
     fn = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]")
     inputs = keras.Input((n_values,))
     outputs = keras.layers.Dense(n_classes, activation="softmax")(keras.layers.Lambda(fn)(inputs))
@@ -108,6 +109,8 @@ def test_a_pickle_inside_the_head_arrays_is_refused(run_folder, images, tmp_path
 
 
 def test_a_keras_head_with_code_inside_is_refused(run_folder, images, tmp_path, capsys):
+    import keras  # (in the test: collecting the suite imports no TensorFlow)
+
     marker = tmp_path / "ran-lambda-head"
     evil = shared_run(run_folder, tmp_path, "lambda-head")
     lambda_model(marker).save(evil / "head.keras")

@@ -3,9 +3,7 @@ own runtimes (LiteRT's interpreter, ONNX Runtime) and compared with the Keras mo
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from ai_edge_litert.interpreter import Interpreter
 from helpers import FAST, run_script, user_error_lines
 
 from pipeline.codes import CodeSet, generate_codes
@@ -15,6 +13,8 @@ from pipeline.runs import train
 
 
 def _tflite(path, images):
+    from ai_edge_litert.interpreter import Interpreter  # (the runtimes imported by the tests that use them:
+                                                         # collecting the suite imports none)
     interp = Interpreter(model_path=str(path))
     interp.resize_tensor_input(interp.get_input_details()[0]["index"], images.shape)
     interp.allocate_tensors()
@@ -24,6 +24,8 @@ def _tflite(path, images):
 
 
 def _onnx(path, images):
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: images})[0]
 

@@ -2,7 +2,6 @@
 import csv
 import json
 
-import keras
 import numpy as np
 import pytest
 from helpers import FAST, check_html, run_script
@@ -28,6 +27,8 @@ def head_run(images, tmp_path):
 
 
 def _trunk(name="efficientnet_lite0", layer="top_activation", size=32):
+    import keras  # (in the test: collecting the suite imports no TensorFlow)
+
     base = build_base(REGISTRY[name], "none", size)
     return keras.Model(base.inputs, base.get_layer(layer).output)
 
@@ -79,6 +80,8 @@ def test_fine_tuning_changes_only_the_unfrozen_layers_and_no_batchnorm_statistic
 @pytest.mark.slow
 @pytest.mark.parametrize("head_name", ["softmax", "logreg"])
 def test_warmup_head_is_loaded_and_export_reproduces_it(head_name, images, tmp_path):
+    import keras  # (in the test: collecting the suite imports no TensorFlow)
+
     path = generate_codes(images, cache_dir=tmp_path / "cache", **dict(FAST, image_size=64))[0]
     params = {"epochs": 5} if head_name == "softmax" else {"Cs": (1.0,)}
     run_dir = train(path, head_name, runs_dir=tmp_path / 'runs', **params).path
@@ -142,6 +145,8 @@ def test_image_dataset_leaves_images_alone_without_augment(images):
 
 @pytest.mark.slow
 def test_scratch_baseline_runs_on_the_same_split(head_run, tmp_path):
+    import keras  # (in the test: collecting the suite imports no TensorFlow)
+
     _, path = head_run
     run = ft.scratch(path, image_size=32, epochs=2, runs_dir=tmp_path / 's', progress=False)
     out, metrics = run.path, run.metrics

@@ -3,7 +3,6 @@ import json
 import shutil
 
 import h5py
-import keras
 import numpy as np
 import pytest
 from helpers import FAST
@@ -75,6 +74,8 @@ def _expected_and_images(run_dir, path, images, size):
 
 @pytest.mark.slow
 def test_export_of_a_head_on_flip_codes_reproduces_it(images, tmp_path):
+    import keras  # (in the test: collecting the suite imports no TensorFlow)
+
     path = generate_codes(images, cache_dir=tmp_path / "c", tta="flip", **dict(FAST, image_size=64))[0]
     run_dir = train(path, 'softmax', runs_dir=tmp_path / 'runs', epochs=5).path
     expected, imgs, _ = _expected_and_images(run_dir, path, images, 64)
@@ -85,6 +86,8 @@ def test_export_of_a_head_on_flip_codes_reproduces_it(images, tmp_path):
 
 @pytest.mark.slow
 def test_heads_on_joined_code_sets_train_export_and_sweep(logs, images, tmp_path):
+    import keras  # (in the test: collecting the suite imports no TensorFlow)
+
     kw = dict(FAST, image_size=64, cache_dir=tmp_path / "c")
     a = generate_codes(images, **kw)[0]
     b = generate_codes(images, **dict(kw, backbone="efficientnet_lite1"), layers=["block7a_project_bn"])[0]
