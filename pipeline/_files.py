@@ -1,7 +1,10 @@
-"""Files the project writes: folders checked before any work, files moved into place whole."""
+"""Files the project writes: folders checked before any work, room checked before a large file, files
+moved into place whole."""
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 from pathlib import Path
 
 from pipeline.errors import UserError
@@ -57,3 +60,21 @@ def durable_replace(tmp: Path, dst: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_room(path: Path, n_bytes: int, kept: str = "") -> None:
+    """Refuse to start writing ``path`` where it cannot fit: HDF5 does not survive a failed
+    write (it crashes the process while closing the file), so a full disk must be found first.
+    Counts the free space and this process's file-size limit (``ulimit -f``)."""
+    need = int(n_bytes * 1.02) + (1 << 20)
+    free = shutil.disk_usage(path.parent).free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    room = min(free, limit if limit != resource.RLIM_INFINITY else free)
+    if room < need:
+        why = "free on that disk" if room == free else "allowed per file by ulimit -f"
+        raise UserError(f"not enough room to write {path}: it needs about {need / 1e6:.1f} MB, "
+                        f"{room / 1e6:.1f} MB are {why}" + (f"; {kept}" if kept else ""))
+
+
+def unique_tmp(final: Path) -> Path:
+    return final.with_name(f"{final.stem}.{os.getpid()}-{os.urandom(4).hex()}.tmp.h5")

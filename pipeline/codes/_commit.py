@@ -18,16 +18,22 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline._faults import fault_point
-from pipeline._files import durable_replace
-from pipeline.codes._format import (CHUNK, FORMAT_VERSION, STR, FailedImage, IndexContent, Rows, legacy_part_name, parts_dir,
+from pipeline._files import check_room, durable_replace, unique_tmp
+from pipeline.codes._format import (CHUNK, FORMAT_VERSION, STR, FailedImage, IndexContent, Rows, parts_dir,
                                     read_content, read_part, read_part_rows)
-from pipeline.codes._parts import PartWriter, check_room, unique_tmp
+from pipeline.codes._parts import PartWriter
 from pipeline.codes._plan import OutputPlan, Partition, Plan
 from pipeline.codes._settings import CodeIdentity
 from pipeline.data import PathList, content_digest
 from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
+
+
+def legacy_part_name(path: Path) -> str:
+    """The part name a format-1 file takes when it becomes the first part of its code set."""
+    st = path.stat()
+    return f"part-v1-{hashlib.blake2b(f'{st.st_size}-{st.st_mtime_ns}'.encode(), digest_size=8).hexdigest()}.h5"
 
 
 def adopt_legacy(path: Path) -> str:

@@ -22,7 +22,6 @@ into the first part, without copying it where the file system allows a hard link
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -184,12 +183,6 @@ def read_content(path: Path) -> IndexContent:
     index = read_index(path)
     return IndexContent(PathList.of(index.paths), index.rows, index.labels, index.split, index.class_names,
                         list(index.failed.values()), index.dim, str(index.attrs["dtype"]))
-
-
-def legacy_part_name(path: Path) -> str:
-    """The part name a format-1 file takes when it becomes the first part of its code set."""
-    st = path.stat()
-    return f"part-v1-{hashlib.blake2b(f'{st.st_size}-{st.st_mtime_ns}'.encode(), digest_size=8).hexdigest()}.h5"
 
 
 @dataclasses.dataclass
