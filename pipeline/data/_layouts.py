@@ -264,15 +264,17 @@ class _ImageIndex:
             name = p.rsplit("/", 1)[-1]
             self.by_name[name].append(p)
             self.by_stem[name.rsplit(".", 1)[0]].append(p)
-        self.resolved = str(root.resolve())
+        # an absolute path may name the folder as given (through a link) or as it really is
+        self.roots = (os.path.abspath(root), str(root.resolve()))
 
     def find(self, name: str, strict: bool = True) -> str | None:
         """The relative path of the image ``name`` means, None if none; two matches: an error
         naming both (``strict``) or None."""
         v = name.strip().replace("\\", "/")
         if os.path.isabs(v):
-            rel = os.path.relpath(v, self.resolved).replace(os.sep, "/")
-            v = rel if not rel.startswith("../") else v
+            inside = [rel for r, w in zip(self.roots, (os.path.abspath(v), os.path.realpath(v)))
+                      for rel in [os.path.relpath(w, r).replace(os.sep, "/")] if not rel.startswith("../")]
+            v = inside[0] if inside else v
         while v.startswith("./"):
             v = v[2:]
         if v in self.exact:

@@ -203,3 +203,21 @@ def test_code_set_attributes_of_100000_characters_make_short_names_and_figures(t
     assert len(run_dir.name.encode()) <= 255 and "~" in run_dir.name  # cut, with a digest
     assert (run_dir / "confusion.png").stat().st_size > 1000 and (run_dir / "report.html").is_file()
     assert shown("a" * 100_000) == "a" * 99 + "\u2026" and shown("short title") == "short title"
+
+
+@pytest.mark.parametrize("through", ["the link", "the real folder"])
+def test_absolute_paths_in_a_labels_file_of_a_linked_data_folder_name_its_images(tmp_path, through):
+    """DATA is a link to the real folder; a labels file names its images by absolute paths written
+    through the link or through the real folder: either way each is found (they named none)."""
+    from pipeline.data import LayoutOptions, read_folder
+
+    real = make_images(tmp_path / "real", n_classes=2, per_class=3)
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    base = tmp_path / ("link" if through == "the link" else "real")
+    rows = [[str(base / f"class{c}" / name), f"k{c}"] for c in range(2)
+            for name in sorted(p.name for p in (real / f"class{c}").iterdir())]
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["image", "label"], *rows])
+    ds = read_folder(tmp_path / "link", LayoutOptions(labels=str(tmp_path / "labels.csv")))
+    assert sorted(ds.class_names) == ["k0", "k1"] and (ds.labels >= 0).sum() == len(rows) == 6
+    assert all(not p.startswith("/") for p in ds.paths)  # relative to the data folder, as always

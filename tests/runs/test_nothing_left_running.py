@@ -1,5 +1,6 @@
 """Ctrl-C or SIGTERM during a sweep or a stage-1 run on Ray ends its worker processes with it
 (a sweep's once ran on for about 50 s), each checked by PID."""
+import os
 import signal
 import subprocess
 import time
@@ -38,10 +39,11 @@ SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminate
 
 
 def stop_and_check(proc, workers_wanted: int, sig, code: int, word: str, settle: float = 2.0,
-                   busy=lambda: True) -> set[int]:
+                   busy=lambda: True, group: bool = False) -> set[int]:
     """Wait for ``workers_wanted`` child processes and for ``busy()`` (proof of work under way),
-    send ``sig``, check the command ended with ``code`` and one line starting with ``word``, and
-    that none of its children is alive 5 s later."""
+    send ``sig`` (to the command alone, or with ``group`` to its whole process group, as a
+    terminal's Ctrl-C does), check the command ended with ``code`` and one line starting with
+    ``word``, no traceback, and that none of its children is alive 5 s later."""
     workers = set()
     deadline = time.time() + 180
     while time.time() < deadline and (len(workers) < workers_wanted or not busy()):
@@ -51,7 +53,10 @@ def stop_and_check(proc, workers_wanted: int, sig, code: int, word: str, settle:
     assert len(workers) >= workers_wanted and busy(), "the command never started its workers"
     time.sleep(settle)  # the workers are busy
     workers |= {p for p in descendants(proc.pid) if alive(p)}
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     proc.wait(timeout=120)  # (the command's end: a worker left running would hold the pipes open on)
     ended = time.time()
     while time.time() < ended + 5 and any(alive(p) for p in workers):
@@ -61,17 +66,20 @@ def stop_and_check(proc, workers_wanted: int, sig, code: int, word: str, settle:
     assert not left, "workers still running 5 s after the command ended"
     assert proc.returncode == code and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith(word), err
+    assert len([l for l in err.splitlines() if l.strip()]) == 1, err  # that line alone: no worker's words
     return workers
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 @pytest.mark.parametrize("sig, code, word", SIGNALS)
-def test_a_signal_during_a_sweep_leaves_no_worker_running(tmp_path, sig, code, word):
+@pytest.mark.parametrize("group", [False, True], ids=["the command", "its process group"])
+def test_a_signal_during_a_sweep_leaves_no_worker_running(tmp_path, sig, code, word, group):
     codes, _, _ = fake_codes(tmp_path / "codes.h5", per_class=(300, 300, 300, 300), dim=256)
     proc = subprocess.Popen([CNN_CODES, "sweep", "--codes", str(codes), "--heads", "mlp", "--repeats", "50",
                              "--jobs", "2", "--runs-dir", str(tmp_path / "runs"), "--no-progress"],
-                            cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stop_and_check(proc, 2, sig, code, word)
+                            cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=group)  # (a group of its own, as a terminal gives a command)
+    stop_and_check(proc, 2, sig, code, word, group=group)
     assert not list((tmp_path / "runs").glob("*/summary.json"))
 
 
