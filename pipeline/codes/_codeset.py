@@ -189,15 +189,16 @@ class CodeSet(_Codes):
 
     def _read(self, ds, start: int, stop: int, mask) -> np.ndarray:
         """Float32 codes of file rows start..stop where ``mask`` is true (all: None)."""
-        codes = ds[start:stop].astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # float64 codes beyond float32's range: infinite, refused below
+            codes = ds[start:stop].astype(np.float32, copy=False)
         if mask is not None:
             codes = codes[np.asarray(mask[start:stop], bool)]
         if not np.isfinite(codes).all():
             if np.isnan(codes).any():  # the fill value: a part could not be read
                 raise UserError(f"{self.path}: some codes could not be read from its parts in "
                                 f"{parts_dir(self.path)}; run make codes again")
-            raise UserError(f"{self.path}: some codes are infinite (float16 codes overflow on some "
-                            f"backbones: make them again with --dtype float32)")
+            raise UserError(f"{self.path}: some codes are infinite or beyond float32's range (float16 codes "
+                            f"overflow on some backbones: make them again with --dtype float32)")
         return codes
 
     def _check_unchanged(self) -> None:

@@ -221,3 +221,30 @@ def test_absolute_paths_in_a_labels_file_of_a_linked_data_folder_name_its_images
     ds = read_folder(tmp_path / "link", LayoutOptions(labels=str(tmp_path / "labels.csv")))
     assert sorted(ds.class_names) == ["k0", "k1"] and (ds.labels >= 0).sum() == len(rows) == 6
     assert all(not p.startswith("/") for p in ds.paths)  # relative to the data folder, as always
+
+
+@pytest.mark.parametrize("command", ["audit", "train"])
+def test_float64_codes_beyond_float32_are_one_line_without_numpys_warnings(tmp_path, capsys, command):
+    """Codes of float64 are read as float32; beyond its range they are refused in one line (NumPy's
+    overflow warning was printed beside it)."""
+    import warnings
+
+    from helpers import dataset_replaced
+
+    codes = tmp_path / "x.h5"
+    y = np.repeat([0, 1, 2], 20)
+    X = np.random.default_rng(0).normal(size=(60, 8)) + y[:, None] * 2
+    write_code_file(codes, X, y, np.tile([0, 0, 0, 2], 15), [f"c{c}/{i}.jpg" for i, c in enumerate(y)],
+                    ["a", "b", "c"], backbone="fake", layer="top", pooling="avg", image_size=32)
+    args = {"audit": ["audit", "--codes", codes, "--runs-dir", tmp_path / "runs", "--no-progress"],
+            "train": ["train", "--codes", codes, "--head", "logreg", "--runs-dir", tmp_path / "runs"]}[command]
+    with h5py.File(codes, "a") as f:
+        dataset_replaced("codes", X.astype(np.float64))(f)
+    code, _, err, _ = run(args, capsys)
+    assert code == 0, err  # float64 within range: read as float32
+    with h5py.File(codes, "a") as f:
+        dataset_replaced("codes", np.full((60, 8), 1e300))(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be printed beside the error line
+        code, _, err, _ = run(args, capsys)
+    assert code == 2 and user_error_lines(err) == err.strip().splitlines() and "float32's range" in err, err
