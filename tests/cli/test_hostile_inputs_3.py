@@ -24,7 +24,11 @@ def run(args, capsys):
     return exit_.value.code, out.out, out.err, time.perf_counter() - t0
 
 
-@pytest.mark.parametrize("name", ["a\u2028b", "a\u0085b", "a\u2029b"])
+# every character str.splitlines (and so a reader of labels.txt) breaks a line at, and DEL
+BREAKS = ["a\u2028b", "a\u0085b", "a\u2029b", "a\x0bb", "a\x0cb", "a\x1cb", "a\x1db", "a\x1eb", "a\x7fb"]
+
+
+@pytest.mark.parametrize("name", BREAKS)
 def test_a_class_name_with_a_unicode_line_break_is_one_error_line(tmp_path, capsys, name):
     make_images(tmp_path / "d", n_classes=2, per_class=3)
     (tmp_path / "d" / "class1").rename(tmp_path / "d" / name)
@@ -248,3 +252,39 @@ def test_float64_codes_beyond_float32_are_one_line_without_numpys_warnings(tmp_p
         warnings.simplefilter("error")  # a warning would be printed beside the error line
         code, _, err, _ = run(args, capsys)
     assert code == 2 and user_error_lines(err) == err.strip().splitlines() and "float32's range" in err, err
+
+
+def _labels_file(data, rows):
+    with open(data / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["image", "label"], *rows])
+    return data / "labels.csv"
+
+
+@pytest.mark.parametrize("label", ["a\u2028b", "a\u0085b", "a\tb"])
+def test_a_label_with_a_line_break_in_a_labels_file_is_one_error_line(tmp_path, capsys, label):
+    data = make_images(tmp_path / "d", n_classes=2, per_class=3)
+    images = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.JPG"))
+    labels = _labels_file(data, [[images[0], label], *[[p, "x"] for p in images[1:]]])
+    code, _, err, _ = run(["codes", "--data", data, "--labels", labels, "--cache-dir", tmp_path / "cache", *FAST], capsys)
+    assert code == 2 and user_error_lines(err) == err.strip().splitlines() and "line break" in err, err
+
+
+def test_labels_file_rows_naming_files_outside_the_data_folder_are_listed_not_read(tmp_path, capsys):
+    """Rows naming ``../outside.jpg`` or ``/etc/passwd``: nothing outside the folder is read; they
+    are listed as missing in the code set, which train, audit and the next update still read."""
+    data = make_images(tmp_path / "d", n_classes=2, per_class=6)
+    (tmp_path / "outside.jpg").write_bytes((data / "class0" / "img000.JPG").read_bytes())
+    images = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.JPG"))
+    labels = _labels_file(data, [["../outside.jpg", "x"], ["/etc/passwd", "y"],
+                                 *[[p, "xy"[i % 2]] for i, p in enumerate(images)]])
+    codes_args = ["codes", "--data", data, "--labels", labels, "--cache-dir", tmp_path / "cache", *FAST]
+    code, _, err, _ = run(codes_args, capsys)
+    assert code == 0 and "../outside.jpg (listed in the labels file, not found)" in err, err
+    (path,) = [p for p in (tmp_path / "cache").rglob("*.h5") if not p.parent.name.endswith(".parts")]
+    with h5py.File(path, "r") as f:
+        assert len(f["paths"]) == 12 and not any(p.startswith((b"..", b"/")) for p in f["paths"][()])
+        assert sorted(f["failed_paths"].asstr()[()]) == ["../outside.jpg", "/etc/passwd"]
+    for args in (["train", "--codes", path, "--head", "prototype", "--runs-dir", tmp_path / "runs"],
+                 ["audit", "--codes", path, "--runs-dir", tmp_path / "runs", "--no-progress"], codes_args):
+        code, _, err, _ = run(args, capsys)
+        assert code == 0 and "Traceback" not in err, (args[0], err)
