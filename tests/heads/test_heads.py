@@ -176,7 +176,7 @@ def test_train_head_cli(images, tmp_path):
 
 
 def test_holdout_without_validation_set_is_stratified_and_disjoint():
-    from pipeline.heads._estimators import holdout
+    from pipeline.heads import holdout
     X, y = blobs(n_per_class=20)
     Xf, yf, Xv, yv = holdout(X, y, None, None, fraction=0.1)
     assert len(yv) == 10 and len(yf) == 90 and np.bincount(yv).tolist() == [2] * 5

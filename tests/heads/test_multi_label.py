@@ -9,7 +9,7 @@ from helpers import FAST
 
 from pipeline.codes import CodeSet, generate_codes
 from pipeline.heads import HEADS, make_head
-from pipeline.heads._estimators import best_f1_thresholds, load_head
+from pipeline.heads import best_f1_thresholds, load_head
 from pipeline.reports import evaluate_multi_label
 from pipeline.runs import train
 
