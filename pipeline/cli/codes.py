@@ -1,6 +1,7 @@
 """Stage 1: cache CNN codes of every image under DATA in HDF5, with the labels its layout gives.
 Run it again to resume an interrupted run or to take in added, changed or removed images; only
 what is missing is computed."""
+import ctypes
 import dataclasses
 
 from pipeline.backbones import DEFAULT_BACKBONE, POOLINGS, REGISTRY, list_layers
@@ -79,6 +80,24 @@ def run(a):
         return 0
     compute_codes(a)
     return 0
+
+
+def keep_freed_blocks_returnable() -> None:
+    """Fix glibc's size above which a block gets pages of its own (given back when freed) at its
+    default, 128 KB, for this process, as ``MALLOC_MMAP_THRESHOLD_=131072`` would. Left alone, glibc
+    raises it to the largest block freed so far: stage 1's listing of a million images frees blocks
+    of tens of MB, and the computing's buffers then stayed in the heap (9-15 MB more at a million
+    images than at 200,000; docs/benchmarks.md). Only in this command's own process: the library
+    leaves the allocator of a process that imports it (a notebook's) alone, and the other commands
+    run without it (every large block its own pages cost a streamed head 1.2-1.4x its time).
+    Elsewhere than glibc: nothing to do."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):
+        pass
+
+
+M_MMAP_THRESHOLD = -3  # (glibc's malloc.h)
 
 
 def compute_codes(a, reading=None, progress=None) -> list:

@@ -1,7 +1,6 @@
 """cnn-codes: transfer learning on a laptop, one subcommand per step."""
 from __future__ import annotations
 
-import ctypes
 import importlib
 import logging
 import os
@@ -71,13 +70,23 @@ def main(argv=None) -> int:
 
 def console() -> None:
     """Entry point of the ``cnn-codes`` script."""
+    _tune_process(sys.argv[1] if len(sys.argv) > 1 else "")
     exit_without_teardown(lambda: run_cli(main))
 
 
 def shim(command: str) -> None:
     """Entry point of the top-level scripts kept for those who know them (generate_codes.py,
     train_head.py): ``cnn-codes <command>`` with the script's arguments."""
+    _tune_process(command)
     exit_without_teardown(lambda: run_cli(lambda argv: main([command, *(sys.argv[1:] if argv is None else argv)])))
+
+
+def _tune_process(command: str) -> None:
+    """What this process (the command's own, never one that calls ``main``: a test, a notebook)
+    sets up for ``command``: stage 1 the allocator (:func:`~pipeline.cli.codes.keep_freed_blocks_returnable`)."""
+    if command == "codes":
+        from pipeline.cli.codes import keep_freed_blocks_returnable
+        keep_freed_blocks_returnable()
 
 
 _TERMINATED = []
@@ -121,7 +130,6 @@ def exit_without_teardown(run) -> None:
     OpenVINO, torn down in no fixed order, now and then abort the process ("terminate called
     without an active exception") after its work is done.
     """
-    _keep_freed_blocks_returnable()
     try:
         run()
         code = 0
@@ -132,23 +140,6 @@ def exit_without_teardown(run) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _keep_freed_blocks_returnable() -> None:
-    """Fix glibc's size above which a block gets pages of its own (given back when freed) at its
-    default, 128 KB, for this process, as ``MALLOC_MMAP_THRESHOLD_=131072`` would. Left alone, glibc
-    raises it to the largest block freed so far: stage 1's listing of a million images frees blocks
-    of tens of MB, and the computing's buffers then stayed in the heap (9-15 MB more at a million
-    images than at 200,000; docs/benchmarks.md). Only the command-line tool's own process: the
-    library leaves the allocator of a process that imports it (a notebook's) alone. Elsewhere than
-    glibc: nothing to do."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):
-        pass
-
-
-M_MMAP_THRESHOLD = -3  # (glibc's malloc.h)
 
 
 def _interrupted(message: str) -> None:

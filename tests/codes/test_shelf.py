@@ -133,8 +133,8 @@ import json, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 if sys.argv[2] == "cli":
-    from pipeline.cli.main import _keep_freed_blocks_returnable
-    _keep_freed_blocks_returnable()
+    from pipeline.cli.codes import keep_freed_blocks_returnable
+    keep_freed_blocks_returnable()
 from helpers import STAGE1_ATTRS, synthetic_folder
 from pipeline.codes._plan import make_plan
 from pipeline.codes._shelf import shelved
