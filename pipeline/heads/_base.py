@@ -209,6 +209,3 @@ def _arrays(folder, *names) -> list:
     if missing:
         raise UserError(f"{Path(folder) / 'head.npz'} is not a saved head: it has no {missing[0]}")
     return [arrays[n] for n in names]
-
-
-Param = bool | int | float | str | None | list[bool | int | float | str]

@@ -22,11 +22,13 @@ from pydantic import Field, model_validator
 from pipeline._checked import Fraction, Name, Schema, read_checked
 from pipeline.errors import UserError, one_line
 
-from pipeline.heads._base import Param
 from pipeline.heads._keras import KerasHead, MLPHead, SoftmaxHead
 from pipeline.heads._logreg import LogRegHead
 from pipeline.heads._prototype import PrototypeHead
 
+
+# a head's parameters and state as its description stores them
+Param = bool | int | float | str | None | list[bool | int | float | str]
 
 class HeadDescription(Schema):
     """``head.json``: which head, its parameters, its classes and state (arrays: head.npz or head.keras)."""

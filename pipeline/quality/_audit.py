@@ -38,8 +38,8 @@ from pipeline._files import writable_folder
 from pipeline._records import Run, assembled_run
 from pipeline.codes import CodeView, open_code_sets
 from pipeline.data import SPLIT_NAMES
-from pipeline.heads import linear_probe
 from pipeline.errors import ParameterError, UserError, check_seed, with_positionals
+from pipeline.heads import linear_probe
 from pipeline.quality._neighbours import (CHUNK_BYTES, EXACT_LIMIT, SEARCHES, Neighbours, approximate,
                                          nearest_neighbours)
 from pipeline.reports import esc, facts, page, section, shot, table, to_cell
